@@ -1,0 +1,3 @@
+"""jaxsmooth: certified robustness by Gaussian smoothing, in JAX."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""What every command-line entry point shares: config arguments and the error line.
+
+Bad input prints one line, ``error: <field>: <what is wrong>``, and exits
+with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from jaxsmooth import config as config_lib
+from jaxsmooth.errors import UserError
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="an experiment config file, e.g. configs/quickstart.py")
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates ``--config.a.b=value`` / ``--config.a.b value`` overrides from other arguments."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            body = arg[len("--config."):]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise UserError(body, "override has no value; write --config.FIELD=VALUE")
+                body = f"{body}={argv[i + 1]}"
+                i += 1
+            overrides.append(body)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def load_config(path: str, overrides: Sequence[str]):
+    return config_lib.apply_overrides(config_lib.load(path), overrides)
+
+
+def main_wrapper(main: Callable[[list[str]], int]) -> Callable[[list[str] | None], int]:
+    """Runs `main`, turning a `UserError` into one ``error:`` line and exit status 2."""
+
+    def run(argv: list[str] | None = None) -> int:
+        argv = sys.argv[1:] if argv is None else argv
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
+
+    return run

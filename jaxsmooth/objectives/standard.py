@@ -1,0 +1,15 @@
+"""``standard``: cross-entropy on clean inputs."""
+
+from __future__ import annotations
+
+from jaxsmooth.objectives.common import classification_loss
+
+
+def make(config, apply, teacher=None):
+    del config, teacher
+
+    def loss(params, model_state, batch, key):
+        del key
+        return classification_loss(apply, params, model_state, batch["image"], batch["label"])
+
+    return loss

@@ -1,0 +1,74 @@
+"""Mesh, shardings and multi-host initialisation.
+
+One `Mesh` over every device of every process, with one axis, ``data``.
+Parameters are replicated; batches are sharded on their leading axis. Each
+process holds only its own part of a global batch and places it with
+`jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES")
+
+
+def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+    """Starts JAX's multi-controller runtime when asked to or when the environment says so.
+
+    With explicit arguments, or under SLURM / a TPU pod / ``JAX_COORDINATOR_ADDRESS``,
+    calls `jax.distributed.initialize` (which reads the cluster from the
+    environment itself). Returns whether it did. Must run before any other
+    JAX call.
+    """
+    explicit = coordinator is not None
+    if not explicit and not any(k in os.environ for k in _DISTRIBUTED_ENV):
+        return False
+    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) <= 1 and not explicit:
+        return False  # an interactive SLURM allocation with one task is a single process
+    kwargs: dict[str, Any] = {}
+    if explicit:
+        kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``data`` over `devices` (default: all devices of all processes)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def local_devices_of(mesh: Mesh) -> int:
+    return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def shard_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Places this process's part of a global batch on the mesh, sharded on axis 0."""
+    sharding = data_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def replicate(mesh: Mesh, tree: Any) -> Any:
+    """Places a pytree of host or device arrays replicated on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0

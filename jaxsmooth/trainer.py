@@ -1,0 +1,329 @@
+"""The one training loop, for every objective.
+
+Reads top to bottom: `create_optimizer`, `create_train_state`,
+`make_train_step`, `make_eval_step`, `evaluate`, `train_and_evaluate`.
+Steps are pure functions of (state, batch, key), jitted once with the state
+replicated and the batch sharded over the mesh's ``data`` axis. The loop
+syncs with the device only when it logs, checkpoints or evaluates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxsmooth import checkpoint, config as config_lib, data, models, noise, objectives, parallel
+from jaxsmooth.errors import UserError
+
+Callback = Callable[[dict], None]
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; the message names the first such step."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: number of optimizer steps taken
+    params: Any
+    model_state: Any  # BatchNorm statistics
+    opt_state: Any
+
+
+# --------------------------------------------------------------------------
+# Optimizer
+
+
+def learning_rate_schedule(opt, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+    """``constant``, ``step`` (x decay_factor every decay_every_epochs) or ``cosine``, after a linear warmup."""
+    lr = opt.learning_rate
+    warmup = int(opt.warmup_epochs * steps_per_epoch)
+    if opt.schedule == "constant":
+        main = optax.constant_schedule(lr)
+    elif opt.schedule == "step":
+        every = int(opt.decay_every_epochs * steps_per_epoch)
+        main = optax.piecewise_constant_schedule(
+            lr, {b: opt.decay_factor for b in range(every, max(total_steps, every) + 1, every)})
+    else:
+        main = optax.cosine_decay_schedule(lr, decay_steps=max(total_steps - warmup, 1))
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def create_optimizer(config, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """SGD with momentum or Adam, with coupled weight decay as in ``torch.optim``."""
+    opt = config.optimizer
+    schedule = learning_rate_schedule(opt, steps_per_epoch, config.train.num_epochs * steps_per_epoch)
+    if opt.name == "sgd":
+        base = optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov)
+    else:
+        base = optax.adam(schedule, b1=opt.momentum)
+    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay), base) if opt.weight_decay else base
+    return tx, schedule
+
+
+# --------------------------------------------------------------------------
+# Steps
+
+
+def create_train_state(model: models.Model, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=model.params,
+                      model_state=model.model_state, opt_state=tx.init(model.params))
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+    """``train_step(state, batch, root_key) -> (state, metrics)``, one optimizer step.
+
+    The step key is ``fold_in(root_key, state.step)``; the objective folds in
+    each example's global index.
+    """
+
+    def train_step(state: TrainState, batch: dict, root_key: jax.Array):
+        key = noise.step_key(root_key, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, aux), grads = grad_fn(state.params, state.model_state, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(aux["metrics"], loss=loss)
+        new_state = state.replace(step=state.step + 1, params=params,
+                                  model_state=aux["model_state"], opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(apply: Callable, sigma: float) -> Callable:
+    """``eval_step(params, model_state, batch, key) -> counts``: clean and noisy correct counts.
+
+    Args:
+      batch: {"image": [B, H, W, C], "label": [B], "index": [B], "mask": [B] bool}.
+      key: the evaluation stream key; example b draws ``fold_in(key, index[b])``.
+    Returns:
+      {"count", "correct", "noisy_correct"}: int32 sums over unmasked examples.
+    """
+
+    def eval_step(params, model_state, batch, key):
+        x, y, mask = batch["image"], batch["label"], batch["mask"]
+        logits, _ = apply(params, model_state, x, train=False)
+        eta = noise.isotropic(key, batch["index"], x.shape[1:], sigma, x.dtype)
+        noisy_logits, _ = apply(params, model_state, x + eta, train=False)
+        hit = lambda z: jnp.sum((jnp.argmax(z, -1) == y) & mask, dtype=jnp.int32)
+        return {"count": jnp.sum(mask, dtype=jnp.int32), "correct": hit(logits), "noisy_correct": hit(noisy_logits)}
+
+    return eval_step
+
+
+# --------------------------------------------------------------------------
+# The run
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training run builds before its first step."""
+
+    config: Any
+    mesh: jax.sharding.Mesh
+    dataset: data.Dataset
+    model: models.Model
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    steps_per_epoch: int
+    total_steps: int
+    root_key: jax.Array
+
+
+def build_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
+    """Validates the config and builds data, model and optimizer (no compilation yet)."""
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    config_lib.validate(config, num_devices=mesh.size)
+    dataset = data.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
+    if config.train.batch_size > len(dataset.train):
+        raise UserError("train.batch_size", f"{config.train.batch_size} is larger than the training split "
+                        f"({len(dataset.train)} examples)")
+    module = models.create(
+        config.model.name, num_classes=dataset.num_classes, input_shape=tuple(dataset.input_shape),
+        mean=tuple(dataset.mean), std=tuple(dataset.std), activation=config.model.activation,
+        dtype=config.model.dtype, width=config.model.width, seed=noise.init_seed(config.seed))
+    model = models.split(module)
+    steps_per_epoch = data.steps_per_epoch(len(dataset.train), config.train.batch_size)
+    tx, schedule = create_optimizer(config, steps_per_epoch)
+    return Run(config=config, mesh=mesh, dataset=dataset, model=model, tx=tx, schedule=schedule,
+               steps_per_epoch=steps_per_epoch, total_steps=config.train.num_epochs * steps_per_epoch,
+               root_key=noise.root_key(config.seed))
+
+
+def evaluate(run: Run, eval_step: Callable, params, model_state) -> dict[str, float]:
+    """Clean accuracy and accuracy under N(0, sigma^2 I) noise on the test split."""
+    totals = None
+    key = noise.eval_key(run.root_key)
+    for local in data.eval_batches(run.dataset.test, global_batch_size=run.config.train.eval_batch_size,
+                                   process_index=jax.process_index(), process_count=jax.process_count()):
+        counts = eval_step(params, model_state, parallel.shard_batch(run.mesh, local), key)
+        totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+    totals = jax.device_get(totals)
+    count = int(totals["count"])
+    return {"test_accuracy": int(totals["correct"]) / count,
+            "test_noisy_accuracy": int(totals["noisy_correct"]) / count,
+            "test_examples": count}
+
+
+def _prepare_workdir(workdir: str, run: Run) -> None:
+    """Writes config.json and model.json, or refuses a workdir made by a different config."""
+    config_path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = config_lib.from_json(f.read())
+        changed = [p for p in config_lib.differing_fields(previous, run.config)
+                   if p not in config_lib.RESUME_MUTABLE]
+        if changed:
+            field = changed[0]
+            raise UserError(field, f"{workdir} holds a run with {field}={config_lib._get(previous, field)!r}, "
+                            f"not {config_lib._get(run.config, field)!r}; use a new --workdir to change it")
+    if parallel.is_main_process():
+        os.makedirs(workdir, exist_ok=True)
+        with open(config_path, "w") as f:
+            f.write(config_lib.to_json(run.config) + "\n")
+        checkpoint.write_json(os.path.join(workdir, checkpoint.MODEL_FILE),
+                              checkpoint.model_metadata(run.config, run.dataset))
+
+
+class MetricsWriter:
+    """Appends JSON lines to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, workdir: str, resume_step: int):
+        self.path = os.path.join(workdir, checkpoint.METRICS_FILE)
+        self.enabled = parallel.is_main_process()
+        if self.enabled and os.path.exists(self.path):
+            self._truncate_after(resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        # Rows logged after the checkpoint we resume from describe steps that will be redone.
+        with open(self.path) as f:
+            rows = [line for line in f if line.strip()]
+        kept = []
+        for line in rows:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: everything before it stays
+        with open(self.path, "w") as f:
+            f.writelines(kept)
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def _mean_metrics(window: list[dict], first_step: int) -> dict[str, float]:
+    """Host means of a window of per-step metrics; raises on the first non-finite loss."""
+    stacked = jax.device_get({k: jnp.stack([m[k] for m in window]) for k in window[0]})
+    losses = np.asarray(stacked["loss"], np.float64)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        step = first_step + int(bad[0]) + 1
+        raise NonFiniteLossError("loss", f"not finite ({losses[bad[0]]}) at step {step}; the workdir keeps the "
+                                 "last finite checkpoint; lower optimizer.learning_rate or check the data")
+    return {k: float(np.mean(v)) for k, v in stacked.items()}
+
+
+def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None = None,
+                       callback: Callback | None = None) -> tuple[TrainState, dict[str, float]]:
+    """Trains from scratch or resumes from the workdir's latest checkpoint, then evaluates.
+
+    Args:
+      config: a resolved config (`jaxsmooth.config.load`).
+      workdir: where config.json, model.json, metrics.jsonl and checkpoints live.
+      mesh: the device mesh (default: all devices).
+      callback: receives event dicts: ``{"event": "start", ...}``,
+        ``{"event": "train", "step", "loss", "examples_per_s", ...}``,
+        ``{"event": "eval", "step", "test_accuracy", "test_noisy_accuracy", ...}``.
+    Returns:
+      (final state, final evaluation summary).
+    """
+    callback = callback or (lambda event: None)
+    run = build_run(config, mesh)
+    _prepare_workdir(workdir, run)
+    tcfg = config.train
+
+    replicated = parallel.replicated(run.mesh)
+    batch_sharding = parallel.data_sharded(run.mesh)
+    state = parallel.replicate(run.mesh, create_train_state(run.model, run.tx))
+    ckpt = checkpoint.Checkpointer(workdir, save_every_steps=tcfg.checkpoint_every_steps, keep=tcfg.keep_checkpoints)
+    try:
+        start = ckpt.latest_step() or 0
+        if start:
+            state = ckpt.restore(start, state)
+        writer = MetricsWriter(workdir, start)
+
+        loss_fn = objectives.build(config, run.model.apply)
+        train_step = jax.jit(make_train_step(loss_fn, run.tx), in_shardings=(replicated, batch_sharding, replicated),
+                             out_shardings=(replicated, replicated), donate_argnums=0)
+        eval_step = jax.jit(make_eval_step(run.model.apply, config.objective.sigma),
+                            in_shardings=(replicated, replicated, batch_sharding, replicated),
+                            out_shardings=replicated)
+        root_key = parallel.replicate(run.mesh, run.root_key)
+        batches = data.train_batches(
+            run.dataset.train, global_batch_size=tcfg.batch_size, seed=config.seed, start_step=start,
+            augment=_augmentation(config, run.dataset), process_index=jax.process_index(),
+            process_count=jax.process_count())
+
+        t0 = time.perf_counter()
+        first = parallel.shard_batch(run.mesh, next(batches)) if start < run.total_steps else None
+        if first is not None:
+            train_step = train_step.lower(state, first, root_key).compile()
+        compile_s = time.perf_counter() - t0
+        callback({"event": "start", "start_step": start, "total_steps": run.total_steps,
+                  "steps_per_epoch": run.steps_per_epoch, "compile_s": compile_s})
+
+        window: list[dict] = []
+        window_start, t_window = start, time.perf_counter()
+        for step in range(start, run.total_steps):
+            batch = first if step == start else parallel.shard_batch(run.mesh, next(batches))
+            state, metrics = train_step(state, batch, root_key)
+            window.append(metrics)
+            done = step + 1
+            end_of_epoch = done % run.steps_per_epoch == 0
+            if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
+                    or end_of_epoch or done == run.total_steps:
+                means = _mean_metrics(window, window_start)  # syncs; raises before a bad state is saved
+                elapsed = time.perf_counter() - t_window
+                row = {"step": done, "epoch": done / run.steps_per_epoch,
+                       "learning_rate": float(run.schedule(done - 1)),
+                       "examples_per_s": len(window) * tcfg.batch_size / max(elapsed, 1e-9), **means}
+                writer.write(row)
+                callback({"event": "train", "total_steps": run.total_steps, **row})
+                window, window_start, t_window = [], done, time.perf_counter()
+            ckpt.save(done, state, force=done == run.total_steps)
+            epoch = done // run.steps_per_epoch
+            if end_of_epoch and tcfg.eval_every_epochs and epoch % tcfg.eval_every_epochs == 0 \
+                    and done != run.total_steps:
+                _log_eval(run, eval_step, state, done, writer, callback)
+                t_window = time.perf_counter()
+        summary = _log_eval(run, eval_step, state, max(start, run.total_steps), writer, callback)
+    finally:
+        ckpt.close()
+    return state, summary
+
+
+def _log_eval(run: Run, eval_step, state: TrainState, step: int, writer: MetricsWriter, callback: Callback) -> dict:
+    result = evaluate(run, eval_step, state.params, state.model_state)
+    row = {"step": step, "epoch": step / run.steps_per_epoch, "sigma": float(run.config.objective.sigma), **result}
+    writer.write(row)
+    callback({"event": "eval", **row})
+    return row
+
+
+def _augmentation(config, dataset: data.Dataset) -> str:
+    return dataset.augment_default if config.data.augment == "default" else config.data.augment
