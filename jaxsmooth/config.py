@@ -20,7 +20,6 @@ import ml_collections
 
 from jaxsmooth.errors import UserError
 
-OBJECTIVES = ("standard", "gaussian")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 AUGMENTATIONS = ("default", "none", "cifar", "imagenet")
@@ -201,14 +200,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     Model and dataset names are checked where they are resolved (`models`,
     `data`), since their lists live there.
     """
-    from jaxsmooth import models  # local: models import jax, config must not need it
+    from jaxsmooth import models, objectives  # local: they import jax; loading a config must not
 
     if config.model.name not in models.NAMES:
         raise UserError("model.name", f"unknown model {config.model.name!r}; allowed: {', '.join(models.NAMES)}")
     _choice(config, "model.activation", ACTIVATIONS)
     _choice(config, "model.dtype", DTYPES)
     _positive(config, "model.width", allow_zero=True)
-    _choice(config, "objective.name", OBJECTIVES)
+    _choice(config, "objective.name", objectives.NAMES)
     _positive(config, "objective.sigma")
     _choice(config, "optimizer.name", OPTIMIZERS)
     _choice(config, "optimizer.schedule", SCHEDULES)

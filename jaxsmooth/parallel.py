@@ -34,6 +34,8 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
         return False
     if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) <= 1 and not explicit:
         return False  # an interactive SLURM allocation with one task is a single process
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs: dict[str, Any] = {}
     if explicit:
         kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)

@@ -1,0 +1,111 @@
+"""The train CLI: one ``error: <field>: ...`` line and exit 2 for each bad input; the real quick start."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import numpy as np
+import pytest
+
+from jaxsmooth import train
+
+from conftest import ROOT
+from helpers import saved_params
+
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
+SMALL = ["--config.model.width=4", "--config.train.num_epochs=1", "--config.train.eval_every_epochs=0",
+         "--no-progress"]
+
+
+def _fails_with(capsys, argv, field):
+    assert train.run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: {field}: "), err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("override, field", [
+    ("--config.train.batchsize=64", "train.batchsize"),
+    ("--config.objective.sigma=0", "objective.sigma"),
+    ("--config.objective.sigma=-1", "objective.sigma"),
+    ("--config.model.name=resnet21", "model.name"),
+    ("--config.objective.name=gausian", "objective.name"),
+    ("--config.data.name=cifar11", "data.name"),
+    ("--config.train.batch_size=60", "train.batch_size"),  # 8 devices
+])
+def test_bad_input_is_one_line_naming_the_field(tmp_path, capsys, override, field):
+    _fails_with(capsys, ["--config", QUICKSTART, "--workdir", str(tmp_path / "w"), override] + SMALL, field)
+
+
+def test_npz_with_missing_keys_or_wrong_dtype(tmp_path, capsys):
+    x = np.zeros((16, 8, 8, 1), np.uint8)
+    y = np.zeros((16,), np.int64)
+    np.savez(tmp_path / "missing.npz", x_train=x, y_train=y, x_test=x)
+    np.savez(tmp_path / "float.npz", x_train=x.astype(np.float32), y_train=y, x_test=x, y_test=y)
+    for name, needle in (("missing", "y_test"), ("float", "uint8")):
+        line = _fails_with(capsys, ["--config", QUICKSTART, "--workdir", str(tmp_path / name),
+                                    f"--config.data.name=npz:{tmp_path / name}.npz"] + SMALL, "data.name")
+        assert needle in line
+
+
+def test_unreadable_checkpoint_through_the_cli(tmp_path, capsys):
+    workdir = str(tmp_path / "w")
+    os.makedirs(os.path.join(workdir, "checkpoints", "10", "default"))
+    with open(os.path.join(workdir, "checkpoints", "10", "default", "_METADATA"), "w") as f:
+        f.write("{not json")
+    _fails_with(capsys, ["--config", QUICKSTART, "--workdir", workdir] + SMALL, "checkpoint")
+
+
+def _train_cmd(workdir, *extra):
+    return [sys.executable, "-m", "jaxsmooth.train", "--config", QUICKSTART, "--workdir", workdir, *extra]
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # the CLI runs on the real single CPU device
+    return env
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_the_accuracy_it_promises(tmp_path):
+    workdir = str(tmp_path / "quickstart")
+    out = subprocess.run(_train_cmd(workdir, "--no-progress"), capture_output=True, text=True, env=_env(),
+                         cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    final = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))][-1]
+    assert final["test_accuracy"] >= 0.96, final
+    assert final["test_noisy_accuracy"] >= 0.90, final
+    assert f"clean accuracy {final['test_accuracy']:.4f}" in out.stdout
+    assert {"config.json", "model.json", "metrics.jsonl", "checkpoints"} <= set(os.listdir(workdir))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+    args = ["--no-progress", "--config.train.num_epochs=8", "--config.train.checkpoint_every_steps=11",
+            "--config.train.eval_every_epochs=0"]
+    whole = str(tmp_path / "whole")
+    assert subprocess.run(_train_cmd(whole, *args), env=_env(), cwd=ROOT, capture_output=True).returncode == 0
+
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(_train_cmd(killed, *args), env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = os.path.join(killed, "checkpoints")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= 22 for d in os.listdir(ckpts)):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    total = 8 * (1437 // 64)
+    assert not os.path.isdir(os.path.join(ckpts, str(total)))
+
+    resumed = subprocess.run(_train_cmd(killed, *args), env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    chex.assert_trees_all_close(saved_params(killed, total), saved_params(whole, total), atol=0, rtol=0)

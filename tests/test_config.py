@@ -1,0 +1,112 @@
+"""Config loading, overrides and validation: one error per bad field, naming it."""
+
+import os
+import textwrap
+
+import pytest
+
+from jaxsmooth import config as config_lib
+from jaxsmooth.errors import UserError
+
+from conftest import ROOT
+
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
+
+
+def _error(fn, *args, **kwargs) -> UserError:
+    with pytest.raises(UserError) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+def test_every_shipped_config_resolves_and_validates():
+    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        if name.endswith(".py"):
+            c = config_lib.load(os.path.join(ROOT, "configs", name))
+            config_lib.validate(c, num_devices=8)
+            assert c.is_locked
+
+
+def test_cohen_cifar10_recipe():
+    c = config_lib.load(os.path.join(ROOT, "configs", "cifar10_gaussian.py"))
+    assert (c.model.name, c.train.num_epochs, c.train.batch_size) == ("resnet110", 90, 256)
+    assert (c.optimizer.learning_rate, c.optimizer.decay_every_epochs, c.optimizer.decay_factor) == (0.1, 30, 0.1)
+    assert c.objective.sigma in (0.12, 0.25, 0.5, 1.0)
+
+
+def test_override_parses_by_field_type():
+    c = config_lib.load(QUICKSTART)
+    config_lib.apply_overrides(c, ["train.batch_size=32", "objective.sigma=0.5", "optimizer.nesterov=true",
+                                   "data.name=npz:/tmp/x.npz", "optimizer.learning_rate=1"])
+    assert c.train.batch_size == 32 and isinstance(c.train.batch_size, int)
+    assert c.objective.sigma == 0.5
+    assert c.optimizer.nesterov is True
+    assert c.data.name == "npz:/tmp/x.npz"
+    assert c.optimizer.learning_rate == 1.0 and isinstance(c.optimizer.learning_rate, float)
+
+
+def test_misspelt_override_names_the_field_and_suggests():
+    c = config_lib.load(QUICKSTART)
+    e = _error(config_lib.apply_overrides, c, ["train.batchsize=32"])
+    assert e.field == "train.batchsize"
+    assert "did you mean train.batch_size?" in str(e)
+
+
+def test_wrong_override_type_names_the_field():
+    c = config_lib.load(QUICKSTART)
+    assert _error(config_lib.apply_overrides, c, ["train.batch_size=abc"]).field == "train.batch_size"
+    assert _error(config_lib.apply_overrides, c, ["train.batch_size=2.5"]).field == "train.batch_size"
+    assert _error(config_lib.apply_overrides, c, ["optimizer.nesterov=3"]).field == "optimizer.nesterov"
+
+
+def test_misspelt_field_in_a_config_file(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text(textwrap.dedent("""
+        from jaxsmooth.config import default
+        def get_config():
+            c = default()
+            c.objective.sigmaa = 0.5
+            return c
+    """))
+    e = _error(config_lib.load, str(path))
+    assert e.field == "objective.sigmaa"
+    assert "objective.sigma" in e.message
+
+
+def test_missing_config_file():
+    assert _error(config_lib.load, "/nonexistent/config.py").field == "config"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("objective.sigma=0", "objective.sigma"),
+    ("objective.sigma=-0.25", "objective.sigma"),
+    ("model.name=resnet21", "model.name"),
+    ("objective.name=gausian", "objective.name"),
+    ("optimizer.name=lion", "optimizer.name"),
+    ("optimizer.schedule=linear", "optimizer.schedule"),
+    ("model.activation=gelu", "model.activation"),
+    ("model.dtype=float16", "model.dtype"),
+    ("optimizer.learning_rate=0", "optimizer.learning_rate"),
+    ("optimizer.momentum=1.0", "optimizer.momentum"),
+    ("train.batch_size=0", "train.batch_size"),
+])
+def test_invalid_values_name_their_field(override, field):
+    c = config_lib.apply_overrides(config_lib.load(QUICKSTART), [override])
+    e = _error(config_lib.validate, c)
+    assert e.field == field
+    assert "allowed" in e.message or "must be" in e.message
+
+
+def test_batch_not_divisible_by_devices():
+    c = config_lib.apply_overrides(config_lib.load(QUICKSTART), ["train.batch_size=60"])
+    e = _error(config_lib.validate, c, num_devices=8)
+    assert e.field == "train.batch_size"
+    assert "divisible" in e.message and "8" in e.message
+
+
+def test_json_round_trip_and_differences():
+    c = config_lib.load(QUICKSTART)
+    back = config_lib.from_json(config_lib.to_json(c))
+    assert config_lib.differing_fields(c, back) == []
+    config_lib.apply_overrides(back, ["objective.sigma=0.5"])
+    assert config_lib.differing_fields(c, back) == ["objective.sigma"]
