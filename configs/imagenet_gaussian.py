@@ -26,5 +26,5 @@ def get_config():
     c.train.num_epochs = 90
     c.train.log_every_steps = 100
     c.train.checkpoint_every_steps = 2000
-    c.train.eval_batch_size = 500
+    c.train.eval_batch_size = 512
     return c

@@ -76,7 +76,7 @@ def default() -> ml_collections.ConfigDict:
     c.train.checkpoint_every_steps = 500
     c.train.keep_checkpoints = 2
     c.train.eval_every_epochs = 1  # 0: evaluate only at the end
-    c.train.eval_batch_size = 500
+    c.train.eval_batch_size = 512
     return c
 
 

@@ -92,7 +92,7 @@ def test_train_step_compiles_once_and_updates_state():
     run = trainer.build_run(config)
     loss_fn = objectives.build(config, run.model.apply)
     step_fn = jax.jit(chex.assert_max_traces(trainer.make_train_step(loss_fn, run.tx), n=1))
-    state = trainer.create_train_state(run.model, run.tx)
+    state = parallel.replicate(run.mesh, trainer.create_train_state(run.model, run.tx))
     batches = data.train_batches(run.dataset.train, global_batch_size=64, seed=0)
     for _ in range(3):
         state, metrics = step_fn(state, parallel.shard_batch(run.mesh, next(batches)), run.root_key)

@@ -1,0 +1,85 @@
+"""The layers every model is built from.
+
+Convolutions and pooling go through this module alone, so how they are
+lowered (XLA's native convolution, or patches and one matrix product where
+that is faster, as on XLA:CPU) is decided in one place. Padding follows
+PyTorch's symmetric ``k // 2`` convention, so architectures match their
+PyTorch definitions pixel for pixel.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+kaiming_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """2-D cross-correlation. x: [B, H, W, Cin]; kernel: [kh, kw, Cin, Cout]; symmetric zero padding."""
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+                                        dimension_numbers=_DIMENSIONS)
+
+
+class Conv(nnx.Module):
+    """Convolution with float32 parameters computed in `dtype`. x: [B, H, W, in_features] -> [B, H', W', out_features]."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
+                 padding: int | None = None, use_bias: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+        shape = (kernel_size, kernel_size, in_features, out_features)
+        self.kernel = nnx.Param(kaiming_fan_out(rngs.params(), shape, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+        self.stride = stride
+        self.padding = kernel_size // 2 if padding is None else padding
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride, self.padding)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
+    """Max pooling over [B, H, W, C] with symmetric -inf padding (PyTorch's ``MaxPool2d``)."""
+    if window == stride and padding == 0 and x.shape[1] % window == 0 and x.shape[2] % window == 0:
+        # Non-overlapping windows: a reshape and a max, whose gradient is cheap everywhere.
+        b, h, w, c = x.shape
+        return x.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
+    pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, C]."""
+    return x.mean(axis=(1, 2))
+
+
+def batch_norm(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """BatchNorm with PyTorch's defaults (running-average momentum 0.1, eps 1e-5)."""
+    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def dense(in_features: int, out_features: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def activation(name: str):
+    return jax.nn.elu if name == "elu" else jax.nn.relu
+
+
+class Normalize(nnx.Module):
+    """(x - mean) / std per channel, with constants (not parameters): the first layer of every model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)

@@ -1,0 +1,43 @@
+"""``vgg16``: VGG-16 with BatchNorm (Simonyan & Zisserman 2015, configuration D), CIFAR variant.
+
+Thirteen 3x3 conv - BN - act layers in five stages (64, 64 | 128, 128 | 256 x3 |
+512 x3 | 512 x3), a 2x2 max-pool after each stage, global average pooling (1x1
+at 32x32 inputs) and one dense layer, as the NAL paper's CIFAR-10 VGG-16.
+x: [B, H, W, C] float32 in [0, 1] -> logits [B, num_classes].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxsmooth.models import layers
+
+STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+class VGG16(nnx.Module):
+    def __init__(self, input_shape, num_classes: int, mean, std, *, activation: str = "relu",
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        self.normalize = layers.Normalize(mean, std)
+        convs, bns, cin = [], [], input_shape[-1]
+        for stage in STAGES:
+            for cout in stage:
+                convs.append(layers.Conv(cin, cout, 3, use_bias=True, dtype=dtype, rngs=rngs))
+                bns.append(layers.batch_norm(cout, dtype, rngs))
+                cin = cout
+        self.convs, self.bns = nnx.List(convs), nnx.List(bns)
+        self.head = layers.dense(cin, num_classes, dtype, rngs)
+        self.act = activation
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        act = layers.activation(self.act)
+        x = self.normalize(x)
+        i = 0
+        for stage in STAGES:
+            for _ in stage:
+                x = act(self.bns[i](self.convs[i](x), use_running_average=not train))
+                i += 1
+            x = layers.max_pool(x, 2, 2)
+        return self.head(layers.global_avg_pool(x))
