@@ -72,5 +72,25 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
     return jax.device_put(tree, replicated(mesh))
 
 
+# XLA:CPU options for every step we compile. YNN (XNNPACK's successor) handles matrix
+# products much faster than Eigen but convolutions slower, so it is kept for dots only
+# (measured: LeNet train step 1.3-1.5x faster than with the default fusion setting).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compile(jitted: Any, *args: Any) -> Any:
+    """Ahead-of-time compiles `jitted` for `args`, with `CPU_COMPILER_OPTIONS` on the CPU backend.
+
+    A jaxlib that does not know an option compiles without it.
+    """
+    lowered = jitted.lower(*args)
+    if jax.default_backend() == "cpu":
+        try:
+            return lowered.compile(compiler_options=CPU_COMPILER_OPTIONS)
+        except Exception:  # an unknown option in this jaxlib: fall back to its defaults
+            pass
+    return lowered.compile()
+
+
 def is_main_process() -> bool:
     return jax.process_index() == 0

@@ -282,7 +282,7 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
         t0 = time.perf_counter()
         first = parallel.shard_batch(run.mesh, next(batches)) if start < run.total_steps else None
         if first is not None:
-            train_step = train_step.lower(state, first, root_key).compile()
+            train_step = parallel.compile(train_step, state, first, root_key)
         compile_s = time.perf_counter() - t0
         callback({"event": "start", "start_step": start, "total_steps": run.total_steps,
                   "steps_per_epoch": run.steps_per_epoch, "compile_s": compile_s})

@@ -36,7 +36,7 @@ class Result:
 
 
 def interleave(contenders: Mapping[str, tuple[Callable[[], None], int, float]], rounds: int,
-               on_round: Callable[[int], None] | None = None) -> dict[str, Result]:
+               on_round: Callable[[int], None] | None = None, warmup_rounds: int = 1) -> dict[str, Result]:
     """Times each contender's `run()` once per round, alternating, for `rounds` rounds.
 
     Args:
@@ -44,7 +44,11 @@ def interleave(contenders: Mapping[str, tuple[Callable[[], None], int, float]], 
         its work is done (``block_until_ready`` / ``torch`` sync) and be warmed up.
       rounds: number of rounds (the median is taken over them).
       on_round: called after each round with its number (progress bars).
+      warmup_rounds: untimed rounds first (library caches, allocator, CPU frequency).
     """
+    for _ in range(warmup_rounds):
+        for run, _, _ in contenders.values():
+            run()
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     for r in range(rounds):
         for name, (run, _, _) in contenders.items():

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxsmooth import models, objectives, trainer
+from jaxsmooth import models, objectives, parallel, trainer
 from jaxsmooth.benchmarks.timing import Result, interleave
 
 INPUT_SHAPES = {"cnn": (28, 28, 1), "resnet50": (224, 224, 3)}  # the rest: CIFAR's 32x32x3
@@ -44,7 +44,7 @@ def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32",
             "index": jnp.arange(batch, dtype=jnp.int32)}
     key = jax.random.key(0)
     t0 = time.perf_counter()
-    step = jax.jit(trainer.make_train_step(loss_fn, tx), donate_argnums=0).lower(state, data, key).compile()
+    step = parallel.compile(jax.jit(trainer.make_train_step(loss_fn, tx), donate_argnums=0), state, data, key)
     setup_s = time.perf_counter() - t0
     holder = [step(state, data, key)[0]]
     jax.block_until_ready(holder[0])
@@ -94,7 +94,7 @@ def benchmark(name: str, batch: int, *, input_shape=None, dtypes=("float32",), s
               with_torch: bool = True, on_round: Callable[[int], None] | None = None) -> dict[str, Result]:
     """Interleaved medians of every contender (JAX per dtype, then the PyTorch references)."""
     input_shape = tuple(input_shape or input_shape_of(name))
-    width, hidden = models.cnn_sizes(input_shape) if name == "cnn" else (0, 0)
+    width, hidden = models.cnn_sizes(0) if name == "cnn" else (0, 0)
     contenders = {f"jax {d}": jax_contender(name, batch, input_shape, dtype=d, steps=steps) for d in dtypes}
     if with_torch:
         contenders.update(torch_contenders(name, batch, input_shape, steps=steps, width=width, hidden=hidden))
