@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=5, help="train steps per timed round")
     t.add_argument("--rounds", type=int, default=7, help="rounds; medians are over rounds")
     t.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    t.add_argument("--xla-defaults", action="store_true",
+                   help="also time the JAX step compiled without jaxsmooth's XLA:CPU options")
     t.add_argument("--json", default="", help="write per-round timings here")
     return p
 
@@ -67,7 +69,7 @@ def main(argv: list[str]) -> int:
 
     with tqdm(total=args.rounds, desc=f"bench train {args.model}", file=sys.stderr, leave=False) as bar:
         results = train_bench.benchmark(args.model, args.batch, input_shape=shape, dtypes=dtypes, steps=args.steps,
-                                        rounds=args.rounds, with_torch=not args.no_torch,
+                                        rounds=args.rounds, with_torch=not args.no_torch, xla_defaults=args.xla_defaults,
                                         on_round=lambda r: bar.update(1))
     shape = shape or train_bench.input_shape_of(args.model)
     print(f"train step, {args.model}, batch {args.batch}, input {'x'.join(map(str, shape))}, "

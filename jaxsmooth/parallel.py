@@ -78,13 +78,14 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
-def compile(jitted: Any, *args: Any) -> Any:
+def compile(jitted: Any, *args: Any, cpu_options: bool = True) -> Any:
     """Ahead-of-time compiles `jitted` for `args`, with `CPU_COMPILER_OPTIONS` on the CPU backend.
 
-    A jaxlib that does not know an option compiles without it.
+    A jaxlib that does not know an option compiles without it; ``cpu_options=False``
+    compiles with XLA's defaults (for benchmarks).
     """
     lowered = jitted.lower(*args)
-    if jax.default_backend() == "cpu":
+    if cpu_options and jax.default_backend() == "cpu":
         try:
             return lowered.compile(compiler_options=CPU_COMPILER_OPTIONS)
         except Exception:  # an unknown option in this jaxlib: fall back to its defaults

@@ -28,7 +28,8 @@ def input_shape_of(name: str) -> tuple[int, int, int]:
 
 
 def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32", steps: int = 5,
-                  num_classes: int = 10, width: int = 0) -> tuple[Callable[[], None], int, float]:
+                  num_classes: int = 10, width: int = 0,
+                  cpu_options: bool = True) -> tuple[Callable[[], None], int, float]:
     """A warmed-up ``run()`` doing `steps` train steps, the examples it covers, and its compile seconds."""
     c = input_shape[-1]
     module = models.create(name, num_classes=num_classes, input_shape=tuple(input_shape), mean=(0.5,) * c,
@@ -44,7 +45,8 @@ def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32",
             "index": jnp.arange(batch, dtype=jnp.int32)}
     key = jax.random.key(0)
     t0 = time.perf_counter()
-    step = parallel.compile(jax.jit(trainer.make_train_step(loss_fn, tx), donate_argnums=0), state, data, key)
+    step = parallel.compile(jax.jit(trainer.make_train_step(loss_fn, tx), donate_argnums=0), state, data, key,
+                            cpu_options=cpu_options)
     setup_s = time.perf_counter() - t0
     holder = [step(state, data, key)[0]]
     jax.block_until_ready(holder[0])
@@ -91,11 +93,18 @@ def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_
 
 
 def benchmark(name: str, batch: int, *, input_shape=None, dtypes=("float32",), steps: int = 5, rounds: int = 7,
-              with_torch: bool = True, on_round: Callable[[int], None] | None = None) -> dict[str, Result]:
-    """Interleaved medians of every contender (JAX per dtype, then the PyTorch references)."""
+              with_torch: bool = True, xla_defaults: bool = False,
+              on_round: Callable[[int], None] | None = None) -> dict[str, Result]:
+    """Interleaved medians of every contender (JAX per dtype, then the PyTorch references).
+
+    ``xla_defaults`` adds the float32 JAX step compiled without `parallel.CPU_COMPILER_OPTIONS`.
+    """
     input_shape = tuple(input_shape or input_shape_of(name))
     width, hidden = models.cnn_sizes(0) if name == "cnn" else (0, 0)
     contenders = {f"jax {d}": jax_contender(name, batch, input_shape, dtype=d, steps=steps) for d in dtypes}
+    if xla_defaults:
+        contenders["jax float32, XLA default options"] = jax_contender(name, batch, input_shape, steps=steps,
+                                                                       cpu_options=False)
     if with_torch:
         contenders.update(torch_contenders(name, batch, input_shape, steps=steps, width=width, hidden=hidden))
     return interleave(contenders, rounds, on_round)
