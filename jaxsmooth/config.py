@@ -163,13 +163,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
             path, text = item.split("=", 1)
             if path not in known:
                 raise _unknown_field(path, known)
-            old = _get(config, path)
+            old = get(config, path)
             value = text if isinstance(old, str) else _parse_value(text)
             _set(config, path, value)
     return config
 
 
-def _get(c: ml_collections.ConfigDict, path: str) -> Any:
+def get(c: ml_collections.ConfigDict, path: str) -> Any:
+    """The value of a dotted field, e.g. ``get(config, "objective.sigma")``."""
     node = c
     for p in path.split("."):
         node = node[p]
@@ -181,13 +182,13 @@ def _get(c: ml_collections.ConfigDict, path: str) -> Any:
 
 
 def _choice(c, path: str, allowed: Sequence[str]) -> None:
-    value = _get(c, path)
+    value = get(c, path)
     if value not in allowed:
         raise UserError(path, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
 
 
 def _positive(c, path: str, *, allow_zero: bool = False) -> None:
-    value = _get(c, path)
+    value = get(c, path)
     ok = value >= 0 if allow_zero else value > 0
     if not ok or (isinstance(value, float) and not math.isfinite(value)):
         bound = ">= 0" if allow_zero else "> 0"
@@ -227,7 +228,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     _positive(config, "train.eval_every_epochs", allow_zero=True)
     if num_devices is not None:
         for path in ("train.batch_size", "train.eval_batch_size"):
-            value = _get(config, path)
+            value = get(config, path)
             if value % num_devices:
                 raise UserError(path, f"{value} is not divisible by the number of devices ({num_devices})")
 

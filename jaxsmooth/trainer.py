@@ -147,9 +147,6 @@ def build_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
     mesh = parallel.make_mesh() if mesh is None else mesh
     config_lib.validate(config, num_devices=mesh.size)
     dataset = data.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
-    if config.train.batch_size > len(dataset.train):
-        raise UserError("train.batch_size", f"{config.train.batch_size} is larger than the training split "
-                        f"({len(dataset.train)} examples)")
     module = models.create(
         config.model.name, num_classes=dataset.num_classes, input_shape=tuple(dataset.input_shape),
         mean=tuple(dataset.mean), std=tuple(dataset.std), activation=config.model.activation,
@@ -187,8 +184,8 @@ def _prepare_workdir(workdir: str, run: Run) -> None:
                    if p not in config_lib.RESUME_MUTABLE]
         if changed:
             field = changed[0]
-            raise UserError(field, f"{workdir} holds a run with {field}={config_lib._get(previous, field)!r}, "
-                            f"not {config_lib._get(run.config, field)!r}; use a new --workdir to change it")
+            raise UserError(field, f"{workdir} holds a run with {field}={config_lib.get(previous, field)!r}, "
+                            f"not {config_lib.get(run.config, field)!r}; use a new --workdir to change it")
     if parallel.is_main_process():
         os.makedirs(workdir, exist_ok=True)
         with open(config_path, "w") as f:
@@ -311,7 +308,7 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
                     and done != run.total_steps:
                 _log_eval(run, eval_step, state, done, writer, callback)
                 t_window = time.perf_counter()
-        summary = _log_eval(run, eval_step, state, max(start, run.total_steps), writer, callback)
+        summary = _log_eval(run, eval_step, state, run.total_steps, writer, callback)
     finally:
         ckpt.close()
     return state, summary
