@@ -68,8 +68,20 @@ def shard_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax
 
 
 def replicate(mesh: Mesh, tree: Any) -> Any:
-    """Places a pytree of host or device arrays replicated on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places a pytree of host or device arrays replicated on every device of the mesh.
+
+    Every process must pass the same values (as they do when derived from the
+    same seed); each places its own copy on its own devices.
+    """
+    sharding = replicated(mesh)
+
+    def put(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
 
 
 # XLA:CPU options for every step we compile. YNN (XNNPACK's successor) handles matrix
