@@ -140,3 +140,15 @@ def test_apply_compiles_once_and_is_differentiable():
     grads, _ = jax.grad(loss, has_aux=True)(m.params, m.model_state, _x(CIFAR))
     chex.assert_trees_all_equal_structs(grads, m.params)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+def test_materialize_is_the_exact_identity_with_identity_gradient():
+    from jaxsmooth.models import layers
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 3)) * 1e3, jnp.float32)
+    anchor = jnp.asarray([0.7, 1.3], jnp.float32)
+    f = jax.jit(layers.materialize)
+    chex.assert_trees_all_equal(f(x, anchor), x)
+    gx, ga = jax.grad(lambda x, a: (layers.materialize(x, a) * x).sum(), argnums=(0, 1))(x, anchor)
+    chex.assert_trees_all_equal(gx, 2 * x)
+    chex.assert_trees_all_equal(ga, jnp.zeros_like(anchor))

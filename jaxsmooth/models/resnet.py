@@ -52,7 +52,7 @@ class BasicBlock(nnx.Module):
         act = layers.activation(self.act)
         y = act(self.bn1(self.conv1(x), use_running_average=not train))
         y = self.bn2(self.conv2(y), use_running_average=not train)
-        return act(y + self.shortcut(x, train))
+        return layers.materialize(act(y + self.shortcut(x, train)), self.bn2.scale[...])
 
 
 class Bottleneck(nnx.Module):
@@ -76,7 +76,7 @@ class Bottleneck(nnx.Module):
         y = act(self.bn1(self.conv1(x), use_running_average=not train))
         y = act(self.bn2(self.conv2(y), use_running_average=not train))
         y = self.bn3(self.conv3(y), use_running_average=not train)
-        return act(y + self.shortcut(x, train))
+        return layers.materialize(act(y + self.shortcut(x, train)), self.bn3.scale[...])
 
 
 class ResNet(nnx.Module):
