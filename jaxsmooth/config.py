@@ -22,9 +22,6 @@ from jaxsmooth.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
-AUGMENTATIONS = ("default", "none", "cifar", "imagenet")
-DTYPES = ("float32", "bfloat16")
-ACTIVATIONS = ("relu", "elu")
 
 # Fields that only change how a run reports or saves, not what it computes:
 # a resumed run may change them.
@@ -201,12 +198,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     Model and dataset names are checked where they are resolved (`models`,
     `data`), since their lists live there.
     """
-    from jaxsmooth import models, objectives  # local: they import jax; loading a config must not
+    from jaxsmooth import data, models, objectives  # local: they import jax; loading a config must not
 
-    if config.model.name not in models.NAMES:
-        raise UserError("model.name", f"unknown model {config.model.name!r}; allowed: {', '.join(models.NAMES)}")
-    _choice(config, "model.activation", ACTIVATIONS)
-    _choice(config, "model.dtype", DTYPES)
+    _choice(config, "model.name", models.NAMES)
+    _choice(config, "model.activation", models.ACTIVATIONS)
+    _choice(config, "model.dtype", models.DTYPES)
     _positive(config, "model.width", allow_zero=True)
     _choice(config, "objective.name", objectives.NAMES)
     _positive(config, "objective.sigma")
@@ -220,7 +216,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         raise UserError("optimizer.momentum", f"must be in [0, 1), got {config.optimizer.momentum!r}")
     if not 0.0 < config.optimizer.decay_factor <= 1.0:
         raise UserError("optimizer.decay_factor", f"must be in (0, 1], got {config.optimizer.decay_factor!r}")
-    _choice(config, "data.augment", AUGMENTATIONS)
+    _choice(config, "data.augment", ("default",) + tuple(data.AUGMENTATIONS))
     _positive(config, "data.image_size", allow_zero=True)
     for path in ("train.batch_size", "train.num_epochs", "train.log_every_steps",
                  "train.checkpoint_every_steps", "train.keep_checkpoints", "train.eval_batch_size"):

@@ -38,6 +38,7 @@ _BUILDERS = {
 
 NAMES = tuple(_BUILDERS)
 ACTIVATIONS = ("relu", "elu")
+DTYPES = tuple(layers.DTYPES)
 cnn_sizes = lenet.sizes
 
 
@@ -63,8 +64,8 @@ def create(name: str, *, num_classes: int, input_shape: tuple[int, int, int], me
         raise ModelError("model.name", f"unknown model {name!r}; allowed: {', '.join(NAMES)}")
     if activation not in ACTIVATIONS:
         raise ModelError("model.activation", f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}")
-    if dtype not in layers.DTYPES:
-        raise ModelError("model.dtype", f"unknown dtype {dtype!r}; allowed: {', '.join(layers.DTYPES)}")
+    if dtype not in DTYPES:
+        raise ModelError("model.dtype", f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     kwargs = dict(activation=activation, dtype=layers.DTYPES[dtype], rngs=nnx.Rngs(seed))
     if name == "cnn":
         kwargs["width"] = width
