@@ -105,5 +105,17 @@ def compile(jitted: Any, *args: Any, cpu_options: bool = True) -> Any:
     return lowered.compile()
 
 
+def compile_on_first_call(jitted: Any) -> Any:
+    """`jitted`, compiled by `compile` for the arguments of its first call (shapes must not change)."""
+    compiled: list = []
+
+    def call(*args):
+        if not compiled:
+            compiled.append(compile(jitted, *args))
+        return compiled[0](*args)
+
+    return call
+
+
 def is_main_process() -> bool:
     return jax.process_index() == 0

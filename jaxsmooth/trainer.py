@@ -267,9 +267,9 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
         loss_fn = objectives.build(config, run.model.apply)
         train_step = jax.jit(make_train_step(loss_fn, run.tx), in_shardings=(replicated, batch_sharding, replicated),
                              out_shardings=(replicated, replicated), donate_argnums=0)
-        eval_step = jax.jit(make_eval_step(run.model.apply, config.objective.sigma),
-                            in_shardings=(replicated, replicated, batch_sharding, replicated),
-                            out_shardings=replicated)
+        eval_step = parallel.compile_on_first_call(jax.jit(
+            make_eval_step(run.model.apply, config.objective.sigma),
+            in_shardings=(replicated, replicated, batch_sharding, replicated), out_shardings=replicated))
         root_key = parallel.replicate(run.mesh, run.root_key)
         batches = data.train_batches(
             run.dataset.train, global_batch_size=tcfg.batch_size, seed=config.seed, start_step=start,
