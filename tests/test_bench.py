@@ -24,7 +24,7 @@ def test_reference_has_the_same_parameter_count(name, shape):
 def test_interleave_reports_medians_of_rounds():
     calls = []
     results = timing.interleave({"a": (lambda: calls.append("a"), 10, 0.0), "b": (lambda: calls.append("b"), 20, 1.0)},
-                                rounds=3, warmup_rounds=1)
+                                rounds=3, warmup_rounds=1, pause_s=0.0)
     assert calls == ["a", "b"] * 4  # one warm-up round, then alternating rounds
     assert len(results["a"].seconds) == 3 and results["b"].setup_s == 1.0
     assert results["b"].rate == pytest.approx(20 / np.median(results["b"].seconds))

@@ -36,7 +36,8 @@ class Result:
 
 
 def interleave(contenders: Mapping[str, tuple[Callable[[], None], int, float]], rounds: int,
-               on_round: Callable[[int], None] | None = None, warmup_rounds: int = 1) -> dict[str, Result]:
+               on_round: Callable[[int], None] | None = None, warmup_rounds: int = 1,
+               pause_s: float = 0.2) -> dict[str, Result]:
     """Times each contender's `run()` once per round, alternating, for `rounds` rounds.
 
     Args:
@@ -45,6 +46,9 @@ def interleave(contenders: Mapping[str, tuple[Callable[[], None], int, float]], 
       rounds: number of rounds (the median is taken over them).
       on_round: called after each round with its number (progress bars).
       warmup_rounds: untimed rounds first (library caches, allocator, CPU frequency).
+      pause_s: idle time before each timed run. Thread pools (PyTorch's OpenMP,
+        XLA's Eigen) spin for a while after their work ends; on a machine with
+        few cores that spinning would be charged to whichever contender runs next.
     """
     for _ in range(warmup_rounds):
         for run, _, _ in contenders.values():
@@ -52,6 +56,7 @@ def interleave(contenders: Mapping[str, tuple[Callable[[], None], int, float]], 
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     for r in range(rounds):
         for name, (run, _, _) in contenders.items():
+            time.sleep(pause_s)  # let the previous contender's worker threads stop spinning
             t0 = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - t0)
