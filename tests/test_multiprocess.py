@@ -1,6 +1,7 @@
 """Two JAX processes (launch/local.sh, 4 fake CPU devices each) train what one process with 8 devices trains."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -16,10 +17,16 @@ from helpers import quick_config
 OVERRIDES = ["train.num_epochs=1"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_eight_devices(tmp_path, devices):
     workdir = str(tmp_path / "two")
-    env = dict(os.environ, DEVICES_PER_PROCESS="4", LOGDIR=str(tmp_path / "logs"), PORT="12391")
+    env = dict(os.environ, DEVICES_PER_PROCESS="4", LOGDIR=str(tmp_path / "logs"), PORT=str(_free_port()))
     env.pop("XLA_FLAGS", None)
     cmd = [os.path.join(ROOT, "launch", "local.sh"), "2", sys.executable, "-m", "jaxsmooth.train",
            "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--workdir", workdir, "--no-progress",
