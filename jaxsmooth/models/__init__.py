@@ -4,17 +4,28 @@ A model is a flax.nnx module; `split` turns it once into
 
     apply(params, model_state, x, *, train) -> (logits, new_model_state)
 
-a pure function of pytrees (plain nested dicts of float32 arrays): `params`
-are the trainable parameters, `model_state` the BatchNorm running statistics.
-With ``train=True`` BatchNorm uses batch statistics and returns updated running
-averages; with ``train=False`` it uses the running averages and returns
-`model_state` unchanged. x: [B, H, W, C] float32 in [0, 1] (pixel space: each
-model normalises by its data set's mean/std in its first layer); logits:
-[B, num_classes] float32 whatever the compute dtype.
+a pure function of pytrees (plain nested dicts of float32 arrays, as
+`nnx.to_pure_dict` writes them): `params` are the trainable parameters,
+`model_state` the BatchNorm running statistics ({} for models without
+BatchNorm). With ``train=True`` BatchNorm normalises by batch statistics and
+returns updated running averages (PyTorch's momentum 0.1); with
+``train=False`` it uses the running averages and returns `model_state`
+itself. x: [B, H, W, C] float32 in [0, 1], pixel space (each model normalises
+by its data set's mean/std in its first layer, so callers add noise before the
+model); logits: [B, num_classes] float32 whatever the compute dtype.
+
+| name | architecture | reference |
+|---|---|---|
+| cnn | conv5x5(32)-pool-conv5x5(64)-pool-dense(1024)-dense | LeNet-style MNIST CNN (`lenet.py`) |
+| resnet20/56/110 | 3 stages of 6n+2 basic blocks, 16/32/64 | He et al. 2016 §4.2, as in Cohen et al. 2019 |
+| resnet18/34 | basic blocks [2,2,2,2]/[3,4,6,3], 64-512, CIFAR stem | He et al. 2016, CIFAR stem |
+| resnet50 | bottlenecks [3,4,6,3], 7x7/2 stem + max-pool | torchvision ResNet-50 (v1.5) |
+| vgg16 | 13 conv-BN layers, 5 max-pools, global pool, dense | Simonyan & Zisserman 2015 (D), with BN |
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -27,9 +38,9 @@ from jaxsmooth.models import layers, lenet, resnet, vgg
 
 _BUILDERS = {
     "cnn": lenet.LeNet,
-    "resnet20": lambda *a, **k: resnet.cifar_resnet(20, *a, **k),
-    "resnet56": lambda *a, **k: resnet.cifar_resnet(56, *a, **k),
-    "resnet110": lambda *a, **k: resnet.cifar_resnet(110, *a, **k),
+    "resnet20": resnet.cifar_resnet(20),
+    "resnet56": resnet.cifar_resnet(56),
+    "resnet110": resnet.cifar_resnet(110),
     "resnet18": resnet.resnet18,
     "resnet34": resnet.resnet34,
     "resnet50": resnet.resnet50,
@@ -37,28 +48,31 @@ _BUILDERS = {
 }
 
 NAMES = tuple(_BUILDERS)
-ACTIVATIONS = ("relu", "elu")
+ACTIVATIONS = tuple(layers.ACTIVATIONS)
 DTYPES = tuple(layers.DTYPES)
 cnn_sizes = lenet.sizes
 
 
 class ModelError(UserError):
-    """An unknown model name, activation or dtype."""
-
-
-class Model(NamedTuple):
-    """A model split at the pure-function boundary."""
-
-    apply: Callable[..., tuple[jax.Array, Any]]
-    params: Any  # nested dict of float32 arrays
-    model_state: Any  # nested dict of BatchNorm statistics ({} when there is none)
+    """An unknown model name, activation or dtype; ``str(error)`` starts with the field (``model.name: ...``)."""
 
 
 def create(name: str, *, num_classes: int, input_shape: tuple[int, int, int], mean, std,
            activation: str = "relu", dtype: str = "float32", width: int = 0, seed: int = 0) -> nnx.Module:
-    """Builds the nnx module `name` for inputs of `input_shape` (H, W, C) with `num_classes` outputs.
+    """Builds the nnx module `name`.
 
-    `width` applies to ``cnn`` only (channels of its first convolution).
+    Args:
+      name: one of `NAMES`.
+      num_classes: logits per example.
+      input_shape: (H, W, C) of one input.
+      mean, std: per-channel statistics of the data set in pixel space ([0, 1]);
+        the model's first layer computes (x - mean) / std with them as constants.
+      activation: ``"relu"`` or ``"elu"``, used everywhere the architecture has a ReLU.
+      dtype: compute dtype, ``"float32"`` or ``"bfloat16"``; parameters are float32 either way.
+      width: ``cnn`` only: channels of its first convolution (0: the default 32); ignored by the others.
+      seed: parameter initialisation seed.
+    Raises:
+      ModelError: naming ``model.name``, ``model.activation``, ``model.dtype`` or ``model.width``.
     """
     if name not in _BUILDERS:
         raise ModelError("model.name", f"unknown model {name!r}; allowed: {', '.join(NAMES)}")
@@ -66,27 +80,61 @@ def create(name: str, *, num_classes: int, input_shape: tuple[int, int, int], me
         raise ModelError("model.activation", f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}")
     if dtype not in DTYPES:
         raise ModelError("model.dtype", f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    if width < 0:
+        raise ModelError("model.width", f"must be >= 0 (0: the default), got {width}")
     kwargs = dict(activation=activation, dtype=layers.DTYPES[dtype], rngs=nnx.Rngs(seed))
     if name == "cnn":
         kwargs["width"] = width
     return _BUILDERS[name](tuple(input_shape), num_classes, tuple(mean), tuple(std), **kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class Apply:
+    """``apply(params, model_state, x, *, train) -> (logits, new_model_state)`` of one graph definition.
+
+    Holds only the (hashable, array-free) `nnx.GraphDef`, so two splits of
+    the same architecture give equal, equally hashed functions, and nothing
+    it captures is a constant baked into a jitted computation.
+
+    Args:
+      params: nested dict of float32 parameters (`Model.params`).
+      model_state: nested dict of BatchNorm statistics (`Model.model_state`).
+      x: [B, H, W, C] float32 in [0, 1].
+      train: BatchNorm on batch statistics, running averages updated (True),
+        or on the running averages (False). A Python bool: static under jit.
+    Returns:
+      logits [B, num_classes] float32, and the new model_state (`model_state`
+      itself when ``train=False``).
+    """
+
+    graphdef: nnx.GraphDef
+
+    def __call__(self, params, model_state, x: jax.Array, *, train: bool) -> tuple[jax.Array, Any]:
+        module = nnx.merge(self.graphdef, params, model_state)
+        logits = module(x, train=train).astype(jnp.float32)
+        if not train:
+            return logits, model_state
+        return logits, nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+
+
+class Model(NamedTuple):
+    """A model split at the pure-function boundary."""
+
+    apply: Callable[..., tuple[jax.Array, Any]]  # an `Apply`
+    params: Any  # nested dict of float32 arrays
+    model_state: Any  # nested dict of BatchNorm statistics ({} when there is none)
+
+
 def split(module: nnx.Module) -> Model:
-    """Splits `module` into a pure `apply` and its parameter and BatchNorm-statistics pytrees."""
+    """Splits `module` into a pure `apply` and its parameter and BatchNorm-statistics pytrees.
+
+    Works on abstract modules too (``nnx.eval_shape(lambda: create(...))``):
+    params and model_state then hold `jax.ShapeDtypeStruct` leaves.
+    """
     graphdef, params, stats = nnx.split(module, nnx.Param, nnx.BatchStat)
-
-    def apply(params_dict, state_dict, x, *, train: bool):
-        p, s = jax.tree.map(lambda v: v, params), jax.tree.map(lambda v: v, stats)
-        nnx.replace_by_pure_dict(p, params_dict)
-        nnx.replace_by_pure_dict(s, state_dict)
-        m = nnx.merge(graphdef, p, s)
-        logits = m(x, train=train).astype(jnp.float32)
-        new_state = nnx.to_pure_dict(nnx.state(m, nnx.BatchStat)) if train else state_dict
-        return logits, new_state
-
-    return Model(apply=apply, params=nnx.to_pure_dict(params), model_state=nnx.to_pure_dict(stats))
+    return Model(apply=Apply(graphdef), params=nnx.to_pure_dict(params), model_state=nnx.to_pure_dict(stats))
 
 
 def num_params(params) -> int:
-    return int(sum(np.prod(np.shape(v)) for v in jax.tree.leaves(params)))
+    """Number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct` leaves)."""
+    return int(sum(np.prod(np.shape(v), dtype=np.int64) for v in jax.tree.leaves(params)))

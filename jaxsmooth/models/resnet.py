@@ -1,19 +1,29 @@
-"""Residual networks.
+"""Residual networks (He et al. 2016), one `ResNet` class for all five names.
 
-- `CifarResNet` (``resnet20/56/110``): He et al. 2016 §4.2, depth 6n+2, 16/32/64
-  channels, as Cohen et al. train on CIFAR-10 (projection shortcuts, 1x1 conv +
-  BatchNorm, where the shape changes).
-- `ResNet` with `BasicBlock` (``resnet18/34``): the ImageNet layout with a CIFAR
-  stem (3x3 conv, stride 1, no max-pool) for 32x32 inputs, as in the NAL and
-  HeatSmoothing papers.
-- `ResNet` with `Bottleneck` (``resnet50``): torchvision's ResNet-50 (v1.5, stride
-  on the 3x3 convolution) for 224x224 ImageNet inputs.
-x: [B, H, W, C] float32 in [0, 1] -> logits [B, num_classes].
+- ``resnet20/56/110`` (`cifar_resnet`): He et al. §4.2, depth 6n + 2: a 3x3
+  stem conv (16), three stages of n basic blocks (16, 32, 64 channels, stride 2
+  at the start of stages 2 and 3), global average pooling, dense. Shortcuts are
+  1x1 conv + BatchNorm projections where the shape changes, as in the CIFAR
+  ResNet that Cohen et al. 2019 (locuslab/smoothing) train. ResNet-110:
+  1,730,714 parameters with 10 classes; ResNet-20: 272,474.
+- ``resnet18/34``: the ImageNet ResNet's basic-block layout ([2,2,2,2],
+  [3,4,6,3]; 64-512 channels) with a CIFAR stem (3x3 conv 64, stride 1, no
+  max-pool) for 32x32 inputs, the CIFAR-10 models of the NAL (ResNet-18) and
+  HeatSmoothing / Boot Camp (ResNet-34) papers. ResNet-18: 11,173,962 parameters.
+- ``resnet50``: torchvision's ImageNet ResNet-50 (v1.5: stride on the 3x3 conv
+  of a bottleneck): 7x7/2 stem conv, 3x3/2 max-pool, bottlenecks [3,4,6,3]
+  with expansion 4, as Cohen et al. and the HeatSmoothing paper use on
+  ImageNet. 25,557,032 parameters with 1000 classes.
+
+Every stage ends in global average pooling, so any input large enough for the
+strides works (8x8 final maps at 32x32 for the CIFAR nets, 7x7 at 224x224 for
+ResNet-50). x: [B, H, W, C] float32 in [0, 1] -> logits [B, num_classes].
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,19 +129,15 @@ class ResNet(nnx.Module):
         return self.head(layers.global_avg_pool(x))
 
 
-def cifar_resnet(depth: int, *args, **kwargs) -> ResNet:
-    """He et al.'s CIFAR ResNet of `depth` = 6n + 2 (20, 56, 110)."""
+def cifar_resnet(depth: int) -> Callable[..., ResNet]:
+    """The builder of He et al.'s CIFAR ResNet of `depth` = 6n + 2 (20, 56, 110): n basic blocks per stage."""
+    if (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
     n = (depth - 2) // 6
-    return ResNet(BasicBlock, (n, n, n), (16, 32, 64), "cifar", *args, **kwargs)
+    return functools.partial(ResNet, BasicBlock, (n, n, n), (16, 32, 64), "cifar")
 
 
-def resnet18(*args, **kwargs) -> ResNet:
-    return ResNet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), "cifar", *args, **kwargs)
-
-
-def resnet34(*args, **kwargs) -> ResNet:
-    return ResNet(BasicBlock, (3, 4, 6, 3), (64, 128, 256, 512), "cifar", *args, **kwargs)
-
-
-def resnet50(*args, **kwargs) -> ResNet:
-    return ResNet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), "imagenet", *args, **kwargs)
+# Builders: (input_shape, num_classes, mean, std, *, activation, dtype, rngs) -> ResNet.
+resnet18 = functools.partial(ResNet, BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), "cifar")
+resnet34 = functools.partial(ResNet, BasicBlock, (3, 4, 6, 3), (64, 128, 256, 512), "cifar")
+resnet50 = functools.partial(ResNet, Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), "imagenet")
