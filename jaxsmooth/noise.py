@@ -19,6 +19,7 @@ import jax.numpy as jnp
 # Distinct, fixed stream tags folded into the root key.
 _EVAL_STREAM = 0x7E5A1
 _INIT_STREAM = 0x1A17
+_CERTIFY_STREAM = 0xCE27
 
 
 def root_key(seed: int) -> jax.Array:
@@ -31,6 +32,11 @@ def step_key(root: jax.Array, step: jax.Array | int) -> jax.Array:
 
 def eval_key(root: jax.Array) -> jax.Array:
     return jax.random.fold_in(root, _EVAL_STREAM)
+
+
+def certify_key(root: jax.Array) -> jax.Array:
+    """The certification stream: PREDICT/CERTIFY noise never reuses training or evaluation noise."""
+    return jax.random.fold_in(root, _CERTIFY_STREAM)
 
 
 def init_seed(seed: int) -> int:

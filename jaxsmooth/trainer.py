@@ -324,3 +324,30 @@ def _log_eval(run: Run, eval_step, state: TrainState, step: int, writer: Metrics
 
 def _augmentation(config, dataset: data.Dataset) -> str:
     return dataset.augment_default if config.data.augment == "default" else config.data.augment
+
+
+def load_trained(config, workdir: str, *, step: int | None = None,
+                 mesh: jax.sharding.Mesh | None = None) -> tuple[Run, Any, Any, int]:
+    """The model of a finished (or interrupted) training run, for certification and attacks.
+
+    Refuses a workdir whose ``model.json`` describes another model or input
+    than `config` does, naming the field, and a workdir without checkpoints.
+
+    Returns:
+      (run, params, model_state, step restored).
+    """
+    run = build_run(config, mesh)
+    if not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+        raise UserError("checkpoint", f"{workdir} holds no checkpoints (expected {checkpoint.CHECKPOINT_DIR}/ "
+                                      "written by python -m jaxsmooth.train --workdir)")
+    checkpoint.check_model_metadata(workdir, checkpoint.model_metadata(config, run.dataset))
+    ckpt = checkpoint.Checkpointer(workdir)
+    try:
+        latest = ckpt.latest_step()
+        if latest is None:
+            raise UserError("checkpoint", f"{workdir} holds no checkpoints yet")
+        step = latest if step is None else step
+        state = ckpt.restore(step, parallel.replicate(run.mesh, create_train_state(run.model, run.tx)))
+    finally:
+        ckpt.close()
+    return run, state.params, state.model_state, int(step)

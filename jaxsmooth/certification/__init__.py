@@ -1,0 +1,120 @@
+"""Certification of smoothed classifiers: sampling engine, PREDICT, CERTIFY and their bounds.
+
+`engine.Sampler` draws the class counts on the devices; `bounds` turns
+counts into decisions and radii on the host in float64; `certify_batch` and
+`predict_batch` put the two together exactly as Cohen et al. 2019 do, with
+the selection samples (n0) and the estimation samples (n) drawn from
+different keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import numpy as np
+
+from jaxsmooth.certification import bounds
+from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, certified_area, certify,
+                                            check_settings, clopper_pearson_lower, clopper_pearson_upper,
+                                            l_bound, predict, smallest_certifying_n, topk_radius)
+from jaxsmooth.certification.engine import Counts, Sampler, check_sigma, make_clean_probabilities, sample_counts
+
+__all__ = [
+    "ABSTAIN", "Certificate", "Counts", "Prediction", "Sampler", "Settings", "bounds", "certified_area", "certify",
+    "certify_batch", "check_settings", "check_sigma", "clopper_pearson_lower", "clopper_pearson_upper", "l_bound",
+    "make_clean_probabilities", "predict", "predict_batch", "sample_counts", "smallest_certifying_n", "stream_keys",
+    "topk_radius",
+]
+
+CANDIDATES = ("selection", "clean")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What one certification run does.
+
+    n0: selection samples; n: estimation samples; alpha: per-example failure
+    probability; candidate: "selection" (Cohen et al.: the top class of n0
+    noisy samples) or "clean" (the HeatSmoothing papers' deterministic
+    variant: the top class of one clean forward pass, no selection samples);
+    topk: also certify the true class to stay in the top k (0: off).
+    """
+
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    candidate: str = "selection"
+    topk: int = 0
+
+    def check(self, num_classes: int) -> None:
+        from jaxsmooth.errors import UserError
+
+        if self.candidate not in CANDIDATES:
+            raise UserError("candidate", f"unknown {self.candidate!r}; allowed: {', '.join(CANDIDATES)}")
+        if self.topk < 0 or self.topk == 1 or self.topk >= num_classes:
+            raise UserError("topk", f"must be 0 (off) or in [2, {num_classes - 1}], got {self.topk}")
+        check_settings(self.n0, self.n, self.alpha, needs_selection=self.candidate == "selection")
+
+
+def stream_keys(key: jax.Array) -> dict[str, jax.Array]:
+    """Independent keys for selection, estimation and prediction samples."""
+    return {name: jax.random.fold_in(key, i) for i, name in enumerate(("selection", "estimation", "predict"))}
+
+
+def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, settings: Settings, key: jax.Array, *,
+                  labels: np.ndarray | None = None,
+                  clean_probabilities: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict]:
+    """CERTIFY for each example of x: candidate, p_A lower bound, radius, and the extra statistics.
+
+    Args:
+      sampler: built with ``with_softmax=True`` for the Monte Carlo L-bound.
+      x: [B, *input_shape]; index: [B] global indices (they pick the noise).
+      sigma: scalar or per-pixel array.
+      key: the run's key; `stream_keys` splits it.
+      labels: [B] true labels (needed for top-k).
+      clean_probabilities: one clean forward pass's softmax (candidate "clean",
+        and the L-bound on the model's own softmax).
+    Returns:
+      one dict per example: predict, radius, pA_lower, count_A, count_B,
+      lbound_mc, lbound_model (when clean_probabilities is given), and
+      topk_radius (topk > 0), area_objective (per-pixel sigma).
+    """
+    keys = stream_keys(key)
+    sigma_arr = np.asarray(sigma, np.float64)
+    clean = clean_probabilities(x) if clean_probabilities is not None else None
+    if settings.candidate == "clean":
+        if clean is None:
+            raise ValueError("candidate 'clean' needs clean_probabilities")
+        candidates = np.argmax(clean, -1)
+    else:
+        candidates = np.argmax(sampler(x, index, sigma, settings.n0, keys["selection"]).counts, -1)
+    estimated = sampler(x, index, sigma, settings.n, keys["estimation"])
+    rows = []
+    for b in range(x.shape[0]):
+        cert = certify(int(candidates[b]), estimated.counts[b], settings.alpha, sigma_arr)
+        row = {"predict": cert.label, "radius": cert.radius, "pA_lower": cert.pa_lower,
+               "count_A": cert.count_a, "count_B": cert.count_b}
+        if estimated.mean_softmax is not None:
+            row["lbound_mc"] = float(l_bound(estimated.mean_softmax[b], sigma_arr))
+        if clean is not None:
+            row["lbound_model"] = float(l_bound(clean[b], sigma_arr))
+        if settings.topk:
+            row["topk_radius"] = topk_radius(int(labels[b]), estimated.counts[b], settings.topk, settings.alpha,
+                                             float(np.min(sigma_arr)))
+        if sigma_arr.ndim:
+            row["area_objective"] = certified_area(cert.pa_lower, sigma_arr)
+        rows.append(row)
+    return rows
+
+
+def predict_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, n: int, alpha: float,
+                  key: jax.Array) -> list[dict]:
+    """PREDICT for each example of x: the top class of n samples, or ABSTAIN when the binomial test fails."""
+    counts = sampler(x, index, sigma, n, stream_keys(key)["predict"]).counts
+    rows = []
+    for b in range(x.shape[0]):
+        p = predict(counts[b], alpha)
+        rows.append({"predict": p.label, "count_A": p.count_a, "count_B": p.count_b, "pvalue": p.pvalue})
+    return rows

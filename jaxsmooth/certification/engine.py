@@ -1,0 +1,181 @@
+"""The Monte Carlo sampling engine: class counts of f(x + eta), eta ~ N(0, diag(sigma^2)).
+
+One jitted computation per (model, batch shape): a ``lax.fori_loop`` over
+fixed-size chunks of noise drawn on the device, so memory does not grow with
+n. The chunks are spread over every device of the mesh (``shard_map`` over
+the ``data`` axis) and the counts summed with ``psum``.
+
+Sample j of the example with global index i uses the noise
+
+    z_ij = normal(fold_in(fold_in(key, i), j)),
+
+so the counts depend on the key, the example indices and n only: the same
+on one CPU and on a pod, for any chunk size and any number of inputs per
+call. Chunk c of the loop holds samples c*chunk .. (c+1)*chunk - 1 of every
+input; device d of D runs chunks d, d + D, ...; samples past n are masked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from jaxsmooth import parallel
+from jaxsmooth.errors import UserError
+
+
+class Counts(NamedTuple):
+    counts: np.ndarray  # [B, K] int64
+    mean_softmax: np.ndarray | None  # [B, K] float64, when asked for
+
+
+def check_sigma(sigma, input_shape) -> np.ndarray:
+    """sigma as a float32 array: a positive scalar, or positive per-pixel values of the input's shape."""
+    s = np.asarray(sigma, np.float32)
+    if s.ndim and tuple(s.shape) != tuple(input_shape):
+        raise UserError("sigma", f"a per-pixel sigma must have the input's shape {tuple(input_shape)}, "
+                                 f"got {tuple(s.shape)}")
+    if not np.all(np.isfinite(s)) or not np.all(s > 0):
+        raise UserError("sigma", f"must be > 0 everywhere, got min {float(np.min(s)) if s.size else s}")
+    return s
+
+
+def _noise(key: jax.Array, index: jax.Array, first: jax.Array, chunk: int, shape, dtype) -> jax.Array:
+    """[B, chunk, *shape] standard normal noise of samples first .. first + chunk - 1 of each example."""
+
+    def one_example(k):
+        return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(k, j), shape, dtype))(
+            first + jnp.arange(chunk, dtype=jnp.int32))
+
+    return jax.vmap(one_example)(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index))
+
+
+class Sampler:
+    """Jitted class counts of a fixed model for `inputs` examples at a time.
+
+    Args:
+      apply: ``apply(params, model_state, x, train=False) -> (logits, _)``.
+      params, model_state: the model's variables (host or device arrays).
+      input_shape: one example's shape, e.g. (32, 32, 3).
+      num_classes: K.
+      inputs: examples per call (smaller calls are padded).
+      chunk: samples of each example per device per loop step; each device
+        runs forward batches of ``inputs * chunk``.
+      mesh: devices to spread the chunks over (default: all).
+      with_softmax: also return the mean softmax vector of the samples.
+    """
+
+    def __init__(self, apply: Callable, params: Any, model_state: Any, *, input_shape, num_classes: int,
+                 inputs: int = 1, chunk: int = 1000, mesh: jax.sharding.Mesh | None = None,
+                 with_softmax: bool = False, cpu_options: bool = True):
+        if inputs <= 0:
+            raise UserError("inputs", f"must be > 0, got {inputs}")
+        if chunk <= 0:
+            raise UserError("batch", f"must be > 0, got {chunk}")
+        self.mesh = parallel.make_mesh() if mesh is None else mesh
+        self.input_shape = tuple(input_shape)
+        self.num_classes = int(num_classes)
+        self.inputs, self.chunk, self.with_softmax = int(inputs), int(chunk), bool(with_softmax)
+        self._variables = parallel.replicate(self.mesh, (params, model_state))
+        self._cpu_options = cpu_options
+        self._compiled = None
+        self._run = jax.jit(self._build(apply))
+
+    @property
+    def forward_batch(self) -> int:
+        """Noisy samples per forward pass on each device."""
+        return self.inputs * self.chunk
+
+    def _build(self, apply: Callable) -> Callable:
+        devices = self.mesh.size
+        chunk, num_classes, shape, with_softmax = self.chunk, self.num_classes, self.input_shape, self.with_softmax
+
+        def per_device(variables, x, index, sigma, n, key):
+            params, model_state = variables
+            b = x.shape[0]
+            d = jax.lax.axis_index(parallel.DATA_AXIS)
+            steps = ((n + chunk - 1) // chunk + devices - 1) // devices
+
+            def body(step, carry):
+                counts, probs = carry
+                first = (step * devices + d) * chunk
+                z = _noise(key, index, first, chunk, shape, x.dtype)
+                noisy = (x[:, None] + sigma * z).reshape((b * chunk, *shape))
+                logits, _ = apply(params, model_state, noisy, train=False)
+                logits = logits.reshape((b, chunk, num_classes))
+                valid = (first + jnp.arange(chunk)) < n
+                votes = (jnp.argmax(logits, -1)[..., None] == jnp.arange(num_classes)) & valid[None, :, None]
+                counts = counts + jnp.sum(votes, axis=1, dtype=jnp.int32)
+                if with_softmax:
+                    p = jax.nn.softmax(logits.astype(jnp.float32), -1) * valid[None, :, None]
+                    probs = probs + jnp.sum(p, axis=1)
+                return counts, probs
+
+            init = (jnp.zeros((b, num_classes), jnp.int32), jnp.zeros((b, num_classes) if with_softmax else (),
+                                                                      jnp.float32))
+            counts, probs = jax.lax.fori_loop(0, steps, body, init)
+            return jax.lax.psum(counts, parallel.DATA_AXIS), jax.lax.psum(probs, parallel.DATA_AXIS)
+
+        return jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(), P(), P(), P(), P()),
+                             out_specs=(P(), P()), check_vma=False)
+
+    def __call__(self, x: np.ndarray, index: np.ndarray, sigma, n: int, key: jax.Array) -> Counts:
+        """Counts of n samples for each of the (at most `inputs`) examples x with global indices `index`.
+
+        Args:
+          x: [B, *input_shape] float32 host array, B <= inputs.
+          index: [B] global example indices (they pick the noise).
+          sigma: scalar or per-pixel array of the input's shape.
+          n: samples per example.
+          key: the stream key (selection and estimation use different keys).
+        """
+        x = np.asarray(x, np.float32)
+        b = x.shape[0]
+        if b > self.inputs or x.shape[1:] != self.input_shape:
+            raise ValueError(f"expected at most {self.inputs} inputs of shape {self.input_shape}, got {x.shape}")
+        if n <= 0 or n >= 2**31 - self.chunk * self.mesh.size:
+            raise UserError("n", f"must be in [1, 2^31), got {n}")
+        pad = self.inputs - b
+        xs = np.concatenate([x, np.zeros((pad, *self.input_shape), np.float32)]) if pad else x
+        idx = np.concatenate([np.asarray(index, np.int32), np.zeros(pad, np.int32)]) if pad else np.asarray(index, np.int32)
+        args = (self._variables, *parallel.replicate(self.mesh, (xs, idx, check_sigma(sigma, self.input_shape),
+                                                                  np.int32(n))), parallel.replicate(self.mesh, key))
+        if self._compiled is None:
+            self._compiled = parallel.compile(self._run, *args, cpu_options=self._cpu_options)
+        counts, probs = self._compiled(*args)
+        counts = np.asarray(counts.addressable_data(0), np.int64)[:b]
+        mean = np.asarray(probs.addressable_data(0), np.float64)[:b] / n if self.with_softmax else None
+        return Counts(counts, mean)
+
+
+def sample_counts(apply: Callable, variables: tuple[Any, Any], x, sigma, n: int, chunk: int, key: jax.Array, *,
+                  num_classes: int, index=None, mesh: jax.sharding.Mesh | None = None,
+                  with_softmax: bool = False) -> Counts:
+    """One-off form of `Sampler`: counts of n noisy samples for every example of x.
+
+    Args:
+      variables: (params, model_state).
+      x: [B, *input_shape]; index: their global indices (default 0 .. B-1).
+      chunk: samples of each example per device per loop step.
+    """
+    x = np.asarray(x, np.float32)
+    index = np.arange(x.shape[0]) if index is None else np.asarray(index)
+    sampler = Sampler(apply, *variables, input_shape=x.shape[1:], num_classes=num_classes, inputs=x.shape[0],
+                      chunk=chunk, mesh=mesh, with_softmax=with_softmax)
+    return sampler(x, index, sigma, n, key)
+
+
+def make_clean_probabilities(apply: Callable, params: Any, model_state: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``probs(x) -> [B, K]`` softmax of one clean forward pass (the deterministic candidate, the model's L-bound)."""
+
+    @jax.jit
+    def run(variables, x):
+        logits, _ = apply(*variables, x, train=False)
+        return jax.nn.softmax(logits.astype(jnp.float32), -1)
+
+    variables = jax.device_put((params, model_state))
+    return lambda x: np.asarray(run(variables, jnp.asarray(x, jnp.float32)), np.float64)
