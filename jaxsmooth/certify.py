@@ -84,6 +84,9 @@ def main(argv: list[str]) -> int:
             raise UserError("alpha", f"must be in (0, 1), got {args.alpha}")
         if args.n <= 0:
             raise UserError("n", f"must be > 0, got {args.n}")
+    if args.mode == "certify":
+        certification.check_settings(settings.n0, settings.n, settings.alpha,
+                                     needs_selection=settings.candidate == "selection")
     if args.batch <= 0:
         raise UserError("batch", f"must be > 0, got {args.batch}")
     if args.inputs <= 0 or args.batch % args.inputs:

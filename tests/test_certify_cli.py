@@ -1,0 +1,115 @@
+"""The certify CLI on a trained quick-start model: rows, resume after a kill, and one error line per bad input."""
+
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxsmooth import analysis, certify, train
+
+from conftest import ROOT
+
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
+SMALL = ["--config.model.width=4", "--config.train.num_epochs=1", "--config.train.eval_every_epochs=0"]
+FAST = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--batch", "100", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("certify") / "run")
+    assert train.run(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
+    return path
+
+
+def _certify(workdir, out, *extra):
+    return certify.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out)] + SMALL + FAST
+                       + list(extra))
+
+
+def _rows(path):
+    with open(path) as f:
+        lines = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+    return lines[0], lines[1:]
+
+
+def test_rows_follow_cohen_columns_and_statistics(workdir, tmp_path, capsys):
+    out = tmp_path / "c.tsv"
+    assert _certify(workdir, out, "--skip", "20", "--max", "100", "--topk", "2") == 0
+    header, rows = _rows(out)
+    assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert [int(r[0]) for r in rows] == [0, 20, 40, 60, 80]
+    col = {name: i for i, name in enumerate(header)}
+    for r in rows:
+        predict, label, pa = int(r[col["predict"]]), int(r[col["label"]]), float(r[col["pA_lower"]])
+        assert int(r[col["correct"]]) == int(predict == label)
+        radius = float(r[col["radius"]])
+        if predict == -1:
+            assert radius == 0.0 and pa < 0.5
+        else:
+            assert radius == pytest.approx(0.25 * stats.norm.ppf(pa), rel=1e-12)
+            assert pa == pytest.approx(stats.beta.ppf(0.01, int(r[col["count_A"]]), 200 - int(r[col["count_A"]]) + 1))
+    run = analysis.read_run(str(out))
+    assert run.settings["n"] == 200 and run.settings["alpha"] == 0.01 and run.settings["dtype"] == "float32"
+
+
+def test_killed_job_resumes_to_the_same_rows(workdir, tmp_path, capsys):
+    full, cut = tmp_path / "full.tsv", tmp_path / "cut.tsv"
+    assert _certify(workdir, full, "--skip", "30", "--max", "150") == 0
+    text = full.read_text()
+    lines = text.splitlines(keepends=True)
+    cut.write_text("".join(lines[:-2]) + lines[-2][:9])  # the last row lost, the one before cut mid-line
+    assert _certify(workdir, cut, "--skip", "30", "--max", "150") == 0
+    drop_time = lambda p: [r[:5] + r[6:] for r in _rows(p)[1]]
+    assert drop_time(cut) == drop_time(full)
+    assert "2 this run" in capsys.readouterr().out
+
+
+def test_predict_mode_and_deterministic_candidate(workdir, tmp_path, capsys):
+    out = tmp_path / "p.tsv"
+    assert _certify(workdir, out, "--mode", "predict", "--skip", "50", "--max", "100") == 0
+    header, rows = _rows(out)
+    assert header == ["idx", "label", "predict", "correct", "time", "count_A", "count_B", "pvalue"]
+    for r in rows:
+        a, b, p = int(r[5]), int(r[6]), float(r[7])
+        assert p == pytest.approx(stats.binomtest(a, a + b, 0.5).pvalue)
+        assert (int(r[2]) == -1) == (p > 0.01)
+    out = tmp_path / "clean.tsv"
+    assert _certify(workdir, out, "--candidate", "clean", "--skip", "50", "--max", "100") == 0
+    assert len(_rows(out)[1]) == 2
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["--n0", "300"], "n0"),
+    (["--alpha", "1.5"], "alpha"),
+    (["--n", "5", "--n0", "5", "--alpha", "0.001"], "n"),
+    (["--sigma", "0"], "sigma"),
+    (["--skip", "0"], "skip"),
+    (["--max", "100000"], "max"),
+    (["--topk", "1"], "topk"),
+    (["--inputs", "3"], "inputs"),
+    (["--config.model.width=8"], "checkpoint.width"),
+])
+def test_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
+    assert _certify(workdir, tmp_path / "x.tsv", *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
+
+
+def test_bad_sigma_file_checkpoint_and_mismatched_out(workdir, tmp_path, capsys):
+    np.save(tmp_path / "s.npy", np.ones((4, 4, 1), np.float32))
+    cases = [(["--sigma-file", str(tmp_path / "s.npy")], "sigma"),
+             (["--sigma-file", str(tmp_path / "missing.npy")], "sigma-file")]
+    for extra, field in cases:
+        assert _certify(workdir, tmp_path / "x.tsv", *extra) == 2
+        assert capsys.readouterr().err.startswith(f"error: {field}: ")
+    assert certify.run(["--config", QUICKSTART, "--checkpoint", str(tmp_path / "none"), "--out",
+                        str(tmp_path / "x.tsv")] + SMALL + FAST) == 2
+    assert capsys.readouterr().err.startswith("error: checkpoint: ")
+    out = tmp_path / "o.tsv"
+    assert _certify(workdir, out, "--max", "2") == 0
+    before = out.read_text()
+    assert _certify(workdir, out, "--max", "2", "--n", "300") == 2
+    err = capsys.readouterr().err
+    assert "error: out: " in err and "n=200" in err
+    assert out.read_text() == before  # nothing lost
