@@ -1,14 +1,20 @@
-"""``python -m jaxsmooth.bench train --model M --batch B``
+"""``python -m jaxsmooth.bench train --model M --batch B`` / ``python -m jaxsmooth.bench certify --model M --n N``
 
 Throughput of jaxsmooth against PyTorch references, measured alternately in
 one process (medians over rounds, ratios). Prints a markdown table; add
 ``--json FILE`` to keep the raw per-round timings.
+
+``certify`` times certification sampling (noisy forward passes per second)
+and reports it as a fraction of the machine's matmul peak; ``certify
+--memory`` instead compares the engine's peak resident memory at n = 10,000
+and n = 1,000,000, each in a fresh process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 
@@ -30,10 +36,23 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--xla-defaults", action="store_true",
                    help="also time the JAX step compiled without jaxsmooth's XLA:CPU options")
     t.add_argument("--json", default="", help="write per-round timings here")
+    c = sub.add_parser("certify", help="certification sampling samples/s")
+    c.add_argument("--model", required=True)
+    c.add_argument("--n", type=int, default=10_000, help="samples per input")
+    c.add_argument("--batch", type=int, default=1000, help="samples per forward pass (inputs x chunk)")
+    c.add_argument("--inputs", type=int, default=1, help="inputs sampled together in each forward pass")
+    c.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16")
+    c.add_argument("--rounds", type=int, default=5, help="rounds; medians are over rounds")
+    c.add_argument("--no-torch", action="store_true", help="skip the PyTorch references")
+    c.add_argument("--torch-batch", type=int, default=0, help="the canonical PyTorch loop's batch (default: --batch)")
+    c.add_argument("--tuned-batch", type=int, default=250, help="the tuned PyTorch samplers' batch")
+    c.add_argument("--memory", action="store_true",
+                   help="instead: the engine's peak RSS at n = 10,000 and 1,000,000, each in a fresh process")
+    c.add_argument("--json", default="", help="write per-round timings here")
     return p
 
 
-def _table(results, unit: str) -> str:
+def _table(results, unit: str) -> str:  # the train table
     torch_rates = [r.rate for n, r in results.items() if n.startswith("torch")]
     best_torch = max(torch_rates) if torch_rates else None
     lines = [f"| contender | {unit} (median) | spread | setup s | vs best torch |", "|---|---|---|---|---|"]
@@ -43,10 +62,9 @@ def _table(results, unit: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def _check_common(args) -> tuple[str, ...]:
+    """Validates --model, --batch and --dtype; returns the dtypes."""
     from jaxsmooth import models
-    from jaxsmooth.benchmarks import train as train_bench
 
     if args.model not in models.NAMES:
         raise UserError("--model", f"unknown model {args.model!r}; allowed: {', '.join(models.NAMES)}")
@@ -56,6 +74,20 @@ def main(argv: list[str]) -> int:
     for d in dtypes:
         if d not in ("float32", "bfloat16"):
             raise UserError("--dtype", f"unknown dtype {d!r}; allowed: float32, bfloat16")
+    return dtypes
+
+
+def _machine() -> str:
+    import jax
+
+    return (f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+            f"jax {jax.__version__}")
+
+
+def _train(args) -> int:
+    from jaxsmooth.benchmarks import train as train_bench
+
+    dtypes = _check_common(args)
     shape = None
     if args.input:
         try:
@@ -81,6 +113,101 @@ def main(argv: list[str]) -> int:
             json.dump({n: {"seconds": r.seconds, "items_per_round": r.items_per_round, "setup_s": r.setup_s}
                        for n, r in results.items()}, f, indent=2)
     return 0
+
+
+def _certify_table(report) -> str:
+    results = report.results
+    torch_rates = [r.rate for n, r in results.items() if n.startswith("torch")]
+    best_torch = max(torch_rates) if torch_rates else None
+    canonical = results.get("torch canonical")
+    lines = ["| contender | samples/s (median) | spread | setup s | vs torch canonical | vs best torch | GFLOP/s "
+             "| of matmul peak |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        vs_canonical = f"{r.rate / canonical.rate:.2f}x" if canonical else "-"
+        vs_best = f"{r.rate / best_torch:.2f}x" if best_torch else "-"
+        fraction = report.fraction_of_peak(name)
+        lines.append(f"| {name} | {r.rate:,.0f} | {r.spread:.0%} | {r.setup_s:.1f} | {vs_canonical} | {vs_best} "
+                     f"| {report.gflops(name):,.1f} | {'-' if fraction is None else f'{fraction:.1%}'} |")
+    return "\n".join(lines)
+
+
+def _certify(args) -> int:
+    dtypes = _check_common(args)
+    if args.n <= 0:
+        raise UserError("--n", f"must be > 0, got {args.n}")
+    if args.inputs <= 0 or args.batch % args.inputs:
+        raise UserError("--inputs", f"must be > 0 and divide --batch {args.batch}, got {args.inputs}")
+    if args.rounds <= 0:
+        raise UserError("--rounds", f"must be > 0, got {args.rounds}")
+    if args.torch_batch < 0:
+        raise UserError("--torch-batch", f"must be > 0 (0: the same as --batch), got {args.torch_batch}")
+    if args.tuned_batch <= 0:
+        raise UserError("--tuned-batch", f"must be > 0, got {args.tuned_batch}")
+
+    from jaxsmooth.benchmarks import certify as certify_bench
+
+    shape = certify_bench.input_shape_of(args.model)
+    settings = (f"{args.model}, input {'x'.join(map(str, shape))}, {certify_bench.num_classes_of(args.model)} "
+                f"classes, sigma {certify_bench.SIGMA}, batch {args.batch} ({args.inputs} input(s) x "
+                f"{args.batch // args.inputs} samples)")
+    if args.memory:
+        return _certify_memory(args, dtypes, settings)
+
+    from tqdm import tqdm
+
+    torch_batch = args.torch_batch or args.batch
+    with tqdm(total=args.rounds, desc=f"bench certify {args.model}", file=sys.stderr, leave=False) as bar:
+        report = certify_bench.benchmark(args.model, args.n, batch=args.batch, inputs=args.inputs, dtypes=dtypes,
+                                         rounds=args.rounds, with_torch=not args.no_torch, torch_batch=torch_batch,
+                                         tuned_batch=args.tuned_batch, on_round=lambda r: bar.update(1))
+    torch_settings = ""
+    if any(name.startswith("torch") for name in report.results):
+        import torch
+
+        torch_settings = (f"; torch batch {torch_batch} canonical, {args.tuned_batch} tuned, torch "
+                          f"{torch.__version__} ({torch.get_num_threads()} threads)")
+    elif not args.no_torch:
+        torch_settings = f"; no PyTorch reference (torch not installed, or none for {args.model})"
+    print(f"certify sampling, {settings}, n {args.n:,} per input, {args.rounds} rounds; "
+          f"{_machine()}{torch_settings}")
+    print(_certify_table(report))
+    peaks = "; ".join(f"{d} {gflops:,.0f} GFLOP/s ({how})" for d, (gflops, how) in report.peaks.items())
+    print(f"forward pass {report.flops_per_sample / 1e6:,.2f} MFLOP per sample (XLA cost analysis, float32); "
+          f"matmul peak: {peaks}; peak RSS of this process {report.peak_rss_bytes / 2**20:,.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": {**vars(args), "torch_batch": torch_batch},
+                       "flops_per_sample": report.flops_per_sample,
+                       "matmul_peak_gflops": {d: p[0] for d, p in report.peaks.items()},
+                       "peak_rss_bytes": report.peak_rss_bytes,
+                       "contenders": {n: {"seconds": r.seconds, "items_per_round": r.items_per_round,
+                                          "setup_s": r.setup_s, "compute_dtype": report.compute_dtype[n]}
+                                      for n, r in report.results.items()}}, f, indent=2)
+    return 0
+
+
+def _certify_memory(args, dtypes, settings: str) -> int:
+    from jaxsmooth.benchmarks import certify as certify_bench
+
+    print(f"certify sampling memory, {settings}, engine alone, one fresh process per n; {_machine()}")
+    print("| dtype | n | peak RSS MiB | peak after setup MiB | samples/s | ratio to first n |\n|---|---|---|---|---|---|")
+    rows = {}
+    for d in dtypes:
+        rows[d] = certify_bench.memory(args.model, batch=args.batch, inputs=args.inputs, dtype=d)
+        first = rows[d][0]["peak_rss_bytes"]
+        for row in rows[d]:
+            print(f"| {d} | {row['n']:,} | {row['peak_rss_bytes'] / 2**20:,.0f} "
+                  f"| {row['peak_rss_bytes_before'] / 2**20:,.0f} | {row['samples'] / row['seconds']:,.0f} "
+                  f"| {row['peak_rss_bytes'] / first:.3f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": vars(args), "memory": rows}, f, indent=2)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return _certify(args) if args.what == "certify" else _train(args)
 
 
 run = cli.main_wrapper(main)

@@ -1,5 +1,6 @@
-"""The benchmark's PyTorch references are the same architectures as the jaxsmooth models."""
+"""The benchmark's PyTorch references are the same architectures and count the same samples as jaxsmooth."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -28,3 +29,118 @@ def test_interleave_reports_medians_of_rounds():
     assert calls == ["a", "b"] * 4  # one warm-up round, then alternating rounds
     assert len(results["a"].seconds) == 3 and results["b"].setup_s == 1.0
     assert results["b"].rate == pytest.approx(20 / np.median(results["b"].seconds))
+
+
+@pytest.mark.parametrize("name, shape", [("resnet18", (32, 32, 3)), ("resnet50", (224, 224, 3))])
+def test_imagenet_style_references_have_the_same_parameter_count(name, shape):
+    pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[torch]')")
+    from flax import nnx
+    from jaxsmooth.benchmarks import torch_reference
+
+    reference = torch_reference.create(name, shape, 1000)
+    ours = models.split(nnx.eval_shape(lambda: models.create(name, num_classes=1000, input_shape=shape,
+                                                             mean=(0.5,) * 3, std=(0.25,) * 3)))
+    assert sum(p.numel() for p in reference.parameters()) == models.num_params(ours.params)
+
+
+SHAPE, WIDTH, K = (8, 8, 1), 4, 10
+
+
+def _lenet_pair(scale: float = 100.0):
+    """A tiny jaxsmooth `cnn` and a PyTorch reference holding the same weights.
+
+    The output layer is scaled by `scale`, which widens every margin between
+    the top two logits, so that small noise cannot change the predicted class.
+    """
+    import torch
+    from jaxsmooth.benchmarks import torch_reference
+
+    ours = models.split(models.create("cnn", num_classes=K, input_shape=SHAPE, mean=(0.5,), std=(0.25,), width=WIDTH))
+    p = jax.tree.map(np.asarray, ours.params)
+    p["fc2"]["kernel"] = p["fc2"]["kernel"] * scale
+    p["fc2"]["bias"] = p["fc2"]["bias"] * scale
+    width, hidden = models.cnn_sizes(WIDTH)
+    reference = torch_reference.create("cnn", SHAPE, K, width=width, hidden=hidden)
+    h4, w4 = SHAPE[0] // 4, SHAPE[1] // 4
+    weights = {  # HWIO -> OIHW; dense [in, out] -> [out, in], flattened HWC (ours) -> CHW (torch)
+        "conv1.weight": p["conv1"]["kernel"].transpose(3, 2, 0, 1), "conv1.bias": p["conv1"]["bias"],
+        "conv2.weight": p["conv2"]["kernel"].transpose(3, 2, 0, 1), "conv2.bias": p["conv2"]["bias"],
+        "fc1.weight": p["fc1"]["kernel"].reshape(h4, w4, 2 * width, hidden).transpose(3, 2, 0, 1).reshape(hidden, -1),
+        "fc1.bias": p["fc1"]["bias"], "fc2.weight": p["fc2"]["kernel"].T, "fc2.bias": p["fc2"]["bias"],
+    }
+    reference.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()},
+                              strict=False)  # the normalisation buffers are already the same
+    return ours._replace(params=p), reference.eval()
+
+
+def _inputs():
+    return np.random.default_rng(1).uniform(size=(3, *SHAPE)).astype(np.float32)
+
+
+def test_torch_references_count_exactly_n_predictions():
+    torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[torch]')")
+    from jaxsmooth.benchmarks import torch_reference
+
+    _, reference = _lenet_pair(scale=1.0)
+    x = torch.from_numpy(_inputs()).permute(0, 3, 1, 2).contiguous()
+    n = 1234  # not a multiple of either batch: the last batch is short
+    counts = torch_reference.sample_counts_canonical(reference, x[0], 0.25, n, 100, K)
+    assert counts.shape == (K,) and counts.sum() == n
+    for bf16 in (False, True):
+        counts = torch_reference.make_tuned_sampler(reference, batch=250, bf16=bf16)(x, 0.25, n, K)
+        assert counts.dtype == torch.int64 and counts.shape == (3, K)
+        np.testing.assert_array_equal(counts.sum(1).numpy(), [n] * 3)
+
+
+def test_torch_references_agree_with_the_engine_where_noise_cannot_change_the_class():
+    torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[torch]')")
+    from jaxsmooth import certification
+    from jaxsmooth.benchmarks import torch_reference
+
+    ours, reference = _lenet_pair()
+    x = _inputs()
+    x_nchw = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    logits = np.asarray(ours.apply(ours.params, ours.model_state, x, train=False)[0])
+    with torch.no_grad():
+        np.testing.assert_allclose(reference(x_nchw).numpy(), logits, rtol=1e-4, atol=1e-3)  # the same network
+    n, sigma = 300, 1e-3
+    expected = n * np.eye(K, dtype=np.int64)[logits.argmax(-1)]
+    engine = certification.sample_counts(ours.apply, (ours.params, ours.model_state), x, sigma, n, 50,
+                                         jax.random.key(0), num_classes=K).counts
+    np.testing.assert_array_equal(engine, expected)
+    canonical = [torch_reference.sample_counts_canonical(reference, x_nchw[i], sigma, n, 128, K) for i in range(3)]
+    np.testing.assert_array_equal(np.stack(canonical), expected)
+    for bf16 in (False, True):
+        tuned = torch_reference.make_tuned_sampler(reference, batch=128, bf16=bf16)(x_nchw, sigma, n, K)
+        np.testing.assert_array_equal(tuned.numpy(), expected)
+
+
+def test_cnn_forward_flops_are_the_hand_count_plus_elementwise_work():
+    from jaxsmooth.benchmarks import certify as certify_bench
+
+    # 5x5 'same' convolutions count the taps inside the image: per row, 3+4+5+5+5+5+4+3 = 34 at width 8 and
+    # 3+4+4+3 = 14 at width 4 (after the first pool); conv1 1 -> 4 channels, conv2 4 -> 8, fc1 32 -> 128, fc2 128 -> 10.
+    macs = 34**2 * 1 * 4 + 14**2 * 4 * 8 + 32 * 128 + 128 * 10
+    # at most: normalisation 2 per pixel; bias, activation and pooling max per conv output; bias and activation
+    # per hidden unit; bias per logit
+    elementwise = 2 * 64 + 3 * (8 * 8 * 4 + 4 * 4 * 8) + 2 * 128 + 10
+    flops = certify_bench.forward_flops("cnn", SHAPE, K, width=WIDTH)
+    assert 2 * macs <= flops <= 2 * macs + elementwise
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--model", "resnet21"], "--model"),
+    (["--model", "cnn", "--n", "0"], "--n"),
+    (["--model", "cnn", "--n", "-5"], "--n"),
+    (["--model", "cnn", "--batch", "0"], "--batch"),
+    (["--model", "cnn", "--batch", "1000", "--inputs", "3"], "--inputs"),
+    (["--model", "cnn", "--inputs", "0"], "--inputs"),
+    (["--model", "cnn", "--dtype", "float32,float16"], "--dtype"),
+])
+def test_bench_certify_rejects_bad_input_with_one_error_line(capsys, args, field):
+    from jaxsmooth import bench
+
+    assert bench.run(["certify", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: {field}: "), err[0]

@@ -1,4 +1,4 @@
-"""PyTorch reference models and train step, for side-by-side benchmarks only.
+"""PyTorch reference models, train step and certification sampling, for side-by-side benchmarks only.
 
 The architectures mirror `jaxsmooth.models` layer for layer (same widths,
 kernels, strides, shortcuts and normalisation), so a benchmark compares the
@@ -8,8 +8,10 @@ jaxsmooth[torch]``).
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -87,8 +89,65 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class _Bottleneck(nn.Module):
+    """1x1 conv (planes) - 3x3 conv (planes, stride) - 1x1 conv (4 planes), BN after each, plus shortcut."""
+
+    expansion = 4
+
+    def __init__(self, cin, planes, stride, activation):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.act = _act(activation)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.act(self.bn1(self.conv1(x)))
+        y = self.act(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.act(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class ResNet(nn.Module):
+    """``resnet18/34`` (basic blocks, CIFAR 3x3 stem); ``resnet50`` (torchvision v1.5: bottlenecks, 7x7/2 stem)."""
+
+    def __init__(self, bottleneck: bool, blocks_per_stage, num_classes, input_channels=3, activation="relu",
+                 mean=(0.5,) * 3, std=(0.25,) * 3):
+        super().__init__()
+        block, expansion = (_Bottleneck, _Bottleneck.expansion) if bottleneck else (_Basic, 1)
+        self.norm = _Normalize(mean, std)
+        stem = ([nn.Conv2d(input_channels, 64, 7, 2, 3, bias=False)] if bottleneck else
+                [nn.Conv2d(input_channels, 64, 3, 1, 1, bias=False)])
+        stem += [nn.BatchNorm2d(64), _act(activation)] + ([nn.MaxPool2d(3, 2, 1)] if bottleneck else [])
+        self.stem = nn.Sequential(*stem)
+        blocks, cin = [], 64
+        for stage, (n, planes) in enumerate(zip(blocks_per_stage, (64, 128, 256, 512))):
+            for i in range(n):
+                blocks.append(block(cin, planes, 2 if (stage > 0 and i == 0) else 1, activation))
+                cin = planes * expansion
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(self.norm(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+_RESNETS = {"resnet18": (False, (2, 2, 2, 2)), "resnet34": (False, (3, 4, 6, 3)), "resnet50": (True, (3, 4, 6, 3))}
+
+
 def create(name: str, input_shape, num_classes: int, *, width: int = 0, hidden: int = 0) -> nn.Module | None:
-    """The reference for a jaxsmooth model name, or None where there is none."""
+    """The reference for a jaxsmooth model name, or None where there is none (``vgg16``)."""
+    if name in _RESNETS:
+        c = input_shape[-1]
+        return ResNet(*_RESNETS[name], num_classes, input_channels=c, mean=(0.5,) * c, std=(0.25,) * c)
     if name == "cnn":
         return LeNet(input_shape, num_classes, width, hidden, mean=(0.5,) * input_shape[-1],
                      std=(0.25,) * input_shape[-1])
@@ -115,3 +174,62 @@ def make_train_step(model: nn.Module, *, sigma: float, lr: float = 0.01, momentu
         return loss
 
     return step
+
+
+def sample_counts_canonical(model: nn.Module, x: torch.Tensor, sigma: float, n: int, batch: int,
+                            num_classes: int) -> np.ndarray:
+    """Class counts of n noisy copies of one input, as Cohen et al.'s ``Smooth._sample_noise`` draws them.
+
+    locuslab/smoothing ``code/core.py``: under ``torch.no_grad``, float32
+    NCHW, batches of at most `batch` copies made with ``x.repeat``, noise from
+    ``torch.randn_like`` times sigma, the argmax of each batch copied to the
+    host and counted there with numpy (one host sync per batch).
+
+    Args:
+      model: an NCHW classifier in eval mode.
+      x: [C, H, W] float32 in [0, 1], on the model's device.
+    Returns:
+      [num_classes] int64 counts summing to n.
+    """
+    counts = np.zeros(num_classes, np.int64)
+    with torch.no_grad():
+        remaining = n
+        for _ in range(math.ceil(n / batch)):
+            this_batch_size = min(batch, remaining)
+            remaining -= this_batch_size
+            copies = x.repeat((this_batch_size, 1, 1, 1))
+            noise = torch.randn_like(copies) * sigma
+            predictions = model(copies + noise).argmax(1)
+            np.add.at(counts, predictions.cpu().numpy(), 1)
+    return counts
+
+
+def make_tuned_sampler(model: nn.Module, *, batch: int = 250,
+                       bf16: bool = False) -> Callable[[torch.Tensor, float, int, int], torch.Tensor]:
+    """``sample(x, sigma, n, num_classes) -> counts`` as a performance-minded PyTorch user writes it.
+
+    ``inference_mode``, the model and the noisy batches in ``channels_last``,
+    the noise drawn in place into one reused buffer (no ``repeat``), counts
+    kept on the device with ``scatter_add_`` (``bincount`` syncs with the host
+    on CUDA), and with ``bf16`` the forward pass under bfloat16 autocast.
+    The model is converted to channels_last in place.
+
+    x: [I, C, H, W] float32 in [0, 1]; returns [I, num_classes] int64 counts on
+    x's device, each row summing to n (the caller syncs by reading them).
+    """
+    model.eval().to(memory_format=torch.channels_last)
+
+    def sample(x: torch.Tensor, sigma: float, n: int, num_classes: int) -> torch.Tensor:
+        device = x.device
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            counts = torch.zeros(x.shape[0], num_classes, dtype=torch.int64, device=device)
+            ones = torch.ones(batch, dtype=torch.int64, device=device)
+            noisy = torch.empty((batch, *x.shape[1:]), device=device).contiguous(memory_format=torch.channels_last)
+            for i in range(x.shape[0]):
+                for start in range(0, n, batch):
+                    b = min(batch, n - start)
+                    copies = noisy[:b].normal_(0.0, sigma).add_(x[i])
+                    counts[i].scatter_add_(0, model(copies).argmax(1), ones[:b])
+        return counts
+
+    return sample

@@ -1,0 +1,251 @@
+"""Certification-sampling throughput: the jaxsmooth engine against PyTorch references of the same architecture.
+
+Every contender counts the top class of n noisy copies x + sigma * z of each
+of `inputs` random inputs of the model's shape (random weights); samples/s are
+noisy forward passes per second. The contenders:
+
+- ``jax <dtype>``: `certification.Sampler`, one call per round (compile time
+  reported apart: the first call, with n = 1, compiles and runs one chunk);
+- ``torch canonical``: Cohen et al.'s ``_sample_noise`` (locuslab/smoothing),
+  `torch_reference.sample_counts_canonical`, one input at a time;
+- ``torch tuned f32`` / ``torch tuned bf16``: `torch_reference.make_tuned_sampler`
+  (inference_mode, channels_last, counts on the device; bf16 autocast).
+
+Beside the rates: the model's forward FLOPs per sample (XLA's cost analysis of
+the float32 forward pass) and the machine's matmul peak measured here, so a
+rate reads as a fraction of what the chip can do; and `memory`, which runs the
+engine alone in fresh processes to compare peak resident memory across n.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsmooth import certification, models, parallel
+from jaxsmooth.benchmarks.timing import Result, interleave
+from jaxsmooth.benchmarks.train import input_shape_of
+
+SIGMA = 0.25
+TUNED_BATCH = 250  # B=1000 is 2x slower than 250 for torch on a 2-core CPU (ANCHORS.md)
+MEMORY_NS = (10_000, 1_000_000)  # the acceptance: peak memory at 1e6 within 10% of that at 1e4
+
+Contender = tuple[Callable[[], None], int, float]  # (run, samples per round, setup seconds)
+
+
+def num_classes_of(name: str) -> int:
+    return 1000 if name == "resnet50" else 10
+
+
+def _module(name: str, input_shape, num_classes: int, dtype: str = "float32", width: int = 0):
+    c = input_shape[-1]
+    return models.create(name, num_classes=num_classes, input_shape=tuple(input_shape), mean=(0.5,) * c,
+                         std=(0.25,) * c, dtype=dtype, width=width, seed=0)
+
+
+def random_inputs(inputs: int, input_shape) -> np.ndarray:
+    """[inputs, H, W, C] float32 uniform in [0, 1], fixed seed."""
+    return np.random.default_rng(0).uniform(size=(inputs, *input_shape)).astype(np.float32)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dtype: str = "float32",
+                  num_classes: int = 10, width: int = 0) -> Contender:
+    """A warmed-up ``run()`` counting n samples of each of `inputs` inputs with `certification.Sampler`.
+
+    The sampler runs forward batches of `batch` (= inputs x chunk) samples.
+    """
+    model = models.split(_module(name, input_shape, num_classes, dtype, width))
+    sampler = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
+                                    num_classes=num_classes, inputs=inputs, chunk=batch // inputs)
+    x, index, key = random_inputs(inputs, input_shape), np.arange(inputs), jax.random.key(0)
+    t0 = time.perf_counter()
+    sampler(x, index, SIGMA, 1, key)  # n is a run-time argument: this compiles and runs one chunk
+    setup_s = time.perf_counter() - t0
+
+    def run():
+        sampler(x, index, SIGMA, n, key)  # returns host counts: blocks until done
+
+    return run, n * inputs, setup_s
+
+
+def torch_contenders(name: str, n: int, inputs: int, input_shape, *, batch: int, tuned_batch: int = TUNED_BATCH,
+                     num_classes: int = 10, width: int = 0) -> dict[str, Contender]:
+    """``torch canonical``, ``torch tuned f32`` and ``torch tuned bf16``, or {} without torch or a reference model.
+
+    `batch` is the canonical loop's batch; `tuned_batch` the tuned samplers'.
+    """
+    try:
+        import torch
+        from jaxsmooth.benchmarks import torch_reference
+    except ImportError:
+        return {}
+    width, hidden = models.cnn_sizes(width) if name == "cnn" else (0, 0)
+    x = torch.from_numpy(random_inputs(inputs, input_shape)).permute(0, 3, 1, 2).contiguous()  # NCHW
+
+    def reference():
+        torch.manual_seed(0)
+        return torch_reference.create(name, input_shape, num_classes, width=width, hidden=hidden)
+
+    canonical = reference()
+    if canonical is None:
+        return {}
+    canonical.eval()
+
+    def canonical_counts(n):
+        for i in range(inputs):
+            torch_reference.sample_counts_canonical(canonical, x[i], SIGMA, n, batch, num_classes)
+
+    samplers = {"torch canonical": (canonical_counts, batch)}
+    tuned = reference()
+    for label, bf16 in (("torch tuned f32", False), ("torch tuned bf16", True)):
+        sample = torch_reference.make_tuned_sampler(tuned, batch=tuned_batch, bf16=bf16)
+        samplers[label] = (lambda n, sample=sample: sample(x, SIGMA, n, num_classes).cpu(), tuned_batch)
+    contenders = {}
+    for label, (counts, first_batch) in samplers.items():
+        t0 = time.perf_counter()
+        counts(min(n, first_batch))  # one forward batch per input: oneDNN primitives, allocator
+        contenders[label] = (lambda counts=counts: counts(n), n * inputs, time.perf_counter() - t0)
+    return contenders
+
+
+def forward_flops(name: str, input_shape, num_classes: int = 10, width: int = 0) -> float:
+    """FLOPs of one sample's float32 forward pass (eval mode), as XLA's cost analysis counts them.
+
+    Convolutions count only the taps that fall inside the (unpadded) input,
+    2 per multiply-add; elementwise work adds a little.
+    """
+    model = models.split(_module(name, input_shape, num_classes, "float32", width))
+    forward = jax.jit(lambda v, x: model.apply(*v, x, train=False)[0])
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    cost = forward.lower((model.params, model.model_state), x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jaxlibs: one dict per program
+    return float(cost["flops"])
+
+
+def matmul_peak(dtype: str = "float32", size: int = 4096, repeats: int = 3) -> float:
+    """GFLOP/s of the best of `repeats` jitted ``size`` x ``size`` matrix products (XLA, jaxsmooth's CPU options)."""
+    a = jnp.asarray(np.random.default_rng(0).uniform(size=(size, size)), dtype)
+    product = parallel.compile(jax.jit(jnp.matmul), a, a)
+    product(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        product(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def torch_matmul_peak(dtype: str = "bfloat16", size: int = 4096, repeats: int = 3) -> float | None:
+    """As `matmul_peak`, with ``torch.matmul`` (None without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    a = torch.rand(size, size).to(getattr(torch, dtype))
+    torch.matmul(a, a)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What `benchmark` measured.
+
+    results: contender -> interleaved timings; compute_dtype: contender ->
+    "float32" / "bfloat16"; flops_per_sample: `forward_flops`; peaks: dtype ->
+    (GFLOP/s, how it was measured); peak_rss_bytes: this process's peak RSS
+    after all contenders ran.
+    """
+
+    results: dict[str, Result]
+    compute_dtype: dict[str, str]
+    flops_per_sample: float
+    peaks: dict[str, tuple[float, str]]
+    peak_rss_bytes: int
+
+    def gflops(self, name: str) -> float:
+        return self.results[name].rate * self.flops_per_sample / 1e9
+
+    def fraction_of_peak(self, name: str) -> float | None:
+        peak = self.peaks.get(self.compute_dtype[name])
+        return self.gflops(name) / peak[0] if peak else None
+
+
+def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_shape=None,
+              dtypes=("float32",), rounds: int = 5, with_torch: bool = True, torch_batch: int | None = None,
+              tuned_batch: int = TUNED_BATCH, matmul_size: int = 4096,
+              on_round: Callable[[int], None] | None = None) -> Report:
+    """Interleaved medians of the jaxsmooth engine (per dtype) and the PyTorch references, FLOPs and peaks.
+
+    Args:
+      n: samples per input; each round every contender draws n * inputs.
+      batch: the engine's forward batch (inputs x chunk); the canonical loop's too unless `torch_batch`.
+      tuned_batch: the tuned PyTorch samplers' batch.
+    """
+    input_shape = tuple(input_shape or input_shape_of(name))
+    num_classes = num_classes_of(name)
+    contenders = {f"jax {d}": jax_contender(name, n, batch, inputs, input_shape, dtype=d, num_classes=num_classes)
+                  for d in dtypes}
+    if with_torch:
+        contenders.update(torch_contenders(name, n, inputs, input_shape, batch=torch_batch or batch,
+                                           tuned_batch=tuned_batch, num_classes=num_classes))
+    compute_dtype = {c: "bfloat16" if c.endswith(("bfloat16", "bf16")) else "float32" for c in contenders}
+    results = interleave(contenders, rounds, on_round)
+    peaks = {"float32": (matmul_peak("float32", matmul_size), f"jnp float32 matmul {matmul_size}^2")}
+    if "bfloat16" in compute_dtype.values():
+        torch_peak = torch_matmul_peak("bfloat16", matmul_size) if with_torch else None
+        peaks["bfloat16"] = ((torch_peak, f"torch bfloat16 matmul {matmul_size}^2") if torch_peak else
+                             (matmul_peak("bfloat16", matmul_size), f"jnp bfloat16 matmul {matmul_size}^2"))
+    return Report(results, compute_dtype, forward_flops(name, input_shape, num_classes), peaks, peak_rss_bytes())
+
+
+def _memory_child(spec: str) -> None:
+    """In a fresh process: one engine call for n samples; prints its peak RSS, seconds and counts as JSON."""
+    s = json.loads(spec)
+    run, samples, setup_s = jax_contender(s["name"], s["n"], s["batch"], s["inputs"], tuple(s["input_shape"]),
+                                          dtype=s["dtype"], num_classes=s["num_classes"])
+    rss_before = peak_rss_bytes()
+    t0 = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"n": s["n"], "samples": samples, "seconds": seconds, "setup_s": setup_s,
+                      "peak_rss_bytes_before": rss_before, "peak_rss_bytes": peak_rss_bytes()}))
+
+
+def memory(name: str, *, batch: int = 1000, inputs: int = 1, input_shape=None, dtype: str = "float32",
+           ns=MEMORY_NS) -> list[dict]:
+    """Peak resident memory of the engine alone, one fresh process per n (same batch, same model).
+
+    Returns one dict per n: n, samples, seconds (the timed call), setup_s,
+    peak_rss_bytes_before (after compiling and one chunk) and peak_rss_bytes.
+    """
+    input_shape = tuple(input_shape or input_shape_of(name))
+    out = []
+    for n in ns:
+        spec = json.dumps({"name": name, "n": n, "batch": batch, "inputs": inputs, "input_shape": input_shape,
+                           "dtype": dtype, "num_classes": num_classes_of(name)})
+        code = f"from jaxsmooth.benchmarks import certify; certify._memory_child({spec!r})"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"memory measurement for n={n} failed:\n{done.stderr[-2000:]}")
+        out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out
