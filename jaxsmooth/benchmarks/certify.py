@@ -95,11 +95,13 @@ def torch_contenders(name: str, n: int, inputs: int, input_shape, *, batch: int,
     except ImportError:
         return {}
     width, hidden = models.cnn_sizes(width) if name == "cnn" else (0, 0)
-    x = torch.from_numpy(random_inputs(inputs, input_shape)).permute(0, 3, 1, 2).contiguous()  # NCHW
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the machine's accelerator, as JAX's default
+    x = torch.from_numpy(random_inputs(inputs, input_shape)).permute(0, 3, 1, 2).contiguous().to(device)  # NCHW
 
     def reference():
         torch.manual_seed(0)
-        return torch_reference.create(name, input_shape, num_classes, width=width, hidden=hidden)
+        model = torch_reference.create(name, input_shape, num_classes, width=width, hidden=hidden)
+        return None if model is None else model.to(device)
 
     canonical = reference()
     if canonical is None:
@@ -138,9 +140,9 @@ def forward_flops(name: str, input_shape, num_classes: int = 10, width: int = 0)
 
 
 def matmul_peak(dtype: str = "float32", size: int = 4096, repeats: int = 3) -> float:
-    """GFLOP/s of the best of `repeats` jitted ``size`` x ``size`` matrix products (XLA, jaxsmooth's CPU options)."""
+    """GFLOP/s of the best of `repeats` jitted ``size`` x ``size`` matrix products (XLA's default compile options)."""
     a = jnp.asarray(np.random.default_rng(0).uniform(size=(size, size)), dtype)
-    product = parallel.compile(jax.jit(jnp.matmul), a, a)
+    product = parallel.compile(jax.jit(jnp.matmul), a, a, cpu_options=False)  # XLA's default dot is the faster
     product(a, a).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
@@ -156,12 +158,16 @@ def torch_matmul_peak(dtype: str = "bfloat16", size: int = 4096, repeats: int = 
         import torch
     except ImportError:
         return None
-    a = torch.rand(size, size).to(getattr(torch, dtype))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.rand(size, size, device=device).to(getattr(torch, dtype))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.matmul(a, a)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.matmul(a, a)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e9
 
