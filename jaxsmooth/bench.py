@@ -172,7 +172,7 @@ def _certify(args) -> int:
           f"{_machine()}{torch_settings}")
     print(_certify_table(report))
     peaks = "; ".join(f"{d} {gflops:,.0f} GFLOP/s ({how})" for d, (gflops, how) in report.peaks.items())
-    print(f"forward pass {report.flops_per_sample / 1e6:,.2f} MFLOP per sample (XLA cost analysis, float32); "
+    print(f"forward pass {report.flops_per_sample / 1e6:,.2f} MFLOP per sample (2 per multiply-add of its convolutions and matrix products); "
           f"matmul peak: {peaks}; peak RSS of this process {report.peak_rss_bytes / 2**20:,.0f} MiB")
     if args.json:
         with open(args.json, "w") as f:

@@ -115,17 +115,17 @@ def test_torch_references_agree_with_the_engine_where_noise_cannot_change_the_cl
         np.testing.assert_array_equal(tuned.numpy(), expected)
 
 
-def test_cnn_forward_flops_are_the_hand_count_plus_elementwise_work():
+def test_forward_flops_are_the_hand_counts():
     from jaxsmooth.benchmarks import certify as certify_bench
 
-    # 5x5 'same' convolutions count the taps inside the image: per row, 3+4+5+5+5+5+4+3 = 34 at width 8 and
-    # 3+4+4+3 = 14 at width 4 (after the first pool); conv1 1 -> 4 channels, conv2 4 -> 8, fc1 32 -> 128, fc2 128 -> 10.
-    macs = 34**2 * 1 * 4 + 14**2 * 4 * 8 + 32 * 128 + 128 * 10
-    # at most: normalisation 2 per pixel; bias, activation and pooling max per conv output; bias and activation
-    # per hidden unit; bias per logit
-    elementwise = 2 * 64 + 3 * (8 * 8 * 4 + 4 * 4 * 8) + 2 * 128 + 10
-    flops = certify_bench.forward_flops("cnn", SHAPE, K, width=WIDTH)
-    assert 2 * macs <= flops <= 2 * macs + elementwise
+    # cnn at 8x8x1, width 4: 5x5 'same' convolutions 1 -> 4 (8x8) and 4 -> 8 (4x4 after a pool), fc 32 -> 128 -> 10
+    macs = 8 * 8 * 25 * 1 * 4 + 4 * 4 * 25 * 4 * 8 + 32 * 128 + 128 * 10
+    assert certify_bench.forward_flops("cnn", SHAPE, K, width=WIDTH) == 2 * macs
+    # ResNet-110 at 32x32: stem 3 -> 16, 54 blocks of two 3x3 convs over three stages, two 1x1 projections, dense
+    stage = lambda hw, cin, c, blocks: hw * hw * 9 * (cin * c + c * c + (blocks - 1) * 2 * c * c)
+    macs = (32 * 32 * 9 * 3 * 16 + stage(32, 16, 16, 18) + stage(16, 16, 32, 18) + stage(8, 32, 64, 18)
+            + 16 * 16 * 16 * 32 + 8 * 8 * 32 * 64 + 64 * 10)
+    assert certify_bench.forward_flops("resnet110", (32, 32, 3), 10) == 2 * macs
 
 
 @pytest.mark.parametrize("args, field", [

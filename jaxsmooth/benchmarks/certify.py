@@ -11,8 +11,8 @@ noisy forward passes per second. The contenders:
 - ``torch tuned f32`` / ``torch tuned bf16``: `torch_reference.make_tuned_sampler`
   (inference_mode, channels_last, counts on the device; bf16 autocast).
 
-Beside the rates: the model's forward FLOPs per sample (XLA's cost analysis of
-the float32 forward pass) and the machine's matmul peak measured here, so a
+Beside the rates: the model's forward FLOPs per sample (2 per multiply-add of
+its convolutions and matrix products) and the machine's matmul peak measured here, so a
 rate reads as a fraction of what the chip can do; and `memory`, which runs the
 engine alone in fresh processes to compare peak resident memory across n.
 """
@@ -125,18 +125,43 @@ def torch_contenders(name: str, n: int, inputs: int, input_shape, *, batch: int,
     return contenders
 
 
-def forward_flops(name: str, input_shape, num_classes: int = 10, width: int = 0) -> float:
-    """FLOPs of one sample's float32 forward pass (eval mode), as XLA's cost analysis counts them.
+def _jaxpr_flops(jaxpr) -> float:
+    """2 x multiply-adds of every convolution and matrix product in a (closed) jaxpr, sub-jaxprs included."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            lhs, rhs = (v.aval for v in eqn.invars)
+            out = eqn.outvars[0].aval
+            dn = eqn.params["dimension_numbers"]
+            kernel = np.prod([rhs.shape[i] for i in dn.rhs_spec[2:]])
+            cin = rhs.shape[dn.rhs_spec[1]]
+            total += 2.0 * np.prod(out.shape) * kernel * cin
+        elif name == "dot_general":
+            lhs, rhs = (v.aval for v in eqn.invars)
+            (lc, _), (lb, _) = eqn.params["dimension_numbers"]
+            contract = np.prod([lhs.shape[i] for i in lc])
+            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * contract
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(sub, "jaxpr") and hasattr(sub, "consts"):  # a ClosedJaxpr (pjit, loops, ...)
+                    total += _jaxpr_flops(sub.jaxpr)
+                elif hasattr(sub, "eqns"):
+                    total += _jaxpr_flops(sub)
+    return total
 
-    Convolutions count only the taps that fall inside the (unpadded) input,
-    2 per multiply-add; elementwise work adds a little.
+
+def forward_flops(name: str, input_shape, num_classes: int = 10, width: int = 0) -> float:
+    """FLOPs of one sample's forward pass: 2 per multiply-add of its convolutions and matrix products.
+
+    Counted from the traced program, so the figure is the same on every
+    backend (XLA's cost analysis leaves out GPU convolutions, which run as
+    cuDNN custom calls); padding taps count, elementwise work does not.
     """
     model = models.split(_module(name, input_shape, num_classes, "float32", width))
-    forward = jax.jit(lambda v, x: model.apply(*v, x, train=False)[0])
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    cost = forward.lower((model.params, model.model_state), x).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jaxlibs: one dict per program
-    return float(cost["flops"])
+    closed = jax.make_jaxpr(lambda v, x: model.apply(*v, x, train=False)[0])((model.params, model.model_state), x)
+    return _jaxpr_flops(closed.jaxpr)
 
 
 def matmul_peak(dtype: str = "float32", size: int = 4096, repeats: int = 3) -> float:
