@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-torch", action="store_true", help="skip the PyTorch references")
     c.add_argument("--torch-batch", type=int, default=0, help="the canonical PyTorch loop's batch (default: --batch)")
     c.add_argument("--tuned-batch", type=int, default=250, help="the tuned PyTorch samplers' batch")
+    c.add_argument("--xla-options", default="auto",
+                   help="comma-separated XLA:CPU option sets for the engine: auto (the faster of dot and conv, "
+                        "timed on the first call), dot, conv, default (XLA's own); one contender each")
     c.add_argument("--memory", action="store_true",
                    help="instead: the engine's peak RSS at n = 10,000 and 1,000,000, each in a fresh process")
     c.add_argument("--json", default="", help="write per-round timings here")
@@ -143,6 +146,10 @@ def _certify(args) -> int:
         raise UserError("--torch-batch", f"must be > 0 (0: the same as --batch), got {args.torch_batch}")
     if args.tuned_batch <= 0:
         raise UserError("--tuned-batch", f"must be > 0, got {args.tuned_batch}")
+    xla_options = tuple(args.xla_options.split(","))
+    for o in xla_options:
+        if o not in ("auto", "dot", "conv", "default"):
+            raise UserError("--xla-options", f"unknown {o!r}; allowed: auto, dot, conv, default")
 
     from jaxsmooth.benchmarks import certify as certify_bench
 
@@ -159,7 +166,8 @@ def _certify(args) -> int:
     with tqdm(total=args.rounds, desc=f"bench certify {args.model}", file=sys.stderr, leave=False) as bar:
         report = certify_bench.benchmark(args.model, args.n, batch=args.batch, inputs=args.inputs, dtypes=dtypes,
                                          rounds=args.rounds, with_torch=not args.no_torch, torch_batch=torch_batch,
-                                         tuned_batch=args.tuned_batch, on_round=lambda r: bar.update(1))
+                                         tuned_batch=args.tuned_batch, xla_options=xla_options,
+                                         on_round=lambda r: bar.update(1))
     torch_settings = ""
     if any(name.startswith("torch") for name in report.results):
         import torch
@@ -171,6 +179,9 @@ def _certify(args) -> int:
     print(f"certify sampling, {settings}, n {args.n:,} per input, {args.rounds} rounds; "
           f"{_machine()}{torch_settings}")
     print(_certify_table(report))
+    for name, options in report.options.items():
+        kinds = options.get("xla_cpu_experimental_ynn_fusion_type", "").replace("LIBRARY_FUSION_TYPE_", "")
+        print(f"{name}: XLA options {'YNN fusion ' + kinds.replace(',', '+') if kinds else 'XLA defaults'}")
     peaks = "; ".join(f"{d} {gflops:,.0f} GFLOP/s ({how})" for d, (gflops, how) in report.peaks.items())
     print(f"forward pass {report.flops_per_sample / 1e6:,.2f} MFLOP per sample (2 per multiply-add of its convolutions and matrix products); "
           f"matmul peak: {peaks}; peak RSS of this process {report.peak_rss_bytes / 2**20:,.0f} MiB")

@@ -114,7 +114,8 @@ def main(argv: list[str]) -> int:
 
     sampler = certification.Sampler(run.model.apply, params, model_state, input_shape=dataset.input_shape,
                                     num_classes=dataset.num_classes, inputs=args.inputs,
-                                    chunk=args.batch // args.inputs, mesh=run.mesh, with_softmax=args.mode == "certify")
+                                    chunk=args.batch // args.inputs, mesh=run.mesh, with_softmax=args.mode == "certify",
+                                    compiler_options="auto")
     clean = certification.make_clean_probabilities(run.model.apply, params, model_state) \
         if args.mode == "certify" else None
     key = noise.certify_key(noise.root_key(seed))

@@ -63,19 +63,30 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
+# --xla-options names: the Sampler's compiler_options
+XLA_OPTIONS = {"auto": "auto", "dot": parallel.CPU_COMPILER_OPTIONS, "conv": parallel.CPU_CONVOLUTION_OPTIONS,
+               "default": {}}
+
+
 def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dtype: str = "float32",
-                  num_classes: int = 10, width: int = 0) -> Contender:
+                  num_classes: int = 10, width: int = 0, xla_options: str = "auto",
+                  chosen: dict | None = None) -> Contender:
     """A warmed-up ``run()`` counting n samples of each of `inputs` inputs with `certification.Sampler`.
 
-    The sampler runs forward batches of `batch` (= inputs x chunk) samples.
+    The sampler runs forward batches of `batch` (= inputs x chunk) samples,
+    compiled with `XLA_OPTIONS[xla_options]`; `chosen`, when given, receives
+    the options it was compiled with under the key "options".
     """
     model = models.split(_module(name, input_shape, num_classes, dtype, width))
     sampler = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
-                                    num_classes=num_classes, inputs=inputs, chunk=batch // inputs)
+                                    num_classes=num_classes, inputs=inputs, chunk=batch // inputs,
+                                    compiler_options=XLA_OPTIONS[xla_options])
     x, index, key = random_inputs(inputs, input_shape), np.arange(inputs), jax.random.key(0)
     t0 = time.perf_counter()
     sampler(x, index, SIGMA, 1, key)  # n is a run-time argument: this compiles and runs one chunk
     setup_s = time.perf_counter() - t0
+    if chosen is not None:
+        chosen["options"] = sampler.chosen_options
 
     def run():
         sampler(x, index, SIGMA, n, key)  # returns host counts: blocks until done
@@ -212,6 +223,7 @@ class Report:
     flops_per_sample: float
     peaks: dict[str, tuple[float, str]]
     peak_rss_bytes: int
+    options: dict[str, dict]  # jax contender -> the XLA options its sampler was compiled with
 
     def gflops(self, name: str) -> float:
         return self.results[name].rate * self.flops_per_sample / 1e9
@@ -223,7 +235,7 @@ class Report:
 
 def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_shape=None,
               dtypes=("float32",), rounds: int = 5, with_torch: bool = True, torch_batch: int | None = None,
-              tuned_batch: int = TUNED_BATCH, matmul_size: int = 4096,
+              tuned_batch: int = TUNED_BATCH, matmul_size: int = 4096, xla_options=("auto",),
               on_round: Callable[[int], None] | None = None) -> Report:
     """Interleaved medians of the jaxsmooth engine (per dtype) and the PyTorch references, FLOPs and peaks.
 
@@ -234,19 +246,26 @@ def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_sh
     """
     input_shape = tuple(input_shape or input_shape_of(name))
     num_classes = num_classes_of(name)
-    contenders = {f"jax {d}": jax_contender(name, n, batch, inputs, input_shape, dtype=d, num_classes=num_classes)
-                  for d in dtypes}
+    contenders, options = {}, {}
+    for d in dtypes:
+        for o in xla_options:
+            label = f"jax {d}" + (f" ({o} options)" if len(xla_options) > 1 else "")
+            chosen: dict = {}
+            contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d, num_classes=num_classes,
+                                              xla_options=o, chosen=chosen)
+            options[label] = chosen["options"]
     if with_torch:
         contenders.update(torch_contenders(name, n, inputs, input_shape, batch=torch_batch or batch,
                                            tuned_batch=tuned_batch, num_classes=num_classes))
-    compute_dtype = {c: "bfloat16" if c.endswith(("bfloat16", "bf16")) else "float32" for c in contenders}
+    compute_dtype = {c: "bfloat16" if "bfloat16" in c or c.endswith("bf16") else "float32" for c in contenders}
     results = interleave(contenders, rounds, on_round)
     peaks = {"float32": (matmul_peak("float32", matmul_size), f"jnp float32 matmul {matmul_size}^2")}
     if "bfloat16" in compute_dtype.values():
         torch_peak = torch_matmul_peak("bfloat16", matmul_size) if with_torch else None
         peaks["bfloat16"] = ((torch_peak, f"torch bfloat16 matmul {matmul_size}^2") if torch_peak else
                              (matmul_peak("bfloat16", matmul_size), f"jnp bfloat16 matmul {matmul_size}^2"))
-    return Report(results, compute_dtype, forward_flops(name, input_shape, num_classes), peaks, peak_rss_bytes())
+    return Report(results, compute_dtype, forward_flops(name, input_shape, num_classes), peaks, peak_rss_bytes(),
+                  options)
 
 
 def _memory_child(spec: str) -> None:

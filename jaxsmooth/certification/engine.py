@@ -67,11 +67,16 @@ class Sampler:
         runs forward batches of ``inputs * chunk``.
       mesh: devices to spread the chunks over (default: all).
       with_softmax: also return the mean softmax vector of the samples.
+      compiler_options: XLA:CPU options: "auto" (time each of jaxsmooth's option
+        sets, `parallel.CPU_COMPILER_OPTIONS` and `parallel.CPU_CONVOLUTION_OPTIONS`,
+        on one loop step of the first call and keep the fastest), a dict of
+        options ({}: XLA's defaults), or None (`parallel.CPU_COMPILER_OPTIONS`).
+        Ignored off the CPU.
     """
 
     def __init__(self, apply: Callable, params: Any, model_state: Any, *, input_shape, num_classes: int,
                  inputs: int = 1, chunk: int = 1000, mesh: jax.sharding.Mesh | None = None,
-                 with_softmax: bool = False, cpu_options: bool = True):
+                 with_softmax: bool = False, compiler_options: str | dict | None = None):
         if inputs <= 0:
             raise UserError("inputs", f"must be > 0, got {inputs}")
         if chunk <= 0:
@@ -81,7 +86,10 @@ class Sampler:
         self.num_classes = int(num_classes)
         self.inputs, self.chunk, self.with_softmax = int(inputs), int(chunk), bool(with_softmax)
         self._variables = parallel.replicate(self.mesh, (params, model_state))
-        self._cpu_options = cpu_options
+        if not (compiler_options is None or compiler_options == "auto" or isinstance(compiler_options, dict)):
+            raise ValueError(f"compiler_options must be None, 'auto' or a dict, got {compiler_options!r}")
+        self._compiler_options = parallel.CPU_COMPILER_OPTIONS if compiler_options is None else compiler_options
+        self.chosen_options: dict | None = None  # what the executable was compiled with, after the first call
         self._compiled = None
         self._run = jax.jit(self._build(apply))
 
@@ -123,6 +131,15 @@ class Sampler:
         return jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(), P(), P(), P(), P()),
                              out_specs=(P(), P()), check_vma=False)
 
+    def _compile(self, args) -> None:
+        if self._compiler_options == "auto":
+            one_step = (*args[:4], *parallel.replicate(self.mesh, (np.int32(self.chunk * self.mesh.size),)), args[5])
+            self._compiled, self.chosen_options = parallel.compile_fastest(self._run, *one_step)
+        else:
+            self._compiled, self.chosen_options = parallel.compile_fastest(self._run, *args,
+                                                                           candidates=[self._compiler_options],
+                                                                           repeats=0)
+
     def __call__(self, x: np.ndarray, index: np.ndarray, sigma, n: int, key: jax.Array) -> Counts:
         """Counts of n samples for each of the (at most `inputs`) examples x with global indices `index`.
 
@@ -145,7 +162,7 @@ class Sampler:
         args = (self._variables, *parallel.replicate(self.mesh, (xs, idx, check_sigma(sigma, self.input_shape),
                                                                   np.int32(n))), parallel.replicate(self.mesh, key))
         if self._compiled is None:
-            self._compiled = parallel.compile(self._run, *args, cpu_options=self._cpu_options)
+            self._compile(args)
         counts, probs = self._compiled(*args)
         counts = np.asarray(counts.addressable_data(0), np.int64)[:b]
         mean = np.asarray(probs.addressable_data(0), np.float64)[:b] / n if self.with_softmax else None

@@ -63,6 +63,7 @@ def materialize(x: jax.Array, anchor: jax.Array) -> jax.Array:
     train step. XLA does not duplicate a division, so dividing by one (taken
     from a parameter, `anchor`, so that it is not a constant XLA could fold)
     ends the chain here. Exact: x / 1 == x, and its gradient is the identity.
+    Only training needs it: inference has no backward pass to feed.
     """
     one = jax.lax.stop_gradient(1.0 + 0.0 * anchor.reshape(-1)[0]).astype(x.dtype)
     return x / one

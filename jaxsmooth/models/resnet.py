@@ -62,7 +62,8 @@ class BasicBlock(nnx.Module):
         act = layers.activation(self.act)
         y = act(self.bn1(self.conv1(x), use_running_average=not train))
         y = self.bn2(self.conv2(y), use_running_average=not train)
-        return layers.materialize(act(y + self.shortcut(x, train)), self.bn2.scale[...])
+        out = act(y + self.shortcut(x, train))
+        return layers.materialize(out, self.bn2.scale[...]) if train else out
 
 
 class Bottleneck(nnx.Module):
@@ -86,7 +87,8 @@ class Bottleneck(nnx.Module):
         y = act(self.bn1(self.conv1(x), use_running_average=not train))
         y = act(self.bn2(self.conv2(y), use_running_average=not train))
         y = self.bn3(self.conv3(y), use_running_average=not train)
-        return layers.materialize(act(y + self.shortcut(x, train)), self.bn3.scale[...])
+        out = act(y + self.shortcut(x, train))
+        return layers.materialize(out, self.bn3.scale[...]) if train else out
 
 
 class ResNet(nnx.Module):
