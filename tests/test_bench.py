@@ -118,8 +118,9 @@ def test_torch_references_agree_with_the_engine_where_noise_cannot_change_the_cl
 def test_forward_flops_are_the_hand_counts():
     from jaxsmooth.benchmarks import certify as certify_bench
 
-    # cnn at 8x8x1, width 4: 5x5 'same' convolutions 1 -> 4 (8x8) and 4 -> 8 (4x4 after a pool), fc 32 -> 128 -> 10
-    macs = 8 * 8 * 25 * 1 * 4 + 4 * 4 * 25 * 4 * 8 + 32 * 128 + 128 * 10
+    # cnn at 8x8x1, width 4: a 5x5 'same' convolution 1 -> 4 (8x8), then 4 -> 8 on 4x4 images after a pool, which
+    # runs as one (4*4*4) x (4*4*8) product (layers.conv2d), then fc 32 -> 128 -> 10
+    macs = 8 * 8 * 25 * 1 * 4 + (4 * 4 * 4) * (4 * 4 * 8) + 32 * 128 + 128 * 10
     assert certify_bench.forward_flops("cnn", SHAPE, K, width=WIDTH) == 2 * macs
     # ResNet-110 at 32x32: stem 3 -> 16, 54 blocks of two 3x3 convs over three stages, two 1x1 projections, dense
     stage = lambda hw, cin, c, blocks: hw * hw * 9 * (cin * c + c * c + (blocks - 1) * 2 * c * c)

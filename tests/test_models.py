@@ -228,3 +228,23 @@ def test_materialize_is_the_exact_identity_with_identity_gradient():
     gx, ga = jax.grad(lambda x, a: (layers.materialize(x, a) * x).sum(), argnums=(0, 1))(x, anchor)
     chex.assert_trees_all_equal(gx, 2 * x)
     chex.assert_trees_all_equal(ga, jnp.zeros_like(anchor))
+
+
+@pytest.mark.parametrize("size, k, stride, padding", [(4, 5, 1, 2), (2, 3, 1, 1), (3, 3, 2, 1), (5, 5, 1, 2)])
+def test_small_image_convolution_as_a_product_is_the_convolution(size, k, stride, padding):
+    """layers.conv2d computes convolutions on images of at most k*k pixels as one matrix product: same values, same gradients."""
+    x = jax.random.normal(jax.random.key(0), (3, size, size, 4))
+    w = jax.random.normal(jax.random.key(1), (k, k, 4, 6))
+
+    def reference(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), ((padding, padding),) * 2,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def ours(x, w):
+        return layers.conv2d(x, w, stride, padding)
+
+    assert size * size <= k * k
+    np.testing.assert_allclose(ours(x, w), reference(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
+    for a, b in zip(loss(ours), loss(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

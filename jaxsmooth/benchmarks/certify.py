@@ -165,14 +165,15 @@ def _jaxpr_flops(jaxpr) -> float:
 def forward_flops(name: str, input_shape, num_classes: int = 10, width: int = 0) -> float:
     """FLOPs of one sample's forward pass: 2 per multiply-add of its convolutions and matrix products.
 
-    Counted from the traced program, so the figure is the same on every
+    Counted from the traced program (batch 2 minus batch 1), so the figure is the same on every
     backend (XLA's cost analysis leaves out GPU convolutions, which run as
     cuDNN custom calls); padding taps count, elementwise work does not.
     """
     model = models.split(_module(name, input_shape, num_classes, "float32", width))
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    closed = jax.make_jaxpr(lambda v, x: model.apply(*v, x, train=False)[0])((model.params, model.model_state), x)
-    return _jaxpr_flops(closed.jaxpr)
+    forward = jax.make_jaxpr(lambda v, x: model.apply(*v, x, train=False)[0])
+    count = lambda b: _jaxpr_flops(forward((model.params, model.model_state),
+                                           jax.ShapeDtypeStruct((b, *input_shape), jnp.float32)).jaxpr)
+    return count(2) - count(1)  # per sample: work done once per batch (on the weights) cancels
 
 
 def matmul_peak(dtype: str = "float32", size: int = 4096, repeats: int = 3) -> float:
