@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--torch-batch", type=int, default=0, help="the canonical PyTorch loop's batch (default: --batch)")
     c.add_argument("--tuned-batch", type=int, default=250, help="the tuned PyTorch samplers' batch")
     c.add_argument("--xla-options", default="auto",
-                   help="comma-separated XLA:CPU option sets for the engine: auto (the faster of dot and conv, "
-                        "timed on the first call), dot, conv, default (XLA's own); one contender each")
+                   help="comma-separated XLA:CPU option sets for the engine: auto (the faster of dot and eltwise, "
+                        "timed on the first call), dot, eltwise, default (XLA's own); one contender each")
     c.add_argument("--memory", action="store_true",
                    help="instead: the engine's peak RSS at n = 10,000 and 1,000,000, each in a fresh process")
     c.add_argument("--json", default="", help="write per-round timings here")
@@ -148,8 +148,8 @@ def _certify(args) -> int:
         raise UserError("--tuned-batch", f"must be > 0, got {args.tuned_batch}")
     xla_options = tuple(args.xla_options.split(","))
     for o in xla_options:
-        if o not in ("auto", "dot", "conv", "default"):
-            raise UserError("--xla-options", f"unknown {o!r}; allowed: auto, dot, conv, default")
+        if o not in ("auto", "dot", "eltwise", "default"):
+            raise UserError("--xla-options", f"unknown {o!r}; allowed: auto, dot, eltwise, default")
 
     from jaxsmooth.benchmarks import certify as certify_bench
 

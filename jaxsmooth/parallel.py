@@ -79,7 +79,12 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
     def put(x):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-        host = np.asarray(jax.device_get(x))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise ValueError("replicate() takes host values or replicated arrays")
+            host = np.asarray(x.addressable_data(0))  # another process's devices hold the same values
+        else:
+            host = np.asarray(jax.device_get(x))
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree.map(put, tree)
@@ -106,11 +111,11 @@ def compile(jitted: Any, *args: Any, cpu_options: bool = True) -> Any:
     return lowered.compile()
 
 
-# YNN also for convolutions and the elementwise work around them (bias, BatchNorm, ReLU, residual additions
-# fused into YNN's subgraphs): ResNet inference 1.2-1.6x faster, the LeNet-style CNN 0.85x (measured on a
-# 2-core Xeon, jaxlib 0.10.2). `compile_fastest` picks per program.
-CPU_CONVOLUTION_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
-    "LIBRARY_FUSION_TYPE_" + kind for kind in ("INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION", "ELTWISE"))}
+# YNN also for the elementwise work (BatchNorm, ReLU, residual additions fused into YNN's subgraphs): ResNet
+# inference about 1.3x faster, the LeNet-style CNN slightly slower (measured on a 2-core Xeon, jaxlib 0.10.2;
+# YNN for convolutions as well changed ResNets little and cost the CNN 10-15%). `compile_fastest` picks.
+CPU_ELEMENTWISE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
+    "LIBRARY_FUSION_TYPE_" + kind for kind in ("INDIVIDUAL_DOT", "ELTWISE"))}
 
 
 def compile_fastest(jitted: Any, *args: Any, candidates: Sequence[dict] | None = None,
@@ -124,7 +129,7 @@ def compile_fastest(jitted: Any, *args: Any, candidates: Sequence[dict] | None =
     """
     if jax.default_backend() != "cpu":
         return jitted.lower(*args).compile(), {}
-    candidates = list(candidates if candidates is not None else (CPU_COMPILER_OPTIONS, CPU_CONVOLUTION_OPTIONS))
+    candidates = list(candidates if candidates is not None else (CPU_COMPILER_OPTIONS, CPU_ELEMENTWISE_OPTIONS))
     lowered = jitted.lower(*args)
     compiled = []
     for options in candidates:

@@ -248,3 +248,29 @@ def test_small_image_convolution_as_a_product_is_the_convolution(size, k, stride
     loss = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
     for a, b in zip(loss(ours), loss(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, shape", [("resnet20", (32, 32, 3)), ("resnet50", (64, 64, 3)), ("vgg16", (32, 32, 3))])
+def test_folded_batch_norm_is_the_same_function_in_eval_mode(name, shape):
+    model = models.split(models.create(name, num_classes=10, input_shape=shape, mean=(0.5,) * 3, std=(0.25,) * 3,
+                                       seed=0))
+    x = jax.random.uniform(jax.random.key(0), (8, *shape))
+    state = model.model_state
+    for _ in range(2):  # running statistics away from their initial 0 / 1
+        _, state = model.apply(model.params, state, x, train=True)
+    model = model._replace(model_state=state)
+    folded = models.fold_batch_norm(model)
+    expected = model.apply(model.params, model.model_state, x, train=False)[0]
+    got = folded.apply(folded.params, folded.model_state, x, train=False)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(expected))))
+    assert not np.allclose(expected, models.split(models.create(  # the statistics matter: the test has power
+        name, num_classes=10, input_shape=shape, mean=(0.5,) * 3, std=(0.25,) * 3, seed=0)).apply(
+        model.params, jax.tree.map(jnp.zeros_like, state), x, train=False)[0])
+    with pytest.raises(ValueError, match="inference only"):
+        folded.apply(folded.params, folded.model_state, x, train=True)
+
+
+def test_fold_leaves_a_model_without_batch_norm_alone():
+    model = models.split(models.create("cnn", num_classes=10, input_shape=(8, 8, 1), mean=(0.5,), std=(0.25,),
+                                       width=4, seed=0))
+    assert models.fold_batch_norm(model) is model

@@ -64,7 +64,7 @@ def peak_rss_bytes() -> int:
 
 
 # --xla-options names: the Sampler's compiler_options
-XLA_OPTIONS = {"auto": "auto", "dot": parallel.CPU_COMPILER_OPTIONS, "conv": parallel.CPU_CONVOLUTION_OPTIONS,
+XLA_OPTIONS = {"auto": "auto", "dot": parallel.CPU_COMPILER_OPTIONS, "eltwise": parallel.CPU_ELEMENTWISE_OPTIONS,
                "default": {}}
 
 
@@ -77,7 +77,7 @@ def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dt
     compiled with `XLA_OPTIONS[xla_options]`; `chosen`, when given, receives
     the options it was compiled with under the key "options".
     """
-    model = models.split(_module(name, input_shape, num_classes, dtype, width))
+    model = models.fold_batch_norm(models.split(_module(name, input_shape, num_classes, dtype, width)))
     sampler = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
                                     num_classes=num_classes, inputs=inputs, chunk=batch // inputs,
                                     compiler_options=XLA_OPTIONS[xla_options])

@@ -68,7 +68,7 @@ class Sampler:
       mesh: devices to spread the chunks over (default: all).
       with_softmax: also return the mean softmax vector of the samples.
       compiler_options: XLA:CPU options: "auto" (time each of jaxsmooth's option
-        sets, `parallel.CPU_COMPILER_OPTIONS` and `parallel.CPU_CONVOLUTION_OPTIONS`,
+        sets, `parallel.CPU_COMPILER_OPTIONS` and `parallel.CPU_ELEMENTWISE_OPTIONS`,
         on one loop step of the first call and keep the fastest), a dict of
         options ({}: XLA's defaults), or None (`parallel.CPU_COMPILER_OPTIONS`).
         Ignored off the CPU.

@@ -126,9 +126,16 @@ class BatchNorm(nnx.BatchNorm):
     ``jit(grad)`` traced in 5.0 s instead of 1.1 s); ``set_value(new)`` skips it.
     """
 
+    folded = False  # set by `fold_into_conv`: the convolution before it applies it
+
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask=None) -> jax.Array:
         if use_running_average is None:
             use_running_average = self.use_running_average
+        if self.folded:
+            if use_running_average is False:
+                raise ValueError("this BatchNorm is folded into its convolution (models.fold_batch_norm): "
+                                 "the model is for inference only")
+            return x
         plain = self.dtype is None or self.scale is None or self.bias is None or self.axis not in (-1, x.ndim - 1)
         if use_running_average is not False or mask is not None or self.axis_name is not None or plain:
             return super().__call__(x, use_running_average, mask=mask)  # nnx's own path (and errors)
@@ -142,6 +149,20 @@ class BatchNorm(nnx.BatchNorm):
         self.var.set_value(m * self.var[...] + (1 - m) * var)
         y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
         return y.astype(self.dtype)
+
+
+def fold_into_conv(conv: Conv, bn: BatchNorm) -> None:
+    """Folds inference-mode `bn` (applied to `conv`'s output) into `conv`'s kernel and bias, in place.
+
+    bn(conv(x)) = conv(x) * s + (beta - mean * s), s = gamma / sqrt(var + eps):
+    the kernel's output channels scale by s and the bias becomes
+    (bias - mean) * s + beta. `bn` then passes its input through.
+    """
+    s = bn.scale[...] * jax.lax.rsqrt(bn.var[...] + bn.epsilon)
+    bias = conv.bias[...] if conv.bias is not None else jnp.zeros_like(s)
+    conv.kernel = nnx.Param(conv.kernel[...] * s)
+    conv.bias = nnx.data(nnx.Param((bias - bn.mean[...]) * s + bn.bias[...]))
+    bn.folded = True
 
 
 def batch_norm(features: int, dtype, rngs: nnx.Rngs) -> BatchNorm:

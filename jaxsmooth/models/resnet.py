@@ -44,11 +44,17 @@ class _Shortcut(nnx.Module):
     def __call__(self, x, train: bool):
         return self.bn(self.conv(x), use_running_average=not train) if self.project else x
 
+    def batch_norm_pairs(self):
+        return [(self.conv, self.bn)] if self.project else []
+
 
 class BasicBlock(nnx.Module):
     """3x3 conv - BN - act - 3x3 conv - BN, plus shortcut, then act."""
 
     expansion = 1
+
+    def batch_norm_pairs(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
 
     def __init__(self, cin: int, planes: int, stride: int, act: str, dtype, rngs: nnx.Rngs):
         self.conv1 = layers.Conv(cin, planes, 3, stride=stride, dtype=dtype, rngs=rngs)
@@ -70,6 +76,9 @@ class Bottleneck(nnx.Module):
     """1x1 conv (planes) - 3x3 conv (planes, stride) - 1x1 conv (4 planes), BN after each, plus shortcut."""
 
     expansion = 4
+
+    def batch_norm_pairs(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
 
     def __init__(self, cin: int, planes: int, stride: int, act: str, dtype, rngs: nnx.Rngs):
         cout = planes * self.expansion
@@ -120,6 +129,9 @@ class ResNet(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.head = layers.dense(cin, num_classes, dtype, rngs)
         self.act = activation
+
+    def batch_norm_pairs(self):
+        return [(self.stem_conv, self.stem_bn)]
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.stem_bn(self.stem_conv(self.normalize(x)), use_running_average=not train)

@@ -36,6 +36,9 @@ class VGG16(nnx.Module):
         self.head = layers.dense(cin, num_classes, dtype, rngs)
         self.act = activation
 
+    def batch_norm_pairs(self):
+        return list(zip(self.convs, self.bns))
+
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         act = layers.activation(self.act)
         x = self.normalize(x)
