@@ -31,6 +31,13 @@ def _act(name: str) -> nn.Module:
     return nn.ELU() if name == "elu" else nn.ReLU()
 
 
+def _projection(cin: int, cout: int, stride: int) -> nn.Module | None:
+    """The 1x1 conv + BatchNorm shortcut where stride or width change, else None (identity)."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class LeNet(nn.Module):
     """The `cnn` of jaxsmooth.models: conv5x5(w) - pool - conv5x5(2w) - pool - dense(hidden) - dense."""
 
@@ -58,9 +65,7 @@ class _Basic(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.act = _act(activation)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = _projection(cin, cout, stride)
 
     def forward(self, x):
         y = self.act(self.bn1(self.conv1(x)))
@@ -104,9 +109,7 @@ class _Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.act = _act(activation)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = _projection(cin, cout, stride)
 
     def forward(self, x):
         y = self.act(self.bn1(self.conv1(x)))
