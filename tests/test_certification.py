@@ -217,27 +217,33 @@ def _points(linear, count, rng, scale):
     return (rng.normal(size=(count, D)) * scale).astype(np.float32), w, b
 
 
+def _certified_rows(linear, xs, sigma, alpha, seed):
+    """(row, margin w.x + b) for every point certified (not abstained), 50 points per call, and the point count."""
+    w, b = linear["w"].astype(np.float64), float(linear["b"])
+    sampler = _sampler(linear_apply, linear, 50, 20)
+    settings = C.Settings(n0=50, n=1000, alpha=alpha)
+    out = []
+    for start in range(0, len(xs), 50):
+        x = xs[start:start + 50]
+        rows = C.certify_batch(sampler, x.reshape(-1, *SHAPE), np.arange(start, start + 50), sigma, settings,
+                               jax.random.key(seed))
+        out += [(row, m) for row, m in zip(rows, x.astype(np.float64) @ w + b) if row["predict"] != C.ABSTAIN]
+    return out
+
+
+def _assert_failure_rate(certified, failures, count, alpha):
+    assert len(certified) > count / 2  # most points are certified: the test has power
+    assert failures / count <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / count)
+
+
 def test_certified_radius_never_exceeds_exact_radius_beyond_alpha(linear):
     """Isotropic: exact radius |w.x + b| / ||w||; a certificate above it (or of the wrong class) is a failure."""
     rng = np.random.default_rng(11)
     alpha, sigma, count = 0.05, 0.5, 400
-    xs, w, b = _points(linear, count, rng, 0.15)
-    sampler = _sampler(linear_apply, linear, 50, 20)
-    settings = C.Settings(n0=50, n=1000, alpha=alpha)
-    failures = certified = 0
-    for start in range(0, count, 50):
-        x = xs[start:start + 50]
-        rows = C.certify_batch(sampler, x.reshape(-1, *SHAPE), np.arange(start, start + 50), sigma, settings,
-                               jax.random.key(7))
-        margin = x.astype(np.float64) @ w + b
-        exact = np.abs(margin) / np.linalg.norm(w)
-        true_class = (margin > 0).astype(int)
-        for row, e, t in zip(rows, exact, true_class):
-            if row["predict"] != C.ABSTAIN:
-                certified += 1
-                failures += row["predict"] != t or row["radius"] > e
-    assert certified > count / 2  # most points are certified: the test has power
-    assert failures / count <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / count)
+    xs, w, _ = _points(linear, count, rng, 0.15)
+    certified = _certified_rows(linear, xs, sigma, alpha, 7)
+    failures = sum(row["predict"] != int(m > 0) or row["radius"] > abs(m) / np.linalg.norm(w) for row, m in certified)
+    _assert_failure_rate(certified, failures, count, alpha)
 
 
 def test_certified_radius_is_tight_with_many_samples(linear):
@@ -261,23 +267,13 @@ def test_anisotropic_ellipsoid_crosses_the_boundary_at_most_alpha(linear):
     rng = np.random.default_rng(13)
     alpha, count = 0.05, 400
     sigma = rng.uniform(0.2, 1.0, size=SHAPE).astype(np.float32)
-    xs, w, b = _points(linear, count, rng, 0.15)
-    sampler = _sampler(linear_apply, linear, 50, 20)
-    settings = C.Settings(n0=50, n=1000, alpha=alpha)
+    xs, w, _ = _points(linear, count, rng, 0.15)
     scale = np.linalg.norm(sigma.reshape(-1).astype(np.float64) * w)
-    failures = certified = 0
-    for start in range(0, count, 50):
-        x = xs[start:start + 50]
-        rows = C.certify_batch(sampler, x.reshape(-1, *SHAPE), np.arange(start, start + 50), sigma, settings,
-                               jax.random.key(8))
-        margin = x.astype(np.float64) @ w + b
-        for row, m in zip(rows, margin):
-            if row["predict"] == C.ABSTAIN:
-                continue
-            certified += 1
-            r = stats.norm.ppf(row["pA_lower"])  # the ellipsoid's radius in sigma-scaled coordinates
-            failures += row["predict"] != int(m > 0) or r * scale > abs(m)
-            assert row["radius"] == pytest.approx(float(sigma.min()) * r, rel=1e-12)
-            assert row["area_objective"] == pytest.approx(np.log(sigma.astype(np.float64)).sum() + D * np.log(r))
-    assert certified > count / 2
-    assert failures / count <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / count)
+    certified = _certified_rows(linear, xs, sigma, alpha, 8)
+    failures = 0
+    for row, m in certified:
+        r = stats.norm.ppf(row["pA_lower"])  # the ellipsoid's radius in sigma-scaled coordinates
+        failures += row["predict"] != int(m > 0) or r * scale > abs(m)
+        assert row["radius"] == pytest.approx(float(sigma.min()) * r, rel=1e-12)
+        assert row["area_objective"] == pytest.approx(np.log(sigma.astype(np.float64)).sum() + D * np.log(r))
+    _assert_failure_rate(certified, failures, count, alpha)
