@@ -54,6 +54,13 @@ def default() -> ml_collections.ConfigDict:
     c.objective = ml_collections.ConfigDict()
     c.objective.name = "gaussian"
     c.objective.sigma = 0.25  # noise level of training and of the noisy evaluation
+    # heat and bootcamp (defaults: heat's CIFAR-10 setting)
+    c.objective.lam = 5.0  # heat: lambda, scale of the gradient penalty (heat eq. 4)
+    c.objective.kappa = 10  # JL projections per example of the penalty (heat eq. 17-18)
+    c.objective.delta = 0.1  # finite-difference step of the penalty (heat eq. 17)
+    c.objective.distance = "l2"  # heat: l2 | kl | softmax_l2, distance to the teacher
+    c.objective.timesteps = 5  # heat: n_T, retraining timesteps; penalty weight lam sigma^2 / (2 n_T)
+    c.objective.epochs_per_timestep = 1  # heat: epochs of each timestep
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"
@@ -74,6 +81,9 @@ def default() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2
     c.train.eval_every_epochs = 1  # 0: evaluate only at the end
     c.train.eval_batch_size = 512
+    # A training workdir whose latest checkpoint initialises the model ("" = none);
+    # heat and bootcamp require it, and it is their first teacher.
+    c.train.init_from = ""
     return c
 
 
@@ -206,6 +216,15 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     _positive(config, "model.width", allow_zero=True)
     _choice(config, "objective.name", objectives.NAMES)
     _positive(config, "objective.sigma")
+    _positive(config, "objective.lam", allow_zero=True)
+    _positive(config, "objective.kappa")
+    _positive(config, "objective.delta")
+    _choice(config, "objective.distance", objectives.DISTANCES)
+    _positive(config, "objective.timesteps")
+    _positive(config, "objective.epochs_per_timestep")
+    if config.objective.name in objectives.DISTILLING and not config.train.init_from:
+        raise UserError("train.init_from", f"objective {config.objective.name!r} starts from a pretrained model: "
+                        "set train.init_from to the workdir of its training run")
     _choice(config, "optimizer.name", OPTIMIZERS)
     _choice(config, "optimizer.schedule", SCHEDULES)
     _positive(config, "optimizer.learning_rate")

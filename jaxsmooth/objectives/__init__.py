@@ -17,14 +17,19 @@ from __future__ import annotations
 from typing import Callable
 
 from jaxsmooth.errors import UserError
-from jaxsmooth.objectives import gaussian, standard
+from jaxsmooth.objectives import bootcamp, gaussian, heat, standard
 
 _BUILDERS = {
     "standard": standard.make,
     "gaussian": gaussian.make,
+    "heat": heat.make,
+    "bootcamp": bootcamp.make,
 }
 
 NAMES = tuple(_BUILDERS)
+DISTANCES = heat.DISTANCES
+# Objectives that retrain a pretrained model towards a frozen teacher (train.init_from).
+DISTILLING = ("heat", "bootcamp")
 
 
 def build(config, apply: Callable, teacher=None) -> Callable:
@@ -34,7 +39,8 @@ def build(config, apply: Callable, teacher=None) -> Callable:
       config: the resolved experiment config.
       apply: the model's pure ``apply(params, model_state, x, *, train)``.
       teacher: frozen ``(params, model_state)`` of a teacher model, for the
-        objectives that distil one; unused by ``standard`` and ``gaussian``.
+        objectives that distil one (`DISTILLING`: ``heat``, ``bootcamp``);
+        unused by ``standard`` and ``gaussian``.
     """
     name = config.objective.name
     if name not in _BUILDERS:

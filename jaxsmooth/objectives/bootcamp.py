@@ -1,0 +1,49 @@
+"""``bootcamp``: Adversarial Boot Camp's one-epoch retraining loss (bootcamp eq. 10, §4).
+
+    (1/2) ||softmax v(x + eta) - softmax f(x + eta)||^2 + sigma^2 / 2 ||J_x v(x + eta)||_F^2   (eq. 10)
+
+f is the frozen original model (the `teacher`, from ``train.init_from``), v
+the model being retrained from it. No labels are used. As in §4, noise
+eta ~ N(0, sigma^2 I) is added to half of the training images: the first
+``B // 2`` examples of each batch by position (the loss sees the global
+batch, and batches are reshuffled each epoch, so which examples are noised
+changes from epoch to epoch). Both v and f see the same, possibly noisy,
+input. eta of example b comes from ``fold_in(noise_key, index[b])``
+(`jaxsmooth.noise.isotropic`) and the penalty's projections from
+``fold_in(penalty_key, index[b])``, with ``noise_key, penalty_key =
+jax.random.split(key)`` so that the two draws are independent.
+
+The distance is always ``softmax_l2`` (``objective.distance`` is heat's);
+the penalty uses ``objective.kappa`` and ``objective.delta``, and v runs in
+training mode as in `heat` (whose module docstring gives the details).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsmooth import noise
+from jaxsmooth.objectives.heat import require_teacher, smoothing_loss
+
+
+def noised_mask(batch_size: int) -> jax.Array:
+    """[B] bool: which positions of a batch get noise (the first ``B // 2``)."""
+    return jnp.arange(batch_size) < batch_size // 2
+
+
+def make(config, apply, teacher=None):
+    teacher = require_teacher(config, teacher)
+    o = config.objective
+    sigma = float(o.sigma)
+    kwargs = dict(distance_name="softmax_l2", weight=sigma**2 / 2, kappa=int(o.kappa), delta=float(o.delta))
+
+    def loss(params, model_state, batch, key):
+        images, index = batch["image"], batch["index"]
+        noise_key, penalty_key = jax.random.split(key)
+        eta = noise.isotropic(noise_key, index, images.shape[1:], sigma, images.dtype)
+        mask = noised_mask(images.shape[0]).reshape(-1, *(1,) * (images.ndim - 1))
+        noisy = images + jnp.where(mask, eta, 0.0).astype(images.dtype)
+        return smoothing_loss(apply, params, model_state, teacher, noisy, penalty_key, index, **kwargs)
+
+    return loss
