@@ -74,6 +74,19 @@ class Checkpointer:
         self._manager.close()
 
 
+def read_model(step_dir: str, field: str) -> dict:
+    """The raw saved train state of one checkpoint folder (``checkpoints/STEP``), without a target structure.
+
+    Sequence indices come back as string keys; callers look leaves up by path.
+    """
+    path = os.path.abspath(os.path.join(step_dir, "default"))
+    try:
+        return ocp.StandardCheckpointer().restore(path)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(field, f"cannot read {path}: {first[:300]}") from None
+
+
 def write_json(path: str, obj: Any) -> None:
     """Writes JSON atomically: a reader never sees a half-written file."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -37,6 +37,20 @@ class TrainState:
     params: Any
     model_state: Any  # BatchNorm statistics
     opt_state: Any
+    teacher: Any = None  # frozen (params, model_state) of the distilling objectives (heat, bootcamp)
+
+
+def num_epochs(config) -> int:
+    """Epochs of a run: ``train.num_epochs``, or for the distilling objectives their timestep schedule.
+
+    ``heat`` trains ``objective.timesteps`` timesteps of ``objective.epochs_per_timestep``
+    epochs each (HeatSmoothing Algorithm 1); ``bootcamp`` one timestep.
+    """
+    if config.objective.name == "heat":
+        return config.objective.timesteps * config.objective.epochs_per_timestep
+    if config.objective.name == "bootcamp":
+        return config.objective.epochs_per_timestep
+    return config.train.num_epochs
 
 
 # --------------------------------------------------------------------------
@@ -63,7 +77,7 @@ def learning_rate_schedule(opt, steps_per_epoch: int, total_steps: int) -> optax
 def create_optimizer(config, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """SGD with momentum or Adam, with coupled weight decay as in ``torch.optim``."""
     opt = config.optimizer
-    schedule = learning_rate_schedule(opt, steps_per_epoch, config.train.num_epochs * steps_per_epoch)
+    schedule = learning_rate_schedule(opt, steps_per_epoch, num_epochs(config) * steps_per_epoch)
     if opt.name == "sgd":
         base = optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov)
     else:
@@ -81,16 +95,20 @@ def create_train_state(model: models.Model, tx: optax.GradientTransformation) ->
                       model_state=model.model_state, opt_state=tx.init(model.params))
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, with_teacher: bool = False) -> Callable:
     """``train_step(state, batch, root_key) -> (state, metrics)``, one optimizer step.
 
     The step key is ``fold_in(root_key, state.step)``; the objective folds in
-    each example's global index.
+    each example's global index. With `with_teacher`, `loss_fn` builds the
+    loss from the state's frozen teacher, ``loss_fn(state.teacher) -> loss``,
+    inside the trace: the teacher is an argument of the compiled step, so a
+    new teacher (each HeatSmoothing timestep) needs no recompilation.
     """
 
     def train_step(state: TrainState, batch: dict, root_key: jax.Array):
         key = noise.step_key(root_key, state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        loss = loss_fn(state.teacher) if with_teacher else loss_fn
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
         (loss, aux), grads = grad_fn(state.params, state.model_state, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -155,7 +173,7 @@ def build_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
     steps_per_epoch = data.steps_per_epoch(len(dataset.train), config.train.batch_size)
     tx, schedule = create_optimizer(config, steps_per_epoch)
     return Run(config=config, mesh=mesh, dataset=dataset, model=model, tx=tx, schedule=schedule,
-               steps_per_epoch=steps_per_epoch, total_steps=config.train.num_epochs * steps_per_epoch,
+               steps_per_epoch=steps_per_epoch, total_steps=num_epochs(config) * steps_per_epoch,
                root_key=noise.root_key(config.seed))
 
 
@@ -251,22 +269,36 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     """
     callback = callback or (lambda event: None)
     run = build_run(config, mesh)
+    distilling = config.objective.name in objectives.DISTILLING
+    if distilling and not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+        latest_model_checkpoint(config.train.init_from, run, "train.init_from")  # refuse before writing anything
     _prepare_workdir(workdir, run)
     tcfg = config.train
 
     replicated = parallel.replicated(run.mesh)
     batch_sharding = parallel.data_sharded(run.mesh)
-    state = parallel.replicate(run.mesh, create_train_state(run.model, run.tx))
+    state = create_train_state(run.model, run.tx)
+    if distilling:  # the teacher's place in the state (and its checkpoints), filled below
+        state = state.replace(teacher=(state.params, state.model_state))
+    state = parallel.replicate(run.mesh, state)
     ckpt = checkpoint.Checkpointer(workdir, save_every_steps=tcfg.checkpoint_every_steps, keep=tcfg.keep_checkpoints)
     try:
         start = ckpt.latest_step() or 0
         if start:
             state = ckpt.restore(start, state)
+        elif distilling:
+            params, model_state = restore_model(config.train.init_from, run, "train.init_from")
+            state = state.replace(params=params, model_state=model_state, teacher=_frozen(params, model_state))
         writer = MetricsWriter(workdir, start)
 
-        loss_fn = objectives.build(config, run.model.apply)
-        train_step = jax.jit(make_train_step(loss_fn, run.tx), in_shardings=(replicated, batch_sharding, replicated),
+        if distilling:
+            loss_fn = lambda teacher: objectives.build(config, run.model.apply, teacher)  # noqa: E731
+        else:
+            loss_fn = objectives.build(config, run.model.apply)
+        train_step = jax.jit(make_train_step(loss_fn, run.tx, with_teacher=distilling),
+                             in_shardings=(replicated, batch_sharding, replicated),
                              out_shardings=(replicated, replicated), donate_argnums=0)
+        steps_per_timestep = config.objective.epochs_per_timestep * run.steps_per_epoch
         eval_step = parallel.compile_on_first_call(jax.jit(
             make_eval_step(run.model.apply, config.objective.sigma),
             in_shardings=(replicated, replicated, batch_sharding, replicated), out_shardings=replicated))
@@ -291,6 +323,8 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
             state, metrics = train_step(state, batch, root_key)
             window.append(metrics)
             done = step + 1
+            if distilling and done % steps_per_timestep == 0 and done < run.total_steps:
+                state = state.replace(teacher=_frozen(state.params, state.model_state))  # f^{k+1} = v
             end_of_epoch = done % run.steps_per_epoch == 0
             if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
                     or end_of_epoch or done == run.total_steps:
@@ -324,6 +358,55 @@ def _log_eval(run: Run, eval_step, state: TrainState, step: int, writer: Metrics
 
 def _augmentation(config, dataset: data.Dataset) -> str:
     return dataset.augment_default if config.data.augment == "default" else config.data.augment
+
+
+def _frozen(params, model_state):
+    """A copy of the model's variables to serve as a teacher (the originals are donated to the next step)."""
+    return jax.tree.map(jnp.copy, (params, model_state))
+
+
+def restore_model(workdir: str, run: Run, field: str) -> tuple[Any, Any]:
+    """(params, model_state) of the latest checkpoint of another run's `workdir`, replicated on `run.mesh`.
+
+    Only the model is read, so the other run may have used another optimizer
+    or objective; its model.json must describe the same model and input,
+    else the error names `field` and the differing entry.
+    """
+    raw = checkpoint.read_model(latest_model_checkpoint(workdir, run, field), field)
+
+    def lookup(tree, prefix):
+        def get(path, _):
+            node = raw[prefix]
+            for entry in path:
+                key = getattr(entry, "key", getattr(entry, "idx", None))
+                node = node[key] if key in node else node[str(key)]
+            return np.asarray(node)
+        return jax.tree_util.tree_map_with_path(get, tree)
+
+    try:
+        params, model_state = lookup(run.model.params, "params"), lookup(run.model.model_state, "model_state")
+    except (KeyError, TypeError) as e:
+        raise UserError(field, f"{workdir}'s checkpoint lacks model variable {e}") from None
+    return parallel.replicate(run.mesh, (params, model_state))
+
+
+def latest_model_checkpoint(workdir: str, run: Run, field: str) -> str:
+    """The folder of `workdir`'s latest checkpoint, after checking that its model.json fits `run`'s model."""
+    if not workdir:
+        raise UserError(field, "is empty; give the --workdir of a finished training run")
+    folder = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    if not os.path.isdir(folder):
+        raise UserError(field, f"{workdir} holds no checkpoints (expected {checkpoint.CHECKPOINT_DIR}/)")
+    found = checkpoint.read_json(os.path.join(workdir, checkpoint.MODEL_FILE), field)
+    expected = checkpoint.model_metadata(run.config, run.dataset)
+    for name in ("model", "activation", "width", "input_shape", "num_classes"):
+        if found.get(name) != expected[name]:
+            raise UserError(field, f"{workdir} holds a model with {name}={found.get(name)!r}, "
+                                   f"not {expected[name]!r}")
+    steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+    if not steps:
+        raise UserError(field, f"{workdir} holds no checkpoints yet")
+    return os.path.join(folder, str(steps[-1]))
 
 
 def load_trained(config, workdir: str, *, step: int | None = None,
