@@ -37,7 +37,13 @@ class TrainState:
     params: Any
     model_state: Any  # BatchNorm statistics
     opt_state: Any
-    teacher: Any = None  # frozen (params, model_state) of the distilling objectives (heat, bootcamp)
+
+
+@flax.struct.dataclass
+class DistillState(TrainState):
+    """The train state of the distilling objectives (heat, bootcamp): plus the frozen teacher."""
+
+    teacher: Any = None  # (params, model_state)
 
 
 def num_epochs(config) -> int:
@@ -279,7 +285,8 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     batch_sharding = parallel.data_sharded(run.mesh)
     state = create_train_state(run.model, run.tx)
     if distilling:  # the teacher's place in the state (and its checkpoints), filled below
-        state = state.replace(teacher=(state.params, state.model_state))
+        state = DistillState(step=state.step, params=state.params, model_state=state.model_state,
+                             opt_state=state.opt_state, teacher=(state.params, state.model_state))
     state = parallel.replicate(run.mesh, state)
     ckpt = checkpoint.Checkpointer(workdir, save_every_steps=tcfg.checkpoint_every_steps, keep=tcfg.keep_checkpoints)
     try:
@@ -365,14 +372,19 @@ def _frozen(params, model_state):
     return jax.tree.map(jnp.copy, (params, model_state))
 
 
-def restore_model(workdir: str, run: Run, field: str) -> tuple[Any, Any]:
+def restore_model(workdir: str, run: Run, field: str, step: int | None = None) -> tuple[Any, Any]:
     """(params, model_state) of the latest checkpoint of another run's `workdir`, replicated on `run.mesh`.
 
     Only the model is read, so the other run may have used another optimizer
-    or objective; its model.json must describe the same model and input,
+    or objective (`step`: that checkpoint instead of the latest); its model.json must describe the same model and input,
     else the error names `field` and the differing entry.
     """
-    raw = checkpoint.read_model(latest_model_checkpoint(workdir, run, field), field)
+    folder = latest_model_checkpoint(workdir, run, field)
+    if step is not None:
+        folder = os.path.join(os.path.dirname(folder), str(step))
+        if not os.path.isdir(folder):
+            raise UserError("step", f"{workdir} holds no checkpoint of step {step}")
+    raw = checkpoint.read_model(folder, field)
 
     def lookup(tree, prefix):
         def get(path, _):
@@ -415,22 +427,13 @@ def load_trained(config, workdir: str, *, step: int | None = None,
 
     Refuses a workdir whose ``model.json`` describes another model or input
     than `config` does, naming the field, and a workdir without checkpoints.
+    Reads the model only: any objective's or optimizer's checkpoint will do.
 
     Returns:
       (run, params, model_state, step restored).
     """
     run = build_run(config, mesh)
-    if not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
-        raise UserError("checkpoint", f"{workdir} holds no checkpoints (expected {checkpoint.CHECKPOINT_DIR}/ "
-                                      "written by python -m jaxsmooth.train --workdir)")
-    checkpoint.check_model_metadata(workdir, checkpoint.model_metadata(config, run.dataset))
-    ckpt = checkpoint.Checkpointer(workdir)
-    try:
-        latest = ckpt.latest_step()
-        if latest is None:
-            raise UserError("checkpoint", f"{workdir} holds no checkpoints yet")
-        step = latest if step is None else step
-        state = ckpt.restore(step, parallel.replicate(run.mesh, create_train_state(run.model, run.tx)))
-    finally:
-        ckpt.close()
-    return run, state.params, state.model_state, int(step)
+    latest = latest_model_checkpoint(workdir, run, "checkpoint")
+    step = int(os.path.basename(latest)) if step is None else step
+    params, model_state = restore_model(workdir, run, "checkpoint", step)
+    return run, params, model_state, step
