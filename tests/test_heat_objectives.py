@@ -155,21 +155,22 @@ def test_heat_returns_the_main_pass_batch_statistics_and_uses_an_eval_mode_teach
 def test_bootcamp_noises_exactly_the_first_half_with_documented_keys(problem):
     params, teacher, batch = problem
     sigma, key = 0.5, jax.random.key(11)
-    seen = []
+    seen = {True: [], False: []}
 
     def recording_apply(p, s, x, *, train):
-        if not train:  # the teacher's one call: the input both models see
-            seen.append(np.asarray(x))
+        if not isinstance(x, jax.core.Tracer):  # the penalty's passes run under jax transformations
+            seen[train].append(np.asarray(x))
         return linear_apply(p, s, x, train=train)
 
     objectives.build(_config("bootcamp", sigma=sigma), recording_apply, (teacher, {}))(params, {}, batch, key)
-    (x_seen,) = seen
+    (teacher_seen,), x_seen = seen[False], seen[True][0]  # the teacher's one call; v's main forward pass
     noise_key, _ = jax.random.split(key)
     eta = np.asarray(noise.isotropic(noise_key, batch["index"], (H, W, C), sigma))
     x = np.asarray(batch["image"])
     np.testing.assert_allclose(x_seen[: B // 2], x[: B // 2] + eta[: B // 2], rtol=1e-6)
     np.testing.assert_array_equal(x_seen[B // 2:], x[B // 2:])
     assert np.all(np.abs(x_seen[: B // 2] - x[: B // 2]).reshape(B // 2, -1).max(-1) > 0.1)
+    np.testing.assert_array_equal(teacher_seen, x)  # eq. 10: the frozen model sees the clean x
 
 
 def test_bootcamp_penalty_weight_is_half_sigma_squared(problem):
@@ -182,7 +183,9 @@ def test_bootcamp_penalty_weight_is_half_sigma_squared(problem):
     noisy = batch["image"].at[: B // 2].add(eta[: B // 2])
     penalty = finite_difference_penalty(lambda z: linear_apply(params, {}, z, train=True)[0], noisy, penalty_key,
                                         kappa=K, delta=0.1, index=batch["index"])
-    np.testing.assert_allclose(float(loss), sigma**2 / 2 * float(penalty.mean()), rtol=1e-5)
+    # the teacher (here equal to v) sees the clean x, v the half-noised batch: the distance is not 0
+    dist = _numpy_distance("softmax_l2", _logits(params, noisy), _logits(params, batch["image"])).mean()
+    np.testing.assert_allclose(float(loss), dist + sigma**2 / 2 * float(penalty.mean()), rtol=1e-5)
 
 
 def test_bootcamp_tends_to_the_softmax_distance_as_sigma_vanishes(problem):

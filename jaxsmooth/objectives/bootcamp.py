@@ -1,14 +1,14 @@
 """``bootcamp``: Adversarial Boot Camp's one-epoch retraining loss (bootcamp eq. 10, §4).
 
-    (1/2) ||softmax v(x + eta) - softmax f(x + eta)||^2 + sigma^2 / 2 ||J_x v(x + eta)||_F^2   (eq. 10)
+    (1/2) ||softmax v(x + eta) - softmax f(x)||^2 + sigma^2 / 2 ||J_x v(x + eta)||_F^2   (eq. 10)
 
 f is the frozen original model (the `teacher`, from ``train.init_from``), v
 the model being retrained from it. No labels are used. As in §4, noise
 eta ~ N(0, sigma^2 I) is added to half of the training images: the first
 ``B // 2`` examples of each batch by position (the loss sees the global
 batch, and batches are reshuffled each epoch, so which examples are noised
-changes from epoch to epoch). Both v and f see the same, possibly noisy,
-input. eta of example b comes from ``fold_in(noise_key, index[b])``
+changes from epoch to epoch). v sees the possibly noisy input, the frozen
+f the clean one, as eq. 10 writes it. eta of example b comes from ``fold_in(noise_key, index[b])``
 (`jaxsmooth.noise.isotropic`) and the penalty's projections from
 ``fold_in(penalty_key, index[b])``, with ``noise_key, penalty_key =
 jax.random.split(key)`` so that the two draws are independent.
@@ -44,6 +44,7 @@ def make(config, apply, teacher=None):
         eta = noise.isotropic(noise_key, index, images.shape[1:], sigma, images.dtype)
         mask = noised_mask(images.shape[0]).reshape(-1, *(1,) * (images.ndim - 1))
         noisy = images + jnp.where(mask, eta, 0.0).astype(images.dtype)
-        return smoothing_loss(apply, params, model_state, teacher, noisy, penalty_key, index, **kwargs)
+        return smoothing_loss(apply, params, model_state, teacher, noisy, penalty_key, index, teacher_images=images,
+                              **kwargs)
 
     return loss

@@ -73,7 +73,8 @@ def require_teacher(config, teacher):
 
 
 def smoothing_loss(apply: Callable, params, model_state, teacher, images: jax.Array, key: jax.Array,
-                   index: jax.Array, *, distance_name: str, weight: float, kappa: int, delta: float):
+                   index: jax.Array, *, distance_name: str, weight: float, kappa: int, delta: float,
+                   teacher_images: jax.Array | None = None):
     """mean_b d(v(x_b), f(x_b)) + weight * mean_b ||J_x v(x_b)||_F^2 (estimated), shared by heat and bootcamp.
 
     Args:
@@ -83,11 +84,13 @@ def smoothing_loss(apply: Callable, params, model_state, teacher, images: jax.Ar
       key: the penalty's key; example b draws its projections from ``fold_in(key, index[b])``.
       index: [B] int32 global example indices.
       weight: the penalty's coefficient (heat: lambda sigma^2 / (2 n_T); bootcamp: sigma^2 / 2).
+      teacher_images: what f sees instead of `images` (bootcamp eq. 10: the clean x while v sees x + eta).
     Returns:
       (loss, aux) in the objective interface; metrics ``distance``, ``penalty``, ``loss``.
     """
     teacher_params, teacher_state = jax.lax.stop_gradient(teacher)
-    teacher_logits, _ = apply(teacher_params, teacher_state, images, train=False)
+    teacher_logits, _ = apply(teacher_params, teacher_state, images if teacher_images is None else teacher_images,
+                              train=False)
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
 
     logits, new_state = apply(params, model_state, images, train=True)
