@@ -124,12 +124,11 @@ def model_metadata(config, dataset) -> dict[str, Any]:
     }
 
 
-def check_model_metadata(workdir: str, expected: Mapping[str, Any],
+def check_model_metadata(workdir: str, expected: Mapping[str, Any], field: str = "checkpoint",
                          fields: tuple[str, ...] = ("model", "activation", "width", "input_shape", "num_classes")) -> dict:
-    """Reads ``model.json`` of `workdir` and refuses it where `fields` differ from `expected`."""
-    found = read_json(os.path.join(workdir, MODEL_FILE), "checkpoint")
+    """Reads ``model.json`` of `workdir` and refuses it, naming `field` and the entry, where `fields` differ."""
+    found = read_json(os.path.join(workdir, MODEL_FILE), field)
     for name in fields:
         if name in expected and found.get(name) != expected[name]:
-            raise UserError(f"checkpoint.{name}", f"the checkpoint in {workdir} has {name}={found.get(name)!r} "
-                            f"but the config asks for {expected[name]!r}")
+            raise UserError(field, f"{workdir} holds a model with {name}={found.get(name)!r}, not {expected[name]!r}")
     return found

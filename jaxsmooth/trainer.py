@@ -294,7 +294,7 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
         if start:
             state = ckpt.restore(start, state)
         elif distilling:
-            params, model_state = restore_model(config.train.init_from, run, "train.init_from")
+            params, model_state, _ = restore_model(config.train.init_from, run, "train.init_from")
             state = state.replace(params=params, model_state=model_state, teacher=_frozen(params, model_state))
         writer = MetricsWriter(workdir, start)
 
@@ -372,15 +372,17 @@ def _frozen(params, model_state):
     return jax.tree.map(jnp.copy, (params, model_state))
 
 
-def restore_model(workdir: str, run: Run, field: str, step: int | None = None) -> tuple[Any, Any]:
-    """(params, model_state) of the latest checkpoint of another run's `workdir`, replicated on `run.mesh`.
+def restore_model(workdir: str, run: Run, field: str, step: int | None = None) -> tuple[Any, Any, int]:
+    """(params, model_state, step) of the latest checkpoint of another run's `workdir`, replicated on `run.mesh`.
 
     Only the model is read, so the other run may have used another optimizer
     or objective (`step`: that checkpoint instead of the latest); its model.json must describe the same model and input,
     else the error names `field` and the differing entry.
     """
     folder = latest_model_checkpoint(workdir, run, field)
-    if step is not None:
+    if step is None:
+        step = int(os.path.basename(folder))
+    else:
         folder = os.path.join(os.path.dirname(folder), str(step))
         if not os.path.isdir(folder):
             raise UserError("step", f"{workdir} holds no checkpoint of step {step}")
@@ -399,7 +401,7 @@ def restore_model(workdir: str, run: Run, field: str, step: int | None = None) -
         params, model_state = lookup(run.model.params, "params"), lookup(run.model.model_state, "model_state")
     except (KeyError, TypeError) as e:
         raise UserError(field, f"{workdir}'s checkpoint lacks model variable {e}") from None
-    return parallel.replicate(run.mesh, (params, model_state))
+    return (*parallel.replicate(run.mesh, (params, model_state)), step)
 
 
 def latest_model_checkpoint(workdir: str, run: Run, field: str) -> str:
@@ -409,12 +411,7 @@ def latest_model_checkpoint(workdir: str, run: Run, field: str) -> str:
     folder = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
     if not os.path.isdir(folder):
         raise UserError(field, f"{workdir} holds no checkpoints (expected {checkpoint.CHECKPOINT_DIR}/)")
-    found = checkpoint.read_json(os.path.join(workdir, checkpoint.MODEL_FILE), field)
-    expected = checkpoint.model_metadata(run.config, run.dataset)
-    for name in ("model", "activation", "width", "input_shape", "num_classes"):
-        if found.get(name) != expected[name]:
-            raise UserError(field, f"{workdir} holds a model with {name}={found.get(name)!r}, "
-                                   f"not {expected[name]!r}")
+    checkpoint.check_model_metadata(workdir, checkpoint.model_metadata(run.config, run.dataset), field)
     steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit())
     if not steps:
         raise UserError(field, f"{workdir} holds no checkpoints yet")
@@ -433,7 +430,5 @@ def load_trained(config, workdir: str, *, step: int | None = None,
       (run, params, model_state, step restored).
     """
     run = build_run(config, mesh)
-    latest = latest_model_checkpoint(workdir, run, "checkpoint")
-    step = int(os.path.basename(latest)) if step is None else step
-    params, model_state = restore_model(workdir, run, "checkpoint", step)
+    params, model_state, step = restore_model(workdir, run, "checkpoint", step)
     return run, params, model_state, step
