@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16")
     t.add_argument("--steps", type=int, default=5, help="train steps per timed round")
     t.add_argument("--rounds", type=int, default=7, help="rounds; medians are over rounds")
+    t.add_argument("--objective", default="gaussian",
+                   help="gaussian (default), standard, heat or bootcamp; heat/bootcamp also time a standard step "
+                        "and report the step-time ratio next to the one implied by their extra passes")
     t.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     t.add_argument("--xla-defaults", action="store_true",
                    help="also time the JAX step compiled without jaxsmooth's XLA:CPU options")
@@ -56,11 +59,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _table(results, unit: str) -> str:  # the train table
-    torch_rates = [r.rate for n, r in results.items() if n.startswith("torch")]
-    best_torch = max(torch_rates) if torch_rates else None
+    """One row per contender; "vs best torch" against the fastest PyTorch step of the same objective."""
+    group = lambda label: next((o for o in ("standard", "heat", "bootcamp") if f" {o} " in label), "")
+    best_torch = {}
+    for n, r in results.items():
+        if n.startswith("torch"):
+            best_torch[group(n)] = max(best_torch.get(group(n), 0.0), r.rate)
+    best_torch["bootcamp"] = best_torch.get("heat")  # boot camp's step has heat's passes; its reference is heat's
     lines = [f"| contender | {unit} (median) | spread | setup s | vs best torch |", "|---|---|---|---|---|"]
     for name, r in results.items():
-        ratio = f"{r.rate / best_torch:.2f}x" if best_torch else "-"
+        best = best_torch.get(group(name))
+        ratio = f"{r.rate / best:.2f}x" if best else "-"
         lines.append(f"| {name} | {r.rate:,.0f} | {r.spread:.0%} | {r.setup_s:.1f} | {ratio} |")
     return "\n".join(lines)
 
@@ -91,6 +100,9 @@ def _train(args) -> int:
     from jaxsmooth.benchmarks import train as train_bench
 
     dtypes = _check_common(args)
+    if args.objective not in train_bench.OBJECTIVES:
+        raise UserError("--objective", f"unknown objective {args.objective!r}; "
+                                       f"allowed: {', '.join(train_bench.OBJECTIVES)}")
     shape = None
     if args.input:
         try:
@@ -105,17 +117,34 @@ def _train(args) -> int:
     with tqdm(total=args.rounds, desc=f"bench train {args.model}", file=sys.stderr, leave=False) as bar:
         results = train_bench.benchmark(args.model, args.batch, input_shape=shape, dtypes=dtypes, steps=args.steps,
                                         rounds=args.rounds, with_torch=not args.no_torch, xla_defaults=args.xla_defaults,
-                                        on_round=lambda r: bar.update(1))
+                                        objective=args.objective, on_round=lambda r: bar.update(1))
     shape = shape or train_bench.input_shape_of(args.model)
-    print(f"train step, {args.model}, batch {args.batch}, input {'x'.join(map(str, shape))}, "
+    print(f"train step ({args.objective}), {args.model}, batch {args.batch}, input {'x'.join(map(str, shape))}, "
           f"{args.rounds} rounds x {args.steps} steps, {jax.devices()[0].device_kind} "
           f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
     print(_table(results, "examples/s"))
+    if args.objective in ("heat", "bootcamp"):
+        print(_distill_report(args, shape, results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({n: {"seconds": r.seconds, "items_per_round": r.items_per_round, "setup_s": r.setup_s}
                        for n, r in results.items()}, f, indent=2)
     return 0
+
+
+def _distill_report(args, shape, results) -> str:
+    """The step-time ratios of a distilling objective over `standard`, against the pass-implied and FLOP ratios."""
+    from jaxsmooth.benchmarks import train as train_bench
+
+    flops = {o: train_bench.step_flops(args.model, args.batch, shape, o) for o in ("standard", args.objective)}
+    implied = train_bench.implied_ratio()
+    lines = ["", f"| {args.objective} step / standard step | time ratio (medians) | pass-implied ratio | FLOP ratio |",
+             "|---|---|---|---|"]
+    for side, ratio in train_bench.distill_ratios(results, args.objective).items():
+        lines.append(f"| {side} | {ratio:.2f} | {implied:.2f} | {flops[args.objective] / flops['standard']:.2f} |")
+    lines.append(f"\npass-implied ratio: (4 + 5 kappa) / 3 with kappa = {train_bench.KAPPA}; FLOPs per step: "
+                 f"standard {flops['standard'] / 1e9:.3g} G, {args.objective} {flops[args.objective] / 1e9:.3g} G")
+    return "\n".join(lines)
 
 
 def _certify_table(report) -> str:

@@ -119,8 +119,7 @@ def main(argv: list[str]) -> int:
                                     num_classes=dataset.num_classes, inputs=args.inputs,
                                     chunk=args.batch // args.inputs, mesh=run.mesh, with_softmax=args.mode == "certify",
                                     compiler_options="auto")
-    clean = certification.make_clean_probabilities(model.apply, params, model_state) \
-        if args.mode == "certify" else None
+    clean = certification.make_clean_probabilities(model.apply, params, model_state)
     key = noise.certify_key(noise.root_key(seed))
 
     from tqdm import tqdm

@@ -194,6 +194,14 @@ def test_predict_file(tmp_path):
     assert (analysis.clean_accuracy(run), analysis.abstain_rate(run)) == (0.5, 0.25)
     assert analysis.markdown_table([analysis.summarize(run, GRID)]).splitlines() == [
         "| run | n | accuracy | abstain |", "|---|---:|---:|---:|", "| p | 4 | 0.500 | 0.250 |"]
+    # with the one-forward-pass class: single-pass accuracy 3/4, agreement 2/4 (the abstention disagrees)
+    rows = [r + [c] for r, c in zip(rows, [1, 2, 3, 3])]
+    agree = analysis.read_run(write_tsv(tmp_path / "a.tsv", header + ["clean"], rows,
+                                        settings={**SETTINGS, "mode": "predict"}))
+    assert (analysis.agreement(agree), analysis.single_pass_accuracy(agree)) == (0.5, 0.75)
+    assert analysis.markdown_table([analysis.summarize(agree, GRID), analysis.summarize(run, GRID)]).splitlines() == [
+        "| run | n | accuracy | abstain | single-pass acc | agreement |", "|---|---:|---:|---:|---:|---:|",
+        "| a | 4 | 0.500 | 0.250 | 0.750 | 0.500 |", "| p | 4 | 0.500 | 0.250 | - | - |"]
 
 
 def test_radius_grid(certify_file):

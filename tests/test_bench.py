@@ -145,3 +145,34 @@ def test_bench_certify_rejects_bad_input_with_one_error_line(capsys, args, field
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"error: {field}: "), err[0]
+
+
+def test_heat_step_does_no_more_work_than_its_passes_imply():
+    from jaxsmooth.benchmarks import train as train_bench
+
+    assert train_bench.implied_ratio(10) == 18.0  # (4 + 5 kappa) / 3
+    standard, heat = (train_bench.step_flops("cnn", 4, SHAPE, o, width=WIDTH) for o in ("standard", "heat"))
+    # kappa = 10 extra forward and backward passes at least, and no more than the pass count allows
+    assert 1 + train_bench.KAPPA < heat / standard <= train_bench.implied_ratio()
+
+
+def test_distill_ratios_pair_each_side_with_its_standard_step():
+    from jaxsmooth.benchmarks import train as train_bench
+
+    r = lambda s: timing.Result("x", (s, s), 10, 0.0)
+    results = {"jax standard float32": r(1.0), "jax heat float32": r(12.0), "torch standard f32": r(2.0),
+               "torch heat f32": r(30.0), "torch heat f32 channels_last": r(9.0)}
+    assert train_bench.distill_ratios(results, "heat") == {"jax float32": 12.0, "torch f32": 15.0}
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--model", "cnn", "--objective", "nal2"], "--objective"),
+    (["--model", "cnn", "--batch", "0"], "--batch"),
+])
+def test_bench_train_rejects_bad_input_with_one_error_line(capsys, args, field):
+    from jaxsmooth import bench
+
+    assert bench.run(["train", *args, "--no-torch", "--rounds", "1", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: {field}: "), err[0]

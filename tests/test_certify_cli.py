@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxsmooth import analysis, certify, train
+from jaxsmooth import analysis, certify, cli, data, train, trainer
 
 from conftest import ROOT
 
@@ -70,11 +70,21 @@ def test_predict_mode_and_deterministic_candidate(workdir, tmp_path, capsys):
     out = tmp_path / "p.tsv"
     assert _certify(workdir, out, "--mode", "predict", "--skip", "50", "--max", "100") == 0
     header, rows = _rows(out)
-    assert header == ["idx", "label", "predict", "correct", "time", "count_A", "count_B", "pvalue"]
+    assert header == ["idx", "label", "predict", "correct", "time", "count_A", "count_B", "pvalue", "clean"]
     for r in rows:
         a, b, p = int(r[5]), int(r[6]), float(r[7])
         assert p == pytest.approx(stats.binomtest(a, a + b, 0.5).pvalue)
         assert (int(r[2]) == -1) == (p > 0.01)
+    # "clean": one noise-free forward pass of the trained model, computed here independently
+    config = cli.load_config(QUICKSTART, [s.removeprefix("--config.") for s in SMALL])
+    run, params, model_state, _ = trainer.load_trained(config, workdir)
+    idx = [int(r[0]) for r in rows]
+    images, _ = data.load(config.data.name).test.get(np.asarray(idx))
+    logits, _ = run.model.apply(params, model_state, np.asarray(images, np.float32) / 255, train=False)
+    assert [int(r[8]) for r in rows] == np.argmax(logits, -1).tolist()
+    summary = analysis.summarize(analysis.read_run(str(out)), [0.0])
+    assert summary.agreement == np.mean([r[8] == r[2] for r in rows])
+    assert summary.single_pass_accuracy == np.mean([r[8] == r[1] for r in rows])
     out = tmp_path / "clean.tsv"
     assert _certify(workdir, out, "--candidate", "clean", "--skip", "50", "--max", "100") == 0
     assert len(_rows(out)[1]) == 2

@@ -18,7 +18,14 @@ A certify TSV (tab-separated; ``[...]`` columns are optional)::
 
 Other ``#`` lines are comments. A locuslab file has no ``#`` line; its
 settings are unknown. A predict TSV (``--mode predict``) has the columns
-``idx label predict correct time [count_A count_B pvalue]``. A last line with
+``idx label predict correct time [count_A count_B pvalue clean]``, where
+``clean`` is the class of one noise-free forward pass; then::
+
+    agreement          = mean_i [clean_i = predict_i]   (an abstention disagrees)
+    single-pass acc    = mean_i [clean_i = label_i]
+
+the agreement study of deterministic smoothing: how often a model's one
+forward pass gives what its stochastic PREDICT gives. A last line with
 the wrong number of fields (a job killed mid-write) is ignored.
 
 Functions return values (arrays, strings, matplotlib Figures); the CLI
@@ -39,9 +46,10 @@ from jaxsmooth.analysis.tsv import DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, Run
 from jaxsmooth.errors import UserError
 
 __all__ = [
-    "DEFAULT_STEP", "MAX_RADII", "MODES", "REQUIRED", "Run", "Summary", "abstain_rate", "area_accuracy", "area_figure",
-    "area_grid", "average_certified_radius", "certified_accuracy", "certified_accuracy_figure", "clean_accuracy",
-    "latex_table", "markdown_table", "radius_grid", "read_run", "read_runs", "summarize", "topk_certified_accuracy",
+    "DEFAULT_STEP", "MAX_RADII", "MODES", "REQUIRED", "Run", "Summary", "abstain_rate", "agreement", "area_accuracy",
+    "area_figure", "area_grid", "average_certified_radius", "certified_accuracy", "certified_accuracy_figure",
+    "clean_accuracy", "latex_table", "markdown_table", "radius_grid", "read_run", "read_runs", "single_pass_accuracy",
+    "summarize", "topk_certified_accuracy",
 ]
 
 
@@ -82,6 +90,16 @@ def average_certified_radius(run: Run, topk: bool = False) -> float:
     """ACR = mean over examples of radius * correct (0 for abstentions and errors)."""
     radius, correct = (("topk_radius", "topk_correct") if topk else ("radius", "correct"))
     return float(np.mean(np.where(_get(run, correct) == 1, _get(run, radius), 0.0)))
+
+
+def agreement(run: Run) -> float:
+    """Fraction of examples whose one clean forward pass (``clean``) equals PREDICT's class; abstaining disagrees."""
+    return float(np.mean(_get(run, "clean") == _get(run, "predict")))
+
+
+def single_pass_accuracy(run: Run) -> float:
+    """Fraction of examples whose one clean forward pass (``clean``) is the true label."""
+    return float(np.mean(_get(run, "clean") == _get(run, "label")))
 
 
 def abstain_rate(run: Run) -> float:
@@ -157,6 +175,8 @@ class Summary:
       topk: k of the top-k columns (0: absent or k unknown).
       topk_certified_accuracy, topk_acr, topk_clean_accuracy: the same
         numbers for the top-k certificate; None without top-k columns.
+      agreement, single_pass_accuracy: predict files with a ``clean``
+        column (`agreement`, `single_pass_accuracy`); None otherwise.
     """
 
     label: str
@@ -171,13 +191,17 @@ class Summary:
     topk_certified_accuracy: np.ndarray | None = None
     topk_acr: float | None = None
     topk_clean_accuracy: float | None = None
+    agreement: float | None = None
+    single_pass_accuracy: float | None = None
 
 
 def summarize(run: Run, radii) -> Summary:
     """Certified accuracy at `radii` ([R]), ACR, abstain rate and clean accuracy of one run."""
     if run.mode == "predict":
+        agree = dict(agreement=agreement(run), single_pass_accuracy=single_pass_accuracy(run)) \
+            if "clean" in run.columns else {}
         return Summary(run.label, run.mode, run.num_examples, clean_accuracy(run), abstain_rate(run),
-                       np.zeros(0), np.zeros(0), math.nan)
+                       np.zeros(0), np.zeros(0), math.nan, **agree)
     radii = np.asarray(radii, np.float64)
     topk = {}
     if run.has_topk:
@@ -305,6 +329,10 @@ def _table(summaries: Sequence[Summary], digits: int):
     if mode == "predict":
         titles, best = ["n", "accuracy", "abstain"], [False, True, False]
         rows = [(s.label, [s.num_examples, s.clean_accuracy, s.abstain_rate], True) for s in summaries]
+        if any(s.agreement is not None for s in summaries):
+            titles, best = titles + ["single-pass acc", "agreement"], best + [True, True]
+            rows = [(label, cells + [s.single_pass_accuracy, s.agreement], ranks)
+                    for (label, cells, ranks), s in zip(rows, summaries)]
     else:
         radii = summaries[0].radii
         if any(not np.array_equal(s.radii, radii) for s in summaries):
@@ -322,7 +350,7 @@ def _table(summaries: Sequence[Summary], digits: int):
     ranked = [cells for _, cells, ranks in rows if ranks]
     tops = []  # the value to bold in each column: its maximum, unless every run ties
     for j in range(len(titles)):
-        shown = {round(cells[j], digits) for cells in ranked}
+        shown = {round(cells[j], digits) for cells in ranked if cells[j] is not None}
         tops.append(max(shown) if best[j] and len(shown) > 1 else None)
     out = []
     for label, cells, ranks in rows:

@@ -23,7 +23,7 @@ MODES = tuple(REQUIRED)
 DEFAULT_STEP = 0.25
 MAX_RADII = 100  # table columns; a longer grid is almost always a typo in --step
 
-_INT_COLUMNS = ("idx", "label", "predict", "correct", "count_A", "count_B", "topk_correct")
+_INT_COLUMNS = ("idx", "label", "predict", "correct", "count_A", "count_B", "topk_correct", "clean")
 _FLOAT_COLUMNS = ("radius", "pA_lower", "lbound_mc", "lbound_model", "topk_radius", "area_objective", "pvalue")
 _HEADER = re.compile(r"#\s*jaxsmooth\s+(\S+)\s*(.*)$")
 _TIMEDELTA = re.compile(r"(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$")

@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxsmooth import certification, models, parallel
 from jaxsmooth.benchmarks.timing import Result, interleave
+from jaxsmooth.benchmarks import flops
 from jaxsmooth.benchmarks.train import input_shape_of
 
 SIGMA = 0.25
@@ -136,32 +137,6 @@ def torch_contenders(name: str, n: int, inputs: int, input_shape, *, batch: int,
     return contenders
 
 
-def _jaxpr_flops(jaxpr) -> float:
-    """2 x multiply-adds of every convolution and matrix product in a (closed) jaxpr, sub-jaxprs included."""
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            lhs, rhs = (v.aval for v in eqn.invars)
-            out = eqn.outvars[0].aval
-            dn = eqn.params["dimension_numbers"]
-            kernel = np.prod([rhs.shape[i] for i in dn.rhs_spec[2:]])
-            cin = rhs.shape[dn.rhs_spec[1]]
-            total += 2.0 * np.prod(out.shape) * kernel * cin
-        elif name == "dot_general":
-            lhs, rhs = (v.aval for v in eqn.invars)
-            (lc, _), (lb, _) = eqn.params["dimension_numbers"]
-            contract = np.prod([lhs.shape[i] for i in lc])
-            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * contract
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if hasattr(sub, "jaxpr") and hasattr(sub, "consts"):  # a ClosedJaxpr (pjit, loops, ...)
-                    total += _jaxpr_flops(sub.jaxpr)
-                elif hasattr(sub, "eqns"):
-                    total += _jaxpr_flops(sub)
-    return total
-
-
 def forward_flops(name: str, input_shape, num_classes: int = 10, width: int = 0) -> float:
     """FLOPs of one sample's forward pass: 2 per multiply-add of its convolutions and matrix products.
 
@@ -171,7 +146,7 @@ def forward_flops(name: str, input_shape, num_classes: int = 10, width: int = 0)
     """
     model = models.split(_module(name, input_shape, num_classes, "float32", width))
     forward = jax.make_jaxpr(lambda v, x: model.apply(*v, x, train=False)[0])
-    count = lambda b: _jaxpr_flops(forward((model.params, model.model_state),
+    count = lambda b: flops.jaxpr_flops(forward((model.params, model.model_state),
                                            jax.ShapeDtypeStruct((b, *input_shape), jnp.float32)).jaxpr)
     return count(2) - count(1)  # per sample: work done once per batch (on the weights) cancels
 

@@ -179,6 +179,54 @@ def make_train_step(model: nn.Module, *, sigma: float, lr: float = 0.01, momentu
     return step
 
 
+def make_heat_step(model: nn.Module, *, sigma: float, lam: float = 5.0, timesteps: int = 5, kappa: int = 10,
+                   delta: float = 0.1, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-4,
+                   channels_last: bool = False) -> Callable:
+    """One HeatSmoothing SGD step (heat Alg. 1, eq. 4 with the l2 distance), written as its PyTorch code does it.
+
+    A frozen copy of `model` in eval mode is the teacher; v (`model`, train
+    mode) is compared with it on the clean batch, and the penalty loops over
+    the kappa projections: w ~ N(0, I/K), the input gradient of w . v(x)
+    (``autograd.grad`` keeping the graph), its normalised direction, one more
+    forward pass at x + delta * direction, and the squared finite difference.
+    Scaled by K / kappa as `jaxsmooth.objectives.penalty` is.
+    """
+    import copy
+
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    model.train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model, teacher = model.to(memory_format=memory_format), teacher.to(memory_format=memory_format)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    weight = lam * sigma**2 / (2 * timesteps)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        del y  # label-free
+        x = x.to(memory_format=memory_format).requires_grad_(True)
+        with torch.no_grad():
+            target = teacher(x)
+        out = model(x)
+        num_classes = out.shape[-1]
+        distance = 0.5 * (out - target).pow(2).sum(-1)
+        penalty = torch.zeros_like(distance)
+        for _ in range(kappa):
+            w = torch.randn_like(out) / math.sqrt(num_classes)
+            wv = (out * w).sum(-1)
+            (g,) = torch.autograd.grad(wv.sum(), x, retain_graph=True)
+            norm = g.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (g.dim() - 1)))
+            shifted = (model(x + delta * g / norm) * w).sum(-1)
+            penalty = penalty + ((shifted - wv) / delta).pow(2)
+        loss = (distance + weight * penalty * (num_classes / kappa)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
 def sample_counts_canonical(model: nn.Module, x: torch.Tensor, sigma: float, n: int, batch: int,
                             num_classes: int) -> np.ndarray:
     """Class counts of n noisy copies of one input, as Cohen et al.'s ``Smooth._sample_noise`` draws them.

@@ -3,6 +3,21 @@
 Both sides do one Gaussian-noise SGD step (noise, forward, cross-entropy,
 backward, momentum + weight-decay update) on random inputs of the model's
 shape; JAX's compile time is reported apart from its step time.
+
+With ``objective="heat"`` (or ``"bootcamp"``) the contenders are that
+objective's step and a ``standard`` step (clean cross-entropy) of the same
+model and batch, in JAX and in PyTorch (the PyTorch heat step loops over the
+kappa projections as HeatSmoothing's Algorithm 1 does), and `step_flops`
+counts the FLOPs of both traced steps. A heat step costs, in forward-pass
+units with a backward pass counted as two forwards:
+
+    standard: 1 forward + 1 backward                                   = 3
+    heat:     teacher forward (1) + v(x) forward and backward (3)
+              + kappa input-gradient backward passes for the directions (2 kappa)
+              + kappa shifted forward and backward passes (3 kappa)     = 4 + 5 kappa
+
+so the pass-implied ratio (`implied_ratio`) is (4 + 5 kappa) / 3, 18 for
+kappa = 10.
 """
 
 from __future__ import annotations
@@ -16,8 +31,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxsmooth import config as config_lib
 from jaxsmooth import models, objectives, parallel, trainer
+from jaxsmooth.benchmarks import flops
 from jaxsmooth.benchmarks.timing import Result, interleave
+from jaxsmooth.errors import UserError
 
 INPUT_SHAPES = {"cnn": (28, 28, 1), "resnet50": (224, 224, 3)}  # the rest: CIFAR's 32x32x3
 SIGMA = 0.25
@@ -27,26 +45,66 @@ def input_shape_of(name: str) -> tuple[int, int, int]:
     return INPUT_SHAPES.get(name, (32, 32, 3))
 
 
-def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32", steps: int = 5,
-                  num_classes: int = 10, width: int = 0,
-                  cpu_options: bool = True) -> tuple[Callable[[], None], int, float]:
-    """A warmed-up ``run()`` doing `steps` train steps, the examples it covers, and its compile seconds."""
+OBJECTIVES = ("gaussian", "standard", "heat", "bootcamp")
+KAPPA = 10  # heat's and boot camp's JL projections (heat App. C, its CIFAR-10 setting)
+
+
+def implied_ratio(kappa: int = KAPPA) -> float:
+    """A heat step's cost over a standard step's, counted in passes (module docstring): (4 + 5 kappa) / 3."""
+    return (4 + 5 * kappa) / 3
+
+
+def _objective_config(objective: str) -> ml_collections.ConfigDict:
+    cfg = config_lib.default()
+    cfg.objective.name = objective
+    cfg.objective.sigma = SIGMA
+    cfg.objective.kappa = KAPPA
+    return cfg
+
+
+def _step_and_inputs(name: str, batch: int, input_shape, objective: str, dtype: str, num_classes: int,
+                     width: int):
+    """(jitted train step, state, batch, key) of `objective` on random inputs."""
+    if objective not in OBJECTIVES:
+        raise UserError("--objective", f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     c = input_shape[-1]
     module = models.create(name, num_classes=num_classes, input_shape=tuple(input_shape), mean=(0.5,) * c,
                            std=(0.25,) * c, dtype=dtype, width=width, seed=0)
     model = models.split(module)
-    cfg = ml_collections.ConfigDict({"objective": {"name": "gaussian", "sigma": SIGMA}})
-    loss_fn = objectives.build(cfg, model.apply)
+    cfg = _objective_config(objective)
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
     state = trainer.create_train_state(model, tx)
+    if objective in objectives.DISTILLING:  # the teacher: a copy of the starting model, as train.init_from gives
+        state = trainer.DistillState(step=state.step, params=state.params, model_state=state.model_state,
+                                     opt_state=state.opt_state,
+                                     teacher=jax.tree.map(jnp.copy, (model.params, model.model_state)))
+        step = trainer.make_train_step(lambda teacher: objectives.build(cfg, model.apply, teacher), tx,
+                                       with_teacher=True)
+    else:
+        step = trainer.make_train_step(objectives.build(cfg, model.apply), tx)
     rng = np.random.default_rng(0)
     data = {"image": jnp.asarray(rng.uniform(size=(batch, *input_shape)), jnp.float32),
             "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32),
             "index": jnp.arange(batch, dtype=jnp.int32)}
-    key = jax.random.key(0)
+    return step, state, data, jax.random.key(0)
+
+
+def step_flops(name: str, batch: int, input_shape, objective: str, *, num_classes: int = 10,
+               width: int = 0) -> float:
+    """FLOPs of one train step of `objective` (convolutions and matrix products of the traced step, backward included)."""
+    step, state, data, key = _step_and_inputs(name, batch, tuple(input_shape), objective, "float32", num_classes,
+                                              width)
+    return flops.jaxpr_flops(jax.make_jaxpr(step)(state, data, key).jaxpr)
+
+
+def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32", steps: int = 5,
+                  num_classes: int = 10, width: int = 0, objective: str = "gaussian",
+                  cpu_options: bool = True) -> tuple[Callable[[], None], int, float]:
+    """A warmed-up ``run()`` doing `steps` train steps, the examples it covers, and its compile seconds."""
+    train_step, state, data, key = _step_and_inputs(name, batch, tuple(input_shape), objective, dtype, num_classes,
+                                                    width)
     t0 = time.perf_counter()
-    step = parallel.compile(jax.jit(trainer.make_train_step(loss_fn, tx), donate_argnums=0), state, data, key,
-                            cpu_options=cpu_options)
+    step = parallel.compile(jax.jit(train_step, donate_argnums=0), state, data, key, cpu_options=cpu_options)
     setup_s = time.perf_counter() - t0
     holder = [step(state, data, key)[0]]
     jax.block_until_ready(holder[0])
@@ -62,8 +120,12 @@ def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32",
 
 
 def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_classes: int = 10,
-                     width: int = 0, hidden: int = 0) -> dict[str, tuple[Callable[[], None], int, float]]:
-    """PyTorch reference steps (NCHW, and channels_last), or {} without torch or a reference model."""
+                     width: int = 0, hidden: int = 0,
+                     objective: str = "gaussian") -> dict[str, tuple[Callable[[], None], int, float]]:
+    """PyTorch reference steps (NCHW, and channels_last), or {} without torch or a reference model.
+
+    `objective`: ``gaussian`` (Cohen et al.'s step), ``standard`` (no noise) or ``heat`` (heat Alg. 1).
+    """
     try:
         import torch
         from jaxsmooth.benchmarks import torch_reference
@@ -71,12 +133,17 @@ def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_
         return {}
     out = {}
     h, w, c = input_shape
-    for label, channels_last in (("torch f32", False), ("torch f32 channels_last", True)):
+    prefix = "torch" if objective == "gaussian" else f"torch {objective}"
+    for label, channels_last in ((f"{prefix} f32", False), (f"{prefix} f32 channels_last", True)):
         torch.manual_seed(0)
         module = torch_reference.create(name, input_shape, num_classes, width=width, hidden=hidden)
         if module is None:
             return {}
-        step = torch_reference.make_train_step(module, sigma=SIGMA, channels_last=channels_last)
+        if objective == "heat":
+            step = torch_reference.make_heat_step(module, sigma=SIGMA, kappa=KAPPA, channels_last=channels_last)
+        else:
+            step = torch_reference.make_train_step(module, sigma=SIGMA if objective == "gaussian" else 0.0,
+                                                   channels_last=channels_last)
         x = torch.rand(batch, c, h, w)
         y = torch.randint(0, num_classes, (batch,))
         t0 = time.perf_counter()
@@ -93,18 +160,41 @@ def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_
 
 
 def benchmark(name: str, batch: int, *, input_shape=None, dtypes=("float32",), steps: int = 5, rounds: int = 7,
-              with_torch: bool = True, xla_defaults: bool = False,
+              with_torch: bool = True, xla_defaults: bool = False, objective: str = "gaussian",
               on_round: Callable[[int], None] | None = None) -> dict[str, Result]:
     """Interleaved medians of every contender (JAX per dtype, then the PyTorch references).
 
     ``xla_defaults`` adds the float32 JAX step compiled without `parallel.CPU_COMPILER_OPTIONS`.
+    A distilling `objective` (heat, bootcamp) adds a ``standard`` step of the same model and batch
+    for each side ("jax standard float32", "jax heat float32", ...; `distill_ratios`).
     """
+    if objective not in OBJECTIVES:
+        raise UserError("--objective", f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     input_shape = tuple(input_shape or input_shape_of(name))
     width, hidden = models.cnn_sizes(0) if name == "cnn" else (0, 0)
-    contenders = {f"jax {d}": jax_contender(name, batch, input_shape, dtype=d, steps=steps) for d in dtypes}
+    distilling = objective in objectives.DISTILLING
+    runs = ("standard", objective) if distilling else (objective,)
+    contenders = {}
+    for d in dtypes:
+        for o in runs:
+            label = f"jax {d}" if o == "gaussian" else f"jax {o} {d}"
+            contenders[label] = jax_contender(name, batch, input_shape, dtype=d, steps=steps, objective=o)
     if xla_defaults:
         contenders["jax float32, XLA default options"] = jax_contender(name, batch, input_shape, steps=steps,
-                                                                       cpu_options=False)
+                                                                       objective=objective, cpu_options=False)
     if with_torch:
-        contenders.update(torch_contenders(name, batch, input_shape, steps=steps, width=width, hidden=hidden))
+        for o in runs:
+            if o != "bootcamp":  # the PyTorch reference of a distilling step is heat's Algorithm 1
+                contenders.update(torch_contenders(name, batch, input_shape, steps=steps, width=width,
+                                                   hidden=hidden, objective=o))
     return interleave(contenders, rounds, on_round)
+
+
+def distill_ratios(results: dict[str, Result], objective: str) -> dict[str, float]:
+    """Step time of `objective` over the ``standard`` step's, per side ("jax float32", "torch f32", ...)."""
+    out = {}
+    for label, r in results.items():
+        side, _, rest = label.partition(f" {objective} ")
+        if rest and f"{side} standard {rest}" in results:
+            out[f"{side} {rest}"] = r.median_s / results[f"{side} standard {rest}"].median_s
+    return out

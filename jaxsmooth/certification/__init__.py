@@ -110,11 +110,19 @@ def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, set
 
 
 def predict_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, n: int, alpha: float,
-                  key: jax.Array) -> list[dict]:
-    """PREDICT for each example of x: the top class of n samples, or ABSTAIN when the binomial test fails."""
+                  key: jax.Array, *, clean_probabilities: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict]:
+    """PREDICT for each example of x: the top class of n samples, or ABSTAIN when the binomial test fails.
+
+    With `clean_probabilities`, each row also holds ``clean``: the class of one
+    noise-free forward pass (a deterministic model's own prediction), to be
+    compared with PREDICT's (the agreement study of ``analyze``).
+    """
     counts = sampler(x, index, sigma, n, stream_keys(key)["predict"]).counts
+    clean = np.argmax(clean_probabilities(x), -1) if clean_probabilities is not None else None
     rows = []
     for b in range(x.shape[0]):
         p = predict(counts[b], alpha)
         rows.append({"predict": p.label, "count_A": p.count_a, "count_B": p.count_b, "pvalue": p.pvalue})
+        if clean is not None:
+            rows[-1]["clean"] = int(clean[b])
     return rows

@@ -32,7 +32,8 @@ IDENTITY_FIELDS = ("mode", "sigma", "sigma_file", "n0", "n", "alpha", "candidate
 
 def columns(mode: str, settings: Settings, *, anisotropic: bool, model_lbound: bool) -> list[str]:
     if mode == "predict":
-        return ["idx", "label", "predict", "correct", "time", "count_A", "count_B", "pvalue"]
+        cols = ["idx", "label", "predict", "correct", "time", "count_A", "count_B", "pvalue"]
+        return cols + ["clean"] if model_lbound else cols
     cols = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "count_A", "count_B", "lbound_mc"]
     if model_lbound:
         cols.append("lbound_model")
@@ -133,7 +134,8 @@ def run(sampler: Sampler, split, indices: np.ndarray, sigma, settings: Settings,
         x = np.divide(images, 255, dtype=np.float32)
         t0 = time.perf_counter()
         if mode == "predict":
-            results = predict_batch(sampler, x, idx, sigma, settings.n, settings.alpha, key)
+            results = predict_batch(sampler, x, idx, sigma, settings.n, settings.alpha, key,
+                                    clean_probabilities=clean_probabilities)
             samples = settings.n
         else:
             results = certify_batch(sampler, x, idx, sigma, settings, key, labels=labels,
