@@ -55,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--memory", action="store_true",
                    help="instead: the engine's peak RSS at n = 10,000 and 1,000,000, each in a fresh process")
     c.add_argument("--json", default="", help="write per-round timings here")
+    d = sub.add_parser("deterministic", help="standard -> heat / bootcamp vs gaussian: certified accuracy, ACR, "
+                                             "L-bound, agreement, training time")
+    d.add_argument("--suite", default="digits", help="digits (bundled) or mnist (configs/<suite>_<objective>.py)")
+    d.add_argument("--workdir", required=True, help="the report's folder (resumed when it exists)")
+    d.add_argument("--runs", default=",".join(("standard", "gaussian", "heat", "bootcamp")),
+                   help="comma-separated subset of standard,gaussian,heat,bootcamp")
+    d.add_argument("--skip", type=int, default=1, help="certify every skip-th test example")
+    d.add_argument("--max", type=int, default=-1, help="stop before this test example (-1: all)")
+    d.add_argument("--n", type=int, default=10_000, help="certification samples")
+    d.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
+    d.add_argument("--radii", default="0,0.125,0.25,0.5", help="comma-separated radii of the table")
+    d.add_argument("--markdown", default="", help="also write the table here")
     return p
 
 
@@ -246,8 +258,37 @@ def _certify_memory(args, dtypes, settings: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    return _certify(args) if args.what == "certify" else _train(args)
+    rest, overrides = cli.split_overrides(argv)
+    args = _parser().parse_args(rest)
+    if overrides and args.what != "deterministic":
+        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic only, got {overrides[0]}")
+    return {"certify": _certify, "train": _train, "deterministic": lambda a: _deterministic(a, overrides)}[args.what](args)
+
+
+def _deterministic(args, overrides) -> int:
+    from jaxsmooth.benchmarks import deterministic
+
+    try:
+        radii = [float(r) for r in args.radii.split(",")]
+    except ValueError:
+        raise UserError("--radii", f"expected comma-separated numbers, got {args.radii!r}") from None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(root, "configs")):
+        raise UserError("--suite", f"the suites' configs are in the repository's configs/, not found under {root}; "
+                                   "run from a clone")
+    rows = deterministic.run_suite(args.suite, args.workdir, repo_root=root, overrides=overrides, skip=args.skip,
+                                   maximum=args.max, n=args.n, batch=args.batch, radii=radii,
+                                   runs=args.runs.split(","), on_stage=lambda line: print(line, file=sys.stderr))
+    table = deterministic.markdown(rows)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    import jax
+
+    print(f"deterministic smoothing, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
+          f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
+    print(table, end="")
+    return 0
 
 
 run = cli.main_wrapper(main)

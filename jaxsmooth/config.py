@@ -58,7 +58,7 @@ def default() -> ml_collections.ConfigDict:
     c.objective.lam = 5.0  # heat: lambda, scale of the gradient penalty (heat eq. 4)
     c.objective.kappa = 10  # JL projections per example of the penalty (heat eq. 17-18)
     c.objective.delta = 0.1  # finite-difference step of the penalty (heat eq. 17)
-    c.objective.distance = "l2"  # heat: l2 | kl | softmax_l2, distance to the teacher
+    c.objective.distance = ""  # heat, bootcamp: l2 | kl | softmax_l2 to the teacher; "": heat l2, bootcamp softmax_l2
     c.objective.timesteps = 5  # heat: n_T, retraining timesteps; penalty weight lam sigma^2 / (2 n_T)
     c.objective.epochs_per_timestep = 1  # heat: epochs of each timestep
 
@@ -219,7 +219,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     _positive(config, "objective.lam", allow_zero=True)
     _positive(config, "objective.kappa")
     _positive(config, "objective.delta")
-    _choice(config, "objective.distance", objectives.DISTANCES)
+    _choice(config, "objective.distance", ("",) + objectives.DISTANCES)
     _positive(config, "objective.timesteps")
     _positive(config, "objective.epochs_per_timestep")
     if config.objective.name in objectives.DISTILLING and not config.train.init_from:

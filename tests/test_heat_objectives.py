@@ -33,7 +33,7 @@ def bn_apply(params, model_state, x, *, train):
     return (h - mu) @ params["v"] + params["b"], model_state
 
 
-def _config(name, *, sigma=0.25, lam=5.0, timesteps=5, distance_name="l2", kappa=K, delta=0.1):
+def _config(name, *, sigma=0.25, lam=5.0, timesteps=5, distance_name="", kappa=K, delta=0.1):
     c = ml_collections.ConfigDict()
     c.objective = ml_collections.ConfigDict({"name": name, "sigma": sigma, "lam": lam, "kappa": kappa,
                                              "delta": delta, "distance": distance_name, "timesteps": timesteps})
@@ -188,11 +188,12 @@ def test_bootcamp_penalty_weight_is_half_sigma_squared(problem):
     np.testing.assert_allclose(float(loss), dist + sigma**2 / 2 * float(penalty.mean()), rtol=1e-5)
 
 
-def test_bootcamp_tends_to_the_softmax_distance_as_sigma_vanishes(problem):
+@pytest.mark.parametrize("configured, used", [("", "softmax_l2"), ("kl", "kl"), ("l2", "l2")])
+def test_bootcamp_tends_to_its_distance_as_sigma_vanishes(problem, configured, used):
     params, teacher, batch = problem
-    loss, _ = objectives.build(_config("bootcamp", sigma=1e-6), linear_apply, (teacher, {}))(
-        params, {}, batch, jax.random.key(13))
-    expected = _numpy_distance("softmax_l2", _logits(params, batch["image"]), _logits(teacher, batch["image"])).mean()
+    loss, _ = objectives.build(_config("bootcamp", sigma=1e-6, distance_name=configured), linear_apply,
+                               (teacher, {}))(params, {}, batch, jax.random.key(13))
+    expected = _numpy_distance(used, _logits(params, batch["image"]), _logits(teacher, batch["image"])).mean()
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
@@ -230,7 +231,8 @@ def test_defaults_follow_heat_cifar10_and_validate():
     c = _heat_config()
     config_lib.validate(c)
     o = c.objective
-    assert (o.lam, o.kappa, o.delta, o.distance, o.timesteps, o.epochs_per_timestep) == (5.0, 10, 0.1, "l2", 5, 1)
+    # distance "": each objective's own (heat: l2, the paper's CIFAR-10 choice; bootcamp: softmax_l2)
+    assert (o.lam, o.kappa, o.delta, o.distance, o.timesteps, o.epochs_per_timestep) == (5.0, 10, 0.1, "", 5, 1)
     assert config_lib.default().train.init_from == ""
     config_lib.validate(_heat_config("objective.name=bootcamp"))
     config_lib.validate(_heat_config("objective.lam=0"))

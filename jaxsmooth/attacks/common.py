@@ -143,9 +143,10 @@ def ascent_direction(grad: jax.Array, key: jax.Array, index: jax.Array) -> jax.A
 
     Scaled by its largest entry first, so that tiny gradients (a saturated
     softmax) do not underflow in the squared norm. Where the gradient is
-    exactly 0 (e.g. ``"kl"`` at the clean input, or a dead ReLU region) the
-    direction is a random unit vector from ``fold_in(key, stream)``, as in
-    the DDN reference code, so the attack does not stall.
+    exactly 0 (a flat region: dead ReLUs, a logit margin so large that
+    exp underflows) the direction is a random unit vector drawn from the
+    step key and the example's index, as in the DDN reference code, so the
+    attack does not stall.
 
     Args:
       grad: [B, H, W, C].
@@ -167,11 +168,16 @@ def rescale(delta: jax.Array, radius: jax.Array) -> jax.Array:
     return delta * expand(jnp.where(norm > 0, radius / jnp.where(norm > 0, norm, 1.0), 0.0), delta)
 
 
-def per_example_setting(value, batch: int, name: str) -> jax.Array:
-    """A scalar or [B] attack setting as a [B] float32 array; a concrete value must be > 0."""
+def check_positive(value, name: str):
+    """`value` itself; a Python number must be > 0 (arrays, possibly traced, are the caller's to check)."""
     if isinstance(value, (int, float)) and not value > 0:
         raise UserError(name, f"must be > 0, got {value!r}")
-    return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
+    return value
+
+
+def per_example_setting(value, batch: int, name: str) -> jax.Array:
+    """A scalar or [B] attack setting as a [B] float32 array (`check_positive`)."""
+    return jnp.broadcast_to(jnp.asarray(check_positive(value, name), jnp.float32), (batch,))
 
 
 def check_steps(steps, name: str = "steps") -> int:
@@ -239,8 +245,7 @@ def make_loss(logits_fn: Callable[[jax.Array], jax.Array], *, loss: str = "ce", 
     smoothed = sigma is not None
     if smoothed:
         check_steps(num_noise, "num_noise")
-        if isinstance(sigma, (int, float)) and not sigma > 0:
-            raise UserError("sigma", f"must be > 0 (None: the deterministic form), got {sigma!r}")
+        check_positive(sigma, "sigma")
     per_example_loss = _cross_entropy if loss == "ce" else _kl
 
     def forward(x, key, index):

@@ -26,8 +26,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsmooth.attacks.common import (REFERENCE_STREAM, AttackLoss, AttackResult, ascent_direction, check_steps,
-                                      default_index, expand, l2_norm, per_example_setting, rescale)
+from jaxsmooth.attacks.common import (REFERENCE_STREAM, AttackLoss, AttackResult, ascent_direction, check_positive,
+                                      check_steps, default_index, expand, l2_norm, per_example_setting, rescale)
 from jaxsmooth.errors import UserError
 
 
@@ -48,10 +48,10 @@ def ddn(attack_loss: AttackLoss, images: jax.Array, labels: jax.Array, key: jax.
       labels: [B] int32 true labels.
       key: the attack's key (step t draws from ``fold_in(key, t)``).
       steps: number of steps, a static int >= 1 (Rony et al.: 100 to 1000; heat: 20).
-      step_size: alpha at the first step, > 0 (Rony et al.: 1.0).
-      min_step_size: alpha at the end of the cosine schedule, >= 0 (authors' code: 0.01).
+      step_size: alpha at the first step, a scalar > 0 (Rony et al.: 1.0).
+      min_step_size: alpha at the end of the cosine schedule, a scalar >= 0 (authors' code: 0.01).
       gamma: the norm's multiplicative update, in (0, 1) (Rony et al.: 0.05).
-      init_epsilon: eps_0, > 0 (Rony et al.: 1.0).
+      init_epsilon: eps_0, a scalar or [B], > 0 (Rony et al.: 1.0).
       index: [B] int32 global example indices (the smoothed form's noise follows them); default ``arange(B)``.
     Returns:
       `AttackResult`: the smallest adversarial found per example, success,
@@ -63,7 +63,7 @@ def ddn(attack_loss: AttackLoss, images: jax.Array, labels: jax.Array, key: jax.
         raise UserError("gamma", f"must be in (0, 1) (Rony et al.: 0.05), got {gamma!r}")
     if isinstance(min_step_size, (int, float)) and not min_step_size >= 0:
         raise UserError("min_step_size", f"must be >= 0, got {min_step_size!r}")
-    per_example_setting(step_size, batch, "step_size")
+    check_positive(step_size, "step_size")
     epsilon = per_example_setting(init_epsilon, batch, "init_epsilon")
     index = default_index(index, batch)
     reference = attack_loss.reference(images, jax.random.fold_in(key, REFERENCE_STREAM), index)

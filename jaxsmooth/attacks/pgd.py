@@ -75,14 +75,16 @@ def pgd_min_distance(attack_loss: AttackLoss, images: jax.Array, labels: jax.Arr
                      index: jax.Array | None = None) -> AttackResult:
     """The smallest ell_2 distance at which `pgd` finds an adversarial, by per-example bisection on epsilon.
 
-    Round 0 runs PGD at `max_epsilon`. Then each round r = 1..rounds runs PGD at the midpoint of each
-    example's bracket [lo, hi], with key ``fold_in(key, r)`` (round 0:
-    ``fold_in(key, 0)``): on success hi becomes the norm of the adversarial
-    found (<= the midpoint), on failure lo becomes the midpoint. The returned
-    point is the smallest-norm adversarial of all rounds, so its distance is
-    within ``max_epsilon / 2**rounds`` of the smallest epsilon at which PGD
-    succeeds (PGD is not monotone in epsilon, so this is a search, not a
-    bound). Cost: (rounds + 1) PGD runs.
+    Round 0 runs PGD at `max_epsilon`. Each round r = 1..rounds then runs
+    PGD at the midpoint of each example's bracket [lo, hi], hi the norm of
+    the smallest adversarial found so far (`max_epsilon` while there is
+    none): on failure lo becomes the midpoint. An example not yet broken is
+    thus retried at `max_epsilon`, with the next round's key. Round r uses
+    the key ``fold_in(key, r)``. The returned point is the smallest-norm
+    adversarial of all rounds, so its distance is within ``max_epsilon /
+    2**rounds`` of the smallest epsilon at which PGD succeeded (PGD is not
+    monotone in epsilon, so this is a search, not a bound). Cost:
+    (rounds + 1) PGD runs.
 
     Args:
       attack_loss, images, labels, key, index: as in `pgd`.
@@ -102,22 +104,19 @@ def pgd_min_distance(attack_loss: AttackLoss, images: jax.Array, labels: jax.Arr
     relative_step_size = per_example_setting(relative_step_size, batch, "relative_step_size")
     index = default_index(index, batch)
 
-    def attack(epsilon, r):
-        return pgd(attack_loss, images, labels, jax.random.fold_in(key, r), epsilon=epsilon, steps=steps,
-                   step_size=relative_step_size * epsilon, index=index)
-
-    first = attack(max_epsilon, 0)
-
     def bisect(r, carry):
         best, lo = carry
         hi = jnp.where(best.success, best.distance, max_epsilon)
-        mid = (lo + hi) / 2
-        result = attack(mid, r)
+        epsilon = jnp.where(r == 0, max_epsilon, (lo + hi) / 2)
+        result = pgd(attack_loss, images, labels, jax.random.fold_in(key, r), epsilon=epsilon, steps=steps,
+                     step_size=relative_step_size * epsilon, index=index)
         better = result.success & (result.distance < best.distance)
-        best = AttackResult(adversarial=jnp.where(expand(better, images), result.adversarial, best.adversarial),
-                            success=best.success | result.success,
-                            distance=jnp.where(better, result.distance, best.distance))
-        return best, jnp.where(result.success, lo, mid)
+        success = best.success | result.success
+        take = better | ~success  # where nothing is found yet, keep the latest point
+        best = AttackResult(adversarial=jnp.where(expand(take, images), result.adversarial, best.adversarial),
+                            success=success, distance=jnp.where(better, result.distance, best.distance))
+        return best, jnp.where(result.success, lo, epsilon)
 
-    best, _ = jax.lax.fori_loop(1, rounds + 1, bisect, (first, jnp.zeros(batch, jnp.float32)))
+    none = AttackResult(adversarial=images, success=jnp.zeros(batch, bool), distance=jnp.full(batch, jnp.inf))
+    best, _ = jax.lax.fori_loop(0, rounds + 1, bisect, (none, jnp.zeros(batch, jnp.float32)))
     return best

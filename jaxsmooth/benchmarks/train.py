@@ -139,13 +139,15 @@ def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_
         module = torch_reference.create(name, input_shape, num_classes, width=width, hidden=hidden)
         if module is None:
             return {}
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # the machine's accelerator, as JAX's default
+        module = module.to(device)
         if objective == "heat":
             step = torch_reference.make_heat_step(module, sigma=SIGMA, kappa=KAPPA, channels_last=channels_last)
         else:
             step = torch_reference.make_train_step(module, sigma=SIGMA if objective == "gaussian" else 0.0,
                                                    channels_last=channels_last)
-        x = torch.rand(batch, c, h, w)
-        y = torch.randint(0, num_classes, (batch,))
+        x = torch.rand(batch, c, h, w, device=device)
+        y = torch.randint(0, num_classes, (batch,), device=device)
         t0 = time.perf_counter()
         step(x, y).item()
         setup_s = time.perf_counter() - t0

@@ -10,9 +10,9 @@ It uses no labels. The trainer runs ``objective.timesteps`` timesteps of
 ``objective.epochs_per_timestep`` epochs each, starting from the model in
 ``train.init_from`` (f^0 = f) and passing f^k as the `teacher`.
 
-The distance d is picked by ``objective.distance`` (`DISTANCES`):
-``l2`` is the paper's CIFAR-10 choice, ``kl`` its ImageNet one (§4) and
-``softmax_l2`` Adversarial Boot Camp's (bootcamp eq. 3). The penalty is
+The distance d is picked by ``objective.distance`` (`DISTANCES`; empty:
+``l2``): ``l2`` is the paper's CIFAR-10 choice, ``kl`` its ImageNet one (§4)
+and ``softmax_l2`` Adversarial Boot Camp's (bootcamp eq. 3). The penalty is
 `penalty.finite_difference_penalty`, an unbiased estimate of ||J||_F^2; the
 paper's Alg. 1 sums its kappa projections without the K / kappa factor, which
 is the same when kappa = K (its CIFAR-10 setting), and otherwise differs by a
@@ -105,9 +105,10 @@ def make(config, apply, teacher=None):
     teacher = require_teacher(config, teacher)
     o = config.objective
     weight = float(o.lam) * float(o.sigma) ** 2 / (2 * int(o.timesteps))
-    kwargs = dict(distance_name=o.distance, weight=weight, kappa=int(o.kappa), delta=float(o.delta))
-    if o.distance not in DISTANCES:
-        raise UserError("objective.distance", f"unknown distance {o.distance!r}; allowed: {', '.join(DISTANCES)}")
+    name = o.distance or "l2"
+    kwargs = dict(distance_name=name, weight=weight, kappa=int(o.kappa), delta=float(o.delta))
+    if name not in DISTANCES:
+        raise UserError("objective.distance", f"unknown distance {name!r}; allowed: {', '.join(DISTANCES)}")
 
     def loss(params, model_state, batch, key):
         return smoothing_loss(apply, params, model_state, teacher, batch["image"], key, batch["index"], **kwargs)

@@ -1,0 +1,147 @@
+"""Deterministic smoothing report: a `standard` model, then `heat` and `bootcamp` from it, against `gaussian`.
+
+The four runs of one suite (``digits`` or ``mnist``) train with their
+``configs/<suite>_<objective>.py`` (digits' `gaussian`: ``configs/quickstart.py``); `heat` and `bootcamp` start from the
+suite's `standard` run (``train.init_from``). Each is then certified on the
+same test examples:
+
+- ``standard``, ``heat``, ``bootcamp`` with ``--candidate clean`` (the
+  model's one forward pass names the class, as a deterministic model is used),
+- ``gaussian`` with Cohen et al.'s selection samples,
+
+and PREDICTed with n = 100 to measure how often the one forward pass agrees
+with the stochastic prediction (the agreement study). The report's row per
+run: test accuracy of one forward pass (whole test split), certified accuracy
+at the radii, ACR, the L-bound (heat Theorem 3: on the model's own softmax for
+the deterministic models, on the Monte Carlo mean softmax for ``gaussian``;
+none for ``standard``, whose softmax is not a Gaussian average) as median and
+mean over the certified examples (0 where the certified class is wrong or
+abstains), the agreement, and the training wall time (`heat`/`bootcamp`:
+their retraining alone, the `standard` run excluded).
+
+Every stage resumes: a finished training run is not retrained (its time is
+kept in ``times.json``), a certify TSV continues after its last row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxsmooth import analysis
+from jaxsmooth.errors import UserError
+
+SUITES = ("digits", "mnist")
+RUNS = ("standard", "gaussian", "heat", "bootcamp")
+DETERMINISTIC = ("standard", "heat", "bootcamp")  # certified with --candidate clean
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    test_accuracy: float  # one forward pass, whole test split
+    summary: analysis.Summary  # certified accuracy at the radii, ACR
+    lbound_median: float | None
+    lbound_mean: float | None
+    agreement: float
+    train_seconds: float
+
+
+def config_path(root: str, suite: str, name: str) -> str:
+    """``configs/<suite>_<name>.py``; digits' gaussian run is the quick start."""
+    file = "quickstart.py" if (suite, name) == ("digits", "gaussian") else f"{suite}_{name}.py"
+    return os.path.join(root, "configs", file)
+
+
+def lbound_stats(run: analysis.Run, column: str) -> tuple[float, float]:
+    """Median and mean of an L-bound column, 0 where the certified class is wrong or abstains."""
+    values = np.where(run.columns["correct"] == 1, run.columns[column], 0.0)
+    return float(np.median(values)), float(np.mean(values))
+
+
+def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[str] = (), skip: int = 1,
+              maximum: int = -1, n: int = 10_000, n0: int = 100, alpha: float = 0.001, batch: int = 1000,
+              radii: Sequence[float] = (0.0, 0.125, 0.25, 0.5), runs: Sequence[str] = RUNS,
+              on_stage: Callable[[str], None] | None = None) -> list[Row]:
+    """Trains (or resumes), certifies and predicts the suite's runs; returns one `Row` per run.
+
+    Args:
+      suite: ``digits`` or ``mnist``.
+      workdir: the report's folder; run ``name`` trains in ``workdir/name``.
+      repo_root: where ``configs/`` lives.
+      overrides: ``field=value`` config overrides for every run (e.g. ``data.name=idx:DIR``).
+      skip, maximum: the certified test examples (certify's ``--skip``, ``--max``).
+      n, n0, alpha, batch: certification settings (certify's flags).
+      runs: which of `RUNS`; `heat` and `bootcamp` need `standard`.
+      on_stage: called with a line before each stage (progress for the CLI).
+    """
+    from jaxsmooth import certify, cli, trainer
+
+    if suite not in SUITES:
+        raise UserError("--suite", f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
+    for name in runs:
+        if name not in RUNS:
+            raise UserError("--runs", f"unknown run {name!r}; allowed: {', '.join(RUNS)}")
+        if name in ("heat", "bootcamp") and "standard" not in runs:
+            raise UserError("--runs", f"{name} starts from the standard run; add standard")
+    say = on_stage or (lambda line: None)
+    os.makedirs(workdir, exist_ok=True)
+    times_path = os.path.join(workdir, "times.json")
+    times = json.load(open(times_path)) if os.path.exists(times_path) else {}
+    init_from = [f"train.init_from={os.path.join(workdir, 'standard')}"]
+    rows = []
+    for name in runs:
+        path = config_path(repo_root, suite, name)
+        extra = list(overrides) + (init_from if name in ("heat", "bootcamp") else [])
+        config = cli.load_config(path, extra)
+        run_dir = os.path.join(workdir, name)
+        say(f"train {name} ({path})")
+        t0 = time.perf_counter()
+        _, summary = trainer.train_and_evaluate(config, run_dir)
+        if name not in times:  # a resumed run keeps the time of the session that trained it
+            times[name] = time.perf_counter() - t0
+            with open(times_path, "w") as f:
+                json.dump(times, f, indent=1)
+        common = ["--config", path, "--checkpoint", run_dir, "--skip", str(skip), "--max", str(maximum),
+                  "--batch", str(batch), "--no-progress"] + [f"--config.{o}" for o in extra]
+        cert_tsv = os.path.join(workdir, f"{name}_certify.tsv")
+        say(f"certify {name} (n = {n})")
+        candidate = ["--candidate", "clean"] if name in DETERMINISTIC else []
+        _check(certify.run(common + ["--out", cert_tsv, "--n", str(n), "--n0", str(n0), "--alpha", str(alpha)]
+                           + candidate), "certify", name)
+        predict_tsv = os.path.join(workdir, f"{name}_predict.tsv")
+        say(f"predict {name} (n = 100)")
+        _check(certify.run(common + ["--out", predict_tsv, "--mode", "predict", "--n", "100", "--alpha",
+                                     str(alpha)]), "predict", name)
+        cert = analysis.read_run(cert_tsv, name)
+        lbound = None if name == "standard" else lbound_stats(cert, "lbound_mc" if name == "gaussian"
+                                                              else "lbound_model")
+        rows.append(Row(name, summary["test_accuracy"], analysis.summarize(cert, radii),
+                        lbound[0] if lbound else None, lbound[1] if lbound else None,
+                        analysis.agreement(analysis.read_run(predict_tsv, name)), times[name]))
+    return rows
+
+
+def _check(code: int, stage: str, name: str) -> None:
+    if code != 0:
+        raise UserError(stage, f"the {stage} stage of run {name} failed (exit code {code}); its error is above")
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    """The report table: one row per run."""
+    radii = rows[0].summary.radii
+    titles = (["run", "clean acc (1 pass)"] + [f"cert. r = {r:g}" for r in radii]
+              + ["ACR", "L-bound median", "L-bound mean", "agreement (n = 100)", "train s"])
+    lines = ["| " + " | ".join(titles) + " |", "|---|" + "---:|" * (len(titles) - 1)]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    for r in rows:
+        cells = ([r.name, fmt(r.test_accuracy)] + [fmt(v) for v in r.summary.certified_accuracy]
+                 + [fmt(r.summary.acr), fmt(r.lbound_median), fmt(r.lbound_mean), fmt(r.agreement),
+                    f"{r.train_seconds:.0f}"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
