@@ -55,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--memory", action="store_true",
                    help="instead: the engine's peak RSS at n = 10,000 and 1,000,000, each in a fresh process")
     c.add_argument("--json", default="", help="write per-round timings here")
+    i = sub.add_parser("inference", help="seconds per image: one forward pass vs PREDICT / CERTIFY")
+    i.add_argument("--model", required=True)
+    i.add_argument("--input", default="", help="H,W,C (default: the model's usual input)")
+    i.add_argument("--width", type=int, default=0, help="cnn only: channels of the first convolution (0: default)")
+    i.add_argument("--images", type=int, default=20, help="images per round (classification, L-bound, PREDICT)")
+    i.add_argument("--certify-images", type=int, default=3, help="images per round for CERTIFY")
+    i.add_argument("--n", type=int, default=100_000, help="CERTIFY's estimation samples")
+    i.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
+    i.add_argument("--rounds", type=int, default=3, help="rounds; medians are over rounds")
     d = sub.add_parser("deterministic", help="standard -> heat / bootcamp vs gaussian: certified accuracy, ACR, "
                                              "L-bound, agreement, training time")
     d.add_argument("--suite", default="digits", help="digits (bundled) or mnist (configs/<suite>_<objective>.py)")
@@ -115,13 +124,7 @@ def _train(args) -> int:
     if args.objective not in train_bench.OBJECTIVES:
         raise UserError("--objective", f"unknown objective {args.objective!r}; "
                                        f"allowed: {', '.join(train_bench.OBJECTIVES)}")
-    shape = None
-    if args.input:
-        try:
-            shape = tuple(int(v) for v in args.input.split(","))
-            assert len(shape) == 3
-        except (ValueError, AssertionError):
-            raise UserError("--input", f"expected H,W,C such as 32,32,3, got {args.input!r}") from None
+    shape = _input_shape(args.input)
 
     import jax
     from tqdm import tqdm
@@ -262,7 +265,40 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(rest)
     if overrides and args.what != "deterministic":
         raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic only, got {overrides[0]}")
-    return {"certify": _certify, "train": _train, "deterministic": lambda a: _deterministic(a, overrides)}[args.what](args)
+    return {"certify": _certify, "train": _train, "inference": _inference,
+            "deterministic": lambda a: _deterministic(a, overrides)}[args.what](args)
+
+
+def _inference(args) -> int:
+    from jaxsmooth import models
+    from jaxsmooth.benchmarks import inference, train as train_bench
+
+    if args.model not in models.NAMES:
+        raise UserError("--model", f"unknown model {args.model!r}; allowed: {', '.join(models.NAMES)}")
+    for flag in ("images", "certify_images", "n", "batch", "rounds"):
+        if getattr(args, flag) <= 0:
+            raise UserError("--" + flag.replace("_", "-"), f"must be > 0, got {getattr(args, flag)}")
+    shape = _input_shape(args.input) or train_bench.input_shape_of(args.model)
+    timing = inference.benchmark(args.model, shape, width=args.width, images=args.images,
+                                 certify_images=args.certify_images, n_certify=args.n, batch=args.batch,
+                                 rounds=args.rounds)
+    import jax
+
+    print(f"inference per image, {args.model}, input {'x'.join(map(str, shape))}, {args.rounds} rounds, "
+          f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}), jax {jax.__version__}")
+    print(inference.markdown(timing, jax.devices()[0].device_kind), end="")
+    return 0
+
+
+def _input_shape(text: str) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+        assert len(shape) == 3 and min(shape) > 0
+    except (ValueError, AssertionError):
+        raise UserError("--input", f"expected H,W,C such as 32,32,3, got {text!r}") from None
+    return shape
 
 
 def _deterministic(args, overrides) -> int:

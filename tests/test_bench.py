@@ -176,3 +176,27 @@ def test_bench_train_rejects_bad_input_with_one_error_line(capsys, args, field):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"error: {field}: "), err[0]
+
+
+def test_inference_table_rows_and_ratios():
+    from jaxsmooth.benchmarks import inference
+
+    timing = inference.Timing({"deterministic classify": 0.001, "deterministic certify": 0.002,
+                               "stochastic classify": 0.01, "stochastic certify": 3.0},
+                              dict(zip(inference.ROWS, (1, 1, 100, 100_100))), dict(zip(inference.ROWS, (20, 20, 20, 3))))
+    assert inference.markdown(timing, "cpu").splitlines()[2:] == [
+        "| classify (PREDICT, n = 100) | 0.001000 | 0.010000 | 10x |",
+        "| certify (CERTIFY, n0 + n = 100,100) | 0.002000 | 3.000000 | 1,500x |"]
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--model", "cnn9"], "--model"),
+    (["--model", "cnn", "--n", "0"], "--n"),
+    (["--model", "cnn", "--input", "8,8"], "--input"),
+])
+def test_bench_inference_rejects_bad_input_with_one_error_line(capsys, args, field):
+    from jaxsmooth import bench
+
+    assert bench.run(["inference", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
