@@ -1,16 +1,33 @@
 """``python -m jaxsmooth.analyze RUN.tsv [RUN2.tsv ...] [--labels a,b] [--radii 0,0.25,0.5 | --max-radius R
---step S] [--markdown FILE] [--latex FILE] [--plot FILE.png] [--area-plot FILE.png]``
+--step S] [--markdown FILE] [--latex FILE] [--plot FILE.png] [--area-plot FILE.png] [--curve FILE.png]``
 
 Tabulates certify runs: certified accuracy at each radius, average certified
 radius (ACR), abstain rate and clean accuracy, one row per run (Cohen et
 al.'s analysis); predict runs get accuracy and abstain rate. Prints the
 markdown table; writes it as LaTeX, and plots certified accuracy against
 radius (and against the certified area, for anisotropic runs), on request.
+
+Attack files (``python -m jaxsmooth.attack``; first line ``# jaxsmooth
+attack``) are recognised by their header. When any file given is one, the
+command prints instead the adversarial-distance table of heat Tables 1-2:
+one row per model with the median and mean of the L-bound, the PGD and the
+DDN distance (means over finite distances: failed attacks are left out; see
+`jaxsmooth.analysis.attacks`). A model's files share a label: the
+``--labels`` entry given for each file, by default the base name of the
+checkpoint in the file's header, so ``analyze pgd.tsv ddn.tsv cert.tsv``
+makes one row of the three files of one checkpoint. Certify files among
+attack files give the L-bound (``--lbound model|mc``: their lbound_model or
+lbound_mc column; default lbound_model when present). ``--curve FILE.png``
+plots the fraction of examples attacked vs ell_2 distance, one line per
+attack file; ``--markdown`` writes the table. Example::
+
+    python -m jaxsmooth.analyze pgd.tsv ddn.tsv cert.tsv --curve attacks.png
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 
@@ -33,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="FILE.png", help="plot certified accuracy vs radius, all runs")
     p.add_argument("--area-plot", default=None, metavar="FILE.png",
                    help="plot certified accuracy vs the certified-area objective (anisotropic runs)")
+    p.add_argument("--curve", default=None, metavar="FILE.png",
+                   help="attack files: plot the fraction of examples attacked vs ell_2 distance")
+    p.add_argument("--lbound", default=None, help="attack files: the certify files' L-bound column, model or mc "
+                   "(default: model when present)")
     return p
 
 
@@ -70,9 +91,50 @@ def _save_figure(fig, path: str, flag: str) -> None:
         raise UserError(flag, f"cannot write {path}: {e}") from None
 
 
+def _attack_main(args, labels) -> int:
+    for flag in ("radii", "max_radius", "step", "latex", "plot", "area_plot"):
+        if getattr(args, flag) is not None:
+            name = "--" + flag.replace("_", "-")
+            raise UserError(name, "is for certify files; with attack files use --markdown, --curve, --lbound")
+    if args.lbound not in (None, "model", "mc"):
+        raise UserError("--lbound", f"must be model or mc, got {args.lbound!r}")
+    if labels is not None and len(labels) != len(args.runs):
+        raise UserError("--labels", f"{len(labels)} label(s) for {len(args.runs)} file(s); give one per file, "
+                                    "comma-separated")
+    attacks, certify_runs = [], []
+    for i, path in enumerate(args.runs):
+        label = None if labels is None else labels[i]
+        if analysis.is_attack_file(path):
+            attacks.append(analysis.read_attack(path, label))
+        else:
+            run = analysis.read_run(path, label)
+            if run.mode != "certify":
+                raise UserError(path, f"is a {run.mode} file; among attack files only certify files "
+                                      "(for the L-bound) are read")
+            if label is None:
+                run = dataclasses.replace(run, label=analysis.model_label(run.settings, path))
+            certify_runs.append(run)
+    column = None if args.lbound is None else "lbound_" + args.lbound
+    markdown = analysis.distance_table(attacks, certify_runs, lbound_column=column)
+    if args.markdown:
+        _write_text(args.markdown, markdown, "--markdown")
+    if args.curve:
+        _save_figure(analysis.attack_curve_figure(attacks), args.curve, "--curve")
+    for run in attacks + certify_runs:
+        if run.ignored_line is not None:
+            print(f"note: {run.path}: ignored the partial last line {run.ignored_line}", file=sys.stderr)
+    print(markdown, end="")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     labels = _list(args.labels, "--labels") if args.labels is not None else None
+    if any(analysis.is_attack_file(path) for path in args.runs):
+        return _attack_main(args, labels)
+    for flag in ("curve", "lbound"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag}", "is for attack files (python -m jaxsmooth.attack); none was given")
     radii = [_number(r, "--radii") for r in _list(args.radii, "--radii")] if args.radii is not None else None
     max_radius = _number(args.max_radius, "--max-radius") if args.max_radius is not None else None
     step = _number(args.step, "--step") if args.step is not None else None

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 _EVAL_STREAM = 0x7E5A1
 _INIT_STREAM = 0x1A17
 _CERTIFY_STREAM = 0xCE27
+_ATTACK_STREAM = 0xA77AC
 
 
 def root_key(seed: int) -> jax.Array:
@@ -37,6 +38,11 @@ def eval_key(root: jax.Array) -> jax.Array:
 def certify_key(root: jax.Array) -> jax.Array:
     """The certification stream: PREDICT/CERTIFY noise never reuses training or evaluation noise."""
     return jax.random.fold_in(root, _CERTIFY_STREAM)
+
+
+def attack_key(root: jax.Array) -> jax.Array:
+    """The attack stream (smoothed attacks' noise, DDN/PGD random directions), apart from the others."""
+    return jax.random.fold_in(root, _ATTACK_STREAM)
 
 
 def init_seed(seed: int) -> int:

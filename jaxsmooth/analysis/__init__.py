@@ -28,6 +28,10 @@ the agreement study of deterministic smoothing: how often a model's one
 forward pass gives what its stochastic PREDICT gives. A last line with
 the wrong number of fields (a job killed mid-write) is ignored.
 
+Attack TSVs (``python -m jaxsmooth.attack``) have their own reader, the
+adversarial-distance table of heat Tables 1-2 and the attack curve: see
+`jaxsmooth.analysis.attacks`.
+
 Functions return values (arrays, strings, matplotlib Figures); the CLI
 (``python -m jaxsmooth.analyze``) writes them. Every bad input raises
 `UserError` naming the file, line or option. NumPy and matplotlib only: no JAX.
@@ -42,10 +46,15 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxsmooth.analysis.attacks import (AttackRun, DistanceRow, attack_curve_figure, attacked_fraction,
+                                        distance_rows, distance_table, is_attack_file, lbound_distances,
+                                        median_and_mean, model_label, read_attack)
 from jaxsmooth.analysis.tsv import DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, Run, read_run, read_runs
 from jaxsmooth.errors import UserError
 
 __all__ = [
+    "AttackRun", "DistanceRow", "attack_curve_figure", "attacked_fraction", "distance_rows", "distance_table",
+    "is_attack_file", "lbound_distances", "median_and_mean", "model_label", "read_attack",
     "DEFAULT_STEP", "MAX_RADII", "MODES", "REQUIRED", "Run", "Summary", "abstain_rate", "agreement", "area_accuracy",
     "area_figure", "area_grid", "average_certified_radius", "certified_accuracy", "certified_accuracy_figure",
     "clean_accuracy", "latex_table", "markdown_table", "radius_grid", "read_run", "read_runs", "single_pass_accuracy",

@@ -61,11 +61,25 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-class TsvWriter:
-    """Appends rows to the output TSV; on an existing file, checks its settings and resumes after its last row."""
+ALPHA_COMMENT = ("# alpha holds per example (each row's certificate fails with probability <= alpha), "
+                 "not jointly over the rows")
 
-    def __init__(self, path: str, header: dict[str, Any], cols: list[str], *, enabled: bool = True):
+
+class TsvWriter:
+    """Appends rows to the output TSV; on an existing file, checks its settings and resumes after its last row.
+
+    The defaults write certify files. Another program (``jaxsmooth.attack``)
+    passes its own `magic` first line prefix (``"# jaxsmooth PROGRAM "``),
+    the header fields whose change makes old rows incomparable
+    (`identity_fields`) and its comment lines (`comments`, each starting
+    with ``#``).
+    """
+
+    def __init__(self, path: str, header: dict[str, Any], cols: list[str], *, enabled: bool = True,
+                 magic: str = MAGIC, identity_fields: tuple[str, ...] = IDENTITY_FIELDS,
+                 comments: tuple[str, ...] = (ALPHA_COMMENT,)):
         self.path, self.cols, self.enabled = path, cols, enabled
+        self.magic, self.identity_fields = magic, identity_fields
         self.done: list[int] = []
         if os.path.exists(path):
             self.done = self._resume(header)
@@ -73,9 +87,9 @@ class TsvWriter:
             folder = os.path.dirname(os.path.abspath(path))
             os.makedirs(folder, exist_ok=True)
             with open(path, "w") as f:
-                f.write(MAGIC + json.dumps(header, sort_keys=True) + "\n")
-                f.write("# alpha holds per example (each row's certificate fails with probability <= alpha), "
-                        "not jointly over the rows\n")
+                f.write(magic + json.dumps(header, sort_keys=True) + "\n")
+                for comment in comments:
+                    f.write(comment + "\n")
                 f.write("\t".join(cols) + "\n")
         self._file = open(path, "a") if enabled else None
 
@@ -83,13 +97,14 @@ class TsvWriter:
         with open(self.path) as f:
             text = f.read()
         lines = text.split("\n")
-        if not lines[0].startswith(MAGIC):
-            raise UserError("out", f"{self.path} exists and was not written by jaxsmooth.certify; choose another --out")
+        program = "jaxsmooth." + self.magic.split()[-1]
+        if not lines[0].startswith(self.magic):
+            raise UserError("out", f"{self.path} exists and was not written by {program}; choose another --out")
         try:
-            old = json.loads(lines[0][len(MAGIC):])
+            old = json.loads(lines[0][len(self.magic):])
         except json.JSONDecodeError:
             raise UserError("out", f"{self.path} has an unreadable first line; choose another --out") from None
-        for field in IDENTITY_FIELDS:
+        for field in self.identity_fields:
             if old.get(field) != header.get(field):
                 raise UserError("out", f"{self.path} was written with {field}={old.get(field)!r}, not "
                                        f"{header.get(field)!r}; choose another --out to change it")

@@ -1,0 +1,297 @@
+"""Adversarial-distance analysis of attack TSVs: heat Tables 1-2 and the attack curve (boot camp Fig. 2).
+
+An attack TSV, as ``python -m jaxsmooth.attack`` writes it (tab-separated)::
+
+    # jaxsmooth attack {"attack": "pgd", "smoothed": false, "checkpoint": "runs/heat", ...}
+    idx label predict success distance time
+
+``distance`` is the smallest ell_2 adversarial distance the attack found: 0
+for an example adversarial before the attack (misclassified), ``inf`` where
+the attack failed (success 0). Other ``#`` lines are comments; a last line
+cut short by a killed job is ignored.
+
+`distance_table` is the table of heat Tables 1-2: one row per model, the
+median and mean over the examples of
+
+* the L-bound, from a certify TSV's ``lbound_model`` column (the
+  deterministic model's bound), else its ``lbound_mc`` column (Monte Carlo),
+  counted as 0 where the example is not correctly classified (correct = 0);
+* the PGD and the DDN distance, with misclassified examples counted as 0
+  and failed attacks as inf.
+
+The median takes every example, inf included (it is inf when over half of
+the attacks failed). **The mean is over the finite values only**: failed
+attacks (inf) are left out of it, so it can understate the robustness of a
+model the attack often fails on; the table's median is unaffected.
+
+A model's files are grouped by their label: by default the base name of the
+``checkpoint`` in the header (``runs/heat`` -> ``heat``), so the pgd and ddn
+files of one checkpoint make one row; name them explicitly to override.
+
+NumPy and matplotlib only: no JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from jaxsmooth.analysis.tsv import _HEADER, _STEM_EXTENSIONS, Run, _read_lines, _seconds
+from jaxsmooth.errors import UserError
+
+COLUMNS = ("idx", "label", "predict", "success", "distance", "time")
+ATTACKS = ("pgd", "ddn")
+LBOUND_COLUMNS = ("lbound_model", "lbound_mc")
+_INT = ("idx", "label", "predict", "success")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackRun:
+    """One attack TSV, parsed.
+
+    Attributes:
+      path, label: the file read and its model's name (module docstring).
+      settings: the header's JSON object.
+      columns: name -> [N] array: int64 for idx, label, predict, success;
+        float64 for distance (inf kept) and time (seconds); others as str.
+      ignored_line: 1-based number of the partial last line skipped, or None.
+    """
+
+    path: str
+    label: str
+    settings: dict
+    columns: dict
+    ignored_line: int | None = None
+
+    @property
+    def attack(self) -> str:
+        return self.settings["attack"]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.columns["idx"])
+
+
+@dataclasses.dataclass(frozen=True)
+class DistanceRow:
+    """One model's row of `distance_table`: (median, mean) pairs, or None where no file gave that column.
+
+    n: the example count of each file of the row, in the order L-bound, PGD, DDN (those given).
+    """
+
+    label: str
+    n: tuple[int, ...]
+    lbound: tuple[float, float] | None
+    pgd: tuple[float, float] | None
+    ddn: tuple[float, float] | None
+
+
+def is_attack_file(path: str) -> bool:
+    """Whether `path`'s first line is a ``# jaxsmooth attack`` header (False for anything unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    match = _HEADER.match(first.rstrip("\r\n"))
+    return bool(match) and match.group(1) == "attack"
+
+
+def model_label(settings: dict, path: str) -> str:
+    """The default label: the header's checkpoint base name, else the file stem."""
+    checkpoint = settings.get("checkpoint")
+    if isinstance(checkpoint, str) and checkpoint.strip("/"):
+        return os.path.basename(os.path.normpath(checkpoint))
+    stem, ext = os.path.splitext(os.path.basename(path))
+    return stem if ext in _STEM_EXTENSIONS else os.path.basename(path)
+
+
+def read_attack(path: str, label: str | None = None) -> AttackRun:
+    """Parses one attack TSV (module docstring) into an `AttackRun`; `label` defaults to `model_label`."""
+    lines, terminated = _read_lines(path)
+    match = _HEADER.match(lines[0][1])
+    if not match or match.group(1) != "attack":
+        raise UserError(path, "does not start with '# jaxsmooth attack {...}'; is it an attack TSV?")
+    try:
+        settings = json.loads(match.group(2))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:1", f"the settings after '# jaxsmooth attack' are not JSON: {e.msg}") from None
+    if not isinstance(settings, dict) or settings.get("attack") not in ATTACKS:
+        raise UserError(f"{path}:1", f"the settings must be a JSON object with \"attack\" one of {', '.join(ATTACKS)}")
+    body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
+    if not body:
+        raise UserError(path, f"has no header row ({' '.join(COLUMNS)})")
+    header = body[0][1].split("\t")
+    for name in COLUMNS:
+        if name not in header:
+            raise UserError(path, f"missing column {name!r}: an attack TSV has the tab-separated columns "
+                                  f"{' '.join(COLUMNS)}; this header has {' '.join(header)!r}")
+    rows = [(n, line.split("\t")) for n, line in body[1:]]
+    ignored = None
+    if rows and (len(rows[-1][1]) != len(header) or not terminated and not _parses(header, rows[-1][1])):
+        ignored = rows.pop()[0]  # cut off by a killed job
+    if not rows:
+        raise UserError(path, "has a header but no rows yet; nothing to analyse")
+    values = {name: [] for name in header}
+    for n, fields in rows:
+        if len(fields) != len(header):
+            raise UserError(f"{path}:{n}", f"has {len(fields)} tab-separated fields, the header has {len(header)}")
+        for name, text in zip(header, fields):
+            try:
+                values[name].append(_parse(name, text))
+            except ValueError:
+                raise UserError(f"{path}:{n}", f"column {name}: {text!r} is not "
+                                               f"{'an integer' if name in _INT else 'a number'}") from None
+    columns = {name: np.asarray(v, np.int64 if name in _INT else np.float64 if name in ("distance", "time") else str)
+               for name, v in values.items()}
+    _check(path, rows, columns)
+    label = model_label(settings, path) if label is None else label
+    return AttackRun(path=path, label=label, settings=settings, columns=columns, ignored_line=ignored)
+
+
+def _parse(name: str, text: str):
+    if name in _INT:
+        return int(text)
+    if name == "distance":
+        return float(text)
+    if name == "time":
+        return _seconds(text)
+    return text
+
+
+def _parses(header, fields) -> bool:
+    try:
+        for name, text in zip(header, fields):
+            _parse(name, text)
+        return True
+    except ValueError:
+        return False
+
+
+def _check(path: str, rows, columns: dict) -> None:
+    success, distance, idx = columns["success"], columns["distance"], columns["idx"]
+    checks = [((success != 0) & (success != 1), "column success: {} is not 0 or 1", success),
+              (np.isnan(distance) | (distance < 0), "column distance: {} is not a distance >= 0", distance),
+              ((success == 1) != np.isfinite(distance), "distance {} disagrees with success (inf iff 0)", distance)]
+    for bad, what, column in checks:
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise UserError(f"{path}:{rows[i][0]}", what.format(column[i]))
+    seen: dict[int, int] = {}
+    for (n, _), i in zip(rows, idx):
+        if int(i) in seen:
+            raise UserError(f"{path}:{n}", f"idx {i} is already on line {seen[int(i)]}; each example is counted once")
+        seen[int(i)] = n
+
+
+def lbound_distances(run: Run, column: str | None = None) -> np.ndarray:
+    """[N] L-bounds of a certify run: `column` (default lbound_model, else lbound_mc) where correct, else 0."""
+    if column is None:
+        column = next((c for c in LBOUND_COLUMNS if c in run.columns), None)
+    if column not in run.columns or column not in LBOUND_COLUMNS:
+        raise UserError(run.path, f"has no {column or ' or '.join(LBOUND_COLUMNS)} column; the L-bound comes "
+                                  "from a jaxsmooth certify TSV")
+    return np.where(run.columns["correct"] == 1, run.columns[column], 0.0)
+
+
+def median_and_mean(values) -> tuple[float, float]:
+    """(median over all values, inf included; mean over the finite values, nan when there are none)."""
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    return float(np.median(values)), float(finite.mean()) if finite.size else math.nan
+
+
+def distance_rows(attacks: Sequence[AttackRun], certify_runs: Sequence[Run] = (),
+                  lbound_column: str | None = None) -> list[DistanceRow]:
+    """One `DistanceRow` per label (first appearance order) over attack runs and certify runs (L-bound).
+
+    Raises:
+      UserError: two files of one kind (pgd, ddn or certify) under one label.
+    """
+    groups: dict[str, dict[str, object]] = {}
+    for item in list(certify_runs) + list(attacks):
+        kind = item.attack if isinstance(item, AttackRun) else "lbound"
+        group = groups.setdefault(item.label, {})
+        if kind in group:
+            raise UserError(item.path, f"is a second {kind} file for {item.label!r} (the other: {group[kind].path}); "
+                                       "give each model's files their own labels")
+        group[kind] = item
+    order = list(dict.fromkeys([r.label for r in attacks] + [r.label for r in certify_runs]))
+    rows = []
+    for label in order:
+        group = groups[label]
+        lbound = group.get("lbound")
+        stats = {kind: median_and_mean(group[kind].columns["distance"]) if kind in group else None
+                 for kind in ATTACKS}
+        n = tuple(group[k].num_examples for k in ("lbound", *ATTACKS) if k in group)
+        rows.append(DistanceRow(label=label, n=n, lbound=None if lbound is None else
+                                median_and_mean(lbound_distances(lbound, lbound_column)), **stats))
+    return rows
+
+
+def distance_table(attacks: Sequence[AttackRun], certify_runs: Sequence[Run] = (), lbound_column: str | None = None,
+                   digits: int = 3) -> str:
+    """Heat Tables 1-2 as markdown: per model, median and mean of the L-bound, PGD and DDN distances.
+
+    Means are over finite values (module docstring); a dash marks a column
+    no file gave; n lists each file's example count when they differ.
+    """
+    header = ["model", "n", "L-bound median", "L-bound mean", "PGD median", "PGD mean", "DDN median", "DDN mean"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in distance_rows(attacks, certify_runs, lbound_column):
+        n = str(row.n[0]) if len(set(row.n)) == 1 else "/".join(map(str, row.n))
+        cells = [row.label.replace("|", "\\|"), n]
+        for pair in (row.lbound, row.pgd, row.ddn):
+            cells += ["–", "–"] if pair is None else [_number(v, digits) for v in pair]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float, digits: int) -> str:
+    if math.isnan(value):
+        return "–"
+    return "∞" if math.isinf(value) else f"{value:.{digits}f}"
+
+
+def attacked_fraction(run: AttackRun, distances) -> np.ndarray:
+    """[D] fraction of the run's examples with an adversarial at ell_2 distance <= d, for each d of `distances`."""
+    distance = np.sort(run.columns["distance"])
+    return np.searchsorted(distance, np.asarray(distances, np.float64), side="right") / distance.size
+
+
+def attack_curve_figure(runs: Sequence[AttackRun], max_distance: float | None = None, num_points: int = 1001,
+                        figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
+    """Fraction of examples successfully attacked vs ell_2 distance, one line per run (boot camp Fig. 2).
+
+    A matplotlib Figure (Agg, no pyplot); line labels ``"<label> <attack>"``
+    (plus ``", smoothed"``). `max_distance` (the x range) defaults to the
+    largest finite distance of all runs (1 when there is none).
+    """
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise UserError("--curve", "no attack files to plot")
+    if max_distance is None:
+        finite = [d for r in runs for d in r.columns["distance"][np.isfinite(r.columns["distance"])]]
+        max_distance = max(finite) if finite and max(finite) > 0 else 1.0
+    x = np.linspace(0.0, max_distance, num_points)
+    fig = Figure(figsize=figsize, dpi=dpi)
+    ax = fig.subplots()
+    for run in runs:
+        name = f"{run.label} {run.attack}" + (", smoothed" if run.settings.get("smoothed") else "")
+        ax.plot(x, attacked_fraction(run, x), drawstyle="steps-post", label=name)
+    ax.set_xlim(0.0, max_distance)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel(r"$\ell_2$ distance")
+    ax.set_ylabel("fraction of examples successfully attacked")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
