@@ -61,6 +61,14 @@ def default() -> ml_collections.ConfigDict:
     c.objective.distance = ""  # heat, bootcamp: l2 | kl | softmax_l2 to the teacher; "": heat l2, bootcamp softmax_l2
     c.objective.timesteps = 5  # heat: n_T, retraining timesteps; penalty weight lam sigma^2 / (2 n_T)
     c.objective.epochs_per_timestep = 1  # heat: epochs of each timestep
+    # nal, wrm, smoothadv (defaults: nal's, nal §5 and Table 1)
+    c.objective.num_noise = 4  # nal: r noise draws per example (nal eq. 6); smoothadv: m; wrm: unused (r = 1)
+    c.objective.pgd_steps = 4  # nal, wrm: K ascent steps (nal Alg. 1); smoothadv: PGD steps; 0: none
+    c.objective.gamma = 1.0  # nal, wrm: penalty gamma on the transport cost (nal eq. 6)
+    c.objective.pgd_lr = 0.0  # nal, wrm: ascent step eta_1; 0: 0.5 / gamma (nal Table 1)
+    c.objective.cost_with_noise = True  # nal: cost c(x + z, x_0) as the paper; false: c(x, x_0) (nal §5 ablation)
+    c.objective.clip = False  # nal, wrm, smoothadv: keep the adversarial x in [0, 1] (false: X = R^d, the paper)
+    c.objective.epsilon = 0.5  # smoothadv: ell_2 radius of the attack (Salman et al. 2019)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"
@@ -222,6 +230,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     _choice(config, "objective.distance", ("",) + objectives.DISTANCES)
     _positive(config, "objective.timesteps")
     _positive(config, "objective.epochs_per_timestep")
+    _positive(config, "objective.num_noise")
+    _positive(config, "objective.pgd_steps", allow_zero=True)
+    _positive(config, "objective.gamma")
+    _positive(config, "objective.pgd_lr", allow_zero=True)
+    _positive(config, "objective.epsilon")
     if config.objective.name in objectives.DISTILLING and not config.train.init_from:
         raise UserError("train.init_from", f"objective {config.objective.name!r} starts from a pretrained model: "
                         "set train.init_from to the workdir of its training run")

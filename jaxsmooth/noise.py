@@ -76,3 +76,24 @@ def isotropic(key: jax.Array, index: jax.Array, shape: tuple[int, ...], sigma, d
     keys = example_keys(key, index)
     z = jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys)
     return sigma * z
+
+
+def isotropic_draws(key: jax.Array, index: jax.Array, shape: tuple[int, ...], sigma, num_noise: int,
+                    dtype=jnp.float32) -> jax.Array:
+    """`num_noise` independent draws ``sigma * z_j``, z_j ~ N(0, I), per example (nal Alg. 1 line 4's z_ij).
+
+    Example b draws all of its noise from ``fold_in(key, index[b])``, so its
+    draws do not depend on its position in the batch.
+
+    Args:
+      key: a step key.
+      index: [B] int32 global example indices.
+      shape: the per-example shape, e.g. (H, W, C).
+      sigma: scalar noise level.
+      num_noise: r, the draws per example.
+    Returns:
+      [B, num_noise, *shape] noise.
+    """
+    keys = example_keys(key, index)
+    z = jax.vmap(lambda k: jax.random.normal(k, (num_noise, *shape), dtype))(keys)
+    return sigma * z

@@ -17,13 +17,16 @@ from __future__ import annotations
 from typing import Callable
 
 from jaxsmooth.errors import UserError
-from jaxsmooth.objectives import bootcamp, gaussian, heat, standard
+from jaxsmooth.objectives import bootcamp, gaussian, heat, nal, smoothadv, standard
 
 _BUILDERS = {
     "standard": standard.make,
     "gaussian": gaussian.make,
     "heat": heat.make,
     "bootcamp": bootcamp.make,
+    "nal": nal.make,
+    "wrm": nal.make_wrm,
+    "smoothadv": smoothadv.make,
 }
 
 NAMES = tuple(_BUILDERS)
@@ -40,7 +43,8 @@ def build(config, apply: Callable, teacher=None) -> Callable:
       apply: the model's pure ``apply(params, model_state, x, *, train)``.
       teacher: frozen ``(params, model_state)`` of a teacher model, for the
         objectives that distil one (`DISTILLING`: ``heat``, ``bootcamp``);
-        unused by ``standard`` and ``gaussian``.
+        unused by the others (``standard``, ``gaussian``, ``nal``, ``wrm``,
+        ``smoothadv``).
     """
     name = config.objective.name
     if name not in _BUILDERS:
