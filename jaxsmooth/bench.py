@@ -33,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=5, help="train steps per timed round")
     t.add_argument("--rounds", type=int, default=7, help="rounds; medians are over rounds")
     t.add_argument("--objective", default="gaussian",
-                   help="gaussian (default), standard, heat or bootcamp; heat/bootcamp also time a standard step "
-                        "and report the step-time ratio next to the one implied by their extra passes")
+                   help="gaussian (default), standard, heat, bootcamp, nal, wrm or smoothadv; all but the first two "
+                        "also time a standard step and report the step-time ratio next to the one implied by their "
+                        "extra passes")
     t.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     t.add_argument("--xla-defaults", action="store_true",
                    help="also time the JAX step compiled without jaxsmooth's XLA:CPU options")
@@ -138,7 +139,7 @@ def _train(args) -> int:
           f"{args.rounds} rounds x {args.steps} steps, {jax.devices()[0].device_kind} "
           f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
     print(_table(results, "examples/s"))
-    if args.objective in ("heat", "bootcamp"):
+    if args.objective in train_bench.PAIRED:
         print(_distill_report(args, shape, results))
     if args.json:
         with open(args.json, "w") as f:
@@ -152,12 +153,14 @@ def _distill_report(args, shape, results) -> str:
     from jaxsmooth.benchmarks import train as train_bench
 
     flops = {o: train_bench.step_flops(args.model, args.batch, shape, o) for o in ("standard", args.objective)}
-    implied = train_bench.implied_ratio()
+    implied = train_bench.implied_ratio(objective=args.objective)
     lines = ["", f"| {args.objective} step / standard step | time ratio (medians) | pass-implied ratio | FLOP ratio |",
              "|---|---|---|---|"]
     for side, ratio in train_bench.distill_ratios(results, args.objective).items():
         lines.append(f"| {side} | {ratio:.2f} | {implied:.2f} | {flops[args.objective] / flops['standard']:.2f} |")
-    lines.append(f"\npass-implied ratio: (4 + 5 kappa) / 3 with kappa = {train_bench.KAPPA}; FLOPs per step: "
+    formula = (f"(4 + 5 kappa) / 3 with kappa = {train_bench.KAPPA}" if args.objective in ("heat", "bootcamp")
+               else "(K + 1) * r with the default pgd_steps K and num_noise r")
+    lines.append(f"\npass-implied ratio: {formula}; FLOPs per step: "
                  f"standard {flops['standard'] / 1e9:.3g} G, {args.objective} {flops[args.objective] / 1e9:.3g} G")
     return "\n".join(lines)
 

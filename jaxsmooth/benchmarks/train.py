@@ -17,7 +17,11 @@ units with a backward pass counted as two forwards:
               + kappa shifted forward and backward passes (3 kappa)     = 4 + 5 kappa
 
 so the pass-implied ratio (`implied_ratio`) is (4 + 5 kappa) / 3, 18 for
-kappa = 10.
+kappa = 10. `nal` (and `wrm`, `smoothadv`) are timed against a `standard`
+step the same way; their steps run (K + 1) forward-backward passes over r
+noisy copies of the batch (K ascent steps, then the parameter step), so the
+implied ratio is (K + 1) * r (`wrm`: r = 1; `smoothadv`: r = m draws), 20 for
+the defaults K = r = 4.
 """
 
 from __future__ import annotations
@@ -45,13 +49,22 @@ def input_shape_of(name: str) -> tuple[int, int, int]:
     return INPUT_SHAPES.get(name, (32, 32, 3))
 
 
-OBJECTIVES = ("gaussian", "standard", "heat", "bootcamp")
+OBJECTIVES = ("gaussian", "standard", "heat", "bootcamp", "nal", "wrm", "smoothadv")
+PAIRED = ("heat", "bootcamp", "nal", "wrm", "smoothadv")  # timed against a standard step
 KAPPA = 10  # heat's and boot camp's JL projections (heat App. C, its CIFAR-10 setting)
 
 
-def implied_ratio(kappa: int = KAPPA) -> float:
-    """A heat step's cost over a standard step's, counted in passes (module docstring): (4 + 5 kappa) / 3."""
-    return (4 + 5 * kappa) / 3
+def implied_ratio(kappa: int = KAPPA, objective: str = "heat") -> float:
+    """A `objective` step's cost over a standard step's, counted in passes (module docstring).
+
+    heat, bootcamp: (4 + 5 kappa) / 3; nal, smoothadv: (K + 1) r with the default
+    config's K and r; wrm: K + 1.
+    """
+    if objective in ("heat", "bootcamp"):
+        return (4 + 5 * kappa) / 3
+    o = config_lib.default().objective
+    draws = 1 if objective == "wrm" else o.num_noise
+    return (o.pgd_steps + 1) * draws
 
 
 def _objective_config(objective: str) -> ml_collections.ConfigDict:
@@ -174,8 +187,7 @@ def benchmark(name: str, batch: int, *, input_shape=None, dtypes=("float32",), s
         raise UserError("--objective", f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     input_shape = tuple(input_shape or input_shape_of(name))
     width, hidden = models.cnn_sizes(0) if name == "cnn" else (0, 0)
-    distilling = objective in objectives.DISTILLING
-    runs = ("standard", objective) if distilling else (objective,)
+    runs = ("standard", objective) if objective in PAIRED else (objective,)
     contenders = {}
     for d in dtypes:
         for o in runs:
@@ -186,7 +198,7 @@ def benchmark(name: str, batch: int, *, input_shape=None, dtypes=("float32",), s
                                                                        objective=objective, cpu_options=False)
     if with_torch:
         for o in runs:
-            if o != "bootcamp":  # the PyTorch reference of a distilling step is heat's Algorithm 1
+            if o in ("gaussian", "standard", "heat"):  # PyTorch references: Cohen et al.'s step, heat's Alg. 1
                 contenders.update(torch_contenders(name, batch, input_shape, steps=steps, width=width,
                                                    hidden=hidden, objective=o))
     return interleave(contenders, rounds, on_round)

@@ -89,6 +89,9 @@ def surrogate(loss_fn: DrawLoss, x: jax.Array, x0: jax.Array, z: jax.Array, *, g
     return jnp.mean(loss_fn(s) - gamma * transport_cost(x, x0, z, cost_with_noise=cost_with_noise), axis=1)
 
 
+UNROLL = 8  # ascent steps unrolled per loop iteration
+
+
 def _ascend(loss_fn: DrawLoss, x_start: jax.Array, x0: jax.Array, z: jax.Array, *, gamma: float, steps: int,
             lr: float, cost_with_noise: bool, clip: bool) -> jax.Array:
     """`steps` ascent steps on `surrogate` from `x_start` (the public form starts at x_0)."""
@@ -99,7 +102,9 @@ def _ascend(loss_fn: DrawLoss, x_start: jax.Array, x0: jax.Array, z: jax.Array, 
         x = x + lr * grad(x)
         return (jnp.clip(x, 0.0, 1.0) if clip else x), None
 
-    x, _ = jax.lax.scan(step, x_start, None, length=steps)
+    # Unrolled: XLA:CPU runs a convolution's input gradient inside a while loop about 2.7x slower than
+    # outside one (cnn, batch 128 x 4 draws: 0.56 s vs 0.21 s a step); K is small (the paper: 4).
+    x, _ = jax.lax.scan(step, x_start, None, length=steps, unroll=True if steps <= UNROLL else UNROLL)
     return x
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxsmooth import noise
 from jaxsmooth.errors import UserError
-from jaxsmooth.objectives.nal import DrawLoss, draw_losses, noisy_loss
+from jaxsmooth.objectives.nal import UNROLL, DrawLoss, draw_losses, noisy_loss
 
 
 def _per_example_norm(v: jax.Array) -> jax.Array:
@@ -74,7 +74,7 @@ def attack(loss_fn: DrawLoss, x0: jax.Array, z: jax.Array, *, epsilon: float, st
         delta = delta * jnp.minimum(1.0, epsilon / jnp.where(norm > 0, norm, 1.0))
         return x0 + delta, None
 
-    x, _ = jax.lax.scan(step, x0, None, length=steps)
+    x, _ = jax.lax.scan(step, x0, None, length=steps, unroll=True if steps <= UNROLL else UNROLL)  # see nal.UNROLL
     return x
 
 
