@@ -12,6 +12,16 @@ The file: ``# jaxsmooth attack {JSON settings}``, then the columns
 ``idx label predict success distance time`` (predict: the clean
 prediction; distance 0 for examples adversarial before the attack, inf where
 the attack failed). Tabulate with ``python -m jaxsmooth.analyze FILE.tsv``.
+
+``--mode accuracy --radii 0,0.5,1`` instead measures the accuracy under
+deterministic ell_2 PGD at each radius (nal §5: ``--steps`` 20 iterations of
+step 2 eps / steps, cross-entropy), on the base classifier and with one
+test-time Gaussian draw of std ``--test-noise-sigma`` (default: the config's
+objective.sigma) added to the attacked point. The file:
+``# jaxsmooth attack-accuracy {JSON settings}``, then the columns
+``idx label radius correct correct_noisy time``, one row per example and
+radius; the run ends by printing the accuracy table
+(`jaxsmooth.analysis.accuracy_table`).
 """
 
 from __future__ import annotations
@@ -27,6 +37,9 @@ from jaxsmooth.errors import UserError
 
 MAGIC = "# jaxsmooth attack "
 # Settings whose change makes an existing file's rows incomparable with new ones.
+ACCURACY_MAGIC = "# jaxsmooth attack-accuracy "
+ACCURACY_IDENTITY_FIELDS = ("mode", "attack", "radii", "steps", "test_noise_sigma", "seed", "dtype",
+                            "checkpoint_step", "model", "dataset", "split", "skip", "max")
 IDENTITY_FIELDS = ("attack", "smoothed", "sigma", "num_noise", "loss", "topk", "steps", "max_epsilon", "rounds",
                    "init_epsilon", "seed", "dtype", "checkpoint_step", "model", "dataset", "split", "skip", "max")
 
@@ -37,14 +50,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="the training run's --workdir")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", required=True, help="output TSV (resumed when it exists)")
-    p.add_argument("--attack", required=True, help="pgd (minimal distance by bisection on epsilon) or ddn")
+    p.add_argument("--mode", choices=("distance", "accuracy"), default="distance",
+                   help="distance: the smallest adversarial distance per example (default); accuracy: the "
+                        "accuracy under ell_2 PGD at each of --radii (nal §5)")
+    p.add_argument("--attack", default=None,
+                   help="pgd (minimal distance by bisection on epsilon) or ddn; required in --mode distance "
+                        "(--mode accuracy: pgd)")
+    p.add_argument("--radii", default=None, help="--mode accuracy: comma-separated ell_2 radii >= 0, e.g. 0,0.5,1")
+    p.add_argument("--test-noise-sigma", type=float, default=None,
+                   help="--mode accuracy: std of the test-time noise (default: the config's objective.sigma)")
     p.add_argument("--smoothed", action="store_true", help="attack the smoothed model (heat eq. 9)")
     p.add_argument("--num-noise", type=int, default=25, help="noise draws per step with --smoothed")
     p.add_argument("--sigma", type=float, default=None,
                    help="noise level with --smoothed (default: the config's objective.sigma)")
     p.add_argument("--loss", default="ce", help="attack loss: ce (cross-entropy) or kl")
     p.add_argument("--topk", type=int, default=1, help="success when the label leaves the top k classes")
-    p.add_argument("--steps", type=int, default=20, help="gradient steps (pgd: per bisection round)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="gradient steps (pgd: per bisection round; --mode accuracy: PGD iterations K_attack)")
     p.add_argument("--max-epsilon", type=float, default=4.0, help="pgd: the largest ell_2 radius searched")
     p.add_argument("--rounds", type=int, default=10, help="pgd: bisection rounds after the first run")
     p.add_argument("--init-epsilon", type=float, default=1.0, help="ddn: the initial perturbation norm")
@@ -64,6 +86,14 @@ def main(argv: list[str]) -> int:
 
     from jaxsmooth.attacks import runner
 
+    if args.mode == "accuracy":
+        return _accuracy(args, config)
+    if args.radii is not None:
+        raise UserError("radii", "is for --mode accuracy; the distance mode searches up to --max-epsilon")
+    if args.test_noise_sigma is not None:
+        raise UserError("test-noise-sigma", "is for --mode accuracy")
+    if args.attack is None:
+        raise UserError("attack", "is required in --mode distance: pgd or ddn")
     if args.batch <= 0:
         raise UserError("batch", f"must be > 0, got {args.batch}")
     if not args.smoothed and args.sigma is not None:
@@ -131,6 +161,90 @@ def main(argv: list[str]) -> int:
           f"{float(np.mean(result.columns['success'])):.3f}, median distance "
           f"{median:.4g}" + (" (over half not broken)" if math.isinf(median) else ""))
     return 0
+
+
+def _radii(text: str | None) -> tuple[float, ...]:
+    from jaxsmooth.attacks import runner
+
+    if text is None:
+        raise UserError("radii", "--mode accuracy needs --radii, comma-separated ell_2 radii >= 0, e.g. 0,0.5,1")
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError("radii", f"must be comma-separated numbers >= 0, got {text!r}") from None
+    return runner.check_radii(values)
+
+
+def _accuracy(args, config) -> int:
+    """--mode accuracy (module docstring)."""
+    from jaxsmooth.attacks import runner
+
+    radii = _radii(args.radii)
+    if args.attack not in (None, "pgd"):
+        raise UserError("attack", f"--mode accuracy attacks with pgd only, got {args.attack!r}")
+    for flag, given in (("smoothed", args.smoothed), ("sigma", args.sigma is not None)):
+        if given:
+            raise UserError(flag, "is for --mode distance; --mode accuracy attacks the base classifier and adds "
+                                  "test-time noise of std --test-noise-sigma")
+    if args.batch <= 0:
+        raise UserError("batch", f"must be > 0, got {args.batch}")
+    sigma = config.objective.sigma if args.test_noise_sigma is None else args.test_noise_sigma
+    runner.check_accuracy_settings(args.steps, sigma)
+
+    import jax
+
+    from jaxsmooth import noise, trainer
+    from jaxsmooth.certification import records
+
+    run, params, model_state, step = trainer.load_trained(config, args.checkpoint, step=args.step)
+    split = run.dataset.test if args.split == "test" else run.dataset.train
+    indices = records.example_indices(len(split), args.skip, args.max)
+    seed = config.seed if args.seed is None else args.seed
+    header = {"mode": "accuracy", "attack": "pgd", "radii": list(radii), "steps": args.steps,
+              "step_size": "2 * radius / steps", "loss": "ce", "test_noise_sigma": float(sigma),
+              "test_noise": "one draw per example, the same at every radius", "seed": seed,
+              "key": f"fold_in(key({seed}), attack stream)", "dtype": config.model.dtype,
+              "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
+              "max": args.max, "batch": args.batch, "checkpoint": args.checkpoint, "checkpoint_step": step,
+              "devices": jax.device_count()}
+    writer = records.TsvWriter(args.out, header, runner.ACCURACY_COLUMNS, magic=ACCURACY_MAGIC,
+                               identity_fields=ACCURACY_IDENTITY_FIELDS,
+                               comments=("# correct: the PGD point is classified correctly; correct_noisy: so is "
+                                         "that point plus one N(0, test_noise_sigma^2 I) draw",))
+    done = _done_pairs(args.out)  # the writer has checked the settings and dropped a cut last row
+    total = len(indices) * len(radii)
+    accuracy = runner.make_accuracy(run.model.apply, test_noise_sigma=sigma, steps=args.steps)
+    key = noise.attack_key(noise.root_key(seed))
+
+    from tqdm import tqdm
+
+    todo = total - sum(1 for i in indices for r in radii if (int(i), r) in done)
+    bar = tqdm(total=total, initial=total - todo, unit="row", dynamic_ncols=True, file=sys.stderr,
+               disable=args.no_progress)
+    written = 0
+    try:
+        for row in runner.run_accuracy(accuracy, params, model_state, split, indices, radii, key, batch=args.batch,
+                                       done=done):
+            writer.write(row)
+            written += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+    from jaxsmooth.analysis import attacks as attack_analysis
+
+    result = attack_analysis.read_accuracy(args.out)
+    print(f"accuracy under ell_2 PGD ({args.steps} steps): {len(indices)} examples x {len(radii)} radii in "
+          f"{args.out} ({written} rows this run)")
+    print(attack_analysis.accuracy_table([result]), end="")
+    return 0
+
+
+def _done_pairs(path: str) -> set[tuple[int, float]]:
+    """The (idx, radius) pairs of the rows of an accuracy TSV whose cut last row `TsvWriter` has dropped."""
+    with open(path) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+    return {(int(r[0]), float(r[2])) for r in rows[1:] if r and r[0]}
 
 
 run = cli.main_wrapper(main)

@@ -28,6 +28,21 @@ A model's files are grouped by their label: by default the base name of the
 ``checkpoint`` in the header (``runs/heat`` -> ``heat``), so the pgd and ddn
 files of one checkpoint make one row; name them explicitly to override.
 
+Accuracy under ell_2 PGD over a grid of radii (nal §5, Fig. 1), as
+``python -m jaxsmooth.attack --mode accuracy`` writes it::
+
+    # jaxsmooth attack-accuracy {"mode": "accuracy", "radii": [0.0, 0.5], "test_noise_sigma": 0.25, ...}
+    idx label radius correct correct_noisy time
+
+one row per example and radius (``correct``: the PGD point is classified
+correctly; ``correct_noisy``: so is that point plus one Gaussian draw of std
+``test_noise_sigma``). `is_accuracy_file` recognises it (`is_attack_file`
+does not), `read_accuracy` parses it, `accuracy_table` tabulates the
+accuracy at each radius without and with test noise, one row per model, and
+`accuracy_figure` plots accuracy vs radius: one colour per model, solid
+lines with test-time noise and dotted lines without, as the caption of nal
+Fig. 1 states.
+
 NumPy and matplotlib only: no JAX.
 """
 
@@ -291,6 +306,199 @@ def attack_curve_figure(runs: Sequence[AttackRun], max_distance: float | None = 
     ax.set_ylabel("fraction of examples successfully attacked")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+# --- accuracy under PGD over a radius grid (nal §5, Fig. 1) ---
+
+ACCURACY_PROGRAM = "attack-accuracy"
+ACCURACY_COLUMNS = ("idx", "label", "radius", "correct", "correct_noisy", "time")
+_ACCURACY_INT = ("idx", "label", "correct", "correct_noisy")
+# nal Fig. 1's caption: "Solid lines represent models tested with additive noise, and dotted lines mean that without."
+NOISY_STYLE, CLEAN_STYLE = "-", ":"
+
+
+@dataclasses.dataclass(frozen=True)
+class AccuracyRun:
+    """One accuracy TSV, parsed (module docstring).
+
+    columns: name -> [N] array (one entry per row): int64 for idx, label,
+    correct, correct_noisy; float64 for radius and time (seconds).
+    """
+
+    path: str
+    label: str
+    settings: dict
+    columns: dict
+    ignored_line: int | None = None
+
+    @property
+    def radii(self) -> np.ndarray:
+        """The sorted distinct radii of the rows."""
+        return np.unique(self.columns["radius"])
+
+    def accuracy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(radii [R], accuracy without noise [R], accuracy with test noise [R], examples per radius [R])."""
+        radii = self.radii
+        radius = self.columns["radius"]
+        n = np.asarray([np.sum(radius == r) for r in radii], np.int64)
+        clean = np.asarray([self.columns["correct"][radius == r].mean() for r in radii])
+        noisy = np.asarray([self.columns["correct_noisy"][radius == r].mean() for r in radii])
+        return radii, clean, noisy, n
+
+
+def is_accuracy_file(path: str) -> bool:
+    """Whether `path`'s first line is a ``# jaxsmooth attack-accuracy`` header (False for anything unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    match = _HEADER.match(first.rstrip("\r\n"))
+    return bool(match) and match.group(1) == ACCURACY_PROGRAM
+
+
+def _parse_accuracy(name: str, text: str):
+    if name in _ACCURACY_INT:
+        return int(text)
+    if name == "radius":
+        return float(text)
+    if name == "time":
+        return _seconds(text)
+    return text
+
+
+def read_accuracy(path: str, label: str | None = None) -> AccuracyRun:
+    """Parses one accuracy TSV into an `AccuracyRun`; `label` defaults to `model_label`.
+
+    A last line cut short by a killed job is ignored; any other bad row is a
+    `UserError` naming the file and line.
+    """
+    lines, terminated = _read_lines(path)
+    match = _HEADER.match(lines[0][1])
+    if not match or match.group(1) != ACCURACY_PROGRAM:
+        raise UserError(path, f"does not start with '# jaxsmooth {ACCURACY_PROGRAM} {{...}}'; is it an accuracy TSV "
+                              "of python -m jaxsmooth.attack --mode accuracy?")
+    try:
+        settings = json.loads(match.group(2))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:1", f"the settings after '# jaxsmooth {ACCURACY_PROGRAM}' are not JSON: "
+                                     f"{e.msg}") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"{path}:1", "the settings must be a JSON object")
+    body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
+    if not body:
+        raise UserError(path, f"has no header row ({' '.join(ACCURACY_COLUMNS)})")
+    header = body[0][1].split("\t")
+    for name in ACCURACY_COLUMNS:
+        if name not in header:
+            raise UserError(path, f"missing column {name!r}: an accuracy TSV has the tab-separated columns "
+                                  f"{' '.join(ACCURACY_COLUMNS)}; this header has {' '.join(header)!r}")
+
+    def parses(fields):
+        try:
+            [_parse_accuracy(name, text) for name, text in zip(header, fields)]
+            return True
+        except ValueError:
+            return False
+
+    rows = [(n, line.split("\t")) for n, line in body[1:]]
+    ignored = None
+    if rows and (len(rows[-1][1]) != len(header) or not terminated and not parses(rows[-1][1])):
+        ignored = rows.pop()[0]  # cut off by a killed job
+    if not rows:
+        raise UserError(path, "has a header but no rows yet; nothing to analyse")
+    values = {name: [] for name in header}
+    for n, fields in rows:
+        if len(fields) != len(header):
+            raise UserError(f"{path}:{n}", f"has {len(fields)} tab-separated fields, the header has {len(header)}")
+        for name, text in zip(header, fields):
+            try:
+                values[name].append(_parse_accuracy(name, text))
+            except ValueError:
+                raise UserError(f"{path}:{n}", f"column {name}: {text!r} is not "
+                                               f"{'an integer' if name in _ACCURACY_INT else 'a number'}") from None
+    columns = {name: np.asarray(v, np.int64 if name in _ACCURACY_INT else np.float64
+                                if name in ("radius", "time") else str) for name, v in values.items()}
+    for name in ("correct", "correct_noisy"):
+        bad = (columns[name] != 0) & (columns[name] != 1)
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise UserError(f"{path}:{rows[i][0]}", f"column {name}: {columns[name][i]} is not 0 or 1")
+    bad = ~np.isfinite(columns["radius"]) | (columns["radius"] < 0)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise UserError(f"{path}:{rows[i][0]}", f"column radius: {columns['radius'][i]} is not a radius >= 0")
+    seen: dict[tuple[int, float], int] = {}
+    for (n, _), i, r in zip(rows, columns["idx"], columns["radius"]):
+        if (int(i), float(r)) in seen:
+            raise UserError(f"{path}:{n}", f"idx {i} at radius {r} is already on line {seen[int(i), float(r)]}; "
+                                           "each example is counted once per radius")
+        seen[int(i), float(r)] = n
+    label = model_label(settings, path) if label is None else label
+    return AccuracyRun(path=path, label=label, settings=settings, columns=columns, ignored_line=ignored)
+
+
+def _radius_text(r: float) -> str:
+    return f"{r:g}"
+
+
+def accuracy_table(runs: Sequence[AccuracyRun], digits: int = 3) -> str:
+    """nal Fig. 1 as markdown: one row per run, the accuracy at each radius without, then with, test-time noise.
+
+    The columns are the union of the runs' radii, sorted; a dash marks a
+    radius a run lacks. n is the number of examples (``a/b`` when it differs
+    between radii, as in a run still going). The noise column headers name
+    sigma when all runs share one.
+    """
+    if not runs:
+        raise UserError("accuracy", "no accuracy files to tabulate")
+    radii = np.unique(np.concatenate([run.radii for run in runs]))
+    sigmas = {run.settings.get("test_noise_sigma") for run in runs}
+    noise = f"noise σ={sigmas.pop():g}" if len(sigmas) == 1 and None not in sigmas else "noise"
+    header = (["model", "n"] + [f"ε={_radius_text(r)}" for r in radii]
+              + [f"ε={_radius_text(r)} + {noise}" for r in radii])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for run in runs:
+        own, clean, noisy, n = run.accuracy()
+        at = {float(r): i for i, r in enumerate(own)}
+        counts = sorted(set(n.tolist()))
+        cells = [run.label.replace("|", "\\|"), "/".join(map(str, counts))]
+        for values in (clean, noisy):
+            cells += [f"{values[at[float(r)]]:.{digits}f}" if float(r) in at else "–" for r in radii]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_figure(runs: Sequence[AccuracyRun], figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
+    """Accuracy vs ell_2 PGD radius (nal Fig. 1): a matplotlib Figure (Agg, no pyplot).
+
+    Per run, in one colour: a dotted line without test-time noise (legend
+    ``"<label>"``), then a solid line with it (``"<label> + noise σ=<sigma>"``),
+    markers at the run's radii; the solid/dotted convention is the caption's
+    of nal Fig. 1.
+    """
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise UserError("accuracy", "no accuracy files to plot")
+    fig = Figure(figsize=figsize, dpi=dpi)
+    ax = fig.subplots()
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for run, colour in zip(runs, colours):
+        radii, clean, noisy, _ = run.accuracy()
+        sigma = run.settings.get("test_noise_sigma")
+        ax.plot(radii, clean, CLEAN_STYLE, color=colour, marker="o", label=run.label)
+        ax.plot(radii, noisy, NOISY_STYLE, color=colour, marker="o",
+                label=f"{run.label} + noise" + ("" if sigma is None else f" σ={sigma:g}"))
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel(r"$\ell_2$ attack radius")
+    ax.set_ylabel("accuracy under PGD")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
     if title:
         ax.set_title(title)
     fig.tight_layout()

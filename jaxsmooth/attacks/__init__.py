@@ -12,6 +12,11 @@ averaged over Gaussian draws (heat eq. 9)::
     result = pgd_min_distance(loss, images, labels, key, max_epsilon=4.0, steps=20, rounds=10)
     result = ddn(loss, images, labels, key, steps=20)
 
+Accuracy under ell_2 PGD over a grid of radii, without and with test-time
+Gaussian noise (nal §5, Fig. 1): `accuracy_under_pgd` (arrays in memory) and
+`make_accuracy` (the jitted batch function of ``python -m jaxsmooth.attack
+--mode accuracy``); `runner` documents both.
+
 `common` documents the forms, losses, success criterion and keys.
 """
 
@@ -19,8 +24,9 @@ from jaxsmooth.attacks.common import (LOSSES, AttackLoss, AttackResult, ascent_d
                                       is_adversarial, l2_norm, make_loss)
 from jaxsmooth.attacks.ddn import cosine_step_sizes, ddn
 from jaxsmooth.attacks.pgd import pgd, pgd_min_distance
+from jaxsmooth.attacks.runner import accuracy_under_pgd, make_accuracy
 
 __all__ = [
-    "LOSSES", "AttackLoss", "AttackResult", "ascent_direction", "cosine_step_sizes", "ddn", "eval_logits",
-    "is_adversarial", "l2_norm", "make_loss", "pgd", "pgd_min_distance",
+    "LOSSES", "AttackLoss", "AttackResult", "accuracy_under_pgd", "ascent_direction", "cosine_step_sizes", "ddn",
+    "eval_logits", "is_adversarial", "l2_norm", "make_accuracy", "make_loss", "pgd", "pgd_min_distance",
 ]

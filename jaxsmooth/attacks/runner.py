@@ -19,6 +19,24 @@ attack did not break has success 0 and distance inf.
 Keys: the attack of example i uses the key `key` and the index i only (the
 attacks fold the index in), so results do not depend on how examples are
 batched, and a resumed run redoes an example exactly.
+
+Accuracy under ell_2 PGD over a grid of radii (nal §5, Fig. 1):
+`make_accuracy` jits, once per batch shape, the deterministic PGD of
+`jaxsmooth.attacks.pgd` with the radius eps a traced argument (one program
+for every radius), ``steps`` iterations (nal: K_attack = 20) of step size
+2 eps / steps, the cross-entropy loss, from the clean point, on the base
+classifier. Per example it returns whether the attacked point x_adv is
+still classified correctly (argmax of the eval-mode logits == label), and
+whether x_adv + z is, z ~ N(0, sigma^2 I) the "test-time noise" of nal
+Fig. 1: one draw per example (the paper adds noise to the test input once;
+it does not take a majority vote), ``sigma * normal(fold_in(fold_in(key,
+TEST_NOISE_STREAM), idx))``, the same draw at every radius, not clipped
+to [0, 1] (noise lives in pixel space, as in certification). The attack
+itself never sees the noise. At radius 0 PGD does not move: the two
+columns are the clean and the noisy accuracy. `run_accuracy` yields one
+row per example and radius:
+
+    idx label radius correct correct_noisy time
 """
 
 from __future__ import annotations
@@ -32,15 +50,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsmooth import noise
 from jaxsmooth.attacks.common import LOSSES, eval_logits, make_loss
 from jaxsmooth.attacks.ddn import ddn
-from jaxsmooth.attacks.pgd import pgd_min_distance
+from jaxsmooth.attacks.pgd import pgd, pgd_min_distance
 from jaxsmooth.errors import UserError
 
 ATTACKS = ("pgd", "ddn")
 COLUMNS = ["idx", "label", "predict", "success", "distance", "time"]
+ACCURACY_COLUMNS = ["idx", "label", "radius", "correct", "correct_noisy", "time"]
 # Stream tag of the clean-input success check, apart from the attack's own step keys.
 _CLEAN_STREAM = 2**31 - 3
+# Stream tag of the test-time noise of `make_accuracy`, apart from the attack's step keys.
+TEST_NOISE_STREAM = 2**31 - 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,3 +162,123 @@ def run(attack: Callable, params, model_state, split, indices: np.ndarray, key: 
             yield {"idx": int(idx[b]), "label": int(y[b]), "predict": int(predict[b]), "success": int(success[b]),
                    "distance": float(distance[b]), "time": str(datetime.timedelta(seconds=seconds)),
                    "seconds": seconds}
+
+
+def check_radii(radii) -> tuple[float, ...]:
+    """`radii` as a tuple of floats; raises `UserError` ("radii") unless a non-empty list of finite numbers >= 0."""
+    try:
+        values = tuple(float(r) for r in radii)
+    except (TypeError, ValueError):
+        raise UserError("radii", f"must be numbers >= 0, got {radii!r}") from None
+    if not values:
+        raise UserError("radii", "must list at least one radius >= 0")
+    for r in values:
+        if not (np.isfinite(r) and r >= 0):
+            raise UserError("radii", f"each radius must be a finite number >= 0, got {r!r}")
+    if len(set(values)) != len(values):
+        raise UserError("radii", f"lists a radius twice: {', '.join(map(repr, values))}")
+    return values
+
+
+def check_accuracy_settings(steps, test_noise_sigma) -> None:
+    """Raises `UserError` ("steps", "test-noise-sigma") unless steps >= 1 is an int and sigma a finite number > 0."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError("steps", f"must be a positive integer, got {steps!r}")
+    if isinstance(test_noise_sigma, bool) or not isinstance(test_noise_sigma, (int, float)) or not (
+            np.isfinite(test_noise_sigma) and test_noise_sigma > 0):
+        raise UserError("test-noise-sigma", f"must be a finite number > 0, got {test_noise_sigma!r}")
+
+
+def make_accuracy(apply: Callable, *, test_noise_sigma, steps: int = 20) -> Callable:
+    """The jitted ``(params, model_state, images, labels, index, radius, key) -> (correct, correct_noisy)``.
+
+    Deterministic ell_2 PGD at radius `radius` (a traced float32 scalar >= 0:
+    one compilation for every radius) with `steps` steps of size 2 radius /
+    steps and the cross-entropy loss (nal §5), then the two checks of the
+    module docstring. images: [B, H, W, C] float32 in [0, 1]; labels, index:
+    [B] int32; outputs [B] bool each. Compiles once per batch shape.
+
+    Args:
+      test_noise_sigma: sigma of the test-time noise, > 0.
+      steps: PGD iterations, K_attack, >= 1.
+    """
+    check_accuracy_settings(steps, test_noise_sigma)
+    sigma = float(test_noise_sigma)
+
+    def accuracy(params, model_state, images, labels, index, radius, key):
+        logits_fn = eval_logits(apply, params, model_state)
+        radius = jnp.asarray(radius, jnp.float32)
+        result = pgd(make_loss(logits_fn, loss="ce"), images, labels, key, epsilon=radius, steps=steps,
+                     step_size=2.0 * radius / steps, index=index)
+        x = result.adversarial
+        correct = jnp.argmax(logits_fn(x), axis=-1) == labels
+        z = noise.isotropic(jax.random.fold_in(key, TEST_NOISE_STREAM), index, x.shape[1:], sigma, x.dtype)
+        correct_noisy = jnp.argmax(logits_fn(x + z), axis=-1) == labels
+        return correct, correct_noisy
+
+    return jax.jit(accuracy)
+
+
+def accuracy_under_pgd(apply: Callable, params, model_state, images, labels, radii, key: jax.Array, *,
+                       test_noise_sigma, steps: int = 20, index=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example correctness under ell_2 PGD at each radius, without and with test-time noise (nal §5).
+
+    A convenience over `make_accuracy` for arrays in memory (one batch).
+
+    Args:
+      apply: the model's pure apply function.
+      images: [B, H, W, C] float32 in [0, 1]; labels: [B] int; index: [B] global indices (default arange(B)).
+      radii: the grid, numbers >= 0.
+      key: the attack key (the CLI: ``noise.attack_key(noise.root_key(seed))``).
+    Returns:
+      (correct, correct_noisy), each [R, B] bool numpy arrays, row r for radii[r].
+    """
+    radii = check_radii(radii)
+    fn = make_accuracy(apply, test_noise_sigma=test_noise_sigma, steps=steps)
+    images = jnp.asarray(images, jnp.float32)
+    labels = jnp.asarray(labels, jnp.int32)
+    index = jnp.arange(images.shape[0], dtype=jnp.int32) if index is None else jnp.asarray(index, jnp.int32)
+    out = [jax.device_get(fn(params, model_state, images, labels, index, np.float32(r), key)) for r in radii]
+    return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+
+
+def run_accuracy(accuracy: Callable, params, model_state, split, indices: np.ndarray, radii, key: jax.Array, *,
+                 batch: int, done=frozenset()) -> Iterator[dict[str, Any]]:
+    """Evaluates `accuracy` (from `make_accuracy`) on the examples `indices` of `split` at each radius.
+
+    Batches of `batch` examples (the last padded by repeating its last
+    example, so the program never recompiles); within a batch, the rows of
+    the first radius, then the next. Pairs ``(idx, radius)`` in `done` are
+    skipped (a resumed run); a batch's radius whose pairs are all done is not
+    computed. Rows hold the `ACCURACY_COLUMNS` and ``seconds``, this row's
+    share of its batch's wall time.
+    """
+    if batch < 1:
+        raise UserError("batch", f"must be > 0, got {batch}")
+    radii = check_radii(radii)
+    done = set(done)
+    indices = np.asarray([i for i in indices if any((int(i), r) not in done for r in radii)], np.int64)
+    for start in range(0, len(indices), batch):
+        idx = np.asarray(indices[start:start + batch], np.int64)
+        images, labels = split.get(idx)
+        count = len(idx)
+        pad = batch - count
+        x = np.divide(images, 255, dtype=np.float32)
+        y = np.asarray(labels, np.int32)
+        index = idx.astype(np.int32)
+        if pad:
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+            y = np.concatenate([y, np.repeat(y[-1:], pad)])
+            index = np.concatenate([index, np.repeat(index[-1:], pad)])
+        for radius in radii:
+            todo = [b for b in range(count) if (int(idx[b]), radius) not in done]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            correct, correct_noisy = jax.device_get(
+                accuracy(params, model_state, x, y, index, np.float32(radius), key))
+            seconds = (time.perf_counter() - t0) / count
+            for b in todo:
+                yield {"idx": int(idx[b]), "label": int(y[b]), "radius": radius, "correct": int(correct[b]),
+                       "correct_noisy": int(correct_noisy[b]), "time": str(datetime.timedelta(seconds=seconds)),
+                       "seconds": seconds}
