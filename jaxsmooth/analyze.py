@@ -22,6 +22,16 @@ plots the fraction of examples attacked vs ell_2 distance, one line per
 attack file; ``--markdown`` writes the table. Example::
 
     python -m jaxsmooth.analyze pgd.tsv ddn.tsv cert.tsv --curve attacks.png
+
+Distributional files (``python -m jaxsmooth.certify --mode distributional``)
+are recognised by their header too: each gets the tables of
+`jaxsmooth.analysis.distributional` (per gamma E[phi], rho = E[c] and
+epsilon = sqrt(rho), nal eq. 8; per gamma_adv the empirical worst-case point
+(rho_test, E[loss]) and the certificate there; the certificate curve
+min_gamma gamma rho + E[phi_gamma] at ``--rho`` budgets, nal eq. 3/7), and
+``--plot FILE.png`` draws nal Fig. 2(a). Example::
+
+    python -m jaxsmooth.analyze dist.tsv --rho 0,2,4,8 --plot fig2a.png
 """
 
 from __future__ import annotations
@@ -52,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="plot certified accuracy vs the certified-area objective (anisotropic runs)")
     p.add_argument("--curve", default=None, metavar="FILE.png",
                    help="attack files: plot the fraction of examples attacked vs ell_2 distance")
+    p.add_argument("--rho", default=None, help="distributional files: comma-separated transport budgets rho of "
+                   "the certificate table (default: 5 from 0 to 1.1 x the largest mean cost)")
     p.add_argument("--lbound", default=None, help="attack files: the certify files' L-bound column, model or mc "
                    "(default: model when present)")
     return p
@@ -127,9 +139,42 @@ def _attack_main(args, labels) -> int:
     return 0
 
 
+def _distributional_main(args, labels) -> int:
+    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound"):
+        if getattr(args, flag) is not None:
+            name = "--" + flag.replace("_", "-")
+            raise UserError(name, "is not for distributional files; with them use --rho, --markdown, --plot")
+    if labels is not None and len(labels) != len(args.runs):
+        raise UserError("--labels", f"{len(labels)} label(s) for {len(args.runs)} file(s); give one per file, "
+                                    "comma-separated")
+    for path in args.runs:
+        if not analysis.is_distributional_file(path):
+            raise UserError(path, "is not a distributional file; analyse distributional files on their own")
+    runs = [analysis.read_distributional(p, None if labels is None else labels[i]) for i, p in enumerate(args.runs)]
+    rho = None
+    if args.rho is not None:
+        rho = [_number(r, "--rho") for r in _list(args.rho, "--rho")]
+        if any(r < 0 for r in rho):
+            raise UserError("--rho", f"budgets are >= 0, got {args.rho!r}")
+    markdown = "\n".join(analysis.distributional_markdown(run, rho) for run in runs)
+    if args.markdown:
+        _write_text(args.markdown, markdown, "--markdown")
+    if args.plot:
+        _save_figure(analysis.distributional_figure(runs), args.plot, "--plot")
+    for run in runs:
+        if run.ignored_line is not None:
+            print(f"note: {run.path}: ignored the partial last line {run.ignored_line}", file=sys.stderr)
+    print(markdown, end="")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     labels = _list(args.labels, "--labels") if args.labels is not None else None
+    if any(analysis.is_distributional_file(path) for path in args.runs):
+        return _distributional_main(args, labels)
+    if args.rho is not None:
+        raise UserError("--rho", "is for distributional files (python -m jaxsmooth.certify --mode distributional)")
     if any(analysis.is_attack_file(path) for path in args.runs):
         return _attack_main(args, labels)
     for flag in ("curve", "lbound"):

@@ -1,9 +1,13 @@
-"""``python -m jaxsmooth.certify --config C --checkpoint DIR --out FILE.tsv [--mode certify|predict] ...``
+"""``python -m jaxsmooth.certify --config C --checkpoint DIR --out FILE.tsv [--mode certify|predict|distributional] ...``
 
 Certifies (Cohen et al.'s CERTIFY) or predicts (PREDICT) the smoothed
 classifier of a trained run on every `--skip`-th example of a split, one
-TSV row per example. Rerunning the same command resumes after the last
-written row.
+TSV row per example; or (``--mode distributional --gamma G[,G2,...]
+[--gamma-adv A1,A2,...]``) estimates the distributional-robustness
+certificate gamma rho + E[phi_gamma] of nal Thm 1 and its empirical worst
+case (nal §5.1), one row per example per gamma (see
+`jaxsmooth.certification.distributional`). Rerunning the same command
+resumes after the last written row.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="the training run's --workdir")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", required=True, help="output TSV (resumed when it exists)")
-    p.add_argument("--mode", choices=("certify", "predict"), default="certify")
+    p.add_argument("--mode", choices=("certify", "predict", "distributional"), default="certify")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--skip", type=int, default=1, help="certify every skip-th example")
     p.add_argument("--max", type=int, default=-1, help="stop before this example index (-1: the whole split)")
@@ -43,7 +47,96 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's id")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = p.add_argument_group("--mode distributional (nal Thm 1, eq. 3/7/8, §5.1)")
+    d.add_argument("--gamma", default=None, help="certificate penalties gamma, comma-separated, each > 0 (required)")
+    d.add_argument("--gamma-adv", default="", help="empirical worst case: penalties gamma_adv, comma-separated")
+    d.add_argument("--num-draws", type=int, default=32, help="noise draws r per example (ascent, and as many fresh)")
+    d.add_argument("--ascent-steps", type=int, default=20, help="gradient-ascent steps K")
+    d.add_argument("--ascent-lr", type=float, default=0.0, help="ascent step eta_1 (0: 0.5 / gamma)")
+    d.add_argument("--examples", type=int, default=0,
+                   help="examples per jitted call (0: max(1, --batch // --num-draws))")
     return p
+
+
+def _gammas(text: str | None, flag: str, required: bool) -> list[float]:
+    if text is None or not text.strip():
+        if required:
+            raise UserError(flag, "--mode distributional needs --gamma G[,G2,...]: the certificate's penalties "
+                                  "gamma > 0 (nal eq. 3)")
+        return []
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise UserError(flag, f"{text!r} is not a comma-separated list of numbers") from None
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise UserError(flag, f"each {flag.replace('-', '_')} must be a finite number > 0, got {text!r}")
+    if len(set(values)) != len(values):
+        raise UserError(flag, f"{text!r} repeats a value")
+    return values
+
+
+def _distributional(args, config) -> int:
+    """``--mode distributional``: rows of `jaxsmooth.certification.distributional.run` into a resumable TSV."""
+    import jax
+
+    from jaxsmooth import models, noise, parallel, trainer
+    from jaxsmooth.certification import distributional, records
+
+    gammas = _gammas(args.gamma, "gamma", True)
+    gamma_adv = _gammas(args.gamma_adv, "gamma-adv", False)
+    if args.sigma_file:
+        raise UserError("sigma-file", "--mode distributional takes an isotropic --sigma only")
+    sigma = float(config.objective.sigma if args.sigma is None else args.sigma)
+    distributional.check(gammas, num_draws=args.num_draws, steps=args.ascent_steps, lr=args.ascent_lr, sigma=sigma)
+    examples = args.examples or max(1, args.batch // args.num_draws)
+    if examples < 1:
+        raise UserError("examples", f"must be >= 1 (0: from --batch), got {args.examples}")
+    run, params, model_state, step = trainer.load_trained(config, args.checkpoint, step=args.step)
+    dataset = run.dataset
+    split = dataset.test if args.split == "test" else dataset.train
+    indices = records.example_indices(len(split), args.skip, args.max)
+    seed = config.seed if args.seed is None else args.seed
+    header = {"mode": "distributional", "gammas": gammas, "gamma_adv": gamma_adv, "sigma": sigma,
+              "num_draws": args.num_draws, "ascent_steps": args.ascent_steps, "ascent_lr": args.ascent_lr,
+              "cost": "||x + z - x0||_2^2", "loss": "cross-entropy", "seed": seed,
+              "key": f"fold_in(key({seed}), certify stream); ascent and fresh draws from two sub-streams",
+              "dtype": config.model.dtype, "model": config.model.name, "dataset": config.data.name,
+              "split": args.split, "skip": args.skip, "max": args.max, "examples": examples,
+              "checkpoint": args.checkpoint, "checkpoint_step": step, "devices": jax.device_count()}
+    identity = ("mode", "gammas", "gamma_adv", "sigma", "num_draws", "ascent_steps", "ascent_lr", "seed", "dtype",
+                "checkpoint_step", "model", "dataset", "split", "skip", "max")
+    comments = ("# phi, cost, loss: means over --num-draws fresh noise draws at the ascent's x_K (independent of "
+                "the ascent's draws); certificate(rho) = min over the certificate gammas of gamma rho + mean phi",)
+    writer = records.TsvWriter(args.out, header, distributional.COLUMNS, enabled=parallel.is_main_process(),
+                               identity_fields=identity, comments=comments,
+                               rows_per_example=len(gammas) + len(gamma_adv))
+    done = set(writer.done)
+    todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
+    model = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))
+    estimator = distributional.make_estimator(model.apply, sigma=sigma, num_draws=args.num_draws,
+                                              steps=args.ascent_steps)
+    key = noise.certify_key(noise.root_key(seed))
+
+    from tqdm import tqdm
+
+    per_example = len(gammas) + len(gamma_adv)
+    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="img", dynamic_ncols=True, file=sys.stderr,
+               disable=args.no_progress or not parallel.is_main_process())
+    count = 0
+    try:
+        for row in distributional.run(estimator, model.params, model.model_state, split, todo, gammas, gamma_adv,
+                                      key, batch=examples, lr=args.ascent_lr):
+            writer.write(row)
+            count += 1
+            if count % per_example == 0:
+                bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+    if parallel.is_main_process():
+        print(f"distributional: {len(indices)} examples x {per_example} gammas in {args.out} "
+              f"({len(todo)} this run)")
+    return 0
 
 
 def _load_sigma(args, default: float, input_shape) -> tuple[object, dict]:
@@ -70,7 +163,13 @@ def main(argv: list[str]) -> int:
     from jaxsmooth import parallel
 
     parallel.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if args.mode == "distributional":
+        _gammas(args.gamma, "gamma", True)  # before loading anything
+    elif args.gamma is not None or args.gamma_adv:
+        raise UserError("gamma", "--gamma and --gamma-adv are for --mode distributional")
     config = cli.load_config(args.config, overrides)
+    if args.mode == "distributional":
+        return _distributional(args, config)
 
     import jax
 

@@ -28,6 +28,9 @@ the agreement study of deterministic smoothing: how often a model's one
 forward pass gives what its stochastic PREDICT gives. A last line with
 the wrong number of fields (a job killed mid-write) is ignored.
 
+Distributional TSVs (``--mode distributional``, nal's certificate) have
+their own reader and tables: see `jaxsmooth.analysis.distributional`.
+
 Attack TSVs (``python -m jaxsmooth.attack``) have their own reader, the
 adversarial-distance table of heat Tables 1-2 and the attack curve: see
 `jaxsmooth.analysis.attacks`.
@@ -49,12 +52,19 @@ import numpy as np
 from jaxsmooth.analysis.attacks import (AttackRun, DistanceRow, attack_curve_figure, attacked_fraction,
                                         distance_rows, distance_table, is_attack_file, lbound_distances,
                                         median_and_mean, model_label, read_attack)
+from jaxsmooth.analysis.distributional import (DistributionalRun, GammaSummary, certificate, certificate_of,
+                                               distributional_figure, distributional_markdown, epsilon_from_rho,
+                                               is_distributional_file, read_distributional, rho_grid,
+                                               summarize_distributional)
 from jaxsmooth.analysis.tsv import DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, Run, read_run, read_runs
 from jaxsmooth.errors import UserError
 
 __all__ = [
     "AttackRun", "DistanceRow", "attack_curve_figure", "attacked_fraction", "distance_rows", "distance_table",
     "is_attack_file", "lbound_distances", "median_and_mean", "model_label", "read_attack",
+    "DistributionalRun", "GammaSummary", "certificate", "certificate_of", "distributional_figure",
+    "distributional_markdown", "epsilon_from_rho", "is_distributional_file", "read_distributional", "rho_grid",
+    "summarize_distributional",
     "DEFAULT_STEP", "MAX_RADII", "MODES", "REQUIRED", "Run", "Summary", "abstain_rate", "agreement", "area_accuracy",
     "area_figure", "area_grid", "average_certified_radius", "certified_accuracy", "certified_accuracy_figure",
     "clean_accuracy", "latex_table", "markdown_table", "radius_grid", "read_run", "read_runs", "single_pass_accuracy",

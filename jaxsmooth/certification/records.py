@@ -72,13 +72,17 @@ class TsvWriter:
     passes its own `magic` first line prefix (``"# jaxsmooth PROGRAM "``),
     the header fields whose change makes old rows incomparable
     (`identity_fields`) and its comment lines (`comments`, each starting
-    with ``#``).
+    with ``#``). A program writing several rows per example, in order
+    (``--mode distributional``: one per gamma), passes `rows_per_example`:
+    on resume, the rows of a last example left incomplete are dropped and it
+    is redone; `done` lists each complete example once.
     """
 
     def __init__(self, path: str, header: dict[str, Any], cols: list[str], *, enabled: bool = True,
                  magic: str = MAGIC, identity_fields: tuple[str, ...] = IDENTITY_FIELDS,
-                 comments: tuple[str, ...] = (ALPHA_COMMENT,)):
+                 comments: tuple[str, ...] = (ALPHA_COMMENT,), rows_per_example: int = 1):
         self.path, self.cols, self.enabled = path, cols, enabled
+        self.rows_per_example = rows_per_example
         self.magic, self.identity_fields = magic, identity_fields
         self.done: list[int] = []
         if os.path.exists(path):
@@ -114,6 +118,15 @@ class TsvWriter:
                 not kept[-1].endswith("\n") or len(kept[-1].rstrip("\n").split("\t")) != len(self.cols)):
             kept.pop()  # a row cut off by a killed job: drop it and redo that example
             cut = True
+        if self.rows_per_example > 1:  # the rows of an example left incomplete: drop them and redo it
+            data = [line for line in kept if not line.startswith("#")][1:]
+            last = data[-1].split("\t")[0] if data else None
+            tail = 0
+            while tail < len(data) and data[len(data) - 1 - tail].split("\t")[0] == last:
+                tail += 1
+            if 0 < tail < self.rows_per_example:
+                del kept[len(kept) - tail:]  # the data rows are the last lines: comments precede the header
+                cut = True
         if cut and self.enabled:
             with open(self.path, "w") as f:
                 f.write("".join(kept))
@@ -122,7 +135,8 @@ class TsvWriter:
             raise UserError("out", f"{self.path} has columns {rows[0] if rows else 'none'!r}, expected "
                                    f"{chr(9).join(self.cols)!r}; choose another --out")
         body = rows[1:]
-        return [int(line.split("\t")[0]) for line in body]
+        done = [int(line.split("\t")[0]) for line in body]
+        return list(dict.fromkeys(done)) if self.rows_per_example > 1 else done
 
     def write(self, row: dict[str, Any]) -> None:
         if self._file is not None:
