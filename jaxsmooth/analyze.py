@@ -32,6 +32,13 @@ min_gamma gamma rho + E[phi_gamma] at ``--rho`` budgets, nal eq. 3/7), and
 ``--plot FILE.png`` draws nal Fig. 2(a). Example::
 
     python -m jaxsmooth.analyze dist.tsv --rho 0,2,4,8 --plot fig2a.png
+
+Accuracy files (``python -m jaxsmooth.attack --mode accuracy``; first line
+``# jaxsmooth attack-accuracy``) give nal Fig. 1: accuracy under ell_2 PGD
+at each radius, without and with test-time noise, one row per file, and
+``--plot FILE.png`` draws it (dotted: without noise; solid: with)::
+
+    python -m jaxsmooth.analyze nal_acc.tsv gaussian_acc.tsv --plot fig1.png
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import math
 import sys
 
 from jaxsmooth import analysis, cli
+from jaxsmooth.analysis import attacks as attack_analysis
 from jaxsmooth.errors import UserError
 
 
@@ -139,6 +147,23 @@ def _attack_main(args, labels) -> int:
     return 0
 
 
+def _accuracy_main(args, labels) -> int:
+    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho"):
+        if getattr(args, flag) is not None:
+            raise UserError("--" + flag.replace("_", "-"), "is not for accuracy files; with them use --markdown, --plot")
+    if labels is not None and len(labels) != len(args.runs):
+        raise UserError("--labels", f"{len(labels)} label(s) for {len(args.runs)} file(s); give one per file, "
+                                    "comma-separated")
+    runs = [attack_analysis.read_accuracy(p, None if labels is None else labels[i]) for i, p in enumerate(args.runs)]
+    markdown = attack_analysis.accuracy_table(runs)
+    if args.markdown:
+        _write_text(args.markdown, markdown, "--markdown")
+    if args.plot:
+        _save_figure(attack_analysis.accuracy_figure(runs), args.plot, "--plot")
+    print(markdown, end="")
+    return 0
+
+
 def _distributional_main(args, labels) -> int:
     for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound"):
         if getattr(args, flag) is not None:
@@ -171,6 +196,8 @@ def _distributional_main(args, labels) -> int:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     labels = _list(args.labels, "--labels") if args.labels is not None else None
+    if any(attack_analysis.is_accuracy_file(path) for path in args.runs):
+        return _accuracy_main(args, labels)
     if any(analysis.is_distributional_file(path) for path in args.runs):
         return _distributional_main(args, labels)
     if args.rho is not None:

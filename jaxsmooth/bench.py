@@ -65,6 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--n", type=int, default=100_000, help="CERTIFY's estimation samples")
     i.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     i.add_argument("--rounds", type=int, default=3, help="rounds; medians are over rounds")
+    a = sub.add_parser("nal", help="standard / gaussian / wrm / smoothadv / nal: accuracy under ell_2 PGD, "
+                                   "training time (nal §5)")
+    a.add_argument("--suite", default="digits", help="digits (bundled) or mnist (configs/<suite>_*.py)")
+    a.add_argument("--workdir", required=True, help="the report's folder (resumed when it exists)")
+    a.add_argument("--runs", default="standard,gaussian,wrm,smoothadv,nal",
+                   help="comma-separated subset of standard,gaussian,wrm,smoothadv,nal")
+    a.add_argument("--radii", default="0,0.25,0.5,0.75,1", help="comma-separated PGD radii")
+    a.add_argument("--skip", type=int, default=1, help="attack every skip-th test example")
+    a.add_argument("--max", type=int, default=-1, help="stop before this test example (-1: all)")
+    a.add_argument("--markdown", default="", help="also write the table here")
     d = sub.add_parser("deterministic", help="standard -> heat / bootcamp vs gaussian: certified accuracy, ACR, "
                                              "L-bound, agreement, training time")
     d.add_argument("--suite", default="digits", help="digits (bundled) or mnist (configs/<suite>_<objective>.py)")
@@ -266,10 +276,44 @@ def _certify_memory(args, dtypes, settings: str) -> int:
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
-    if overrides and args.what != "deterministic":
-        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic only, got {overrides[0]}")
+    if overrides and args.what not in ("deterministic", "nal"):
+        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic and nal only, "
+                                  f"got {overrides[0]}")
     return {"certify": _certify, "train": _train, "inference": _inference,
-            "deterministic": lambda a: _deterministic(a, overrides)}[args.what](args)
+            "deterministic": lambda a: _deterministic(a, overrides), "nal": lambda a: _nal(a, overrides)}[args.what](args)
+
+
+def _repo_root() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(root, "configs")):
+        raise UserError("--suite", f"the suites' configs are in the repository's configs/, not found under {root}; "
+                                   "run from a clone")
+    return root
+
+
+def _radii(text: str) -> list[float]:
+    try:
+        return [float(r) for r in text.split(",")]
+    except ValueError:
+        raise UserError("--radii", f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _nal(args, overrides) -> int:
+    from jaxsmooth.benchmarks import nal_report
+
+    rows = nal_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
+                                radii=_radii(args.radii), skip=args.skip, maximum=args.max,
+                                runs=args.runs.split(","), on_stage=lambda line: print(line, file=sys.stderr))
+    table = nal_report.markdown(rows)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    import jax
+
+    print(f"nal report, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
+          f"ell_2 PGD, 20 steps; --skip {args.skip} --max {args.max}")
+    print(table, end="")
+    return 0
 
 
 def _inference(args) -> int:
@@ -307,15 +351,8 @@ def _input_shape(text: str) -> tuple[int, int, int] | None:
 def _deterministic(args, overrides) -> int:
     from jaxsmooth.benchmarks import deterministic
 
-    try:
-        radii = [float(r) for r in args.radii.split(",")]
-    except ValueError:
-        raise UserError("--radii", f"expected comma-separated numbers, got {args.radii!r}") from None
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(root, "configs")):
-        raise UserError("--suite", f"the suites' configs are in the repository's configs/, not found under {root}; "
-                                   "run from a clone")
-    rows = deterministic.run_suite(args.suite, args.workdir, repo_root=root, overrides=overrides, skip=args.skip,
+    radii = _radii(args.radii)
+    rows = deterministic.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides, skip=args.skip,
                                    maximum=args.max, n=args.n, batch=args.batch, radii=radii,
                                    runs=args.runs.split(","), on_stage=lambda line: print(line, file=sys.stderr))
     table = deterministic.markdown(rows)

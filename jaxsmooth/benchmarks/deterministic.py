@@ -80,7 +80,7 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
       runs: which of `RUNS`; `heat` and `bootcamp` need `standard`.
       on_stage: called with a line before each stage (progress for the CLI).
     """
-    from jaxsmooth import certify, cli, trainer
+    from jaxsmooth import certify
 
     if suite not in SUITES:
         raise UserError("--suite", f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
@@ -91,22 +91,15 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
             raise UserError("--runs", f"{name} starts from the standard run; add standard")
     say = on_stage or (lambda line: None)
     os.makedirs(workdir, exist_ok=True)
-    times_path = os.path.join(workdir, "times.json")
-    times = json.load(open(times_path)) if os.path.exists(times_path) else {}
+    times, times_path = load_times(workdir)
     init_from = [f"train.init_from={os.path.join(workdir, 'standard')}"]
     rows = []
     for name in runs:
         path = config_path(repo_root, suite, name)
         extra = list(overrides) + (init_from if name in ("heat", "bootcamp") else [])
-        config = cli.load_config(path, extra)
         run_dir = os.path.join(workdir, name)
         say(f"train {name} ({path})")
-        t0 = time.perf_counter()
-        _, summary = trainer.train_and_evaluate(config, run_dir)
-        if name not in times:  # a resumed run keeps the time of the session that trained it
-            times[name] = time.perf_counter() - t0
-            with open(times_path, "w") as f:
-                json.dump(times, f, indent=1)
+        summary = train_timed(path, extra, run_dir, name, times, times_path)
         common = ["--config", path, "--checkpoint", run_dir, "--skip", str(skip), "--max", str(maximum),
                   "--batch", str(batch), "--no-progress"] + [f"--config.{o}" for o in extra]
         cert_tsv = os.path.join(workdir, f"{name}_certify.tsv")
@@ -125,6 +118,27 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
                         lbound[0] if lbound else None, lbound[1] if lbound else None,
                         analysis.agreement(analysis.read_run(predict_tsv, name)), times[name]))
     return rows
+
+
+def train_timed(config_path: str, overrides: Sequence[str], run_dir: str, name: str, times: dict,
+                times_path: str) -> dict:
+    """Trains (or resumes) one run and returns its evaluation summary; the first training's wall time goes to
+    ``times[name]`` and the JSON file `times_path` (a resumed run keeps the time of the session that trained it)."""
+    from jaxsmooth import cli, trainer
+
+    config = cli.load_config(config_path, list(overrides))
+    t0 = time.perf_counter()
+    _, summary = trainer.train_and_evaluate(config, run_dir)
+    if name not in times:
+        times[name] = time.perf_counter() - t0
+        with open(times_path, "w") as f:
+            json.dump(times, f, indent=1)
+    return summary
+
+
+def load_times(workdir: str) -> tuple[dict, str]:
+    path = os.path.join(workdir, "times.json")
+    return (json.load(open(path)) if os.path.exists(path) else {}), path
 
 
 def _check(code: int, stage: str, name: str) -> None:
