@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--radii", default="0,0.25,0.5,0.75,1", help="comma-separated PGD radii")
     a.add_argument("--skip", type=int, default=1, help="attack every skip-th test example")
     a.add_argument("--max", type=int, default=-1, help="stop before this test example (-1: all)")
+    a.add_argument("--test-noise-sigma", type=float, default=0.0,
+                   help="test-time noise of every run's evaluation (0: each run's objective.sigma)")
     a.add_argument("--markdown", default="", help="also write the table here")
     d = sub.add_parser("deterministic", help="standard -> heat / bootcamp vs gaussian: certified accuracy, ACR, "
                                              "L-bound, agreement, training time")
@@ -303,7 +305,7 @@ def _nal(args, overrides) -> int:
 
     rows = nal_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
                                 radii=_radii(args.radii), skip=args.skip, maximum=args.max,
-                                runs=args.runs.split(","), on_stage=lambda line: print(line, file=sys.stderr))
+                                runs=args.runs.split(","), test_noise_sigma=args.test_noise_sigma, on_stage=lambda line: print(line, file=sys.stderr))
     table = nal_report.markdown(rows)
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -42,8 +42,12 @@ def run_config(root: str, suite: str, name: str) -> tuple[str, list[str]]:
 
 def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[str] = (),
               radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), skip: int = 1, maximum: int = -1,
-              runs: Sequence[str] = RUNS, on_stage: Callable[[str], None] | None = None) -> list[Row]:
-    """Trains (or resumes) and attacks the suite's runs; one `Row` per run."""
+              runs: Sequence[str] = RUNS, test_noise_sigma: float = 0.0,
+              on_stage: Callable[[str], None] | None = None) -> list[Row]:
+    """Trains (or resumes) and attacks the suite's runs; one `Row` per run.
+
+    test_noise_sigma: the test-time noise of every run's evaluation (0: each run's own objective.sigma).
+    """
     from jaxsmooth import attack
     from jaxsmooth.analysis import attacks as attack_analysis
 
@@ -66,7 +70,8 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
         say(f"attack {name} (PGD at radii {','.join(f'{r:g}' for r in radii)})")
         code = attack.run(["--mode", "accuracy", "--config", path, "--checkpoint", run_dir, "--out", out,
                            "--radii", ",".join(f"{r:g}" for r in radii), "--skip", str(skip), "--max", str(maximum),
-                           "--no-progress"] + [f"--config.{o}" for o in extra])
+                           "--no-progress"] + (["--test-noise-sigma", f"{test_noise_sigma:g}"] if test_noise_sigma else [])
+                          + [f"--config.{o}" for o in extra])
         if code != 0:
             raise UserError("attack", f"the attack of run {name} failed (exit code {code}); its error is above")
         rows.append(Row(name, summary["test_accuracy"], attack_analysis.read_accuracy(out, name), times[name]))
