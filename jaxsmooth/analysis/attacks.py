@@ -128,27 +128,58 @@ def model_label(settings: dict, path: str) -> str:
 
 def read_attack(path: str, label: str | None = None) -> AttackRun:
     """Parses one attack TSV (module docstring) into an `AttackRun`; `label` defaults to `model_label`."""
+    settings, rows, columns, ignored = _read_table(path, "attack", COLUMNS, _INT, ("distance", "time"),
+                                                   "an attack TSV")
+    if settings.get("attack") not in ATTACKS:
+        raise UserError(f"{path}:1", f"the settings must be a JSON object with \"attack\" one of {', '.join(ATTACKS)}")
+    _check(path, rows, columns)
+    label = model_label(settings, path) if label is None else label
+    return AttackRun(path=path, label=label, settings=settings, columns=columns, ignored_line=ignored)
+
+
+def _read_table(path: str, program: str, required, ints, floats, what: str):
+    """(settings, rows [(line number, fields)], columns, ignored line) of a ``# jaxsmooth PROGRAM {json}`` TSV.
+
+    Integer columns `ints`, float columns `floats` (``time`` as a timedelta),
+    others str; a last line cut off by a killed job is ignored; any other bad
+    row is a `UserError` naming the file and line.
+    """
     lines, terminated = _read_lines(path)
     match = _HEADER.match(lines[0][1])
-    if not match or match.group(1) != "attack":
-        raise UserError(path, "does not start with '# jaxsmooth attack {...}'; is it an attack TSV?")
+    if not match or match.group(1) != program:
+        raise UserError(path, f"does not start with '# jaxsmooth {program} {{...}}'; is it {what}?")
     try:
         settings = json.loads(match.group(2))
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:1", f"the settings after '# jaxsmooth attack' are not JSON: {e.msg}") from None
-    if not isinstance(settings, dict) or settings.get("attack") not in ATTACKS:
-        raise UserError(f"{path}:1", f"the settings must be a JSON object with \"attack\" one of {', '.join(ATTACKS)}")
+        raise UserError(f"{path}:1", f"the settings after '# jaxsmooth {program}' are not JSON: {e.msg}") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"{path}:1", "the settings must be a JSON object")
     body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
     if not body:
-        raise UserError(path, f"has no header row ({' '.join(COLUMNS)})")
+        raise UserError(path, f"has no header row ({' '.join(required)})")
     header = body[0][1].split("\t")
-    for name in COLUMNS:
+    for name in required:
         if name not in header:
-            raise UserError(path, f"missing column {name!r}: an attack TSV has the tab-separated columns "
-                                  f"{' '.join(COLUMNS)}; this header has {' '.join(header)!r}")
+            raise UserError(path, f"missing column {name!r}: {what} has the tab-separated columns "
+                                  f"{' '.join(required)}; this header has {' '.join(header)!r}")
+
+    def parse(name, text):
+        if name in ints:
+            return int(text)
+        if name == "time":
+            return _seconds(text)
+        return float(text) if name in floats else text
+
+    def parses(fields):
+        try:
+            [parse(name, text) for name, text in zip(header, fields)]
+            return True
+        except ValueError:
+            return False
+
     rows = [(n, line.split("\t")) for n, line in body[1:]]
     ignored = None
-    if rows and (len(rows[-1][1]) != len(header) or not terminated and not _parses(header, rows[-1][1])):
+    if rows and (len(rows[-1][1]) != len(header) or not terminated and not parses(rows[-1][1])):
         ignored = rows.pop()[0]  # cut off by a killed job
     if not rows:
         raise UserError(path, "has a header but no rows yet; nothing to analyse")
@@ -158,34 +189,13 @@ def read_attack(path: str, label: str | None = None) -> AttackRun:
             raise UserError(f"{path}:{n}", f"has {len(fields)} tab-separated fields, the header has {len(header)}")
         for name, text in zip(header, fields):
             try:
-                values[name].append(_parse(name, text))
+                values[name].append(parse(name, text))
             except ValueError:
                 raise UserError(f"{path}:{n}", f"column {name}: {text!r} is not "
-                                               f"{'an integer' if name in _INT else 'a number'}") from None
-    columns = {name: np.asarray(v, np.int64 if name in _INT else np.float64 if name in ("distance", "time") else str)
-               for name, v in values.items()}
-    _check(path, rows, columns)
-    label = model_label(settings, path) if label is None else label
-    return AttackRun(path=path, label=label, settings=settings, columns=columns, ignored_line=ignored)
-
-
-def _parse(name: str, text: str):
-    if name in _INT:
-        return int(text)
-    if name == "distance":
-        return float(text)
-    if name == "time":
-        return _seconds(text)
-    return text
-
-
-def _parses(header, fields) -> bool:
-    try:
-        for name, text in zip(header, fields):
-            _parse(name, text)
-        return True
-    except ValueError:
-        return False
+                                               f"{'an integer' if name in ints else 'a number'}") from None
+    columns = {name: np.asarray(v, np.int64 if name in ints else np.float64 if name in floats or name == "time"
+                                else str) for name, v in values.items()}
+    return settings, rows, columns, ignored
 
 
 def _check(path: str, rows, columns: dict) -> None:
@@ -361,68 +371,15 @@ def is_accuracy_file(path: str) -> bool:
     return bool(match) and match.group(1) == ACCURACY_PROGRAM
 
 
-def _parse_accuracy(name: str, text: str):
-    if name in _ACCURACY_INT:
-        return int(text)
-    if name == "radius":
-        return float(text)
-    if name == "time":
-        return _seconds(text)
-    return text
-
-
 def read_accuracy(path: str, label: str | None = None) -> AccuracyRun:
     """Parses one accuracy TSV into an `AccuracyRun`; `label` defaults to `model_label`.
 
     A last line cut short by a killed job is ignored; any other bad row is a
     `UserError` naming the file and line.
     """
-    lines, terminated = _read_lines(path)
-    match = _HEADER.match(lines[0][1])
-    if not match or match.group(1) != ACCURACY_PROGRAM:
-        raise UserError(path, f"does not start with '# jaxsmooth {ACCURACY_PROGRAM} {{...}}'; is it an accuracy TSV "
-                              "of python -m jaxsmooth.attack --mode accuracy?")
-    try:
-        settings = json.loads(match.group(2))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:1", f"the settings after '# jaxsmooth {ACCURACY_PROGRAM}' are not JSON: "
-                                     f"{e.msg}") from None
-    if not isinstance(settings, dict):
-        raise UserError(f"{path}:1", "the settings must be a JSON object")
-    body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
-    if not body:
-        raise UserError(path, f"has no header row ({' '.join(ACCURACY_COLUMNS)})")
-    header = body[0][1].split("\t")
-    for name in ACCURACY_COLUMNS:
-        if name not in header:
-            raise UserError(path, f"missing column {name!r}: an accuracy TSV has the tab-separated columns "
-                                  f"{' '.join(ACCURACY_COLUMNS)}; this header has {' '.join(header)!r}")
-
-    def parses(fields):
-        try:
-            [_parse_accuracy(name, text) for name, text in zip(header, fields)]
-            return True
-        except ValueError:
-            return False
-
-    rows = [(n, line.split("\t")) for n, line in body[1:]]
-    ignored = None
-    if rows and (len(rows[-1][1]) != len(header) or not terminated and not parses(rows[-1][1])):
-        ignored = rows.pop()[0]  # cut off by a killed job
-    if not rows:
-        raise UserError(path, "has a header but no rows yet; nothing to analyse")
-    values = {name: [] for name in header}
-    for n, fields in rows:
-        if len(fields) != len(header):
-            raise UserError(f"{path}:{n}", f"has {len(fields)} tab-separated fields, the header has {len(header)}")
-        for name, text in zip(header, fields):
-            try:
-                values[name].append(_parse_accuracy(name, text))
-            except ValueError:
-                raise UserError(f"{path}:{n}", f"column {name}: {text!r} is not "
-                                               f"{'an integer' if name in _ACCURACY_INT else 'a number'}") from None
-    columns = {name: np.asarray(v, np.int64 if name in _ACCURACY_INT else np.float64
-                                if name in ("radius", "time") else str) for name, v in values.items()}
+    settings, rows, columns, ignored = _read_table(
+        path, ACCURACY_PROGRAM, ACCURACY_COLUMNS, _ACCURACY_INT, ("radius", "time"),
+        "an accuracy TSV of python -m jaxsmooth.attack --mode accuracy")
     for name in ("correct", "correct_noisy"):
         bad = (columns[name] != 0) & (columns[name] != 1)
         if np.any(bad):
