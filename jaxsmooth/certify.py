@@ -8,6 +8,13 @@ certificate gamma rho + E[phi_gamma] of nal Thm 1 and its empirical worst
 case (nal §5.1), one row per example per gamma (see
 `jaxsmooth.certification.distributional`). Rerunning the same command
 resumes after the last written row.
+
+With ``--sigma-from SIGMA_WORKDIR`` (a run of the ``sigma`` objective) the
+smoothed classifier uses the per-pixel sigma that run learned (the anisotropic
+certificate of non_uniform Thm 3.1, with its certified-area column); the base
+classifier is --checkpoint when given, else that run's ``train.init_from``
+(the frozen model the sigma was learned for). --config describes that base
+model.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from jaxsmooth.errors import UserError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxsmooth.certify", description=__doc__.split("\n\n")[1])
     cli.add_config_arguments(p)
-    p.add_argument("--checkpoint", required=True, help="the training run's --workdir")
+    p.add_argument("--checkpoint", default="",
+                   help="the training run's --workdir (with --sigma-from: default that run's train.init_from)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", required=True, help="output TSV (resumed when it exists)")
     p.add_argument("--mode", choices=("certify", "predict", "distributional"), default="certify")
@@ -33,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=int, default=-1, help="stop before this example index (-1: the whole split)")
     p.add_argument("--sigma", type=float, default=None, help="noise level (default: the config's objective.sigma)")
     p.add_argument("--sigma-file", default="", help="a per-pixel sigma: .npy array of the input's shape (H, W, C)")
+    p.add_argument("--sigma-from", default="",
+                   help="the --workdir of a `sigma` run: certify with its learned per-pixel sigma (latest checkpoint)")
     p.add_argument("--n0", type=int, default=100, help="selection samples")
     p.add_argument("--n", type=int, default=100_000, help="estimation samples (PREDICT: all samples)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability, per example")
@@ -139,18 +149,43 @@ def _distributional(args, config) -> int:
     return 0
 
 
-def _load_sigma(args, default: float, input_shape) -> tuple[object, dict]:
-    if args.sigma_file:
-        if args.sigma is not None:
-            raise UserError("sigma", "give --sigma or --sigma-file, not both")
-        try:
-            sigma = np.load(args.sigma_file)
-        except (OSError, ValueError) as e:
-            raise UserError("sigma-file", f"cannot read {args.sigma_file}: {e}") from None
-        from jaxsmooth import certification
+def _sigma_sources(args) -> None:
+    """Refuses more than one of --sigma, --sigma-file, --sigma-from, and a missing --checkpoint."""
+    given = [f"--{name}" for name, value in (("sigma", args.sigma is not None), ("sigma-file", args.sigma_file),
+                                             ("sigma-from", args.sigma_from)) if value]
+    if len(given) > 1:
+        raise UserError(given[1][2:], f"give one of --sigma, --sigma-file, --sigma-from, not {' and '.join(given)}")
+    if args.sigma_from and args.mode == "distributional":
+        raise UserError("sigma-from", "--mode distributional takes an isotropic --sigma only")
+    if not args.checkpoint and not args.sigma_from:
+        raise UserError("checkpoint", "is required: the --workdir of the training run to certify")
 
-        sigma = certification.check_sigma(sigma, input_shape)
-        return sigma, {"sigma": float(sigma.min()), "sigma_max": float(sigma.max()), "anisotropic": True}
+
+def _load_sigma(args, default: float, input_shape, learned=None) -> tuple[object, dict]:
+    """The sigma to certify with and its header entries; `learned`: (sigma, step) read from --sigma-from."""
+    from jaxsmooth import certification
+
+    if args.sigma_file or learned is not None:
+        field = "sigma-file" if args.sigma_file else "sigma-from"
+        if args.sigma_file:
+            try:
+                sigma = np.load(args.sigma_file)
+            except (OSError, ValueError) as e:
+                raise UserError("sigma-file", f"cannot read {args.sigma_file}: {e}") from None
+        else:
+            sigma = learned[0]
+        try:
+            sigma = certification.check_sigma(sigma, input_shape)
+        except UserError as e:
+            raise UserError(field, e.message) from None
+        if sigma.ndim == 0:
+            raise UserError(field, f"must be a per-pixel array of the input's shape {tuple(input_shape)}, "
+                                   "got a scalar (use --sigma)")
+        info = {"sigma": float(sigma.min()), "sigma_max": float(sigma.max()), "sigma_mean": float(sigma.mean()),
+                "anisotropic": True}
+        if learned is not None:
+            info.update(sigma_from=args.sigma_from, sigma_from_step=learned[1])
+        return sigma, info
     sigma = default if args.sigma is None else args.sigma
     if not sigma > 0:
         raise UserError("sigma", f"must be > 0, got {sigma}")
@@ -167,6 +202,7 @@ def main(argv: list[str]) -> int:
         _gammas(args.gamma, "gamma", True)  # before loading anything
     elif args.gamma is not None or args.gamma_adv:
         raise UserError("gamma", "--gamma and --gamma-adv are for --mode distributional")
+    _sigma_sources(args)
     config = cli.load_config(args.config, overrides)
     if args.mode == "distributional":
         return _distributional(args, config)
@@ -191,13 +227,18 @@ def main(argv: list[str]) -> int:
     if args.inputs <= 0 or args.batch % args.inputs:
         raise UserError("inputs", f"must be > 0 and divide --batch {args.batch}, got {args.inputs}")
 
+    learned = None
+    if args.sigma_from:  # the base classifier: --checkpoint, else the one the sigma was learned for
+        sigma_arr, init_from, sigma_step = trainer.load_learned_sigma(args.sigma_from)
+        learned = (sigma_arr, sigma_step)
+        args.checkpoint = args.checkpoint or init_from
     run, params, model_state, step = trainer.load_trained(config, args.checkpoint, step=args.step)
     dataset = run.dataset
     if args.mode == "certify":
         settings.check(dataset.num_classes)
     split = dataset.test if args.split == "test" else dataset.train
     indices = records.example_indices(len(split), args.skip, args.max)
-    sigma, sigma_info = _load_sigma(args, config.objective.sigma, dataset.input_shape)
+    sigma, sigma_info = _load_sigma(args, config.objective.sigma, dataset.input_shape, learned)
     seed = config.seed if args.seed is None else args.seed
 
     header = {"mode": args.mode, **sigma_info, "sigma_file": args.sigma_file, "n0": settings.n0, "n": settings.n,

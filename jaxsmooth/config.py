@@ -62,7 +62,8 @@ def default() -> ml_collections.ConfigDict:
     c.objective.timesteps = 5  # heat: n_T, retraining timesteps; penalty weight lam sigma^2 / (2 n_T)
     c.objective.epochs_per_timestep = 1  # heat: epochs of each timestep
     # nal, wrm, smoothadv (defaults: nal's, nal §5 and Table 1)
-    c.objective.num_noise = 4  # nal: r noise draws per example (nal eq. 6); smoothadv: m; wrm: unused (r = 1)
+    c.objective.num_noise = 4  # nal: r noise draws per example (nal eq. 6); smoothadv: m; sigma: n0; wrm: unused
+    # sigma (non_uniform Alg. 1): objective.sigma is the initial constant sigma, train.init_from the frozen model
     c.objective.pgd_steps = 4  # nal, wrm: K ascent steps (nal Alg. 1); smoothadv: PGD steps; 0: none
     c.objective.gamma = 1.0  # nal, wrm: penalty gamma on the transport cost (nal eq. 6)
     c.objective.pgd_lr = 0.0  # nal, wrm: ascent step eta_1; 0: 0.5 / gamma (nal Table 1)
@@ -90,7 +91,7 @@ def default() -> ml_collections.ConfigDict:
     c.train.eval_every_epochs = 1  # 0: evaluate only at the end
     c.train.eval_batch_size = 512
     # A training workdir whose latest checkpoint initialises the model ("" = none);
-    # heat and bootcamp require it, and it is their first teacher.
+    # heat and bootcamp require it, and it is their first teacher; sigma: the frozen classifier.
     c.train.init_from = ""
     return c
 

@@ -41,9 +41,13 @@ class TrainState:
 
 @flax.struct.dataclass
 class DistillState(TrainState):
-    """The train state of the distilling objectives (heat, bootcamp): plus the frozen teacher."""
+    """The train state of the distilling objectives (heat, bootcamp, sigma): plus the frozen teacher.
 
-    teacher: Any = None  # (params, model_state)
+    For ``sigma`` (`objectives.OWN_VARIABLES`) `params` is the objective's own
+    pytree ({"log_sigma"}) and the teacher the frozen base classifier.
+    """
+
+    teacher: Any = None  # (params, model_state) of the model
 
 
 def num_epochs(config) -> int:
@@ -126,17 +130,18 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, with
     return train_step
 
 
-def make_eval_step(apply: Callable, sigma: float) -> Callable:
-    """``eval_step(params, model_state, batch, key) -> counts``: clean and noisy correct counts.
+def make_eval_step(apply: Callable) -> Callable:
+    """``eval_step(params, model_state, batch, key, sigma) -> counts``: clean and noisy correct counts.
 
     Args:
       batch: {"image": [B, H, W, C], "label": [B], "index": [B], "mask": [B] bool}.
       key: the evaluation stream key; example b draws ``fold_in(key, index[b])``.
+      sigma: scalar, or per-pixel [H, W, C] (the ``sigma`` objective's learned one).
     Returns:
       {"count", "correct", "noisy_correct"}: int32 sums over unmasked examples.
     """
 
-    def eval_step(params, model_state, batch, key):
+    def eval_step(params, model_state, batch, key, sigma):
         x, y, mask = batch["image"], batch["label"], batch["mask"]
         logits, _ = apply(params, model_state, x, train=False)
         eta = noise.isotropic(key, batch["index"], x.shape[1:], sigma, x.dtype)
@@ -183,13 +188,14 @@ def build_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
                root_key=noise.root_key(config.seed))
 
 
-def evaluate(run: Run, eval_step: Callable, params, model_state) -> dict[str, float]:
-    """Clean accuracy and accuracy under N(0, sigma^2 I) noise on the test split."""
+def evaluate(run: Run, eval_step: Callable, params, model_state, sigma=None) -> dict[str, float]:
+    """Clean accuracy and accuracy under N(0, diag(sigma^2)) noise on the test split (default: objective.sigma)."""
+    sigma = run.config.objective.sigma if sigma is None else sigma
     totals = None
     key = noise.eval_key(run.root_key)
     for local in data.eval_batches(run.dataset.test, global_batch_size=run.config.train.eval_batch_size,
                                    process_index=jax.process_index(), process_count=jax.process_count()):
-        counts = eval_step(params, model_state, parallel.shard_batch(run.mesh, local), key)
+        counts = eval_step(params, model_state, parallel.shard_batch(run.mesh, local), key, sigma)
         totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     totals = jax.device_get(totals)
     count = int(totals["count"])
@@ -276,6 +282,8 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     callback = callback or (lambda event: None)
     run = build_run(config, mesh)
     distilling = config.objective.name in objectives.DISTILLING
+    own_variables = config.objective.name in objectives.OWN_VARIABLES  # sigma: trains its own pytree
+    reteaching = config.objective.name in objectives.RETEACHING  # heat, bootcamp: the teacher moves on
     if distilling and not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
         latest_model_checkpoint(config.train.init_from, run, "train.init_from")  # refuse before writing anything
     _prepare_workdir(workdir, run)
@@ -283,10 +291,13 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
 
     replicated = parallel.replicated(run.mesh)
     batch_sharding = parallel.data_sharded(run.mesh)
-    state = create_train_state(run.model, run.tx)
+    params, model_state = objectives.initial_variables(config, run.model.params, run.model.model_state,
+                                                       run.dataset.input_shape)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                       opt_state=run.tx.init(params))
     if distilling:  # the teacher's place in the state (and its checkpoints), filled below
         state = DistillState(step=state.step, params=state.params, model_state=state.model_state,
-                             opt_state=state.opt_state, teacher=(state.params, state.model_state))
+                             opt_state=state.opt_state, teacher=(run.model.params, run.model.model_state))
     state = parallel.replicate(run.mesh, state)
     ckpt = checkpoint.Checkpointer(workdir, save_every_steps=tcfg.checkpoint_every_steps, keep=tcfg.keep_checkpoints)
     try:
@@ -295,7 +306,9 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
             state = ckpt.restore(start, state)
         elif distilling:
             params, model_state, _ = restore_model(config.train.init_from, run, "train.init_from")
-            state = state.replace(params=params, model_state=model_state, teacher=_frozen(params, model_state))
+            state = state.replace(teacher=_frozen(params, model_state))
+            if not own_variables:
+                state = state.replace(params=params, model_state=model_state)
         writer = MetricsWriter(workdir, start)
 
         if distilling:
@@ -307,8 +320,8 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
                              out_shardings=(replicated, replicated), donate_argnums=0)
         steps_per_timestep = config.objective.epochs_per_timestep * run.steps_per_epoch
         eval_step = parallel.compile_on_first_call(jax.jit(
-            make_eval_step(run.model.apply, config.objective.sigma),
-            in_shardings=(replicated, replicated, batch_sharding, replicated), out_shardings=replicated))
+            make_eval_step(run.model.apply),
+            in_shardings=(replicated, replicated, batch_sharding, replicated, replicated), out_shardings=replicated))
         root_key = parallel.replicate(run.mesh, run.root_key)
         batches = data.train_batches(
             run.dataset.train, global_batch_size=tcfg.batch_size, seed=config.seed, start_step=start,
@@ -330,7 +343,7 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
             state, metrics = train_step(state, batch, root_key)
             window.append(metrics)
             done = step + 1
-            if distilling and done % steps_per_timestep == 0 and done < run.total_steps:
+            if reteaching and done % steps_per_timestep == 0 and done < run.total_steps:
                 state = state.replace(teacher=_frozen(state.params, state.model_state))  # f^{k+1} = v
             end_of_epoch = done % run.steps_per_epoch == 0
             if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
@@ -356,8 +369,11 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
 
 
 def _log_eval(run: Run, eval_step, state: TrainState, step: int, writer: MetricsWriter, callback: Callback) -> dict:
-    result = evaluate(run, eval_step, state.params, state.model_state)
-    row = {"step": step, "epoch": step / run.steps_per_epoch, "sigma": float(run.config.objective.sigma), **result}
+    params, model_state, sigma = objectives.smoothed(run.config, state.params, state.model_state,
+                                                     getattr(state, "teacher", None))
+    sigma = np.asarray(jax.device_get(sigma), np.float32)
+    result = evaluate(run, eval_step, params, model_state, parallel.replicate(run.mesh, sigma))
+    row = {"step": step, "epoch": step / run.steps_per_epoch, "sigma": float(sigma.mean()), **result}
     writer.write(row)
     callback({"event": "eval", **row})
     return row
@@ -432,3 +448,45 @@ def load_trained(config, workdir: str, *, step: int | None = None,
     run = build_run(config, mesh)
     params, model_state, step = restore_model(workdir, run, "checkpoint", step)
     return run, params, model_state, step
+
+
+def load_learned_sigma(workdir: str, *, field: str = "sigma-from",
+                       step: int | None = None) -> tuple[np.ndarray, str, int]:
+    """The per-pixel sigma = exp(log_sigma) learned by a ``sigma`` run (non_uniform Alg. 1), on the host.
+
+    Args:
+      workdir: the ``sigma`` run's --workdir.
+      step: that checkpoint instead of the latest.
+    Returns:
+      (sigma [H, W, C] float32, the run's train.init_from (its frozen base
+      classifier), the step read). Raises `UserError` naming `field` when the
+      workdir is not a ``sigma`` run, holds no checkpoint, or its sigma is not
+      finite and positive everywhere.
+    """
+    if not workdir or not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+        raise UserError(field, f"{workdir!r} holds no checkpoints; give the --workdir of a `sigma` training run")
+    found = checkpoint.read_json(os.path.join(workdir, checkpoint.MODEL_FILE), field)
+    if found.get("objective") != "sigma":
+        raise UserError(field, f"{workdir} holds a {found.get('objective')!r} run, not a 'sigma' one "
+                               "(a per-pixel sigma learned by objectives/sigma.py)")
+    folder = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+    if step is None and steps:
+        step = steps[-1]
+    if step not in steps:
+        raise UserError(field, f"{workdir} holds no checkpoint" + (f" of step {step}" if step is not None else "s yet"))
+    raw = checkpoint.read_model(os.path.join(folder, str(step)), field)
+    try:
+        log_sigma = np.asarray(raw["params"]["log_sigma"], np.float64)
+    except (KeyError, TypeError):
+        raise UserError(field, f"{workdir}'s checkpoint holds no params/log_sigma") from None
+    shape = tuple(found.get("input_shape", ()))
+    if log_sigma.shape != shape:
+        raise UserError(field, f"{workdir}'s log_sigma has shape {log_sigma.shape}, not its input's {shape}")
+    with np.errstate(over="ignore"):
+        sigma = np.exp(log_sigma).astype(np.float32)
+    if not np.all(np.isfinite(sigma) & (sigma > 0)):
+        raise UserError(field, f"{workdir}'s sigma = exp(log_sigma) is not finite and > 0 everywhere "
+                               f"(min {np.min(sigma)}, max {np.max(sigma)})")
+    config = checkpoint.read_json(os.path.join(workdir, checkpoint.CONFIG_FILE), field)
+    return sigma, str(config.get("train", {}).get("init_from", "")), int(step)

@@ -110,7 +110,7 @@ def test_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
 
 def test_bad_sigma_file_checkpoint_and_mismatched_out(workdir, tmp_path, capsys):
     np.save(tmp_path / "s.npy", np.ones((4, 4, 1), np.float32))
-    cases = [(["--sigma-file", str(tmp_path / "s.npy")], "sigma"),
+    cases = [(["--sigma-file", str(tmp_path / "s.npy")], "sigma-file"),
              (["--sigma-file", str(tmp_path / "missing.npy")], "sigma-file")]
     for extra, field in cases:
         assert _certify(workdir, tmp_path / "x.tsv", *extra) == 2

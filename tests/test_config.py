@@ -23,7 +23,8 @@ def test_every_shipped_config_resolves_and_validates():
     for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
         if name.endswith(".py"):
             c = config_lib.load(os.path.join(ROOT, "configs", name))
-            config_lib.validate(c, num_devices=8)
+            # imagenet_sigma keeps the paper's batch of 2 (non_uniform appendix B): it runs on 1 or 2 devices
+            config_lib.validate(c, num_devices=min(8, c.train.batch_size))
             assert c.is_locked
 
 

@@ -26,7 +26,7 @@ from jaxsmooth.errors import UserError
 
 MAGIC = "# jaxsmooth certify "
 # Settings whose change makes an existing file's rows incomparable with new ones.
-IDENTITY_FIELDS = ("mode", "sigma", "sigma_file", "n0", "n", "alpha", "candidate", "topk", "seed", "dtype",
+IDENTITY_FIELDS = ("mode", "sigma", "sigma_file", "sigma_from", "sigma_from_step", "n0", "n", "alpha", "candidate", "topk", "seed", "dtype",
                    "checkpoint_step", "model", "dataset", "split", "skip", "max", "batch", "inputs")
 
 

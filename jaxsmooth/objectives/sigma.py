@@ -1,0 +1,106 @@
+"""``sigma``: learn a per-pixel noise level for a frozen classifier (non_uniform §4.2-4.3, Alg. 1).
+
+The trainable pytree is ``{"log_sigma": [H, W, C]}``, sigma = exp(log_sigma),
+initialised to the constant ``objective.sigma``. The base classifier f is
+frozen: it is loaded from ``train.init_from`` and handed to the objective as
+the `teacher` (the trainer's distilling path, `objectives.DISTILLING`), never
+updated, and evaluated in inference mode (``train=False``). The trainer
+trains whatever pytree `initial_variables` returns, so it stays
+objective-agnostic: `objectives.initial_variables` and `objectives.smoothed`
+are its only two questions about an objective.
+
+For each example x with label c, n0 = ``objective.num_noise`` draws
+z_i ~ N(0, I) (from the example's key, `jaxsmooth.noise`) give, by
+reparameterisation (gradients reach sigma through the noise, §4.3),
+
+    p_hat = (1/n0) sum_i softmax(f(x + sigma * z_i))_c
+    O_CA  = sum_j log sigma_j + D log Phi^-1(p_hat)                       (§4.1, §4.3)
+    L     = - mean of O_CA over the examples with g(x) = c                (§4.2, Alg. 1)
+
+with g(x) the majority vote of the same n0 draws. The n0 draws of the whole
+batch are one forward pass of B * n0 inputs.
+
+Where Phi^-1(p_hat) is undefined or unstable: Phi^-1(p_hat) <= 0 for
+p_hat <= 1/2, and log Phi^-1(p_hat) and its gradient diverge as p_hat -> 1/2.
+An example therefore counts in L only if g(x) = c AND p_hat > 1/2 + `P_MARGIN`
+(it could not be certified otherwise: CERTIFY abstains when p_A < 1/2); the
+others are masked with a double `where`, so neither the loss nor its gradient
+sees them. Near p_hat = 1 float32 cannot hold 1 - p_hat, so Phi^-1 is taken
+as -Phi^-1(q_hat), q_hat = 1 - p_hat computed as the mean of
+-expm1(log_softmax_c), and q_hat is clipped below at `Q_FLOOR` (Phi^-1 <= 7.03:
+beyond it the gradient through q_hat is zero and only sum log sigma pushes).
+With no example counted in a batch, the loss is 0 and its gradient 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import ndtri
+
+from jaxsmooth import noise
+from jaxsmooth.errors import UserError
+from jaxsmooth.objectives.heat import require_teacher
+
+P_MARGIN = 1e-3  # examples with p_hat <= 1/2 + P_MARGIN are left out of the mean
+Q_FLOOR = 1e-12  # 1 - p_hat is clipped below here: Phi^-1(p_hat) <= 7.03
+
+
+def initial_variables(config, input_shape) -> tuple[dict, dict]:
+    """``({"log_sigma": log(objective.sigma) everywhere, shape input_shape}, {})``: the trained pytree."""
+    sigma = float(config.objective.sigma)
+    return {"log_sigma": jnp.full(tuple(input_shape), math.log(sigma), jnp.float32)}, {}
+
+
+def certified_area_objective(log_sigma: jax.Array, logits: jax.Array, labels: jax.Array):
+    """Per-example O_CA of the smoothed-softmax estimate, and which examples count (non_uniform §4.1-4.3).
+
+    Args:
+      log_sigma: [H, W, C].
+      logits: [B, n0, K] of f at x_b + sigma * z_bi.
+      labels: [B] int32, the true classes c.
+    Returns:
+      (o_ca [B], counted [B] bool, p_hat [B], correct [B] bool): o_ca is
+      sum log sigma + D log Phi^-1(p_hat) where counted (g(x) = c and
+      p_hat > 1/2 + P_MARGIN), and 0 elsewhere, with finite gradients everywhere.
+    """
+    num_classes = logits.shape[-1]
+    log_p = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), -1),
+                                labels[:, None, None], -1)[..., 0]  # [B, n0]
+    p_hat = jnp.exp(log_p).mean(1)
+    q_hat = (-jnp.expm1(log_p)).mean(1)  # 1 - p_hat without cancellation near p_hat = 1
+    votes = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes).sum(1)  # [B, K]
+    correct = jnp.argmax(votes, -1) == labels
+    counted = correct & (q_hat < 0.5 - P_MARGIN)
+    q_safe = jnp.where(counted, jnp.maximum(q_hat, Q_FLOOR), 0.25)  # the double where: no NaN gradient when masked
+    o_ca = jnp.sum(log_sigma) + log_sigma.size * jnp.log(-ndtri(q_safe))
+    return jnp.where(counted, o_ca, 0.0), counted, p_hat, correct
+
+
+def make(config, apply, teacher=None):
+    teacher = require_teacher(config, teacher)
+    n0 = config.objective.num_noise
+    if not n0 >= 1:
+        raise UserError("objective.num_noise", f"must be >= 1 (n0, the noise draws per example), got {n0!r}")
+    n0 = int(n0)
+
+    def loss(params, model_state, batch, key):
+        base_params, base_state = jax.lax.stop_gradient(teacher)
+        x, labels = batch["image"], batch["label"]
+        b, shape = x.shape[0], x.shape[1:]
+        log_sigma = params["log_sigma"]
+        z = noise.isotropic_draws(key, batch["index"], shape, 1.0, n0, x.dtype)  # [B, n0, H, W, C]
+        noisy = (x[:, None] + jnp.exp(log_sigma) * z).reshape((b * n0, *shape))
+        logits, _ = apply(base_params, base_state, noisy, train=False)
+        o_ca, counted, p_hat, correct = certified_area_objective(log_sigma, logits.reshape((b, n0, -1)), labels)
+        num = jnp.sum(counted)
+        objective = jnp.sum(o_ca) / jnp.maximum(num, 1)
+        loss = -objective
+        metrics = {"loss": loss, "o_ca": objective, "certifiable": num / b, "accuracy": correct.mean(),
+                   "p_hat": p_hat.mean(), "sigma_mean": jnp.exp(log_sigma).mean(),
+                   "sigma_min": jnp.exp(log_sigma).min(), "sigma_max": jnp.exp(log_sigma).max()}
+        return loss, {"model_state": model_state, "metrics": metrics}
+
+    return loss
