@@ -89,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     d.add_argument("--radii", default="0,0.125,0.25,0.5", help="comma-separated radii of the table")
     d.add_argument("--markdown", default="", help="also write the table here")
+    s = sub.add_parser("sigma", help="learned per-pixel sigma vs isotropic: certified accuracy vs certified area, "
+                                     "the sigma image (non_uniform Fig. 1, 3)")
+    s.add_argument("--suite", default="digits", help="digits (bundled), mnist or fashion_mnist")
+    s.add_argument("--workdir", required=True, help="the report's folder (resumed when it exists)")
+    s.add_argument("--skip", type=int, default=1, help="certify every skip-th test example")
+    s.add_argument("--max", type=int, default=-1, help="stop before this test example (-1: all)")
+    s.add_argument("--n", type=int, default=10_000, help="certification samples")
+    s.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
+    s.add_argument("--areas", default="", help="comma-separated certified-area thresholds of the table (default: "
+                                               "quartiles of the certified areas); negative ones as --areas=-60,-50")
+    s.add_argument("--sigma-sweep", default="",
+                   help="comma-separated initial constant sigmas: one sigma run each, filtered by the blanket "
+                        "algorithm (non_uniform appendix B.1); default: one run with the config's")
+    s.add_argument("--markdown", default="", help="also write the table here (always: WORKDIR/sigma_report.md)")
     return p
 
 
@@ -278,11 +292,12 @@ def _certify_memory(args, dtypes, settings: str) -> int:
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
-    if overrides and args.what not in ("deterministic", "nal"):
-        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic and nal only, "
+    if overrides and args.what not in ("deterministic", "nal", "sigma"):
+        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic, nal and sigma only, "
                                   f"got {overrides[0]}")
     return {"certify": _certify, "train": _train, "inference": _inference,
-            "deterministic": lambda a: _deterministic(a, overrides), "nal": lambda a: _nal(a, overrides)}[args.what](args)
+            "deterministic": lambda a: _deterministic(a, overrides), "nal": lambda a: _nal(a, overrides),
+            "sigma": lambda a: _sigma(a, overrides)}[args.what](args)
 
 
 def _repo_root() -> str:
@@ -366,6 +381,34 @@ def _deterministic(args, overrides) -> int:
     print(f"deterministic smoothing, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
           f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
     print(table, end="")
+    return 0
+
+
+def _sigma(args, overrides) -> int:
+    from jaxsmooth.analysis import sigma as sigma_analysis
+    from jaxsmooth.benchmarks import sigma_report
+
+    sweep = sigma_report.parse_sweep(args.sigma_sweep)
+    areas = sigma_report.parse_areas(args.areas)
+    sigma_report.base_config(_repo_root(), args.suite)  # a bad --suite before anything runs
+    report = sigma_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
+                                    skip=args.skip, maximum=args.max, n=args.n, batch=args.batch, sweep=sweep,
+                                    areas=areas, on_stage=lambda line: print(line, file=sys.stderr))
+    table = sigma_report.markdown(report.rows)
+    if sweep:
+        learned = report.rows[0::2]
+        kept = sigma_analysis.blanket([r.certified_accuracy for r in learned], [r.area_mean for r in learned])
+        table += "\n" + sigma_report.sweep_markdown(learned, kept)
+    for path in ([os.path.join(args.workdir, "sigma_report.md")] + ([args.markdown] if args.markdown else [])):
+        with open(path, "w") as f:
+            f.write(table)
+    figures = sigma_report.write_figures(report, args.workdir, title=f"{args.suite}: learned vs isotropic sigma")
+    import jax
+
+    print(f"non-uniform smoothing, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
+          f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
+    print(table, end="")
+    print("figures: " + " ".join(figures))
     return 0
 
 
