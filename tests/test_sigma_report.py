@@ -125,3 +125,23 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, field):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_learned_sigma_certifies_a_larger_area_than_its_isotropic_mean_on_digits(tmp_path):
+    """non_uniform Fig. 1 on digits: the CLI in a one-device subprocess (the 8 fake devices here are slower)."""
+    import subprocess
+    import sys
+
+    from jaxsmooth import analysis
+
+    workdir = str(tmp_path / "sigma")
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-m", "jaxsmooth.bench", "sigma", "--suite", "digits", "--workdir", workdir,
+                    "--skip", "6", "--n", "2000"], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    learned, isotropic = (analysis.read_run(os.path.join(workdir, f"{name}_certify.tsv"))
+                          for name in ("sigma", "isotropic"))
+    accuracy = lambda run: float(np.mean(run.columns["correct"] == 1))
+    assert accuracy(learned) >= accuracy(isotropic) >= 0.9
+    area = lambda run: float(np.mean(sigma_report.correct_areas(run)))
+    assert area(learned) > area(isotropic) + 5.0, (area(learned), area(isotropic))
