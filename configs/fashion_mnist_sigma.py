@@ -10,28 +10,13 @@ paper does not define a sub-epoch; the trainer's step schedule decays per
 whole epoch, so one sub-epoch is one epoch here (decay_every_epochs = 1).
 """
 
-from jaxsmooth.config import default
+import os
+
+from jaxsmooth.config import load
 
 
 def get_config():
-    c = default()
+    c = load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_sigma.py"))  # the same recipe
     c.data.name = "fashion_mnist"
-    c.data.augment = "none"
-    c.model.name = "cnn"
-    c.objective.name = "sigma"
-    c.objective.sigma = 0.5  # initial constant sigma
-    c.objective.num_noise = 32  # n0
     c.train.init_from = "workdirs/fashion_mnist_gaussian"  # configs/mnist_gaussian.py, data.name=fashion_mnist
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.momentum = 0.9  # Adam's b1
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = "step"
-    c.optimizer.decay_every_epochs = 1  # a sub-epoch
-    c.optimizer.decay_factor = 0.5
-    c.train.batch_size = 128
-    c.train.num_epochs = 5
-    c.train.log_every_steps = 100
-    c.train.checkpoint_every_steps = 1000
-    c.train.eval_batch_size = 1000
     return c

@@ -133,6 +133,21 @@ def make_attack(apply: Callable, settings: Settings) -> Callable:
     return jax.jit(attack)
 
 
+def _padded_batch(split, idx: np.ndarray, batch: int):
+    """(images in [0, 1], labels, int32 indices) of `idx`, padded to `batch` by repeating the last example,
+    so that the jitted attack sees one shape."""
+    images, labels = split.get(idx)
+    pad = batch - len(idx)
+    x = np.divide(images, 255, dtype=np.float32)
+    y = np.asarray(labels, np.int32)
+    index = idx.astype(np.int32)
+    if pad:
+        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+        y = np.concatenate([y, np.repeat(y[-1:], pad)])
+        index = np.concatenate([index, np.repeat(index[-1:], pad)])
+    return x, y, index
+
+
 def run(attack: Callable, params, model_state, split, indices: np.ndarray, key: jax.Array, *,
         batch: int) -> Iterator[dict[str, Any]]:
     """Attacks the examples `indices` of `split`, `batch` at a time, yielding rows (module docstring) in order.
@@ -145,16 +160,8 @@ def run(attack: Callable, params, model_state, split, indices: np.ndarray, key: 
         raise UserError("batch", f"must be > 0, got {batch}")
     for start in range(0, len(indices), batch):
         idx = np.asarray(indices[start:start + batch], np.int64)
-        images, labels = split.get(idx)
         count = len(idx)
-        pad = batch - count
-        x = np.divide(images, 255, dtype=np.float32)
-        y = np.asarray(labels, np.int32)
-        index = idx.astype(np.int32)
-        if pad:
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-            y = np.concatenate([y, np.repeat(y[-1:], pad)])
-            index = np.concatenate([index, np.repeat(index[-1:], pad)])
+        x, y, index = _padded_batch(split, idx, batch)
         t0 = time.perf_counter()
         predict, success, distance = jax.device_get(attack(params, model_state, x, y, index, key))
         seconds = (time.perf_counter() - t0) / count
@@ -260,16 +267,8 @@ def run_accuracy(accuracy: Callable, params, model_state, split, indices: np.nda
     indices = np.asarray([i for i in indices if any((int(i), r) not in done for r in radii)], np.int64)
     for start in range(0, len(indices), batch):
         idx = np.asarray(indices[start:start + batch], np.int64)
-        images, labels = split.get(idx)
         count = len(idx)
-        pad = batch - count
-        x = np.divide(images, 255, dtype=np.float32)
-        y = np.asarray(labels, np.int32)
-        index = idx.astype(np.int32)
-        if pad:
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-            y = np.concatenate([y, np.repeat(y[-1:], pad)])
-            index = np.concatenate([index, np.repeat(index[-1:], pad)])
+        x, y, index = _padded_batch(split, idx, batch)
         for radius in radii:
             todo = [b for b in range(count) if (int(idx[b]), radius) not in done]
             if not todo:
