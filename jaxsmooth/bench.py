@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=5, help="train steps per timed round")
     t.add_argument("--rounds", type=int, default=7, help="rounds; medians are over rounds")
     t.add_argument("--objective", default="gaussian",
-                   help="gaussian (default), standard, heat, bootcamp, nal, wrm or smoothadv; all but the first two "
+                   help="gaussian (default), standard, heat, bootcamp, nal, wrm, smoothadv or sigma; all but the first two "
                         "also time a standard step and report the step-time ratio next to the one implied by their "
                         "extra passes")
     t.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
@@ -185,6 +185,7 @@ def _distill_report(args, shape, results) -> str:
     for side, ratio in train_bench.distill_ratios(results, args.objective).items():
         lines.append(f"| {side} | {ratio:.2f} | {implied:.2f} | {flops[args.objective] / flops['standard']:.2f} |")
     formula = (f"(4 + 5 kappa) / 3 with kappa = {train_bench.KAPPA}" if args.objective in ("heat", "bootcamp")
+               else "n0 = the default num_noise" if args.objective == "sigma"
                else "(K + 1) * r with the default pgd_steps K and num_noise r")
     lines.append(f"\npass-implied ratio: {formula}; FLOPs per step: "
                  f"standard {flops['standard'] / 1e9:.3g} G, {args.objective} {flops[args.objective] / 1e9:.3g} G")

@@ -202,7 +202,7 @@ def test_bench_inference_rejects_bad_input_with_one_error_line(capsys, args, fie
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
 
 
-@pytest.mark.parametrize("objective", ["nal", "wrm", "smoothadv"])
+@pytest.mark.parametrize("objective", ["nal", "wrm", "smoothadv", "sigma"])
 def test_adversarial_steps_do_no_more_work_than_their_passes_imply(objective):
     from jaxsmooth.benchmarks import train as train_bench
 
@@ -210,3 +210,4 @@ def test_adversarial_steps_do_no_more_work_than_their_passes_imply(objective):
     # (K + 1) r forward-backward passes at most; the K ascent passes need no weight gradients
     assert 1 < step / standard <= train_bench.implied_ratio(objective=objective)
     assert train_bench.implied_ratio(objective="nal") == 20 and train_bench.implied_ratio(objective="wrm") == 5
+    assert train_bench.implied_ratio(objective="sigma") == 4  # n0 draws, one pass each

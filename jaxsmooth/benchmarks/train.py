@@ -21,7 +21,8 @@ kappa = 10. `nal` (and `wrm`, `smoothadv`) are timed against a `standard`
 step the same way; their steps run (K + 1) forward-backward passes over r
 noisy copies of the batch (K ascent steps, then the parameter step), so the
 implied ratio is (K + 1) * r (`wrm`: r = 1; `smoothadv`: r = m draws), 20 for
-the defaults K = r = 4.
+the defaults K = r = 4. A `sigma` step runs the frozen model forward and
+backward (to its input) once per draw: n0 passes at most.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def input_shape_of(name: str) -> tuple[int, int, int]:
     return INPUT_SHAPES.get(name, (32, 32, 3))
 
 
-OBJECTIVES = ("gaussian", "standard", "heat", "bootcamp", "nal", "wrm", "smoothadv")
-PAIRED = ("heat", "bootcamp", "nal", "wrm", "smoothadv")  # timed against a standard step
+OBJECTIVES = ("gaussian", "standard", "heat", "bootcamp", "nal", "wrm", "smoothadv", "sigma")
+PAIRED = ("heat", "bootcamp", "nal", "wrm", "smoothadv", "sigma")  # timed against a standard step
 KAPPA = 10  # heat's and boot camp's JL projections (heat App. C, its CIFAR-10 setting)
 
 
@@ -58,11 +59,14 @@ def implied_ratio(kappa: int = KAPPA, objective: str = "heat") -> float:
     """A `objective` step's cost over a standard step's, counted in passes (module docstring).
 
     heat, bootcamp: (4 + 5 kappa) / 3; nal, smoothadv: (K + 1) r with the default
-    config's K and r; wrm: K + 1.
+    config's K and r; wrm: K + 1; sigma: n0 (one forward-backward pass of the
+    frozen model per draw, no weight gradients).
     """
     if objective in ("heat", "bootcamp"):
         return (4 + 5 * kappa) / 3
     o = config_lib.default().objective
+    if objective == "sigma":
+        return o.num_noise
     draws = 1 if objective == "wrm" else o.num_noise
     return (o.pgd_steps + 1) * draws
 
@@ -86,7 +90,9 @@ def _step_and_inputs(name: str, batch: int, input_shape, objective: str, dtype: 
     model = models.split(module)
     cfg = _objective_config(objective)
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
-    state = trainer.create_train_state(model, tx)
+    params, model_state = objectives.initial_variables(cfg, model.params, model.model_state, tuple(input_shape))
+    state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                               opt_state=tx.init(params))
     if objective in objectives.DISTILLING:  # the teacher: a copy of the starting model, as train.init_from gives
         state = trainer.DistillState(step=state.step, params=state.params, model_state=state.model_state,
                                      opt_state=state.opt_state,
