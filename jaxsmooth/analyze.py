@@ -33,6 +33,13 @@ min_gamma gamma rho + E[phi_gamma] at ``--rho`` budgets, nal eq. 3/7), and
 
     python -m jaxsmooth.analyze dist.tsv --rho 0,2,4,8 --plot fig2a.png
 
+The shards of a run certified over several processes with
+``--config.certify.parallel=examples`` (``OUT.shard<p>of<P>.tsv``) are
+merged into one run (one row of the table); ``--merge OUT.tsv`` also writes
+them as one TSV::
+
+    python -m jaxsmooth.analyze cert.shard0of2.tsv cert.shard1of2.tsv --merge cert.tsv
+
 Accuracy files (``python -m jaxsmooth.attack --mode accuracy``; first line
 ``# jaxsmooth attack-accuracy``) give nal Fig. 1: accuracy under ell_2 PGD
 at each radius, without and with test-time noise, one row per file, and
@@ -72,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="attack files: plot the fraction of examples attacked vs ell_2 distance")
     p.add_argument("--rho", default=None, help="distributional files: comma-separated transport budgets rho of "
                    "the certificate table (default: 5 from 0 to 1.1 x the largest mean cost)")
+    p.add_argument("--merge", default=None, metavar="OUT.tsv",
+                   help="write the shards of one run (certify.parallel = examples: OUT.shard<p>of<P>.tsv) as one "
+                        "TSV, rows in idx order; the table is printed as well")
     p.add_argument("--lbound", default=None, help="attack files: the certify files' L-bound column, model or mc "
                    "(default: model when present)")
     return p
@@ -112,7 +122,7 @@ def _save_figure(fig, path: str, flag: str) -> None:
 
 
 def _attack_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "plot", "area_plot"):
+    for flag in ("radii", "max_radius", "step", "latex", "plot", "area_plot", "merge"):
         if getattr(args, flag) is not None:
             name = "--" + flag.replace("_", "-")
             raise UserError(name, "is for certify files; with attack files use --markdown, --curve, --lbound")
@@ -148,7 +158,7 @@ def _attack_main(args, labels) -> int:
 
 
 def _accuracy_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho"):
+    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho", "merge"):
         if getattr(args, flag) is not None:
             raise UserError("--" + flag.replace("_", "-"), "is not for accuracy files; with them use --markdown, --plot")
     if labels is not None and len(labels) != len(args.runs):
@@ -165,7 +175,7 @@ def _accuracy_main(args, labels) -> int:
 
 
 def _distributional_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound"):
+    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "merge"):
         if getattr(args, flag) is not None:
             name = "--" + flag.replace("_", "-")
             raise UserError(name, "is not for distributional files; with them use --rho, --markdown, --plot")
@@ -211,6 +221,10 @@ def main(argv: list[str]) -> int:
     max_radius = _number(args.max_radius, "--max-radius") if args.max_radius is not None else None
     step = _number(args.step, "--step") if args.step is not None else None
 
+    if args.merge is not None:
+        merged = analysis.write_merged(args.runs, args.merge)
+        print(f"merged {merged.settings['shards_merged']} shards, {merged.num_examples} examples, into {args.merge}",
+              file=sys.stderr)
     runs = analysis.read_runs(args.runs, labels)
     grid = analysis.radius_grid(runs, radii, max_radius, step)
     summaries = [analysis.summarize(run, grid) for run in runs]

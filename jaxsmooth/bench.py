@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--memory", action="store_true",
                    help="instead: the engine's peak RSS at n = 10,000 and 1,000,000, each in a fresh process")
     c.add_argument("--json", default="", help="write per-round timings here")
+    g = sub.add_parser("scaling", help="certification sampling of one input spread over 1, 2, ..., D devices")
+    g.add_argument("--model", default="cnn")
+    g.add_argument("--devices", default="1,2,4,8",
+                   help="comma-separated device counts; on the CPU that many fake devices are made")
+    g.add_argument("--n", type=int, default=10_000, help="samples per input")
+    g.add_argument("--chunk", type=int, default=1000, help="samples per device per loop step")
+    g.add_argument("--rounds", type=int, default=5, help="rounds; medians are over rounds")
+    g.add_argument("--per-device-rate", type=float, default=0.0,
+                   help="also estimate a pod from this per-device samples/s (e.g. a GPU's, from bench certify)")
+    g.add_argument("--pod-devices", default="8,64,256", help="device counts of the pod estimate")
     i = sub.add_parser("inference", help="seconds per image: one forward pass vs PREDICT / CERTIFY")
     i.add_argument("--model", required=True)
     i.add_argument("--input", default="", help="H,W,C (default: the model's usual input)")
@@ -271,6 +281,52 @@ def _certify(args) -> int:
     return 0
 
 
+def _scaling(args) -> int:
+    try:
+        counts = [int(k) for k in args.devices.split(",")]
+        pods = [int(k) for k in args.pod_devices.split(",")]
+    except ValueError:
+        raise UserError("--devices", f"must be comma-separated integers, got {args.devices!r} / "
+                                     f"{args.pod_devices!r}") from None
+    if not counts or min(counts) < 1 or counts[0] != 1:
+        raise UserError("--devices", f"must start with 1 and hold counts >= 1, got {args.devices!r}")
+    for flag, value in (("--n", args.n), ("--chunk", args.chunk), ("--rounds", args.rounds)):
+        if value <= 0:
+            raise UserError(flag, f"must be > 0, got {value}")
+    if "jax" not in sys.modules:  # fake CPU devices: only before JAX starts
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={max(counts)}".strip()
+    import jax
+
+    if jax.device_count() < max(counts):
+        raise UserError("--devices", f"this process has {jax.device_count()} {jax.devices()[0].platform} "
+                                     f"device(s), fewer than {max(counts)}")
+    from tqdm import tqdm
+
+    from jaxsmooth.benchmarks import scaling
+
+    with tqdm(total=args.rounds, desc="bench scaling", file=sys.stderr, leave=False) as bar:
+        rows = scaling.benchmark(args.model, counts, n=args.n, chunk=args.chunk, rounds=args.rounds,
+                                 on_round=lambda r: bar.update(1))
+    kind = "fake CPU devices sharing the cores" if jax.devices()[0].platform == "cpu" else "devices"
+    print(f"certify sampling of one input over k {kind}, {args.model}, n {args.n:,}, chunk {args.chunk}, "
+          f"{args.rounds} rounds; {_machine()}")
+    print(scaling.markdown(rows), end="")
+    if args.per_device_rate > 0:
+        cost = scaling.spreading_cost(rows, rows[-1])
+        print(f"\npod estimate at {args.per_device_rate:,.0f} samples/s per device, CERTIFY n0 = 100, n = "
+              f"{args.n:,}, spreading cost {cost * 1e3:.2f} ms per call (measured above at {rows[-1].devices} "
+              "devices):\n")
+        print("| devices | samples mode: s per input | samples mode: inputs/s | examples mode: inputs/s |\n"
+              "|---:|---:|---:|---:|")
+        for d in pods:
+            e = scaling.pod_estimate(args.per_device_rate, d, args.n, cost)
+            print(f"| {d} | {e['seconds_per_input_samples_mode']:.4f} | {e['inputs_per_s_samples_mode']:,.1f} | "
+                  f"{e['inputs_per_s_examples_mode']:,.1f} |")
+    return 0
+
+
 def _certify_memory(args, dtypes, settings: str) -> int:
     from jaxsmooth.benchmarks import certify as certify_bench
 
@@ -296,7 +352,7 @@ def main(argv: list[str]) -> int:
     if overrides and args.what not in ("deterministic", "nal", "sigma"):
         raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic, nal and sigma only, "
                                   f"got {overrides[0]}")
-    return {"certify": _certify, "train": _train, "inference": _inference,
+    return {"certify": _certify, "train": _train, "inference": _inference, "scaling": _scaling,
             "deterministic": lambda a: _deterministic(a, overrides), "nal": lambda a: _nal(a, overrides),
             "sigma": lambda a: _sigma(a, overrides)}[args.what](args)
 

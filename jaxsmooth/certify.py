@@ -15,17 +15,30 @@ certificate of non_uniform Thm 3.1, with its certified-area column); the base
 classifier is --checkpoint when given, else that run's ``train.init_from``
 (the frozen model the sigma was learned for). --config describes that base
 model.
+
+Over the processes of a multi-host run, ``certify.parallel`` in the config
+(``--config.certify.parallel=...``) chooses how the work is split:
+``samples`` (default) spreads the n samples of each input over every device
+of every process and ``psum``s the counts (best for few inputs and large n;
+process 0 writes --out); ``examples`` gives process p the examples
+indices[p::P], sampled on its own devices, written to its own shard
+``OUT.shard<p>of<P>.tsv`` (best for many inputs; ``analyze`` merges the
+shards). Both give the counts one process gives: the noise of an example
+depends on the key and its index only. Both resume after a kill.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
 from jaxsmooth import cli
 from jaxsmooth.errors import UserError
+
+PARALLEL_MODES = ("samples", "examples")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,10 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                         "clean: top class of one clean forward pass (deterministic HeatSmoothing models)")
     p.add_argument("--topk", type=int, default=0, help="also certify the true class in the top k (0: off)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: the config's seed)")
-    p.add_argument("--coordinator", default=None, help="multi-host: coordinator address host:port")
-    p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
-    p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's id")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_distributed_arguments(p)
     d = p.add_argument_group("--mode distributional (nal Thm 1, eq. 3/7/8, §5.1)")
     d.add_argument("--gamma", default=None, help="certificate penalties gamma, comma-separated, each > 0 (required)")
     d.add_argument("--gamma-adv", default="", help="empirical worst case: penalties gamma_adv, comma-separated")
@@ -197,7 +208,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(rest)
     from jaxsmooth import parallel
 
-    parallel.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    cli.initialize_distributed(args)
     if args.mode == "distributional":
         _gammas(args.gamma, "gamma", True)  # before loading anything
     elif args.gamma is not None or args.gamma_adv:
@@ -206,8 +217,6 @@ def main(argv: list[str]) -> int:
     config = cli.load_config(args.config, overrides)
     if args.mode == "distributional":
         return _distributional(args, config)
-
-    import jax
 
     from jaxsmooth import certification, models, noise, trainer
     from jaxsmooth.certification import records
@@ -240,15 +249,19 @@ def main(argv: list[str]) -> int:
     indices = records.example_indices(len(split), args.skip, args.max)
     sigma, sigma_info = _load_sigma(args, config.objective.sigma, dataset.input_shape, learned)
     seed = config.seed if args.seed is None else args.seed
+    shard = _shard(config.certify.parallel, args.out, run.mesh)
+    indices = indices[shard.process::shard.processes]
 
     header = {"mode": args.mode, **sigma_info, "sigma_file": args.sigma_file, "n0": settings.n0, "n": settings.n,
               "alpha": settings.alpha, "candidate": settings.candidate, "topk": settings.topk, "seed": seed,
               "key": f"fold_in(key({seed}), certify stream)", "dtype": config.model.dtype,
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, "inputs": args.inputs, "checkpoint": args.checkpoint,
-              "checkpoint_step": step, "devices": jax.device_count()}
+              "checkpoint_step": step, "devices": shard.mesh.size, "parallel": config.certify.parallel,
+              **({"shard": shard.process, "shards": shard.processes} if shard.processes > 1 else {})}
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)
-    writer = records.TsvWriter(args.out, header, cols, enabled=parallel.is_main_process())
+    writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
+                               identity_fields=records.IDENTITY_FIELDS + ("shard", "shards"))
     done = set(writer.done)
     todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
 
@@ -257,7 +270,7 @@ def main(argv: list[str]) -> int:
     params, model_state = model.params, model.model_state
     sampler = certification.Sampler(model.apply, params, model_state, input_shape=dataset.input_shape,
                                     num_classes=dataset.num_classes, inputs=args.inputs,
-                                    chunk=args.batch // args.inputs, mesh=run.mesh, with_softmax=args.mode == "certify",
+                                    chunk=args.batch // args.inputs, mesh=shard.mesh, with_softmax=args.mode == "certify",
                                     compiler_options="auto")
     clean = certification.make_clean_probabilities(model.apply, params, model_state)
     key = noise.certify_key(noise.root_key(seed))
@@ -282,10 +295,41 @@ def main(argv: list[str]) -> int:
     finally:
         bar.close()
         writer.close()
-    if parallel.is_main_process():
-        print(f"{args.mode}: {len(indices)} examples in {args.out} ({len(todo)} this run"
+    if shard.writes:
+        print(f"{args.mode}: {len(indices)} examples in {shard.out} ({len(todo)} this run"
               + (f", {samples / seconds:,.0f} samples/s" if seconds else "") + ")")
+    if shard.processes > 1 and parallel.is_main_process():
+        shards = " ".join(_shard_paths(args.out, shard.processes))
+        print(f"one shard per process; merge them with: python -m jaxsmooth.analyze {shards} --merge {args.out}")
     return 0
+
+
+class _Shard(NamedTuple):
+    out: str  # the TSV this process writes
+    process: int  # this process's share of the examples: indices[process::processes]
+    processes: int
+    mesh: object  # the devices that sample this process's examples
+    writes: bool  # whether this process writes its TSV
+
+
+def _shard(mode: str, out: str, mesh) -> _Shard:
+    """How this process takes part (``certify.parallel``; see `jaxsmooth.config.default`)."""
+    import jax
+
+    from jaxsmooth import parallel
+
+    if mode not in PARALLEL_MODES:
+        raise UserError("certify.parallel", f"must be one of {', '.join(PARALLEL_MODES)}, got {mode!r}")
+    if mode == "samples" or jax.process_count() == 1:
+        return _Shard(out, 0, 1, mesh, parallel.is_main_process())
+    p, count = jax.process_index(), jax.process_count()
+    return _Shard(_shard_paths(out, count)[p], p, count, parallel.make_mesh(jax.local_devices()), True)
+
+
+def _shard_paths(out: str, processes: int) -> list[str]:
+    from jaxsmooth.analysis.tsv import shard_path
+
+    return [shard_path(out, p, processes) for p in range(processes)]
 
 
 run = cli.main_wrapper(main)

@@ -20,6 +20,7 @@ import tempfile
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxsmooth.errors import UserError
@@ -81,7 +82,14 @@ def read_model(step_dir: str, field: str) -> dict:
     """
     path = os.path.abspath(os.path.join(step_dir, "default"))
     try:
-        return ocp.StandardCheckpointer().restore(path)
+        # Host arrays, no target sharding: every process of a multi-host run reads the file by itself
+        # (a default restore would place arrays on a mesh it guesses and fail without addressable shards).
+        reader = ocp.PyTreeCheckpointer()
+        tree = reader.metadata(path).item_metadata
+        tree = getattr(tree, "tree", tree)
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree,
+                                is_leaf=lambda x: not isinstance(x, (dict, list, tuple)))
+        return reader.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(field, f"cannot read {path}: {first[:300]}") from None

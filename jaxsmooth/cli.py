@@ -18,6 +18,24 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="an experiment config file, e.g. configs/quickstart.py")
 
 
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--coordinator, --num-processes, --process-id, --coordinator-timeout (see `initialize_distributed`)."""
+    g = parser.add_argument_group("multi-host (jax.distributed; SLURM and TPU pods need none of these)")
+    g.add_argument("--coordinator", default=None, help="coordinator address host:port (process 0 listens there)")
+    g.add_argument("--num-processes", type=int, default=None, help="number of processes")
+    g.add_argument("--process-id", type=int, default=None, help="this process's id, 0 .. num-processes - 1")
+    g.add_argument("--coordinator-timeout", type=float, default=120.0,
+                   help="seconds to wait for the coordinator and the other processes (default 120)")
+
+
+def initialize_distributed(args: argparse.Namespace) -> bool:
+    """`parallel.maybe_initialize_distributed` from the arguments of `add_distributed_arguments`."""
+    from jaxsmooth import parallel  # imports jax: after argument errors are reported
+
+    return parallel.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                                 timeout_s=args.coordinator_timeout)
+
+
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separates ``--config.a.b=value`` / ``--config.a.b value`` overrides from other arguments."""
     rest, overrides = [], []

@@ -31,6 +31,7 @@ RESUME_MUTABLE = (
     "train.keep_checkpoints",
     "train.eval_every_epochs",
     "train.eval_batch_size",
+    "certify.parallel",
 )
 
 
@@ -93,6 +94,13 @@ def default() -> ml_collections.ConfigDict:
     # A training workdir whose latest checkpoint initialises the model ("" = none);
     # heat and bootcamp require it, and it is their first teacher; sigma: the frozen classifier.
     c.train.init_from = ""
+
+    c.certify = ml_collections.ConfigDict()
+    # How `jaxsmooth.certify` spreads work over the processes of a multi-host run:
+    #   samples   every device shares the n samples of each input, counts psum-ed (few inputs, large n);
+    #   examples  the examples split over processes, each certifying its share on its own devices into
+    #             its own TSV shard OUT.shard<p>of<P>.tsv, merged by `analyze` (many inputs).
+    c.certify.parallel = "samples"
     return c
 
 
@@ -211,7 +219,7 @@ def _positive(c, path: str, *, allow_zero: bool = False) -> None:
         raise UserError(path, f"must be {bound}, got {value!r}")
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
+def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None, num_processes: int = 1) -> None:
     """Checks every field a training run reads; raises `UserError` on the first bad one.
 
     Model and dataset names are checked where they are resolved (`models`,
@@ -259,7 +267,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         for path in ("train.batch_size", "train.eval_batch_size"):
             value = get(config, path)
             if value % num_devices:
-                raise UserError(path, f"{value} is not divisible by the number of devices ({num_devices})")
+                processes = num_processes if num_processes > 1 else 0
+                where = (f"{num_devices} devices in {processes} processes: each process takes an equal share, "
+                         f"split over its devices" if processes else f"{num_devices} devices")
+                raise UserError(path, f"{value} is not divisible by the number of devices ({where})")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -8,7 +8,9 @@ process holds only its own part of a global batch and places it with
 
 from __future__ import annotations
 
+import math
 import os
+import socket
 import time
 from typing import Any, Sequence
 
@@ -16,32 +18,104 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxsmooth.errors import UserError
+
 DATA_AXIS = "data"
 
-_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES")
+# Any of these in the environment: call jax.distributed.initialize(), which reads the cluster from it.
+# JAXSMOOTH_DISTRIBUTED=1 (launch/tpu_pod.sh) asks for it where JAX finds the cluster itself (TPU VM metadata).
+_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "JAXSMOOTH_DISTRIBUTED")
 
 
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> bool:
+                                 process_id: int | None = None, *, timeout_s: float = 120.0) -> bool:
     """Starts JAX's multi-controller runtime when asked to or when the environment says so.
 
     With explicit arguments, or under SLURM / a TPU pod / ``JAX_COORDINATOR_ADDRESS``,
     calls `jax.distributed.initialize` (which reads the cluster from the
     environment itself). Returns whether it did. Must run before any other
     JAX call.
+
+    A coordinator given by address (``--coordinator`` or
+    ``JAX_COORDINATOR_ADDRESS``) is checked first, so that a wrong address is
+    one `UserError` after `timeout_s` seconds rather than a hang or JAX's
+    abort: process 0 must be able to listen on its port, every other process
+    must reach it within `timeout_s`. The same bound is JAX's
+    ``initialization_timeout`` (all processes registered).
     """
-    explicit = coordinator is not None
+    explicit = any(v is not None for v in (coordinator, num_processes, process_id))
     if not explicit and not any(k in os.environ for k in _DISTRIBUTED_ENV):
         return False
     if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) <= 1 and not explicit:
         return False  # an interactive SLURM allocation with one task is a single process
+    if not timeout_s > 0:
+        raise UserError("coordinator-timeout", f"must be > 0 seconds, got {timeout_s}")
+    if explicit:
+        check_process_arguments(coordinator, num_processes, process_id)
+    address = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    rank = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    if address and rank is not None:
+        wait_for_coordinator(address, rank, timeout_s)
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"initialization_timeout": max(1, int(math.ceil(timeout_s)))}
     if explicit:
-        kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+        kwargs.update(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     jax.distributed.initialize(**kwargs)
     return True
+
+
+def check_process_arguments(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """--coordinator host:port, --num-processes >= 1 and 0 <= --process-id < it, all three given together."""
+    missing = [flag for flag, value in (("coordinator", coordinator), ("num-processes", num_processes),
+                                        ("process-id", process_id)) if value is None]
+    if missing:
+        raise UserError(missing[0], "--coordinator, --num-processes and --process-id go together; "
+                                    f"missing --{', --'.join(missing)}")
+    _split_address(coordinator)
+    if num_processes < 1:
+        raise UserError("num-processes", f"must be >= 1, got {num_processes}")
+    if not 0 <= process_id < num_processes:
+        raise UserError("process-id", f"must be in [0, {num_processes}), got {process_id}")
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError("coordinator", f"must be host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+def wait_for_coordinator(address: str, process_id: int, timeout_s: float) -> None:
+    """Process 0: checks that it can listen on the coordinator's port. Others: waits until it accepts connections.
+
+    Raises `UserError` (``coordinator``) when it cannot within `timeout_s` seconds.
+    """
+    host, port = _split_address(address)
+    if process_id == 0:
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, port))
+        except OSError as e:
+            raise UserError("coordinator", f"process 0 cannot listen on {address}: {e.strerror or e}; it must be "
+                                           "an address of process 0's host with a free port") from None
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise UserError("coordinator", f"cannot reach {address} within {timeout_s:g} s ({e.strerror or e}); "
+                                               "is process 0 running with the same --coordinator?") from None
+            time.sleep(0.2)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -79,15 +153,23 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
     def put(x):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            if not x.is_fully_replicated:
-                raise ValueError("replicate() takes host values or replicated arrays")
-            host = np.asarray(x.addressable_data(0))  # another process's devices hold the same values
-        else:
-            host = np.asarray(jax.device_get(x))
+        host = _host(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree.map(put, tree)
+
+
+def _host(x: Any) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if not x.is_fully_replicated:
+            raise ValueError("expected host values or replicated arrays, got an array sharded over processes")
+        return np.asarray(x.addressable_data(0))  # another process's devices hold the same values
+    return np.asarray(jax.device_get(x))
+
+
+def host_copy(tree: Any) -> Any:
+    """Host (NumPy) copies of a pytree of host values or replicated arrays, in any process of a multi-host run."""
+    return jax.tree.map(_host, tree)
 
 
 # XLA:CPU options for every step we compile. YNN (XNNPACK's successor) handles matrix

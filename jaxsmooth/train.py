@@ -17,10 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxsmooth.train", description=__doc__.split("\n\n")[1])
     cli.add_config_arguments(p)
     p.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, config.json")
-    p.add_argument("--coordinator", default=None, help="multi-host: coordinator address host:port")
-    p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
-    p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's id")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    cli.add_distributed_arguments(p)
     return p
 
 
@@ -29,7 +27,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(rest)
     from jaxsmooth import parallel  # imports jax: after argument errors are reported
 
-    parallel.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    cli.initialize_distributed(args)
     config = cli.load_config(args.config, overrides)
     from jaxsmooth import trainer
 

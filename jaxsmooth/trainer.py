@@ -174,7 +174,7 @@ class Run:
 def build_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
     """Validates the config and builds data, model and optimizer (no compilation yet)."""
     mesh = parallel.make_mesh() if mesh is None else mesh
-    config_lib.validate(config, num_devices=mesh.size)
+    config_lib.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
     dataset = data.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
     module = models.create(
         config.model.name, num_classes=dataset.num_classes, input_shape=tuple(dataset.input_shape),

@@ -194,5 +194,5 @@ def make_clean_probabilities(apply: Callable, params: Any, model_state: Any) -> 
         logits, _ = apply(*variables, x, train=False)
         return jax.nn.softmax(logits.astype(jnp.float32), -1)
 
-    variables = jax.device_put((params, model_state))
+    variables = jax.device_put(parallel.host_copy((params, model_state)))  # this process's default device
     return lambda x: np.asarray(run(variables, jnp.asarray(x, jnp.float32)), np.float64)
