@@ -452,10 +452,19 @@ def _sigma(args, overrides) -> int:
                                     skip=args.skip, maximum=args.max, n=args.n, batch=args.batch, sweep=sweep,
                                     areas=areas, on_stage=lambda line: print(line, file=sys.stderr))
     table = sigma_report.markdown(report.rows)
+    extra_figures = []
     if sweep:
         learned = report.rows[0::2]
         kept = sigma_analysis.blanket([r.certified_accuracy for r in learned], [r.area_mean for r in learned])
         table += "\n" + sigma_report.sweep_markdown(learned, kept)
+        points = sigma_report.sweep_points(args.workdir, [r.name for r in learned])
+        if points:  # appendix B.1: every sub-epoch evaluation of every run, then the blanket filter
+            acc, area = [p.accuracy for p in points], [p.area for p in points]
+            kept = sigma_analysis.blanket(acc, area)
+            table += "\n" + sigma_report.sweep_points_markdown(points, kept)
+            extra_figures.append(os.path.join(args.workdir, "sweep.png"))
+            sigma_analysis.sweep_figure(acc, area, [p.run for p in points], kept,
+                                        title=f"{args.suite}: sigma sweep, blanket filter").savefig(extra_figures[-1])
     for path in ([os.path.join(args.workdir, "sigma_report.md")] + ([args.markdown] if args.markdown else [])):
         with open(path, "w") as f:
             f.write(table)
@@ -465,7 +474,7 @@ def _sigma(args, overrides) -> int:
     print(f"non-uniform smoothing, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
           f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
     print(table, end="")
-    print("figures: " + " ".join(figures))
+    print("figures: " + " ".join(figures + extra_figures))
     return 0
 
 

@@ -130,8 +130,12 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, with
     return train_step
 
 
-def make_eval_step(apply: Callable) -> Callable:
+def make_eval_step(apply: Callable, area: Callable | None = None) -> Callable:
     """``eval_step(params, model_state, batch, key, sigma) -> counts``: clean and noisy correct counts.
+
+    With `area` (``objectives.sigma.make_area_eval``, for ``sigma`` runs), also
+    the smoothed classifier's correct count and the certified-area sums of its
+    draws (from a key of their own).
 
     Args:
       batch: {"image": [B, H, W, C], "label": [B], "index": [B], "mask": [B] bool}.
@@ -147,7 +151,11 @@ def make_eval_step(apply: Callable) -> Callable:
         eta = noise.isotropic(key, batch["index"], x.shape[1:], sigma, x.dtype)
         noisy_logits, _ = apply(params, model_state, x + eta, train=False)
         hit = lambda z: jnp.sum((jnp.argmax(z, -1) == y) & mask, dtype=jnp.int32)
-        return {"count": jnp.sum(mask, dtype=jnp.int32), "correct": hit(logits), "noisy_correct": hit(noisy_logits)}
+        counts = {"count": jnp.sum(mask, dtype=jnp.int32), "correct": hit(logits), "noisy_correct": hit(noisy_logits)}
+        if area is not None:
+            counts.update(area(params, model_state, x, y, batch["index"], jax.random.fold_in(key, 1),
+                               jnp.log(sigma), mask))
+        return counts
 
     return eval_step
 
@@ -199,9 +207,15 @@ def evaluate(run: Run, eval_step: Callable, params, model_state, sigma=None) -> 
         totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     totals = jax.device_get(totals)
     count = int(totals["count"])
-    return {"test_accuracy": int(totals["correct"]) / count,
-            "test_noisy_accuracy": int(totals["noisy_correct"]) / count,
-            "test_examples": count}
+    result = {"test_accuracy": int(totals["correct"]) / count,
+              "test_noisy_accuracy": int(totals["noisy_correct"]) / count,
+              "test_examples": count}
+    if "area_sum" in totals:  # sigma runs: the smoothed classifier and its mean certified area (Monte Carlo)
+        counted = int(totals["area_count"])
+        result.update(test_smoothed_accuracy=int(totals["smoothed_correct"]) / count,
+                      test_area=float(totals["area_sum"]) / counted if counted else float("nan"),
+                      test_area_fraction=counted / count)
+    return result
 
 
 def _prepare_workdir(workdir: str, run: Run) -> None:
@@ -320,7 +334,7 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
                              out_shardings=(replicated, replicated), donate_argnums=0)
         steps_per_timestep = config.objective.epochs_per_timestep * run.steps_per_epoch
         eval_step = parallel.compile_on_first_call(jax.jit(
-            make_eval_step(run.model.apply),
+            make_eval_step(run.model.apply, area=objectives.area_eval(config, run.model.apply)),
             in_shardings=(replicated, replicated, batch_sharding, replicated, replicated), out_shardings=replicated))
         root_key = parallel.replicate(run.mesh, run.root_key)
         batches = data.train_batches(

@@ -165,6 +165,30 @@ def test_objective_matches_algorithm_1_with_the_same_noise():
     assert float(aux["metrics"]["certifiable"]) == pytest.approx(counted.mean())
 
 
+def test_test_split_area_evaluation_is_the_objective_on_its_draws():
+    """The per-sub-epoch evaluation (one pass per draw, a scan) sums what the loss computes on the same draws."""
+    n, b = 7, 6
+    rng = np.random.default_rng(9)
+    w = rng.normal(size=D).astype(np.float32)
+    params = {"w": w, "b": np.float32(0.2)}
+    x = rng.uniform(0, 1, size=(b, *SHAPE)).astype(np.float32)
+    labels = (x.reshape(b, D) @ w + 0.2 > 0).astype(np.int32)
+    labels[0] = 1 - labels[0]  # one wrong: not counted
+    labels = jnp.asarray(labels)
+    index = jnp.arange(b, dtype=jnp.int32)
+    mask = jnp.asarray([True] * (b - 1) + [False])
+    log_sigma = jnp.asarray(np.log(rng.uniform(0.05, 0.3, size=SHAPE)), jnp.float32)
+    key = jax.random.key(4)
+    got = jax.jit(sigma_objective.make_area_eval(linear_apply, n))(params, {}, x, labels, index, key, log_sigma, mask)
+    z = jax.vmap(lambda k: jax.random.normal(k, (n, *SHAPE)))(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index))
+    logits, _ = linear_apply(params, {}, (x[:, None] + jnp.exp(log_sigma) * z).reshape((b * n, *SHAPE)))
+    o_ca, counted, _, correct = sigma_objective.certified_area_objective(log_sigma, logits.reshape((b, n, 2)), labels)
+    counted = np.asarray(counted & mask)
+    assert counted.sum() >= 3 and int(got["area_count"]) == counted.sum()
+    assert int(got["smoothed_correct"]) == int(np.sum(np.asarray(correct) & np.asarray(mask)))
+    assert float(got["area_sum"]) == pytest.approx(float(np.sum(np.asarray(o_ca)[counted])), rel=1e-5)
+
+
 def test_reparameterised_gradient_matches_finite_differences():
     loss_fn, _ = _objective(num_noise=16)
     rng = np.random.default_rng(6)

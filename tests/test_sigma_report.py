@@ -145,3 +145,23 @@ def test_learned_sigma_certifies_a_larger_area_than_its_isotropic_mean_on_digits
     assert accuracy(learned) >= accuracy(isotropic) >= 0.9
     area = lambda run: float(np.mean(sigma_report.correct_areas(run)))
     assert area(learned) > area(isotropic) + 5.0, (area(learned), area(isotropic))
+
+
+def test_sweep_points_are_every_evaluation_of_every_run(tmp_path):
+    import json
+
+    rows = {"sigma_0.1": [(1, 0.99, -40.0), (2, 0.98, -35.0)], "sigma_0.3": [(1, 0.95, -20.0), (2, 0.96, -38.0)]}
+    for name, evals in rows.items():
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / "metrics.jsonl", "w") as f:
+            f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")  # a training row: not a point
+            for epoch, acc, area in evals:
+                f.write(json.dumps({"epoch": epoch, "test_smoothed_accuracy": acc, "test_area": area}) + "\n")
+    points = sigma_report.sweep_points(str(tmp_path), list(rows))
+    assert [(p.run, p.epoch, p.accuracy, p.area) for p in points] == [
+        (name, e, a, o) for name, evals in rows.items() for e, a, o in evals]
+    kept = sigma_analysis.blanket([p.accuracy for p in points], [p.area for p in points])
+    # by accuracy: 0.99 @ -40 kept; 0.98 @ -35 widens the range; 0.96 @ -38 lies inside it: dropped; 0.95 @ -20 kept
+    np.testing.assert_array_equal(kept, [0, 1, 2])
+    table = sigma_report.sweep_points_markdown(points, kept)
+    assert table.count("| yes |") == 3 and table.count("| no |") == 1

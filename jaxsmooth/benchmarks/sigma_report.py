@@ -149,6 +149,42 @@ def sweep_markdown(rows: Sequence[Row], kept: Sequence[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One evaluation of a sweep's sigma run (after an epoch, the config's sub-epoch): the smoothed classifier's
+    clean accuracy and mean certified area on the test split (Monte Carlo, n0 draws; `objectives.sigma.make_area_eval`)."""
+
+    run: str
+    epoch: float
+    accuracy: float
+    area: float
+
+
+def sweep_points(workdir: str, names: Sequence[str]) -> list[SweepPoint]:
+    """The evaluation rows of each sigma run ``workdir/<name>/metrics.jsonl``, in order (appendix B.1's points)."""
+    import json
+
+    points = []
+    for name in names:
+        with open(os.path.join(workdir, name, "metrics.jsonl")) as f:
+            for line in f:
+                row = json.loads(line)
+                if "test_area" in row:
+                    points.append(SweepPoint(name, float(row["epoch"]), float(row["test_smoothed_accuracy"]),
+                                             float(row["test_area"])))
+    return points
+
+
+def sweep_points_markdown(points: Sequence[SweepPoint], kept: Sequence[int]) -> str:
+    """Every evaluation point of the sweep, and whether the blanket filter keeps it."""
+    kept = set(int(k) for k in kept)
+    lines = ["| run | epoch | smoothed clean acc | mean O_CA (n0 draws) | blanket |", "|---|---:|---:|---:|:---:|"]
+    for i, p in enumerate(points):
+        area = "-" if math.isnan(p.area) else f"{p.area:.2f}"
+        lines.append(f"| {p.run} | {p.epoch:g} | {p.accuracy:.3f} | {area} | {'yes' if i in kept else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_sweep(text: str) -> list[float]:
     """``0.1,0.2`` -> [0.1, 0.2]; each > 0 and distinct; '' -> []."""
     if not text:

@@ -63,6 +63,13 @@ def smoothed(config, params, model_state, teacher):
     return params, model_state, config.objective.sigma
 
 
+def area_eval(config, apply: Callable) -> Callable | None:
+    """For ``sigma`` runs, the test-split certified-area evaluation of `sigma.make_area_eval` with n0 draws; else None."""
+    if config.objective.name != "sigma":
+        return None
+    return sigma.make_area_eval(apply, int(config.objective.num_noise))
+
+
 def build(config, apply: Callable, teacher=None) -> Callable:
     """Returns the loss function named by ``config.objective.name``.
 
