@@ -31,10 +31,11 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
                                  process_id: int | None = None, *, timeout_s: float = 120.0) -> bool:
     """Starts JAX's multi-controller runtime when asked to or when the environment says so.
 
-    With explicit arguments, or under SLURM / a TPU pod / ``JAX_COORDINATOR_ADDRESS``,
-    calls `jax.distributed.initialize` (which reads the cluster from the
-    environment itself). Returns whether it did. Must run before any other
-    JAX call.
+    With explicit arguments, or under SLURM / a TPU pod / ``JAX_COORDINATOR_ADDRESS``
+    (with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``), calls
+    `jax.distributed.initialize` (which reads SLURM's and TPU pods' clusters
+    from the environment itself). Returns whether it did. Must run before any
+    other JAX call.
 
     A coordinator given by address (``--coordinator`` or
     ``JAX_COORDINATOR_ADDRESS``) is checked first, so that a wrong address is
@@ -61,6 +62,8 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
     kwargs: dict[str, Any] = {"initialization_timeout": max(1, int(math.ceil(timeout_s)))}
     if explicit:
         kwargs.update(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    elif address and rank is not None and _env_int("JAX_NUM_PROCESSES") is not None:
+        kwargs.update(num_processes=_env_int("JAX_NUM_PROCESSES"), process_id=rank)  # JAX reads only the address
     jax.distributed.initialize(**kwargs)
     return True
 
