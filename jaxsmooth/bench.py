@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
                         "also time a standard step and report the step-time ratio next to the one implied by their "
                         "extra passes")
     t.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    t.add_argument("--torch-compile", default="", metavar="MODE",
+                   help="also the channels_last PyTorch step under torch.compile(mode=MODE), e.g. max-autotune "
+                        "(bfloat16 autocast too when --dtype has bfloat16)")
     t.add_argument("--xla-defaults", action="store_true",
                    help="also time the JAX step compiled without jaxsmooth's XLA:CPU options")
     t.add_argument("--json", default="", help="write per-round timings here")
@@ -48,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16")
     c.add_argument("--rounds", type=int, default=5, help="rounds; medians are over rounds")
     c.add_argument("--no-torch", action="store_true", help="skip the PyTorch references")
+    c.add_argument("--torch-compile", default="", metavar="MODE",
+                   help="also the tuned PyTorch samplers under torch.compile(mode=MODE), e.g. max-autotune")
     c.add_argument("--torch-batch", type=int, default=0, help="the canonical PyTorch loop's batch (default: --batch)")
     c.add_argument("--tuned-batch", type=int, default=250, help="the tuned PyTorch samplers' batch")
     c.add_argument("--xla-options", default="auto",
@@ -169,7 +174,8 @@ def _train(args) -> int:
     with tqdm(total=args.rounds, desc=f"bench train {args.model}", file=sys.stderr, leave=False) as bar:
         results = train_bench.benchmark(args.model, args.batch, input_shape=shape, dtypes=dtypes, steps=args.steps,
                                         rounds=args.rounds, with_torch=not args.no_torch, xla_defaults=args.xla_defaults,
-                                        objective=args.objective, on_round=lambda r: bar.update(1))
+                                        objective=args.objective, torch_compile=args.torch_compile,
+                                        on_round=lambda r: bar.update(1))
     shape = shape or train_bench.input_shape_of(args.model)
     print(f"train step ({args.objective}), {args.model}, batch {args.batch}, input {'x'.join(map(str, shape))}, "
           f"{args.rounds} rounds x {args.steps} steps, {jax.devices()[0].device_kind} "
@@ -251,7 +257,7 @@ def _certify(args) -> int:
         report = certify_bench.benchmark(args.model, args.n, batch=args.batch, inputs=args.inputs, dtypes=dtypes,
                                          rounds=args.rounds, with_torch=not args.no_torch, torch_batch=torch_batch,
                                          tuned_batch=args.tuned_batch, xla_options=xla_options,
-                                         on_round=lambda r: bar.update(1))
+                                         torch_compile=args.torch_compile, on_round=lambda r: bar.update(1))
     torch_settings = ""
     if any(name.startswith("torch") for name in report.results):
         import torch

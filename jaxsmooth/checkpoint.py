@@ -14,9 +14,7 @@ certify/attack refuse a checkpoint that does not fit their config.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import tempfile
 from typing import Any, Mapping
@@ -25,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxsmooth.errors import UserError
+from jaxsmooth.errors import UserError, quiet_absl
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
@@ -87,7 +85,7 @@ def read_model(step_dir: str, field: str) -> dict:
         # Host arrays, no target sharding: every process of a multi-host run reads the file by itself
         # (a default restore would place arrays on a mesh it guesses and fail without addressable shards).
         reader = ocp.PyTreeCheckpointer()
-        with _quiet_absl():  # "Metadata file does not exist": StandardSave writes none, nothing is missing
+        with quiet_absl():  # "Metadata file does not exist": StandardSave writes none, nothing is missing
             tree = reader.metadata(path).item_metadata
         tree = getattr(tree, "tree", tree)
         as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree,
@@ -96,17 +94,6 @@ def read_model(step_dir: str, field: str) -> dict:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(field, f"cannot read {path}: {first[:300]}") from None
-
-
-@contextlib.contextmanager
-def _quiet_absl():
-    log = logging.getLogger("absl")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -96,10 +96,13 @@ def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dt
 
 
 def torch_contenders(name: str, n: int, inputs: int, input_shape, *, batch: int, tuned_batch: int = TUNED_BATCH,
-                     num_classes: int = 10, width: int = 0) -> dict[str, Contender]:
+                     num_classes: int = 10, width: int = 0, compile_mode: str = "") -> dict[str, Contender]:
     """``torch canonical``, ``torch tuned f32`` and ``torch tuned bf16``, or {} without torch or a reference model.
 
     `batch` is the canonical loop's batch; `tuned_batch` the tuned samplers'.
+    With `compile_mode`, also ``torch compiled f32`` / ``torch compiled bf16``:
+    the tuned samplers with the model under ``torch.compile(mode=compile_mode)``
+    (compilation, autotuning included, is their setup time).
     """
     try:
         import torch
@@ -126,8 +129,12 @@ def torch_contenders(name: str, n: int, inputs: int, input_shape, *, batch: int,
 
     samplers = {"torch canonical": (canonical_counts, batch)}
     tuned = reference()
-    for label, bf16 in (("torch tuned f32", False), ("torch tuned bf16", True)):
-        sample = torch_reference.make_tuned_sampler(tuned, batch=tuned_batch, bf16=bf16)
+    variants = [("torch tuned f32", False, ""), ("torch tuned bf16", True, "")]
+    if compile_mode:
+        variants += [("torch compiled f32", False, compile_mode), ("torch compiled bf16", True, compile_mode)]
+    for label, bf16, mode in variants:
+        model = reference() if mode else tuned  # each compiled sampler its own module: no shared guards
+        sample = torch_reference.make_tuned_sampler(model, batch=tuned_batch, bf16=bf16, compile_mode=mode)
         samplers[label] = (lambda n, sample=sample: sample(x, SIGMA, n, num_classes).cpu(), tuned_batch)
     contenders = {}
     for label, (counts, first_batch) in samplers.items():
@@ -212,7 +219,7 @@ class Report:
 def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_shape=None,
               dtypes=("float32",), rounds: int = 5, with_torch: bool = True, torch_batch: int | None = None,
               tuned_batch: int = TUNED_BATCH, matmul_size: int = 4096, xla_options=("auto",),
-              on_round: Callable[[int], None] | None = None) -> Report:
+              torch_compile: str = "", on_round: Callable[[int], None] | None = None) -> Report:
     """Interleaved medians of the jaxsmooth engine (per dtype) and the PyTorch references, FLOPs and peaks.
 
     Args:
@@ -232,7 +239,8 @@ def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_sh
             options[label] = chosen["options"]
     if with_torch:
         contenders.update(torch_contenders(name, n, inputs, input_shape, batch=torch_batch or batch,
-                                           tuned_batch=tuned_batch, num_classes=num_classes))
+                                           tuned_batch=tuned_batch, num_classes=num_classes,
+                                           compile_mode=torch_compile))
     compute_dtype = {c: "bfloat16" if "bfloat16" in c or c.endswith("bf16") else "float32" for c in contenders}
     results = interleave(contenders, rounds, on_round)
     peaks = {"float32": (matmul_peak("float32", matmul_size), f"jnp float32 matmul {matmul_size}^2")}

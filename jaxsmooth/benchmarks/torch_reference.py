@@ -160,17 +160,26 @@ def create(name: str, input_shape, num_classes: int, *, width: int = 0, hidden: 
 
 
 def make_train_step(model: nn.Module, *, sigma: float, lr: float = 0.01, momentum: float = 0.9,
-                    weight_decay: float = 1e-4, channels_last: bool = False) -> Callable:
-    """One Gaussian-noise SGD step, as Cohen et al.'s train.py does it: x + sigma*randn, CE, backward, step."""
+                    weight_decay: float = 1e-4, channels_last: bool = False, bf16: bool = False,
+                    compile_mode: str = "") -> Callable:
+    """One Gaussian-noise SGD step, as Cohen et al.'s train.py does it: x + sigma*randn, CE, backward, step.
+
+    The tuned variants a performance-minded user adds: ``channels_last``, the
+    forward pass under bfloat16 autocast (``bf16``), and the model under
+    ``torch.compile(mode=compile_mode)`` (forward and backward compiled; the
+    optimizer step stays eager).
+    """
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    forward = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.to(memory_format=memory_format)
         noisy = x + torch.randn_like(x) * sigma
-        loss = F.cross_entropy(model(noisy), y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(forward(noisy).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -255,20 +264,23 @@ def sample_counts_canonical(model: nn.Module, x: torch.Tensor, sigma: float, n: 
     return counts
 
 
-def make_tuned_sampler(model: nn.Module, *, batch: int = 250,
-                       bf16: bool = False) -> Callable[[torch.Tensor, float, int, int], torch.Tensor]:
+def make_tuned_sampler(model: nn.Module, *, batch: int = 250, bf16: bool = False,
+                       compile_mode: str = "") -> Callable[[torch.Tensor, float, int, int], torch.Tensor]:
     """``sample(x, sigma, n, num_classes) -> counts`` as a performance-minded PyTorch user writes it.
 
     ``inference_mode``, the model and the noisy batches in ``channels_last``,
     the noise drawn in place into one reused buffer (no ``repeat``), counts
     kept on the device with ``scatter_add_`` (``bincount`` syncs with the host
     on CUDA), and with ``bf16`` the forward pass under bfloat16 autocast.
-    The model is converted to channels_last in place.
+    The model is converted to channels_last in place; with `compile_mode` its
+    forward pass runs under ``torch.compile(mode=compile_mode)`` (e.g.
+    ``max-autotune``; a last batch of another size compiles once more).
 
     x: [I, C, H, W] float32 in [0, 1]; returns [I, num_classes] int64 counts on
     x's device, each row summing to n (the caller syncs by reading them).
     """
     model.eval().to(memory_format=torch.channels_last)
+    forward = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
 
     def sample(x: torch.Tensor, sigma: float, n: int, num_classes: int) -> torch.Tensor:
         device = x.device
@@ -280,7 +292,7 @@ def make_tuned_sampler(model: nn.Module, *, batch: int = 250,
                 for start in range(0, n, batch):
                     b = min(batch, n - start)
                     copies = noisy[:b].normal_(0.0, sigma).add_(x[i])
-                    counts[i].scatter_add_(0, model(copies).argmax(1), ones[:b])
+                    counts[i].scatter_add_(0, forward(copies).argmax(1), ones[:b])
         return counts
 
     return sample

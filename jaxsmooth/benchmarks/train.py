@@ -139,11 +139,13 @@ def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32",
 
 
 def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_classes: int = 10,
-                     width: int = 0, hidden: int = 0,
-                     objective: str = "gaussian") -> dict[str, tuple[Callable[[], None], int, float]]:
+                     width: int = 0, hidden: int = 0, objective: str = "gaussian", compile_mode: str = "",
+                     bf16: bool = False) -> dict[str, tuple[Callable[[], None], int, float]]:
     """PyTorch reference steps (NCHW, and channels_last), or {} without torch or a reference model.
 
     `objective`: ``gaussian`` (Cohen et al.'s step), ``standard`` (no noise) or ``heat`` (heat Alg. 1).
+    With `compile_mode` (gaussian and standard steps), also the channels_last step with the model under
+    ``torch.compile(mode=compile_mode)`` (``... compiled``), and with `bf16` its bfloat16-autocast form.
     """
     try:
         import torch
@@ -153,7 +155,12 @@ def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_
     out = {}
     h, w, c = input_shape
     prefix = "torch" if objective == "gaussian" else f"torch {objective}"
-    for label, channels_last in ((f"{prefix} f32", False), (f"{prefix} f32 channels_last", True)):
+    variants = [(f"{prefix} f32", False, False, ""), (f"{prefix} f32 channels_last", True, False, "")]
+    if compile_mode and objective != "heat":
+        variants.append((f"{prefix} f32 channels_last compiled", True, False, compile_mode))
+        if bf16:
+            variants.append((f"{prefix} bf16 channels_last compiled", True, True, compile_mode))
+    for label, channels_last, autocast, mode in variants:
         torch.manual_seed(0)
         module = torch_reference.create(name, input_shape, num_classes, width=width, hidden=hidden)
         if module is None:
@@ -164,7 +171,7 @@ def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_
             step = torch_reference.make_heat_step(module, sigma=SIGMA, kappa=KAPPA, channels_last=channels_last)
         else:
             step = torch_reference.make_train_step(module, sigma=SIGMA if objective == "gaussian" else 0.0,
-                                                   channels_last=channels_last)
+                                                   channels_last=channels_last, bf16=autocast, compile_mode=mode)
         x = torch.rand(batch, c, h, w, device=device)
         y = torch.randint(0, num_classes, (batch,), device=device)
         t0 = time.perf_counter()
@@ -182,7 +189,7 @@ def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_
 
 def benchmark(name: str, batch: int, *, input_shape=None, dtypes=("float32",), steps: int = 5, rounds: int = 7,
               with_torch: bool = True, xla_defaults: bool = False, objective: str = "gaussian",
-              on_round: Callable[[int], None] | None = None) -> dict[str, Result]:
+              torch_compile: str = "", on_round: Callable[[int], None] | None = None) -> dict[str, Result]:
     """Interleaved medians of every contender (JAX per dtype, then the PyTorch references).
 
     ``xla_defaults`` adds the float32 JAX step compiled without `parallel.CPU_COMPILER_OPTIONS`.
@@ -206,7 +213,8 @@ def benchmark(name: str, batch: int, *, input_shape=None, dtypes=("float32",), s
         for o in runs:
             if o in ("gaussian", "standard", "heat"):  # PyTorch references: Cohen et al.'s step, heat's Alg. 1
                 contenders.update(torch_contenders(name, batch, input_shape, steps=steps, width=width,
-                                                   hidden=hidden, objective=o))
+                                                   hidden=hidden, objective=o, compile_mode=torch_compile,
+                                                   bf16="bfloat16" in dtypes))
     return interleave(contenders, rounds, on_round)
 
 

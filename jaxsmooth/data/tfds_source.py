@@ -7,14 +7,11 @@ are resized on the fly to the model's input size.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from typing import Iterator
-
 import numpy as np
 
 from jaxsmooth.data import augment
 from jaxsmooth.data.core import KNOWN_STATS, DataError, Dataset, Split, channel_stats
+from jaxsmooth.errors import quiet_absl
 
 DEFAULT_IMAGE_SIZE = 224  # variable-size sets (ImageNet) when image_size = 0
 EVAL_RESIZE_RATIO = 256 / 224  # eval: shorter side to image_size * 256 / 224, then center crop
@@ -70,18 +67,6 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
     return image
 
 
-@contextlib.contextmanager
-def _quiet_tfds() -> Iterator[None]:
-    """Silences tfds's absl warnings (e.g. "Variant folder ... has no dataset_info.json") while probing."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _not_prepared(builder, name: str, data_dir: str, cause: Exception) -> DataError:
     root = str(getattr(builder, "data_dir_root", "") or data_dir or "~/tensorflow_datasets")
     build = f"tfds build {name} --data_dir {root} --file_format array_record"
@@ -120,7 +105,7 @@ def _test_split_name(builder) -> str:
 
 def load_tfds(name: str, *, data_dir: str = "", image_size: int = 0) -> Dataset:
     """A tensorflow-datasets image classification set as a `Dataset` (see `jaxsmooth.data.load`)."""
-    with _quiet_tfds():
+    with quiet_absl():  # tfds's "Variant folder ... has no dataset_info.json" while probing
         return _load_tfds(name, data_dir=data_dir, image_size=image_size)
 
 
