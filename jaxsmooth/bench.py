@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated initial constant sigmas: one sigma run each, filtered by the blanket "
                         "algorithm (non_uniform appendix B.1); default: one run with the config's")
     s.add_argument("--markdown", default="", help="also write the table here (always: WORKDIR/sigma_report.md)")
+    from jaxsmooth.benchmarks import pipeline as pipeline_bench  # stdlib + numpy at import: cheap
+
+    pipeline_bench.add_parser(sub)
     return p
 
 
@@ -287,6 +290,12 @@ def _certify(args) -> int:
     return 0
 
 
+def _pipeline(args) -> int:
+    from jaxsmooth.benchmarks import pipeline as pipeline_bench
+
+    return pipeline_bench.main(args)
+
+
 def _scaling(args) -> int:
     try:
         counts = [int(k) for k in args.devices.split(",")]
@@ -359,6 +368,7 @@ def main(argv: list[str]) -> int:
         raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic, nal and sigma only, "
                                   f"got {overrides[0]}")
     return {"certify": _certify, "train": _train, "inference": _inference, "scaling": _scaling,
+            "pipeline": _pipeline,
             "deterministic": lambda a: _deterministic(a, overrides), "nal": lambda a: _nal(a, overrides),
             "sigma": lambda a: _sigma(a, overrides)}[args.what](args)
 

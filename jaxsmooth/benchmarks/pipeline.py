@@ -39,6 +39,7 @@ images and batches of 8.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import os
 import statistics
@@ -94,12 +95,16 @@ class MockInfo:
 
 
 def synthetic_photo(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """uint8 [height, width, 3]: a smooth random colour field plus mild noise (JPEG sizes near real photos)."""
+    """uint8 [height, width, 3]: a smooth random colour field plus noise.
+
+    At quality 90 a 500x375 one is a JPEG of about 80-90 KiB, near ImageNet's
+    typical files (about 110 KB at 500x375); decoding it takes about as long.
+    """
     from PIL import Image
 
-    coarse = rng.integers(0, 256, size=(max(2, height // 48), max(2, width // 48), 3), dtype=np.uint8)
+    coarse = rng.integers(0, 256, size=(max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
     smooth = np.asarray(Image.fromarray(coarse, "RGB").resize((width, height), Image.BICUBIC), np.float32)
-    noisy = smooth + rng.normal(0.0, 6.0, size=smooth.shape).astype(np.float32)
+    noisy = smooth + rng.normal(0.0, 12.0, size=smooth.shape).astype(np.float32)
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
@@ -111,7 +116,7 @@ def jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def mock_imagenet(num_examples: int = 256, *, image_size: int = 64, min_side: int = 240, max_side: int = 500,
+def mock_imagenet(num_examples: int = 256, *, image_size: int = 64, min_side: int = 300, max_side: int = 500,
                   quality: int = 90, seed: int = 0, num_classes: int = 1000):
     """(Dataset, MockInfo): ``imagenet2012`` through ``tfds.testing.mock_data``, JPEG-encoded (module docstring).
 
@@ -225,15 +230,16 @@ def _repo_config(path: str) -> str:
     return os.path.join(root, "configs", DEFAULT_CONFIG)
 
 
-def _check(name: str, value: int, minimum: int) -> None:
+def _check(flag: str, value: int, minimum: int) -> None:
+    """UserError naming the command-line `flag` unless `value` is an integer >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError("--" + name.replace("_", "-"), f"must be an integer >= {minimum}, got {value!r}")
+        raise UserError(flag, f"must be an integer >= {minimum}, got {value!r}")
 
 
 def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, num_examples: int = 256,
         worker_count: int | None = None, prefetch: int = 2, worker_threads: int = 1, thread_workers: int = 2,
         device_prefetch: int = 2, windows: int = 5, steps: int = 4, pipeline_steps: int = 0,
-        min_side: int = 240, max_side: int = 500, seed: int = 0, config_path: str = "",
+        min_side: int = 300, max_side: int = 500, seed: int = 0, config_path: str = "",
         on_stage: Callable[[str], None] | None = None) -> Result:
     """Measures the pipelines alone and the train step with and without the grain pipeline (module docstring).
 
@@ -256,13 +262,13 @@ def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, n
     from jaxsmooth.data import grain_pipeline
 
     say = on_stage or (lambda line: None)
-    for name, value, minimum in (("image_size", image_size, 8), ("batch_size", batch_size, 1),
-                                 ("prefetch", prefetch, 0), ("worker_threads", worker_threads, 1),
-                                 ("thread_workers", thread_workers, 0), ("device_prefetch", device_prefetch, 1),
-                                 ("windows", windows, 1), ("steps", steps, 1), ("pipeline_steps", pipeline_steps, 0)):
-        _check(name, value, minimum)
     workers = grain_pipeline.default_worker_count() if worker_count is None else worker_count
-    _check("worker_count", workers, 1)
+    for flag, value, minimum in (("--image-size", image_size, 8), ("--batch", batch_size, 1),
+                                 ("--workers", workers, 1), ("--prefetch", prefetch, 0),
+                                 ("--worker-threads", worker_threads, 1), ("--thread-workers", thread_workers, 0),
+                                 ("--device-prefetch", device_prefetch, 1), ("--windows", windows, 1),
+                                 ("--steps", steps, 1), ("--pipeline-steps", pipeline_steps, 0)):
+        _check(flag, value, minimum)
     if num_examples < batch_size:
         raise UserError("--examples", f"must be >= --batch ({batch_size}), got {num_examples}")
     config_file = _repo_config(config_path)
@@ -338,14 +344,16 @@ def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, n
     say("train step fed by grain + prefetch_to_device")
     it = grain_pipeline.grain_train_batches(run_.dataset.train, worker_count=workers, prefetch=prefetch,
                                             worker_threads=worker_threads, **grain_args)
+    fed_batches = grain_pipeline.prefetch_to_device(it, mesh, size=device_prefetch)
     try:
-        fed_batches = grain_pipeline.prefetch_to_device(it, mesh, size=device_prefetch)
         # Warm-up drains what the workers made while starting, so the windows see the steady state.
         fed = _windows("train step, fed by grain", lambda: step_on(next(fed_batches)), batch_size,
                        warmup=2 + workers * (prefetch + worker_threads) + device_prefetch, windows=windows,
                        steps=steps, sync=sync)
     finally:
+        fed_batches.close()  # drops the batches placed ahead
         it.close()
+        gc.collect()  # shared-memory batches caught in reference cycles go now, not at exit
     device = jax.devices()[0].device_kind
     settings = dict(model=model, image_size=image_size, batch_size=batch_size, num_examples=num_examples,
                     worker_count=workers, prefetch=prefetch, worker_threads=worker_threads,
@@ -374,7 +382,8 @@ def markdown(result: Result) -> str:
         lines.append(f"| pipeline alone: {name} | {rate.median:,.1f} images | {rate.spread:.0%} |")
     lines.append(f"| train step, batch already on device | {result.synthetic.median:,.1f} examples "
                  f"| {result.synthetic.spread:.0%} |")
-    lines.append(f"| train step, fed by grain ({s['worker_count']} workers) + prefetch_to_device "
+    workers = f"{s['worker_count']} worker process{'es' if s['worker_count'] > 1 else ''}"
+    lines.append(f"| train step, fed by grain ({workers}) + prefetch_to_device "
                  f"| {result.fed.median:,.1f} examples | {result.fed.spread:.0%} |")
     lines.append(f"| fed / on device (1.0 = no stall) | {result.ratio:.2f} | |")
     notes = (f"\nmock imagenet2012: {m.num_examples} JPEG files, mean {m.mean_height:.0f}x{m.mean_width:.0f}, "
@@ -404,7 +413,7 @@ def add_parser(subparsers) -> Any:
     p.add_argument("--windows", type=int, default=5, help="timed windows; medians are over windows")
     p.add_argument("--steps", type=int, default=4, help="train steps per window")
     p.add_argument("--pipeline-steps", type=int, default=0, help="batches per window, pipelines alone (0: 4 x --steps)")
-    p.add_argument("--sides", default="240,500", help="min,max height and width of the mock images")
+    p.add_argument("--sides", default="300,500", help="min,max height and width of the mock images")
     p.add_argument("--config-file", default="", help="trainer config (default: configs/imagenet_gaussian.py)")
     p.add_argument("--markdown", default="", help="also write the table here")
     p.add_argument("--json", default="", help="write the per-window rates here")
@@ -422,7 +431,7 @@ def main(args) -> int:
     try:
         min_side, max_side = (int(v) for v in args.sides.split(","))
     except ValueError:
-        raise UserError("--sides", f"expected MIN,MAX such as 240,500, got {args.sides!r}") from None
+        raise UserError("--sides", f"expected MIN,MAX such as 300,500, got {args.sides!r}") from None
     result = run(model=args.model, image_size=args.image_size, batch_size=args.batch, num_examples=args.examples,
                  worker_count=None if args.workers < 0 else args.workers, prefetch=args.prefetch,
                  worker_threads=args.worker_threads, thread_workers=args.thread_workers,

@@ -183,6 +183,9 @@ def grain_train_batches(split: Split, *, global_batch_size: int, seed: int, star
       worker_count: grain worker processes (0: batches are made in this
         process; None: `default_worker_count`). Worker ``w`` makes the batches
         of every ``worker_count``-th step and hands them over in shared memory.
+        grain starts them with ``spawn``: the main script must guard its work
+        with ``if __name__ == "__main__":`` and be a file (not ``python -``),
+        and each worker imports grain (hence jax) once.
       prefetch: finished batches each worker holds ready (with worker_count
         = 0: batches this process's threads make ahead; 0 = made in ``next()``).
       worker_threads: threads making batches inside each worker (or in this
