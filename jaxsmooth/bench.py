@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sigma-sweep", default="",
                    help="comma-separated initial constant sigmas: one sigma run each, filtered by the blanket "
                         "algorithm (non_uniform appendix B.1); default: one run with the config's")
+    s.add_argument("--sigma-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a config override for the sigma runs only (repeatable), e.g. optimizer.learning_rate=0.01; "
+                        "--config.FIELD=VALUE overrides apply to the base model too")
     s.add_argument("--markdown", default="", help="also write the table here (always: WORKDIR/sigma_report.md)")
     from jaxsmooth.benchmarks import pipeline as pipeline_bench  # stdlib + numpy at import: cheap
 
@@ -466,11 +469,12 @@ def _sigma(args, overrides) -> int:
     sigma_report.base_config(_repo_root(), args.suite)  # a bad --suite before anything runs
     report = sigma_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
                                     skip=args.skip, maximum=args.max, n=args.n, batch=args.batch, sweep=sweep,
-                                    areas=areas, on_stage=lambda line: print(line, file=sys.stderr))
+                                    areas=areas, sigma_overrides=args.sigma_set,
+                                    on_stage=lambda line: print(line, file=sys.stderr))
     table = sigma_report.markdown(report.rows)
     extra_figures = []
     if sweep:
-        learned = report.rows[0::2]
+        learned = [r for r in report.rows if r.name.startswith("sigma")]
         kept = sigma_analysis.blanket([r.certified_accuracy for r in learned], [r.area_mean for r in learned])
         table += "\n" + sigma_report.sweep_markdown(learned, kept)
         points = sigma_report.sweep_points(args.workdir, [r.name for r in learned])

@@ -211,3 +211,30 @@ def test_adversarial_steps_do_no_more_work_than_their_passes_imply(objective):
     assert 1 < step / standard <= train_bench.implied_ratio(objective=objective)
     assert train_bench.implied_ratio(objective="nal") == 20 and train_bench.implied_ratio(objective="wrm") == 5
     assert train_bench.implied_ratio(objective="sigma") == 4  # n0 draws, one pass each
+
+
+def test_pod_estimate_is_the_per_device_rate_times_devices_plus_the_spreading_cost():
+    from jaxsmooth.benchmarks import scaling
+
+    e = scaling.pod_estimate(per_device_rate=50_000.0, devices=64, n=100_000, spread_cost_s=0.002, n0=100)
+    one = 100_100 / 50_000.0
+    assert e["seconds_per_input_one_chip"] == pytest.approx(one)
+    assert e["seconds_per_input_samples_mode"] == pytest.approx(one / 64 + 2 * 0.002)
+    assert e["inputs_per_s_examples_mode"] == pytest.approx(64 / one)
+    # sharing one input's samples never beats giving each chip its own inputs
+    assert e["inputs_per_s_samples_mode"] <= e["inputs_per_s_examples_mode"]
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--devices", "2,4"], "--devices"),
+    (["--devices", "1,x"], "--devices"),
+    (["--devices", "1,64"], "--devices"),  # more than this process's 8 devices
+    (["--n", "0"], "--n"),
+    (["--chunk", "0"], "--chunk"),
+])
+def test_bench_scaling_rejects_bad_input_with_one_error_line(capsys, args, field):
+    from jaxsmooth import bench
+
+    assert bench.run(["scaling", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err

@@ -11,10 +11,13 @@ For a suite (``digits``, ``mnist`` or ``fashion_mnist``) the report trains
   initialisation sweep, one run ``sigma_<s>`` per initial constant s
   (``objective.sigma=s``),
 
-then certifies the base model twice per sigma run on the same test examples:
-with the learned sigma (``certify --sigma-from``) and with an isotropic sigma
-equal to the learned sigma's mean (``certify --sigma-file`` of a constant
-``.npy``), so both TSVs carry the ``area_objective`` column
+then certifies the base model three times per sigma run on the same test
+examples: with the learned sigma (``certify --sigma-from``), with an isotropic
+sigma equal to the learned sigma's mean (``isotropic``), and with one equal to
+its geometric mean exp(mean log sigma) (``isotropic_gm``: the same sum log
+sigma, so the same largest certifiable area, where the p_A cap of n samples
+binds), each isotropic one a ``certify --sigma-file`` of a constant ``.npy``;
+all TSVs carry the ``area_objective`` column
 O_CA = sum_i log sigma_i + D log Phi^-1(p_A lower) (non_uniform Thm 3.1).
 
 Per certify TSV the table has: the certified accuracy (fraction certified
@@ -215,12 +218,14 @@ def parse_areas(text: str) -> np.ndarray | None:
 
 def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[str] = (), skip: int = 1,
               maximum: int = -1, n: int = 10_000, n0: int = 100, alpha: float = 0.001, batch: int = 1000,
-              sweep: Sequence[float] = (), areas=None, on_stage: Callable[[str], None] | None = None) -> Report:
+              sweep: Sequence[float] = (), areas=None, sigma_overrides: Sequence[str] = (),
+              on_stage: Callable[[str], None] | None = None) -> Report:
     """Trains (or resumes) and certifies the suite's runs; writes nothing but the runs and TSVs under `workdir`.
 
     Args:
       sweep: initial constant sigmas, one ``sigma_<s>`` run each; empty: one ``sigma`` run with the config's.
       areas: [A] area thresholds of the table (None: `default_areas` of all rows).
+      overrides: ``FIELD=VALUE`` for every run; sigma_overrides: for the sigma runs only (after `overrides`).
     """
     from jaxsmooth import certify, trainer
 
@@ -242,19 +247,24 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
         run_dir = os.path.join(workdir, name)
         own = [f"train.init_from={base_dir}"] + ([] if init is None else [f"objective.sigma={init:g}"])
         say(f"train {name} ({os.path.basename(sigma_config(repo_root, suite))} {' '.join(own)})")
-        train_timed(sigma_config(repo_root, suite), own + list(overrides), run_dir, name, times, times_path)
+        train_timed(sigma_config(repo_root, suite), own + list(overrides) + list(sigma_overrides), run_dir, name,
+                    times, times_path)
         sigma, _, _ = trainer.load_learned_sigma(run_dir)
         sigmas[name] = sigma
         tsv = os.path.join(workdir, f"{name}_certify.tsv")
         say(f"certify {name} (learned sigma, mean {sigma.mean():.4g}; n = {n})")
         _check(certify.run(common + ["--sigma-from", run_dir, "--out", tsv]), name)
         cells.append((tsv, name, times[name], float(sigma.mean())))
-        npy = os.path.join(workdir, f"{iso}_sigma.npy")
-        np.save(npy, np.full(sigma.shape, sigma.mean(), np.float32))
-        iso_tsv = os.path.join(workdir, f"{iso}_certify.tsv")
-        say(f"certify {iso} (constant sigma {sigma.mean():.4g}; n = {n})")
-        _check(certify.run(common + ["--sigma-file", npy, "--out", iso_tsv]), iso)
-        cells.append((iso_tsv, iso, times["gaussian"], float(np.float32(sigma.mean()))))
+        # the isotropic sigma of the same mean, and of the same sum log sigma (the geometric mean: the same
+        # largest certifiable area, as the paper's "isotropic classifier that can certify up to the same area")
+        geometric = float(np.exp(np.mean(np.log(sigma.astype(np.float64)))))
+        for label, value in ((iso, float(sigma.mean())), (iso.replace("isotropic", "isotropic_gm"), geometric)):
+            npy = os.path.join(workdir, f"{label}_sigma.npy")
+            np.save(npy, np.full(sigma.shape, value, np.float32))
+            iso_tsv = os.path.join(workdir, f"{label}_certify.tsv")
+            say(f"certify {label} (constant sigma {value:.4g}; n = {n})")
+            _check(certify.run(common + ["--sigma-file", npy, "--out", iso_tsv]), label)
+            cells.append((iso_tsv, label, times["gaussian"], float(np.float32(value))))
     runs = [analysis.read_run(tsv, label) for tsv, label, _, _ in cells]
     areas = default_areas(runs) if areas is None else np.asarray(areas, np.float64)
     rows = [row_of(run, areas, seconds, mean) for run, (_, _, seconds, mean) in zip(runs, cells)]
