@@ -170,13 +170,19 @@ def radius_grid(runs: Sequence[Run], radii: Sequence[float] | None = None, max_r
 
 
 def area_grid(runs: Sequence[Run], num: int = 400) -> np.ndarray:
-    """[num] areas spanning the finite area objectives of the correct examples of the anisotropic runs."""
+    """[num] areas spanning the finite area objectives of the correct examples of the anisotropic runs.
+
+    The grid starts at the smallest of them, or at Tukey's far-out fence
+    Q1 - 3 IQR when far-out low areas (p_A lower near 1/2, where
+    D log Phi^-1 dives) would squeeze the rest into a corner of the plot.
+    """
     values = np.concatenate([r.columns["area_objective"][r.columns["correct"] == 1] for r in runs if r.anisotropic]
                             or [np.zeros(0)])
     values = values[np.isfinite(values)]
     if values.size == 0:
         return np.linspace(-1.0, 1.0, num)
-    lo, hi = float(values.min()), float(values.max())
+    q1, q3 = np.quantile(values, [0.25, 0.75])
+    lo, hi = max(float(values.min()), float(q1 - 3 * (q3 - q1))), float(values.max())
     pad = 0.05 * (hi - lo) or 1.0
     return np.linspace(lo - pad, hi + pad, num)
 
