@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--per-device-rate", type=float, default=0.0,
                    help="also estimate a pod from this per-device samples/s (e.g. a GPU's, from bench certify)")
     g.add_argument("--pod-devices", default="8,64,256", help="device counts of the pod estimate")
+    g.add_argument("--pod-n", type=int, default=100_000, help="CERTIFY's n in the pod estimate")
     i = sub.add_parser("inference", help="seconds per image: one forward pass vs PREDICT / CERTIFY")
     i.add_argument("--model", required=True)
     i.add_argument("--input", default="", help="H,W,C (default: the model's usual input)")
@@ -308,7 +309,8 @@ def _scaling(args) -> int:
                                      f"{args.pod_devices!r}") from None
     if not counts or min(counts) < 1 or counts[0] != 1:
         raise UserError("--devices", f"must start with 1 and hold counts >= 1, got {args.devices!r}")
-    for flag, value in (("--n", args.n), ("--chunk", args.chunk), ("--rounds", args.rounds)):
+    for flag, value in (("--n", args.n), ("--chunk", args.chunk), ("--rounds", args.rounds),
+                        ("--pod-n", args.pod_n)):
         if value <= 0:
             raise UserError(flag, f"must be > 0, got {value}")
     if "jax" not in sys.modules:  # fake CPU devices: only before JAX starts
@@ -334,12 +336,12 @@ def _scaling(args) -> int:
     if args.per_device_rate > 0:
         cost = scaling.spreading_cost(rows, rows[-1])
         print(f"\npod estimate at {args.per_device_rate:,.0f} samples/s per device, CERTIFY n0 = 100, n = "
-              f"{args.n:,}, spreading cost {cost * 1e3:.2f} ms per call (measured above at {rows[-1].devices} "
+              f"{args.pod_n:,}, spreading cost {cost * 1e3:.2f} ms per call (measured above at {rows[-1].devices} "
               "devices):\n")
         print("| devices | samples mode: s per input | samples mode: inputs/s | examples mode: inputs/s |\n"
               "|---:|---:|---:|---:|")
         for d in pods:
-            e = scaling.pod_estimate(args.per_device_rate, d, args.n, cost)
+            e = scaling.pod_estimate(args.per_device_rate, d, args.pod_n, cost)
             print(f"| {d} | {e['seconds_per_input_samples_mode']:.4f} | {e['inputs_per_s_samples_mode']:,.1f} | "
                   f"{e['inputs_per_s_examples_mode']:,.1f} |")
     return 0
