@@ -56,6 +56,7 @@ from jaxsmooth.analysis.distributional import (DistributionalRun, GammaSummary, 
                                                distributional_figure, distributional_markdown, epsilon_from_rho,
                                                is_distributional_file, read_distributional, rho_grid,
                                                summarize_distributional)
+from jaxsmooth.analysis import plotting
 from jaxsmooth.analysis.tsv import (DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, Run, merge_shards, read_run, read_runs,
                                     shard_path, write_merged)
 from jaxsmooth.errors import UserError
@@ -286,9 +287,8 @@ def certified_accuracy_figure(runs: Sequence[Run], max_radius: float | None = No
         if run.has_topk:
             ax.plot(x, topk_certified_accuracy(run, x), drawstyle="steps-post", linestyle="--",
                     color=line.get_color(), label=f"{run.label}, top-{run.topk or 'k'}")
-    _finish(ax, r"$\ell_2$ radius", (0.0, max_radius or 1.0), title)
-    fig.tight_layout()
-    return fig
+    return plotting.finish(fig, ax, xlabel=r"$\ell_2$ radius", ylabel="certified accuracy", title=title,
+                           xlim=(0.0, max_radius or 1.0))
 
 
 def area_figure(runs: Sequence[Run], areas=None, figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
@@ -307,21 +307,8 @@ def area_figure(runs: Sequence[Run], areas=None, figsize=(6.4, 4.8), dpi: int = 
     ax = fig.subplots()
     for run in aniso:
         ax.plot(areas, area_accuracy(run, areas), drawstyle="steps-post", label=run.label)
-    _finish(ax, r"certified area $\sum_i \log\sigma_i + D\,\log\Phi^{-1}(\underline{p_A})$",
-            (float(areas[0]), float(areas[-1])), title)
-    fig.tight_layout()
-    return fig
-
-
-def _finish(ax, xlabel, xlim, title):
-    ax.set_xlim(*xlim)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("certified accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
-    if title:
-        ax.set_title(title)
+    return plotting.finish(fig, ax, xlabel=r"certified area $\sum_i \log\sigma_i + D\,\log\Phi^{-1}(\underline{p_A})$",
+                           ylabel="certified accuracy", title=title, xlim=(float(areas[0]), float(areas[-1])))
 
 
 def _fraction_at_least(values: np.ndarray, correct: np.ndarray, thresholds) -> np.ndarray:

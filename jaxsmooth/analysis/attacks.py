@@ -56,6 +56,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxsmooth.analysis import plotting
 from jaxsmooth.analysis.tsv import _HEADER, _STEM_EXTENSIONS, Run, _read_lines, _seconds
 from jaxsmooth.errors import UserError
 
@@ -310,16 +311,8 @@ def attack_curve_figure(runs: Sequence[AttackRun], max_distance: float | None = 
     for run in runs:
         name = f"{run.label} {run.attack}" + (", smoothed" if run.settings.get("smoothed") else "")
         ax.plot(x, attacked_fraction(run, x), drawstyle="steps-post", label=name)
-    ax.set_xlim(0.0, max_distance)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel(r"$\ell_2$ distance")
-    ax.set_ylabel("fraction of examples successfully attacked")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return plotting.finish(fig, ax, xlabel=r"$\ell_2$ distance", ylabel="fraction of examples successfully attacked",
+                           title=title, xlim=(0.0, max_distance), legend="lower right")
 
 
 # --- accuracy under PGD over a radius grid (nal §5, Fig. 1) ---
@@ -451,12 +444,4 @@ def accuracy_figure(runs: Sequence[AccuracyRun], figsize=(6.4, 4.8), dpi: int = 
         ax.plot(radii, clean, CLEAN_STYLE, color=colour, marker="o", label=run.label)
         ax.plot(radii, noisy, NOISY_STYLE, color=colour, marker="o",
                 label=f"{run.label} + noise" + ("" if sigma is None else f" σ={sigma:g}"))
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel(r"$\ell_2$ attack radius")
-    ax.set_ylabel("accuracy under PGD")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return plotting.finish(fig, ax, xlabel=r"$\ell_2$ attack radius", ylabel="accuracy under PGD", title=title)

@@ -42,6 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxsmooth.analysis import plotting
 from jaxsmooth.analysis.tsv import _HEADER, _STEM_EXTENSIONS, _read_lines, _seconds
 from jaxsmooth.errors import UserError
 
@@ -280,12 +281,5 @@ def distributional_figure(runs: Sequence[DistributionalRun], num_points: int = 2
             for s in emp:
                 ax.annotate(f"{s.gamma:g}", (s.cost, s.loss), textcoords="offset points", xytext=(4, -10),
                             fontsize=7)
-    ax.set_xlim(0.0, top)
-    ax.set_xlabel(r"$\rho$")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return plotting.finish(fig, ax, xlabel=r"$\rho$", ylabel="loss", title=title, xlim=(0.0, top), ylim=None,
+                           legend="upper left", legend_size=8)

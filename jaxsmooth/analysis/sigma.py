@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxsmooth.analysis import plotting
 from jaxsmooth.errors import UserError
 
 
@@ -139,11 +140,6 @@ def sweep_figure(accuracy, area, labels, kept, figsize=(6.4, 4.8), dpi: int = 15
     if kept.size:
         order = kept[np.argsort(area[kept])]
         ax.plot(area[order], accuracy[order], "k*--", markersize=9, label="blanket filter")
-    ax.set_xlabel("mean certified area O_CA (Monte Carlo, test split)")
-    ax.set_ylabel("clean accuracy of the smoothed classifier")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return plotting.finish(fig, ax, xlabel="mean certified area O_CA (Monte Carlo, test split)",
+                           ylabel="clean accuracy of the smoothed classifier", title=title, ylim=None,
+                           legend="lower right", legend_size=8)
