@@ -218,6 +218,8 @@ def main(argv: list[str]) -> int:
     if args.mode == "distributional":
         return _distributional(args, config)
 
+    import jax
+
     from jaxsmooth import certification, models, noise, trainer
     from jaxsmooth.certification import records
 
@@ -263,7 +265,14 @@ def main(argv: list[str]) -> int:
     writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
                                identity_fields=records.IDENTITY_FIELDS + ("shard", "shards"))
     done = set(writer.done)
-    todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
+    pending = np.asarray([int(i) not in done for i in indices])
+    if shard.processes == 1 and jax.process_count() > 1:
+        # samples mode: every process must sample the same examples, and only process 0 read its own --out
+        # (the others may not see that file: a disk of their own); its view is everyone's.
+        from jax.experimental import multihost_utils
+
+        pending = np.asarray(multihost_utils.broadcast_one_to_all(pending), bool)
+    todo = np.asarray(indices[pending], np.int64)
 
     # BatchNorm folded into the convolutions: the eval-mode classifier up to float rounding, one pass less per layer
     model = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))

@@ -119,9 +119,13 @@ def test_processes_read_disjoint_and_complete_data_shards(tmp_path):
 def test_certify_counts_match_one_process(two_process_run, tmp_path, mode):
     workdir, _ = two_process_run
     two = str(tmp_path / "two.tsv")
-    _launch(tmp_path, f"certify_{mode}", ["-m", "jaxsmooth.certify", "--config", QUICKSTART, "--checkpoint",
-                                          workdir, "--out", two, "--max", "10", f"--config.certify.parallel={mode}"]
-            + CERTIFY + SMALL)
+    args = ["-m", "jaxsmooth.certify", "--config", QUICKSTART, "--checkpoint", workdir, "--out", two, "--max", "10",
+            f"--config.certify.parallel={mode}"] + CERTIFY + SMALL
+    _launch(tmp_path, f"certify_{mode}", args)
+    if mode == "samples":  # a rerun finds every row done (process 0's view, broadcast) and adds none
+        before = open(two).read()
+        assert "(0 this run" in _launch(tmp_path, "again", args).stdout
+        assert open(two).read() == before
     one = str(tmp_path / "one.tsv")
     assert certify.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", one, "--max", "10"]
                        + CERTIFY + SMALL) == 0
