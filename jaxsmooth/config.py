@@ -32,6 +32,7 @@ RESUME_MUTABLE = (
     "train.eval_every_epochs",
     "train.eval_batch_size",
     "certify.parallel",
+    "data.workers",
 )
 
 
@@ -45,6 +46,7 @@ def default() -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # tensorflow-datasets data_dir ("" = tfds default)
     c.data.augment = "default"  # default (the dataset's) | none | cifar | imagenet
     c.data.image_size = 0  # model input side for resized datasets (0 = dataset's own)
+    c.data.workers = 0  # grain worker processes making training batches (0: a thread pool); the same batches
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "cnn"
@@ -259,6 +261,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         raise UserError("optimizer.decay_factor", f"must be in (0, 1], got {config.optimizer.decay_factor!r}")
     _choice(config, "data.augment", ("default",) + tuple(data.AUGMENTATIONS))
     _positive(config, "data.image_size", allow_zero=True)
+    _positive(config, "data.workers", allow_zero=True)
     for path in ("train.batch_size", "train.num_epochs", "train.log_every_steps",
                  "train.checkpoint_every_steps", "train.keep_checkpoints", "train.eval_batch_size"):
         _positive(config, path)

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from jaxsmooth import checkpoint, config as config_lib, data, models, noise, objectives, parallel
+from jaxsmooth.data import grain_pipeline
 from jaxsmooth.errors import UserError
 
 Callback = Callable[[dict], None]
@@ -314,6 +315,7 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
                              opt_state=state.opt_state, teacher=(run.model.params, run.model.model_state))
     state = parallel.replicate(run.mesh, state)
     ckpt = checkpoint.Checkpointer(workdir, save_every_steps=tcfg.checkpoint_every_steps, keep=tcfg.keep_checkpoints)
+    closers: list = []
     try:
         start = ckpt.latest_step() or 0
         if start:
@@ -337,13 +339,12 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
             make_eval_step(run.model.apply, area=objectives.area_eval(config, run.model.apply)),
             in_shardings=(replicated, replicated, batch_sharding, replicated, replicated), out_shardings=replicated))
         root_key = parallel.replicate(run.mesh, run.root_key)
-        batches = data.train_batches(
-            run.dataset.train, global_batch_size=tcfg.batch_size, seed=config.seed, start_step=start,
-            augment=_augmentation(config, run.dataset), process_index=jax.process_index(),
-            process_count=jax.process_count())
+        host_batches = _train_batches(run, start)
+        closers.append(getattr(host_batches, "close", lambda: None))
+        batches = grain_pipeline.prefetch_to_device(host_batches, run.mesh, size=2)  # transfers overlap steps
 
         t0 = time.perf_counter()
-        first = parallel.shard_batch(run.mesh, next(batches)) if start < run.total_steps else None
+        first = next(batches) if start < run.total_steps else None
         if first is not None:
             train_step = parallel.compile(train_step, state, first, root_key)
         compile_s = time.perf_counter() - t0
@@ -353,7 +354,7 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
         window: list[dict] = []
         window_start, t_window = start, time.perf_counter()
         for step in range(start, run.total_steps):
-            batch = first if step == start else parallel.shard_batch(run.mesh, next(batches))
+            batch = first if step == start else next(batches)
             state, metrics = train_step(state, batch, root_key)
             window.append(metrics)
             done = step + 1
@@ -378,6 +379,8 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
                 t_window = time.perf_counter()
         summary = _log_eval(run, eval_step, state, run.total_steps, writer, callback)
     finally:
+        for close in closers:  # grain's worker processes
+            close()
         ckpt.close()
     return state, summary
 
@@ -391,6 +394,17 @@ def _log_eval(run: Run, eval_step, state: TrainState, step: int, writer: Metrics
     writer.write(row)
     callback({"event": "eval", **row})
     return row
+
+
+def _train_batches(run: Run, start: int):
+    """This process's host batches from global step `start`: a thread pool, or ``data.workers`` grain processes."""
+    config = run.config
+    kwargs = dict(global_batch_size=config.train.batch_size, seed=config.seed, start_step=start,
+                  augment=_augmentation(config, run.dataset), process_index=jax.process_index(),
+                  process_count=jax.process_count())
+    if config.data.workers:
+        return grain_pipeline.grain_train_batches(run.dataset.train, worker_count=int(config.data.workers), **kwargs)
+    return data.train_batches(run.dataset.train, **kwargs)
 
 
 def _augmentation(config, dataset: data.Dataset) -> str:

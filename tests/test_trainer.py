@@ -47,6 +47,21 @@ def test_resume_after_a_crash_ends_with_the_same_parameters(tmp_path):
     assert steps == sorted(set(steps)), "a resumed run logs each step once"
 
 
+def test_grain_workers_feed_the_same_batches_and_a_run_resumes_with_threads(tmp_path):
+    """data.workers = 2 (grain worker processes) trains what the thread pipeline trains, and may change on resume."""
+    full, _ = trainer.train_and_evaluate(quick_config(), str(tmp_path / "threads"))
+
+    def crash_at_13(event):
+        if event["event"] == "train" and event["step"] >= 13:
+            raise _Crash()
+
+    run = str(tmp_path / "grain")
+    with pytest.raises(_Crash):
+        trainer.train_and_evaluate(quick_config("data.workers=2"), run, callback=crash_at_13)
+    resumed, _ = trainer.train_and_evaluate(quick_config(), run)
+    chex.assert_trees_all_close(jax.device_get(resumed.params), jax.device_get(full.params), atol=0, rtol=0)
+
+
 def test_workdir_holds_config_metrics_model_and_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
     _, summary = trainer.train_and_evaluate(quick_config(), workdir)
