@@ -57,7 +57,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxsmooth.analysis import plotting
-from jaxsmooth.analysis.tsv import _HEADER, _STEM_EXTENSIONS, Run, _read_lines, _seconds
+from jaxsmooth.analysis.tsv import _HEADER, _STEM_EXTENSIONS, Run, _read_lines, _seconds, first_header
 from jaxsmooth.errors import UserError
 
 COLUMNS = ("idx", "label", "predict", "success", "distance", "time")
@@ -109,13 +109,8 @@ class DistanceRow:
 
 def is_attack_file(path: str) -> bool:
     """Whether `path`'s first line is a ``# jaxsmooth attack`` header (False for anything unreadable)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-    except (OSError, UnicodeDecodeError):
-        return False
-    match = _HEADER.match(first.rstrip("\r\n"))
-    return bool(match) and match.group(1) == "attack"
+    header = first_header(path)
+    return header is not None and header[0] == "attack"
 
 
 def model_label(settings: dict, path: str) -> str:
@@ -355,13 +350,8 @@ class AccuracyRun:
 
 def is_accuracy_file(path: str) -> bool:
     """Whether `path`'s first line is a ``# jaxsmooth attack-accuracy`` header (False for anything unreadable)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-    except (OSError, UnicodeDecodeError):
-        return False
-    match = _HEADER.match(first.rstrip("\r\n"))
-    return bool(match) and match.group(1) == ACCURACY_PROGRAM
+    header = first_header(path)
+    return header is not None and header[0] == ACCURACY_PROGRAM
 
 
 def read_accuracy(path: str, label: str | None = None) -> AccuracyRun:

@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxsmooth.analysis import plotting
-from jaxsmooth.analysis.tsv import _HEADER, _STEM_EXTENSIONS, _read_lines, _seconds
+from jaxsmooth.analysis.tsv import _HEADER, _STEM_EXTENSIONS, _read_lines, _seconds, first_header
 from jaxsmooth.errors import UserError
 
 MODE = "distributional"
@@ -130,16 +130,11 @@ class GammaSummary:
 
 def is_distributional_file(path: str) -> bool:
     """Whether `path`'s first line is ``# jaxsmooth certify {"mode": "distributional", ...}``; False if unreadable."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-    except (OSError, UnicodeDecodeError):
-        return False
-    match = _HEADER.match(first.rstrip("\r\n"))
-    if not match or match.group(1) != "certify":
+    header = first_header(path)
+    if header is None or header[0] != "certify":
         return False
     try:
-        settings = json.loads(match.group(2))
+        settings = json.loads(header[1])
     except json.JSONDecodeError:
         return False
     return isinstance(settings, dict) and settings.get("mode") == MODE

@@ -230,6 +230,17 @@ def write_merged(shard_paths: Sequence[str], out: str) -> Run:
     return merged[0]
 
 
+def first_header(path: str) -> tuple[str, str] | None:
+    """(program, settings text) of a ``# jaxsmooth PROGRAM {...}`` first line; None if absent or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = _HEADER.match(first.rstrip("\r\n"))
+    return (match.group(1), match.group(2)) if match else None
+
+
 def _read_lines(path: str) -> tuple[list[tuple[int, str]], bool]:
     """(1-based line number, line without its newline) for each line, and whether the file ends in a newline."""
     try:
