@@ -9,6 +9,26 @@ from jaxsmooth import config as config_lib
 from conftest import ROOT
 
 
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
+SMALL = ["--config.model.width=4", "--config.train.num_epochs=1", "--config.train.eval_every_epochs=0"]
+
+
+def train_small(tmp_path_factory, name: str) -> str:
+    """The quick-start model at width 4, one epoch, trained by the train CLI in a fresh folder; its workdir."""
+    from jaxsmooth import train
+
+    path = str(tmp_path_factory.mktemp(name) / "run")
+    assert train.run(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
+    return path
+
+
+def tsv_rows(path):
+    """(header, rows) of a TSV, comment lines left out, each row a list of fields."""
+    with open(path) as f:
+        lines = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+    return lines[0], lines[1:]
+
+
 def quick_config(*overrides: str):
     """The quick-start config shrunk to a few fast steps on 8 devices."""
     c = config_lib.load(os.path.join(ROOT, "configs", "quickstart.py"))

@@ -16,10 +16,9 @@ from jaxsmooth.attacks import accuracy_under_pgd, make_accuracy, runner
 from jaxsmooth.errors import UserError
 
 from conftest import ROOT
+from helpers import QUICKSTART, SMALL
 
-QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
 DIGITS_NAL = os.path.join(ROOT, "configs", "digits_nal.py")
-SMALL = ["--config.model.width=4", "--config.train.num_epochs=1", "--config.train.eval_every_epochs=0"]
 COLUMNS = ["idx", "label", "radius", "correct", "correct_noisy", "time"]
 MAGIC = "# jaxsmooth attack-accuracy "
 

@@ -8,22 +8,18 @@ import re
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, analyze, attack, cli, data, train, trainer
+from jaxsmooth import analysis, analyze, attack, cli, data, trainer
 from jaxsmooth.errors import UserError
 
-from conftest import ROOT
+from helpers import QUICKSTART, SMALL, train_small, tsv_rows
 
-QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
-SMALL = ["--config.model.width=4", "--config.train.num_epochs=1", "--config.train.eval_every_epochs=0"]
 FAST = ["--steps", "5", "--rounds", "3", "--batch", "2", "--no-progress"]
 COLUMNS = ["idx", "label", "predict", "success", "distance", "time"]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("attack") / "run")
-    assert train.run(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
-    return path
+    return train_small(tmp_path_factory, "attack")
 
 
 def _attack(workdir, out, *extra):
@@ -31,10 +27,6 @@ def _attack(workdir, out, *extra):
                       + list(extra))
 
 
-def _rows(path):
-    with open(path) as f:
-        lines = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
-    return lines[0], lines[1:]
 
 
 def _clean_predictions(workdir, idx):
@@ -64,7 +56,7 @@ def test_rows_columns_and_distances(workdir, tmp_path, capsys, name):
     assert first.startswith("# jaxsmooth attack ")
     settings = json.loads(first[len("# jaxsmooth attack "):])
     assert settings["attack"] == name and settings["smoothed"] is False and settings["steps"] == 5
-    header, rows = _rows(out)
+    header, rows = tsv_rows(out)
     assert header == COLUMNS
     assert [int(r[0]) for r in rows] == [0, 20, 40, 60, 80]
     _check_rows(rows)
@@ -84,7 +76,7 @@ def test_killed_job_resumes_to_the_same_rows(workdir, tmp_path, capsys):
     cut.write_text("".join(lines[:-2]) + lines[-2][:5])  # the last row lost, the one before cut mid-line
     assert _attack(workdir, cut, *args) == 0
     assert "(2 this run)" in capsys.readouterr().out
-    drop_time = lambda p: [r[:5] for r in _rows(p)[1]]
+    drop_time = lambda p: [r[:5] for r in tsv_rows(p)[1]]
     assert drop_time(cut) == drop_time(full) and len(drop_time(full)) == 5
     # a different setting refuses to resume the file
     assert _attack(workdir, cut, "--attack", "ddn", "--skip", "30", "--max", "150", "--steps", "6") == 2
@@ -100,7 +92,7 @@ def test_smoothed_attack_and_analyze_table(workdir, tmp_path, capsys):
     assert run.settings["smoothed"] is True and run.settings["sigma"] == config.objective.sigma
     assert run.settings["num_noise"] == 4 and run.columns["idx"].tolist() == [0, 50, 100]
     assert run.label == "run"  # the checkpoint's base name
-    _, rows = _rows(out)
+    _, rows = tsv_rows(out)
     for r in rows:
         assert math.isfinite(float(r[4])) == (r[3] == "1")
     # analyze: the attack file's table, one row per model

@@ -1,26 +1,21 @@
 """The certify CLI on a trained quick-start model: rows, resume after a kill, and one error line per bad input."""
 
-import os
 import re
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from jaxsmooth import analysis, certify, cli, data, train, trainer
+from jaxsmooth import analysis, certify, cli, data, trainer
 
-from conftest import ROOT
+from helpers import QUICKSTART, SMALL, train_small, tsv_rows
 
-QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
-SMALL = ["--config.model.width=4", "--config.train.num_epochs=1", "--config.train.eval_every_epochs=0"]
 FAST = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--batch", "100", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("certify") / "run")
-    assert train.run(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
-    return path
+    return train_small(tmp_path_factory, "certify")
 
 
 def _certify(workdir, out, *extra):
@@ -28,16 +23,12 @@ def _certify(workdir, out, *extra):
                        + list(extra))
 
 
-def _rows(path):
-    with open(path) as f:
-        lines = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
-    return lines[0], lines[1:]
 
 
 def test_rows_follow_cohen_columns_and_statistics(workdir, tmp_path, capsys):
     out = tmp_path / "c.tsv"
     assert _certify(workdir, out, "--skip", "20", "--max", "100", "--topk", "2") == 0
-    header, rows = _rows(out)
+    header, rows = tsv_rows(out)
     assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
     assert [int(r[0]) for r in rows] == [0, 20, 40, 60, 80]
     col = {name: i for i, name in enumerate(header)}
@@ -61,7 +52,7 @@ def test_killed_job_resumes_to_the_same_rows(workdir, tmp_path, capsys):
     lines = text.splitlines(keepends=True)
     cut.write_text("".join(lines[:-2]) + lines[-2][:9])  # the last row lost, the one before cut mid-line
     assert _certify(workdir, cut, "--skip", "30", "--max", "150") == 0
-    drop_time = lambda p: [r[:5] + r[6:] for r in _rows(p)[1]]
+    drop_time = lambda p: [r[:5] + r[6:] for r in tsv_rows(p)[1]]
     assert drop_time(cut) == drop_time(full)
     assert "2 this run" in capsys.readouterr().out
 
@@ -69,7 +60,7 @@ def test_killed_job_resumes_to_the_same_rows(workdir, tmp_path, capsys):
 def test_predict_mode_and_deterministic_candidate(workdir, tmp_path, capsys):
     out = tmp_path / "p.tsv"
     assert _certify(workdir, out, "--mode", "predict", "--skip", "50", "--max", "100") == 0
-    header, rows = _rows(out)
+    header, rows = tsv_rows(out)
     assert header == ["idx", "label", "predict", "correct", "time", "count_A", "count_B", "pvalue", "clean"]
     for r in rows:
         a, b, p = int(r[5]), int(r[6]), float(r[7])
@@ -87,7 +78,7 @@ def test_predict_mode_and_deterministic_candidate(workdir, tmp_path, capsys):
     assert summary.single_pass_accuracy == np.mean([r[8] == r[1] for r in rows])
     out = tmp_path / "clean.tsv"
     assert _certify(workdir, out, "--candidate", "clean", "--skip", "50", "--max", "100") == 0
-    assert len(_rows(out)[1]) == 2
+    assert len(tsv_rows(out)[1]) == 2
 
 
 @pytest.mark.parametrize("extra, field", [
