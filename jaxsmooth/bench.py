@@ -300,14 +300,19 @@ def _pipeline(args) -> int:
     return pipeline_bench.main(args)
 
 
-def _scaling(args) -> int:
+def _counts(text: str, flag: str) -> list[int]:
     try:
-        counts = [int(k) for k in args.devices.split(",")]
-        pods = [int(k) for k in args.pod_devices.split(",")]
+        counts = [int(k) for k in text.split(",")]
     except ValueError:
-        raise UserError("--devices", f"must be comma-separated integers, got {args.devices!r} / "
-                                     f"{args.pod_devices!r}") from None
-    if not counts or min(counts) < 1 or counts[0] != 1:
+        raise UserError(flag, f"must be comma-separated integers, got {text!r}") from None
+    if min(counts) < 1:
+        raise UserError(flag, f"must hold counts >= 1, got {text!r}")
+    return counts
+
+
+def _scaling(args) -> int:
+    counts, pods = _counts(args.devices, "--devices"), _counts(args.pod_devices, "--pod-devices")
+    if counts[0] != 1:
         raise UserError("--devices", f"must start with 1 and hold counts >= 1, got {args.devices!r}")
     for flag, value in (("--n", args.n), ("--chunk", args.chunk), ("--rounds", args.rounds),
                         ("--pod-n", args.pod_n)):

@@ -229,6 +229,8 @@ def test_pod_estimate_is_the_per_device_rate_times_devices_plus_the_spreading_co
     (["--devices", "2,4"], "--devices"),
     (["--devices", "1,x"], "--devices"),
     (["--devices", "1,64"], "--devices"),  # more than this process's 8 devices
+    (["--pod-devices", "8,x"], "--pod-devices"),
+    (["--pod-devices", "0"], "--pod-devices"),
     (["--n", "0"], "--n"),
     (["--chunk", "0"], "--chunk"),
 ])

@@ -67,6 +67,15 @@ def sigma_image_figure(sigma, figsize=(4.8, 4.0), dpi: int = 150, title: str | N
     return fig
 
 
+def _points(accuracy, area) -> tuple[np.ndarray, np.ndarray]:
+    """(accuracy, area) as float64 [P] arrays of one length (ValueError otherwise)."""
+    accuracy = np.asarray(accuracy, np.float64)
+    area = np.asarray(area, np.float64)
+    if accuracy.shape != area.shape or accuracy.ndim != 1:
+        raise ValueError(f"accuracy and area must be [P] arrays of one length, got {accuracy.shape} and {area.shape}")
+    return accuracy, area
+
+
 def pareto_front(accuracy, area) -> np.ndarray:
     """Indices (increasing) of the points that no other point dominates.
 
@@ -78,10 +87,7 @@ def pareto_front(accuracy, area) -> np.ndarray:
     Returns:
       [K] int64.
     """
-    accuracy = np.asarray(accuracy, np.float64)
-    area = np.asarray(area, np.float64)
-    if accuracy.shape != area.shape or accuracy.ndim != 1:
-        raise ValueError(f"accuracy and area must be [P] arrays of one length, got {accuracy.shape} and {area.shape}")
+    accuracy, area = _points(accuracy, area)
     ok = ~(np.isnan(accuracy) | np.isnan(area))
     keep = []
     for i in np.flatnonzero(ok):
@@ -106,10 +112,7 @@ def blanket(accuracy, area) -> np.ndarray:
     Returns:
       [K] int64.
     """
-    accuracy = np.asarray(accuracy, np.float64)
-    area = np.asarray(area, np.float64)
-    if accuracy.shape != area.shape or accuracy.ndim != 1:
-        raise ValueError(f"accuracy and area must be [P] arrays of one length, got {accuracy.shape} and {area.shape}")
+    accuracy, area = _points(accuracy, area)
     ok = np.flatnonzero(~(np.isnan(accuracy) | np.isnan(area)))
     order = ok[np.argsort(-accuracy[ok], kind="stable")]
     keep, lo, hi = [], np.inf, -np.inf

@@ -52,15 +52,13 @@ def benchmark(name: str, devices: Sequence[int], *, n: int = 10_000, chunk: int 
     x, index, key = random_inputs(1, input_shape), np.arange(1), jax.random.key(0)
     contenders = {}
     for k in devices:
-        sampler = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
-                                        num_classes=num_classes, inputs=1, chunk=chunk,
-                                        mesh=parallel.make_mesh(available[:k]), compiler_options=None)
+        mesh = parallel.make_mesh(available[:k])
+        sampler, tiny = (certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
+                                               num_classes=num_classes, inputs=1, chunk=c, mesh=mesh,
+                                               compiler_options=None) for c in (chunk, 1))
         t0 = time.perf_counter()
         sampler(x, index, SIGMA, 1, key)
         setup = time.perf_counter() - t0
-        tiny = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
-                                     num_classes=num_classes, inputs=1, chunk=1,
-                                     mesh=parallel.make_mesh(available[:k]), compiler_options=None)
         tiny(x, index, SIGMA, k, key)
         contenders[f"full {k}"] = (lambda s=sampler: s(x, index, SIGMA, n, key), n, setup)
         contenders[f"one {k}"] = (lambda s=tiny, m=k: s(x, index, SIGMA, m, key), k, 0.0)

@@ -90,13 +90,14 @@ def area_from_sums(log_sigma, p_hat, q_hat, votes, labels):
 
 
 def make_area_eval(apply: Callable, num_draws: int) -> Callable:
-    """``area(params, model_state, x, labels, index, key, log_sigma) -> sums`` for the test-split evaluation.
+    """``area(params, model_state, x, labels, index, key, log_sigma, mask) -> sums`` for the test-split evaluation.
 
     The smoothed classifier of `num_draws` draws per example (one forward pass
     of the batch per draw, so memory stays that of one batch): ``smoothed_correct``
     (majority vote right), ``area_sum`` and ``area_count``: the sum and count of
     O_CA over the examples the training loss counts (the Monte Carlo estimate
-    Alg. 1 optimises, not a certificate; appendix B.1's sub-epoch points).
+    Alg. 1 optimises, not a certificate; appendix B.1's sub-epoch points),
+    padding (mask False) left out.
     """
 
     def area(params, model_state, x, labels, index, key, log_sigma, mask):
