@@ -67,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=0, help="also certify the true class in the top k (0: off)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: the config's seed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q = p.add_argument_group("--sequential: stop each input as soon as its answer is known (docs/sequential.md)")
+    q.add_argument("--sequential", action="store_true",
+                   help="anytime-valid CERTIFY; --n is then each input's budget of estimation samples")
+    q.add_argument("--radii", default=None,
+                   help="grid mode: decide certified or not at each of these radii R1,R2,... (default: the largest "
+                        "radius, stopped by --tolerance)")
+    q.add_argument("--tolerance", type=float, default=None,
+                   help="max-radius mode: stop when the radius still reachable within the budget exceeds the "
+                        "certified one by less than this fraction, in (0, 1) (default 0.02)")
     cli.add_distributed_arguments(p)
     d = p.add_argument_group("--mode distributional (nal Thm 1, eq. 3/7/8, §5.1)")
     d.add_argument("--gamma", default=None, help="certificate penalties gamma, comma-separated, each > 0 (required)")
@@ -160,6 +169,47 @@ def _distributional(args, config) -> int:
     return 0
 
 
+def _sequential_settings(args) -> dict:
+    """The Settings fields of --sequential, --radii and --tolerance, checked (`Settings.check_sequential`)."""
+    from jaxsmooth import certification
+    from jaxsmooth.certification import sequential
+
+    if not args.sequential and (args.radii is not None or args.tolerance is not None):
+        flag = "radii" if args.radii is not None else "tolerance"
+        raise UserError(flag, f"is for a sequential test; add --sequential (or drop --{flag})")
+    if args.sequential and args.mode != "certify":
+        raise UserError("sequential", f"is for --mode certify, not --mode {args.mode}")
+    fields = {"sequential": args.sequential}
+    if args.radii is not None:
+        fields["radii"] = sequential.parse_radii(args.radii)
+    if args.tolerance is not None:
+        if args.radii is not None:
+            raise UserError("tolerance", "stops the max-radius mode; with --radii every listed radius is decided")
+        fields["tolerance"] = args.tolerance
+    certification.Settings(topk=args.topk, **fields).check_sequential()
+    return fields
+
+
+def _sequential_header(settings, sigma) -> dict:
+    """The header fields of a sequential run: its mode and its looks; says once which radii are out of reach."""
+    from jaxsmooth import parallel
+    from jaxsmooth.certification import sequential
+
+    sigma_min = float(np.min(sigma))
+    schedule = settings.schedule(sigma_min)
+    far = sequential.unreachable(settings.radii or (), schedule, sigma_min)
+    if far and parallel.is_main_process():
+        best = sequential.radius(schedule.best_lower(1.0), sigma_min)
+        listed = ",".join(f"{r:g}" for r in far)
+        print(f"note: radi{'i' if len(far) > 1 else 'us'} {listed} out of reach at sigma {sigma_min:g}, alpha "
+              f"{settings.alpha:g} and a budget of n={settings.n} (at most {best:.4f}): never certified",
+              file=sys.stderr)
+    return {"sequential": "grid" if settings.radii is not None else "max-radius",
+            "radii": None if settings.radii is None else list(settings.radii),
+            "tolerance": settings.tolerance if settings.radii is None else None,
+            "looks": list(schedule.looks), "look_alphas": list(schedule.alphas)}
+
+
 def _sigma_sources(args) -> None:
     """Refuses more than one of --sigma, --sigma-file, --sigma-from, and a missing --checkpoint."""
     given = [f"--{name}" for name, value in (("sigma", args.sigma is not None), ("sigma-file", args.sigma_file),
@@ -214,6 +264,7 @@ def main(argv: list[str]) -> int:
     elif args.gamma is not None or args.gamma_adv:
         raise UserError("gamma", "--gamma and --gamma-adv are for --mode distributional")
     _sigma_sources(args)
+    sequential_fields = _sequential_settings(args)  # before loading anything
     config = cli.load_config(args.config, overrides)
     if args.mode == "distributional":
         return _distributional(args, config)
@@ -221,9 +272,10 @@ def main(argv: list[str]) -> int:
     import jax
 
     from jaxsmooth import certification, models, noise, trainer
-    from jaxsmooth.certification import records
+    from jaxsmooth.certification import batching, records
 
-    settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, candidate=args.candidate, topk=args.topk)
+    settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, candidate=args.candidate, topk=args.topk,
+                                      **sequential_fields)
     if args.mode == "predict":
         settings = certification.Settings(n0=0, n=args.n, alpha=args.alpha, candidate="selection", topk=0)
         if not 0 < args.alpha < 1:
@@ -260,7 +312,8 @@ def main(argv: list[str]) -> int:
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, "inputs": args.inputs, "checkpoint": args.checkpoint,
               "checkpoint_step": step, "devices": shard.mesh.size, "parallel": config.certify.parallel,
-              **({"shard": shard.process, "shards": shard.processes} if shard.processes > 1 else {})}
+              **({"shard": shard.process, "shards": shard.processes} if shard.processes > 1 else {}),
+              **(_sequential_header(settings, sigma) if settings.sequential else {})}
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)
     writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
                                identity_fields=records.IDENTITY_FIELDS + ("shard", "shards"))
@@ -290,9 +343,10 @@ def main(argv: list[str]) -> int:
                disable=args.no_progress or not parallel.is_main_process())
     certified = correct = 0
     seconds = samples = 0.0
+    usage = batching.Usage()
     try:
         for row in records.run(sampler, split, todo, sigma, settings, key, mode=args.mode,
-                               clean_probabilities=clean):
+                               clean_probabilities=clean, usage=usage):
             writer.write(row)
             correct += row["correct"]
             certified += 1
@@ -307,6 +361,9 @@ def main(argv: list[str]) -> int:
     if shard.writes:
         print(f"{args.mode}: {len(indices)} examples in {shard.out} ({len(todo)} this run"
               + (f", {samples / seconds:,.0f} samples/s" if seconds else "") + ")")
+        if settings.sequential and certified:
+            print(f"sequential: {samples / certified:,.0f} samples per input (selection included), forward-pass "
+                  f"slots doing useful work {usage.fraction:.1%}")
     if shard.processes > 1 and parallel.is_main_process():
         shards = " ".join(_shard_paths(args.out, shard.processes))
         print(f"one shard per process; merge them with: python -m jaxsmooth.analyze {shards} --merge {args.out}")

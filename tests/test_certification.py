@@ -180,9 +180,9 @@ def test_one_executable_for_every_n(linear):
     sampler = _sampler(linear_apply, linear, 2, 100)
     x = np.zeros((2, *SHAPE), np.float32)
     sampler(x, [0, 1], 0.5, 10_000, jax.random.key(0))
-    compiled = sampler._compiled
+    compiled = sampler._compiled[0]
     counts = sampler(x, [0, 1], 0.5, 1_000_000, jax.random.key(0)).counts
-    assert sampler._compiled is compiled and counts.sum() == 2_000_000
+    assert sampler._compiled == {0: compiled} and counts.sum() == 2_000_000
     memory = compiled.memory_analysis()
     if memory is not None:  # temporaries hold one chunk, not n samples
         assert memory.temp_size_in_bytes < 2 * 100 * D * 4 * 50

@@ -14,16 +14,18 @@ from typing import Callable
 
 import jax
 import numpy as np
+from scipy import stats
 
-from jaxsmooth.certification import bounds
+from jaxsmooth.certification import bounds, sequential as sequential_stats
 from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, certified_area, certify,
                                             check_settings, clopper_pearson_lower, clopper_pearson_upper,
                                             l_bound, predict, smallest_certifying_n, topk_radius)
-from jaxsmooth.certification.engine import Counts, Sampler, check_sigma, make_clean_probabilities, sample_counts
+from jaxsmooth.certification.engine import (Counts, Sampler, Segments, check_sigma, make_clean_probabilities,
+                                            sample_counts)
 
 __all__ = [
-    "ABSTAIN", "Certificate", "Counts", "Prediction", "Sampler", "Settings", "bounds", "certified_area", "certify",
-    "certify_batch", "check_settings", "check_sigma", "clopper_pearson_lower", "clopper_pearson_upper", "l_bound",
+    "ABSTAIN", "Certificate", "Counts", "Prediction", "Sampler", "Segments", "Settings", "bounds", "certified_area",
+    "certify", "certify_batch", "check_settings", "check_sigma", "clopper_pearson_lower", "clopper_pearson_upper", "l_bound",
     "make_clean_probabilities", "predict", "predict_batch", "sample_counts", "smallest_certifying_n", "stream_keys",
     "topk_radius",
 ]
@@ -40,6 +42,12 @@ class Settings:
     noisy samples) or "clean" (the HeatSmoothing papers' deterministic
     variant: the top class of one clean forward pass, no selection samples);
     topk: also certify the true class to stay in the top k (0: off).
+
+    sequential: stop each input's sampling as soon as its answer is known
+    (`sequential`, `batching`); n is then each input's budget of estimation
+    samples. radii: grid mode, decide certified or not at each of these
+    radii (and 0); None: max-radius mode, stopped by `tolerance` (a fraction
+    of the radius still reachable within the budget).
     """
 
     n0: int = 100
@@ -47,6 +55,9 @@ class Settings:
     alpha: float = 0.001
     candidate: str = "selection"
     topk: int = 0
+    sequential: bool = False
+    radii: tuple[float, ...] | None = None
+    tolerance: float = sequential_stats.DEFAULT_TOLERANCE
 
     def check(self, num_classes: int) -> None:
         from jaxsmooth.errors import UserError
@@ -55,7 +66,33 @@ class Settings:
             raise UserError("candidate", f"unknown {self.candidate!r}; allowed: {', '.join(CANDIDATES)}")
         if self.topk < 0 or self.topk == 1 or self.topk >= num_classes:
             raise UserError("topk", f"must be 0 (off) or in [2, {num_classes - 1}], got {self.topk}")
+        self.check_sequential()
         check_settings(self.n0, self.n, self.alpha, needs_selection=self.candidate == "selection")
+
+    def check_sequential(self) -> None:
+        """--radii and --tolerance only with --sequential; radii >= 0; tolerance in (0, 1); no top-k."""
+        from jaxsmooth.errors import UserError
+
+        if not self.sequential:
+            if self.radii is not None:
+                raise UserError("radii", "lists the radii of a sequential test; give --sequential too")
+            if self.tolerance != sequential_stats.DEFAULT_TOLERANCE:
+                raise UserError("tolerance", "stops a sequential test; give --sequential too")
+            return
+        sequential_stats.check_tolerance(self.tolerance)
+        if self.radii is not None:
+            sequential_stats.check_radii(self.radii)
+        if self.topk:
+            raise UserError("topk", "is not available with --sequential; certify the top k with a fixed n")
+
+    def schedule(self, sigma_min: float) -> sequential_stats.Schedule:
+        """The sequential test's looks and levels (`sequential.make_schedule`) at the budget n and alpha.
+
+        Grid mode targets the all-votes look of its largest radius at
+        min(sigma); max-radius mode has geometric looks only.
+        """
+        thresholds = [float(stats.norm.cdf(r / sigma_min)) for r in self.radii or ()]
+        return sequential_stats.make_schedule(self.n, self.alpha, thresholds=thresholds)
 
 
 def stream_keys(key: jax.Array) -> dict[str, jax.Array]:

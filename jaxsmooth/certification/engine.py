@@ -9,10 +9,22 @@ Sample j of the example with global index i uses the noise
 
     z_ij = normal(fold_in(fold_in(key, i), j)),
 
-so the counts depend on the key, the example indices and n only: the same
-on one CPU and on a pod, for any chunk size and any number of inputs per
-call. Chunk c of the loop holds samples c*chunk .. (c+1)*chunk - 1 of every
-input; device d of D runs chunks d, d + D, ...; samples past n are masked.
+so the counts depend on the key, the example indices and the sample
+positions only: the same on one CPU and on a pod, for any chunk size and any
+number of inputs per call. A call counts, for each input slot b, the samples
+[start_b, start_b + m_b) of that slot's example: chunk c of the loop holds
+samples start_b + c*chunk .. start_b + (c+1)*chunk - 1; device d of D runs
+chunks d, d + D, ...; samples past m_b are masked. So counts continue a
+stream where an earlier call left it: the counts of [0, N) equal the sum of
+the counts of [0, N1) and [N1, N), and a sequential run's first N samples
+are a fixed-n run's N samples. Each slot may also split its samples at cut
+positions (`Sampler.segments`), so a call that crosses several looks of a
+sequential test returns the counts at each of them.
+
+start, m, cuts and the example indices are device arguments: one compiled
+executable serves every call with the same number of slots and cuts, which
+is what lets a sequential driver refill a slot with the next input without
+recompiling (continuous batching).
 """
 
 from __future__ import annotations
@@ -31,6 +43,13 @@ from jaxsmooth.errors import UserError
 class Counts(NamedTuple):
     counts: np.ndarray  # [B, K] int64
     mean_softmax: np.ndarray | None  # [B, K] float64, when asked for
+
+
+class Segments(NamedTuple):
+    """Counts of consecutive pieces of each slot's samples (`Sampler.segments`)."""
+
+    counts: np.ndarray  # [B, P + 1, K] int64
+    softmax_sums: np.ndarray | None  # [B, P + 1, K] float64 sums of the samples' softmax, when asked for
 
 
 def check_sigma(sigma, input_shape) -> np.ndarray:
@@ -54,8 +73,13 @@ def _noise(key: jax.Array, index: jax.Array, first: jax.Array, chunk: int, shape
     return jax.vmap(one_example)(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index))
 
 
+def _slot_noise(key: jax.Array, index: jax.Array, first: jax.Array, chunk: int, shape, dtype) -> jax.Array:
+    """`_noise` with a first sample of its own for each example: first [B] -> [B, chunk, *shape]."""
+    return jax.vmap(lambda i, f: _noise(key, i[None], f, chunk, shape, dtype)[0])(index, first)
+
+
 class Sampler:
-    """Jitted class counts of a fixed model for `inputs` examples at a time.
+    """Jitted class counts of a fixed model for `inputs` examples (slots) at a time.
 
     Args:
       apply: ``apply(params, model_state, x, train=False) -> (logits, _)``.
@@ -89,8 +113,8 @@ class Sampler:
         if not (compiler_options is None or compiler_options == "auto" or isinstance(compiler_options, dict)):
             raise ValueError(f"compiler_options must be None, 'auto' or a dict, got {compiler_options!r}")
         self._compiler_options = parallel.CPU_COMPILER_OPTIONS if compiler_options is None else compiler_options
-        self.chosen_options: dict | None = None  # what the executable was compiled with, after the first call
-        self._compiled = None
+        self.chosen_options: dict | None = None  # what the executables are compiled with, after the first call
+        self._compiled: dict[int, Any] = {}  # number of cuts per slot -> executable
         self._run = jax.jit(self._build(apply))
 
     @property
@@ -98,75 +122,119 @@ class Sampler:
         """Noisy samples per forward pass on each device."""
         return self.inputs * self.chunk
 
+    @property
+    def step_samples(self) -> int:
+        """Samples of each slot per loop step over the whole mesh: chunk x devices."""
+        return self.chunk * self.mesh.size
+
     def _build(self, apply: Callable) -> Callable:
         devices = self.mesh.size
         chunk, num_classes, shape, with_softmax = self.chunk, self.num_classes, self.input_shape, self.with_softmax
 
-        def per_device(variables, x, index, sigma, n, key):
+        def per_device(variables, x, index, start, m, cuts, sigma, key):
             params, model_state = variables
-            b = x.shape[0]
+            b, pieces = x.shape[0], cuts.shape[1] + 1
             d = jax.lax.axis_index(parallel.DATA_AXIS)
-            steps = ((n + chunk - 1) // chunk + devices - 1) // devices
+            steps = ((jnp.max(m) + chunk - 1) // chunk + devices - 1) // devices
 
             def body(step, carry):
                 counts, probs = carry
-                first = (step * devices + d) * chunk
-                z = _noise(key, index, first, chunk, shape, x.dtype)
+                offset = (step * devices + d) * chunk  # of these samples within [start_b, start_b + m_b)
+                z = _slot_noise(key, index, start + offset, chunk, shape, x.dtype)
                 noisy = (x[:, None] + sigma * z).reshape((b * chunk, *shape))
                 logits, _ = apply(params, model_state, noisy, train=False)
                 logits = logits.reshape((b, chunk, num_classes))
-                valid = (first + jnp.arange(chunk)) < n
-                votes = (jnp.argmax(logits, -1)[..., None] == jnp.arange(num_classes)) & valid[None, :, None]
-                counts = counts + jnp.sum(votes, axis=1, dtype=jnp.int32)
-                if with_softmax:
-                    p = jax.nn.softmax(logits.astype(jnp.float32), -1) * valid[None, :, None]
-                    probs = probs + jnp.sum(p, axis=1)
+                position = offset + jnp.arange(chunk)
+                valid = position[None, :] < m[:, None]  # [B, chunk]
+                # which piece each sample falls in: the number of cuts at or before its position
+                piece = jnp.sum((start[:, None] + position)[..., None] >= cuts[:, None, :], -1)
+                votes = jnp.argmax(logits, -1)[..., None] == jnp.arange(num_classes)
+                p = jax.nn.softmax(logits.astype(jnp.float32), -1) if with_softmax else None
+                for s in range(pieces):  # a handful: the cuts of one call
+                    mask = (valid & (piece == s))[..., None]
+                    counts = counts.at[:, s].add(jnp.sum(votes & mask, axis=1, dtype=jnp.int32))
+                    if with_softmax:
+                        probs = probs.at[:, s].add(jnp.sum(p * mask, axis=1))
                 return counts, probs
 
-            init = (jnp.zeros((b, num_classes), jnp.int32), jnp.zeros((b, num_classes) if with_softmax else (),
-                                                                      jnp.float32))
+            init = (jnp.zeros((b, pieces, num_classes), jnp.int32),
+                    jnp.zeros((b, pieces, num_classes) if with_softmax else (), jnp.float32))
             counts, probs = jax.lax.fori_loop(0, steps, body, init)
             return jax.lax.psum(counts, parallel.DATA_AXIS), jax.lax.psum(probs, parallel.DATA_AXIS)
 
-        return jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(), P(), P(), P(), P()),
-                             out_specs=(P(), P()), check_vma=False)
+        return jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(),) * 8, out_specs=(P(), P()),
+                             check_vma=False)
 
-    def _compile(self, args) -> None:
-        if self._compiler_options == "auto":
-            one_step = (*args[:4], *parallel.replicate(self.mesh, (np.int32(self.chunk * self.mesh.size),)), args[5])
-            self._compiled, self.chosen_options = parallel.compile_fastest(self._run, *one_step)
-        else:
-            self._compiled, self.chosen_options = parallel.compile_fastest(self._run, *args,
-                                                                           candidates=[self._compiler_options],
-                                                                           repeats=0)
+    def _compile(self, args) -> Any:
+        if self._compiler_options == "auto" and self.chosen_options is None:
+            one_step = list(args)
+            one_step[4] = parallel.replicate(self.mesh, np.full(self.inputs, self.step_samples, np.int32))
+            compiled, self.chosen_options = parallel.compile_fastest(self._run, *one_step)
+            return compiled
+        options = self.chosen_options if self.chosen_options is not None else self._compiler_options
+        compiled, self.chosen_options = parallel.compile_fastest(self._run, *args, candidates=[options], repeats=0)
+        return compiled
 
-    def __call__(self, x: np.ndarray, index: np.ndarray, sigma, n: int, key: jax.Array) -> Counts:
+    def segments(self, x: np.ndarray, index, sigma, start, m, key: jax.Array, cuts=None) -> Segments:
+        """Counts of the samples [start_b, start_b + m_b) of each slot's example, split at the positions `cuts`.
+
+        Args:
+          x: [B, *input_shape] float32 host array, B <= inputs.
+          index: [B] global example indices (they pick the noise).
+          sigma: scalar or per-pixel array of the input's shape.
+          start: [B] (or a scalar for all) first sample position of each slot, >= 0.
+          m: [B] (or a scalar) samples of each slot, >= 0 (0: the slot idles).
+          key: the stream key (selection and estimation use different keys).
+          cuts: [B, P] absolute sample positions, non-decreasing along P (or None: P = 0);
+            piece s of slot b holds its samples j with cuts[b, s-1] <= j < cuts[b, s].
+        Returns:
+          counts [B, P + 1, K]: each piece's class counts (their sum over P: the counts of all m_b samples).
+        """
+        x = np.asarray(x, np.float32)
+        b = x.shape[0]
+        if b > self.inputs or x.shape[1:] != self.input_shape:
+            raise ValueError(f"expected at most {self.inputs} inputs of shape {self.input_shape}, got {x.shape}")
+        start = np.broadcast_to(np.asarray(start, np.int64), (b,))
+        m = np.broadcast_to(np.asarray(m, np.int64), (b,))
+        cuts = np.zeros((b, 0), np.int64) if cuts is None else np.asarray(cuts, np.int64).reshape(b, -1)
+        if np.any(start < 0) or np.any(m < 0) or np.any(start + m >= 2**31 - self.step_samples):
+            raise UserError("n", f"sample positions must be in [0, 2^31), got start {start.tolist()}, m {m.tolist()}")
+        pad = self.inputs - b
+
+        def padded(a, dtype):
+            return np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]).astype(dtype)
+
+        args = (self._variables, *parallel.replicate(self.mesh, (
+            padded(x, np.float32), padded(np.asarray(index), np.int32), padded(start, np.int32), padded(m, np.int32),
+            padded(np.clip(cuts, 0, 2**31 - 1), np.int32), check_sigma(sigma, self.input_shape))),
+            parallel.replicate(self.mesh, key))
+        pieces = cuts.shape[1]
+        if pieces not in self._compiled:
+            self._compiled[pieces] = self._compile(args)
+        counts, probs = self._compiled[pieces](*args)
+        counts = np.asarray(counts.addressable_data(0), np.int64)[:b]
+        sums = np.asarray(probs.addressable_data(0), np.float64)[:b] if self.with_softmax else None
+        return Segments(counts, sums)
+
+    def __call__(self, x: np.ndarray, index: np.ndarray, sigma, n, key: jax.Array, *, start=0) -> Counts:
         """Counts of n samples for each of the (at most `inputs`) examples x with global indices `index`.
 
         Args:
           x: [B, *input_shape] float32 host array, B <= inputs.
           index: [B] global example indices (they pick the noise).
           sigma: scalar or per-pixel array of the input's shape.
-          n: samples per example.
+          n: samples per example (an int, or [B] per example), >= 1.
           key: the stream key (selection and estimation use different keys).
+          start: the first sample's position in each example's stream (an int or [B]): the
+            counts of samples [start, start + n), continuing a stream an earlier call began.
         """
-        x = np.asarray(x, np.float32)
-        b = x.shape[0]
-        if b > self.inputs or x.shape[1:] != self.input_shape:
-            raise ValueError(f"expected at most {self.inputs} inputs of shape {self.input_shape}, got {x.shape}")
-        if n <= 0 or n >= 2**31 - self.chunk * self.mesh.size:
+        n_arr = np.asarray(n, np.int64)
+        if np.any(n_arr <= 0) or np.any(np.asarray(start) + n_arr >= 2**31 - self.step_samples):
             raise UserError("n", f"must be in [1, 2^31), got {n}")
-        pad = self.inputs - b
-        xs = np.concatenate([x, np.zeros((pad, *self.input_shape), np.float32)]) if pad else x
-        idx = np.concatenate([np.asarray(index, np.int32), np.zeros(pad, np.int32)]) if pad else np.asarray(index, np.int32)
-        args = (self._variables, *parallel.replicate(self.mesh, (xs, idx, check_sigma(sigma, self.input_shape),
-                                                                  np.int32(n))), parallel.replicate(self.mesh, key))
-        if self._compiled is None:
-            self._compile(args)
-        counts, probs = self._compiled(*args)
-        counts = np.asarray(counts.addressable_data(0), np.int64)[:b]
-        mean = np.asarray(probs.addressable_data(0), np.float64)[:b] / n if self.with_softmax else None
-        return Counts(counts, mean)
+        out = self.segments(x, index, sigma, start, n_arr, key)
+        mean = out.softmax_sums[:, 0] / np.broadcast_to(n_arr, (len(out.counts),))[:, None] \
+            if self.with_softmax else None
+        return Counts(out.counts[:, 0], mean)
 
 
 def sample_counts(apply: Callable, variables: tuple[Any, Any], x, sigma, n: int, chunk: int, key: jax.Array, *,

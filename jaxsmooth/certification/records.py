@@ -1,7 +1,9 @@
 """Certification over a dataset split, written as a resumable TSV.
 
 The file starts with one line ``# jaxsmooth certify {JSON settings}``, then
-the column header, then one row per example. The first columns are
+the column header, then one row per example (in index order; a sequential
+run's rows in the order its inputs finish, each with ``n_used``, the
+samples it spent, selection included). The first columns are
 locuslab/smoothing's (``idx label predict radius correct time``, or
 ``idx label predict correct time`` for PREDICT), so its analysis scripts
 read our files; the radius is written at full precision. A job killed
@@ -21,13 +23,14 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from jaxsmooth.certification import Sampler, Settings, certify_batch, predict_batch
+from jaxsmooth.certification import Sampler, Settings, batching, certify_batch, predict_batch, stream_keys
 from jaxsmooth.errors import UserError
 
 MAGIC = "# jaxsmooth certify "
 # Settings whose change makes an existing file's rows incomparable with new ones.
 IDENTITY_FIELDS = ("mode", "sigma", "sigma_file", "sigma_from", "sigma_from_step", "n0", "n", "alpha", "candidate", "topk", "seed", "dtype",
-                   "checkpoint_step", "model", "dataset", "split", "skip", "max", "batch", "inputs")
+                   "checkpoint_step", "model", "dataset", "split", "skip", "max", "batch", "inputs", "sequential",
+                   "radii", "tolerance")
 
 
 def columns(mode: str, settings: Settings, *, anisotropic: bool, model_lbound: bool) -> list[str]:
@@ -41,6 +44,8 @@ def columns(mode: str, settings: Settings, *, anisotropic: bool, model_lbound: b
         cols += ["topk_radius", "topk_correct"]
     if anisotropic:
         cols.append("area_objective")
+    if settings.sequential:
+        cols.append("n_used")
     return cols
 
 
@@ -149,14 +154,28 @@ class TsvWriter:
 
 
 def run(sampler: Sampler, split, indices: np.ndarray, sigma, settings: Settings, key: jax.Array, *,
-        mode: str = "certify", clean_probabilities: Callable | None = None) -> Iterator[dict[str, Any]]:
+        mode: str = "certify", clean_probabilities: Callable | None = None,
+        usage: batching.Usage | None = None) -> Iterator[dict[str, Any]]:
     """Certifies (or predicts) the examples `indices` of `split`, `sampler.inputs` at a time, yielding rows in order.
 
     Each row holds idx, label, correct, time (this example's share of its
     batch's wall time, as a ``datetime.timedelta`` string), and the columns of
     `certify_batch` / `predict_batch`; ``seconds`` and ``samples`` feed
-    progress displays.
+    progress displays. With ``settings.sequential`` the rows come from
+    `batching.run` as inputs finish (`usage` gets its slot counts), and time
+    is each input's share of the calls it took part in.
     """
+    if mode == "certify" and settings.sequential:
+        def load(idx):
+            images, labels = split.get(idx)
+            return np.divide(images, 255, dtype=np.float32), labels
+
+        for result in batching.run(sampler, load, indices, sigma, settings, stream_keys(key),
+                                   clean_probabilities=clean_probabilities, usage=usage):
+            i, label = result.pop("index"), result.pop("label")
+            yield {"idx": i, "label": label, **result, "correct": int(result["predict"] == label),
+                   "time": str(datetime.timedelta(seconds=result["seconds"])), "samples": result["n_used"]}
+        return
     for start in range(0, len(indices), sampler.inputs):
         idx = indices[start:start + sampler.inputs]
         images, labels = split.get(idx)

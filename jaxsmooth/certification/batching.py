@@ -1,0 +1,210 @@
+"""Sequential CERTIFY over many inputs with continuous batching: the forward passes stay full as inputs finish.
+
+The sampler (`engine.Sampler`) has `inputs` slots. Each slot holds one
+input in flight and, in each call, counts the next samples of that input's
+estimation stream ([start, start + m) of the stream of `engine`): the same
+samples, with the same keys, as a fixed-n run's. The looks of the test
+(`sequential.Schedule`) that fall inside a slot's samples are cut
+positions, so one call may pass several looks and the counts at each are
+known. After each look the input's confidence sequence is updated
+(`sequential.observe`); once its stopping rule says decided, its row is
+yielded and its slot goes to the next input, whose candidate class was drawn
+with the other inputs of its selection call (n0 samples of each of up to
+`inputs` inputs, with the selection key). When fewer inputs than slots are
+left, an input takes several slots: consecutive pieces of its stream, which
+add up to the counts one slot would give.
+
+Each call runs as many loop steps as every slot can take before its next
+look (at least one): few calls where looks are far apart, and no slot runs
+far past a look where its input might stop. The samples a slot draws past
+its input's stopping look are the only waste besides idle slots; `Usage`
+counts both.
+
+Every input's row depends only on the key, its index, its image and the
+settings: not on the slots, the devices, the order or the other inputs. A
+resumed or sharded run gives the rows an uninterrupted one gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from typing import Callable, Iterator
+
+import numpy as np
+
+from jaxsmooth.certification import sequential
+from jaxsmooth.certification.bounds import ABSTAIN, certified_area, l_bound
+from jaxsmooth.certification.engine import Sampler
+
+CUTS = 4  # looks one slot may pass in one call (a static shape: one executable)
+MAX_STEPS = 64  # loop steps per call at most: calls stay short for progress and resumption
+
+
+@dataclasses.dataclass
+class Usage:
+    """Forward-pass slots run (`computed`) and those spent on samples an input used (`useful`), over all calls."""
+
+    computed: int = 0
+    useful: int = 0
+    calls: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.useful / self.computed if self.computed else 0.0
+
+
+@dataclasses.dataclass(eq=False)  # inputs in flight are told apart by identity
+class _Input:
+    index: int
+    x: np.ndarray
+    label: int
+    candidate: int
+    selection: int  # selection samples spent (0 for a clean candidate)
+    counts: np.ndarray  # [K] estimation counts of samples [0, consumed)
+    softmax: np.ndarray | None  # [K] their softmax sum
+    clean: np.ndarray | None  # [K] softmax of one clean forward pass
+    consumed: int = 0
+    state: sequential.State = sequential.START
+    seconds: float = 0.0
+
+
+def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, *,
+        clean_probabilities: Callable | None = None, usage: Usage | None = None) -> Iterator[dict]:
+    """Sequential CERTIFY of the examples `indices`, yielding one row per input as soon as its test stops.
+
+    Args:
+      sampler: its slots (`inputs`) and loop step (`step_samples`) set the batching.
+      load: ``load(indices [B]) -> (x [B, *input_shape] float32, labels [B])``.
+      sigma: scalar or per-pixel array.
+      settings: `certification.Settings` with ``sequential`` set (n0, n = budget, alpha, radii, tolerance).
+      keys: `certification.stream_keys` of the run's key.
+      clean_probabilities: one clean forward pass's softmax (candidate "clean"; the model's L-bound).
+      usage: filled with the slot counts of every call.
+    Yields:
+      in the order inputs finish: index, label, predict, radius, pA_lower, count_A, count_B, n_used,
+      seconds, and lbound_mc / lbound_model / area_objective as `certify_batch` gives them.
+    """
+    usage = Usage() if usage is None else usage
+    sigma_arr = np.asarray(sigma, np.float64)
+    sigma_min = float(np.min(sigma_arr))
+    schedule = settings.schedule(sigma_min)
+    if settings.radii is not None:
+        decided = lambda state: sequential.grid_decided(state, schedule, (0.0, *settings.radii), sigma_min)
+    else:
+        decided = lambda state: sequential.max_radius_decided(state, schedule, sigma_min, settings.tolerance)
+    pending, ready, active = deque(int(i) for i in indices), deque(), []
+    while pending or ready or active:
+        while len(active) < sampler.inputs and (ready or pending):
+            if not ready:
+                batch = [pending.popleft() for _ in range(min(sampler.inputs, len(pending)))]
+                ready.extend(_select(sampler, load, batch, sigma, settings, keys, clean_probabilities, usage))
+            active.append(ready.popleft())
+        for item in _estimate(sampler, active, sigma, schedule, decided, keys["estimation"], usage):
+            active.remove(item)
+            yield _row(item, settings, sigma_arr)
+
+
+def _select(sampler, load, batch, sigma, settings, keys, clean_probabilities, usage) -> list[_Input]:
+    """Candidates of up to `inputs` new inputs: the top class of n0 selection samples, or of one clean pass."""
+    x, labels = load(np.asarray(batch, np.int64))
+    t0 = time.perf_counter()
+    clean = clean_probabilities(x) if clean_probabilities is not None else None
+    if settings.candidate == "clean":
+        candidates, spent = np.argmax(clean, -1), 0
+    else:
+        no_cuts = np.full((len(batch), CUTS), 2**31 - 1, np.int64)
+        counts = sampler.segments(x, batch, sigma, 0, settings.n0, keys["selection"], no_cuts).counts
+        candidates, spent = np.argmax(counts.sum(1), -1), settings.n0
+        steps = -(-settings.n0 // sampler.step_samples)
+        usage.computed += steps * sampler.step_samples * sampler.inputs
+        usage.useful += spent * len(batch)
+        usage.calls += 1
+    share = (time.perf_counter() - t0) / len(batch)
+    k = sampler.num_classes
+    return [_Input(i, x[b], int(labels[b]), int(candidates[b]), spent, np.zeros(k, np.int64),
+                   np.zeros(k) if sampler.with_softmax else None, None if clean is None else clean[b], seconds=share)
+            for b, i in enumerate(batch)]
+
+
+def _plan(active: list[_Input], schedule: sequential.Schedule, slots: int, step: int):
+    """The call's loop steps and, for each slot, (input position, start, m, cuts [CUTS]).
+
+    Spare slots go, one by one, to the inputs with the most budget left per
+    slot; an input's slots take consecutive pieces of its stream.
+    """
+    looks = np.asarray(schedule.looks)
+    share = [1] * len(active)
+    left = [schedule.budget - item.consumed for item in active]
+    for _ in range(slots - len(active)):
+        share[int(np.argmax([left[i] / share[i] for i in range(len(active))]))] += 1
+    # as many steps as every input can take before its next look, at least one
+    steps = min((int(looks[np.searchsorted(looks, item.consumed, side="right")]) - item.consumed)
+                // (share[i] * step) for i, item in enumerate(active))
+    steps = int(np.clip(steps, 1, MAX_STEPS))
+    plan = []
+    for i, item in enumerate(active):
+        start = item.consumed
+        for _ in range(share[i]):
+            end = min(start + steps * step, schedule.budget)
+            inside = looks[(looks > start) & (looks < end)]
+            if inside.size > CUTS:  # at most CUTS looks per slot: end this piece at the next one
+                end, inside = int(inside[CUTS]), inside[:CUTS]
+            plan.append((i, start, end - start, np.pad(inside, (0, CUTS - inside.size), constant_values=2**31 - 1)))
+            start = end
+    return steps, plan
+
+
+def _estimate(sampler, active, sigma, schedule, decided, key, usage) -> list[_Input]:
+    """One call over every slot; advances each input through the looks it passed; returns the inputs decided."""
+    steps, plan = _plan(active, schedule, sampler.inputs, sampler.step_samples)
+    x = np.stack([active[i].x for i, *_ in plan])
+    t0 = time.perf_counter()
+    out = sampler.segments(x, [active[i].index for i, *_ in plan], sigma, [p[1] for p in plan],
+                           [p[2] for p in plan], key, np.stack([p[3] for p in plan]))
+    seconds = time.perf_counter() - t0
+    done, used = [], [0] * len(active)
+    for slot, (i, start, m, cuts) in enumerate(plan):
+        item = active[i]
+        if item in done or m == 0:  # a later piece of an input decided in an earlier one: wasted
+            continue
+        for piece, end in enumerate([int(c) for c in cuts if c < start + m] + [start + m]):
+            item.counts = item.counts + out.counts[slot, piece]
+            if item.softmax is not None:
+                item.softmax = item.softmax + out.softmax_sums[slot, piece]
+            used[i] += end - item.consumed
+            item.consumed = end
+            if end == schedule.looks[item.state.look + 1]:
+                item.state = sequential.observe(item.state, int(item.counts[item.candidate]), schedule)
+                if decided(item.state):
+                    done.append(item)
+                    break
+    for i, item in enumerate(active):
+        item.seconds += seconds * used[i] / max(sum(used), 1)
+    usage.computed += steps * sampler.step_samples * sampler.inputs
+    usage.useful += sum(used)
+    usage.calls += 1
+    return done
+
+
+def _row(item: _Input, settings, sigma_arr) -> dict:
+    """The TSV fields of a finished input (those of `certify_batch`, plus n_used)."""
+    sigma_min = float(np.min(sigma_arr))
+    lower = item.state.lower
+    if settings.radii is not None:
+        r = sequential.grid_radius(lower, (0.0, *settings.radii), sigma_min)
+    else:
+        r = sequential.radius(lower, sigma_min)
+    others = np.delete(item.counts, item.candidate)
+    row = {"index": item.index, "label": item.label, "predict": item.candidate if r >= 0 else ABSTAIN,
+           "radius": max(r, 0.0), "pA_lower": lower, "count_A": int(item.counts[item.candidate]),
+           "count_B": int(others.max()) if others.size else 0, "n_used": item.selection + item.consumed,
+           "seconds": item.seconds}
+    if item.softmax is not None:
+        row["lbound_mc"] = float(l_bound(item.softmax / max(item.consumed, 1), sigma_arr))
+    if item.clean is not None:
+        row["lbound_model"] = float(l_bound(item.clean, sigma_arr))
+    if sigma_arr.ndim:
+        row["area_objective"] = certified_area(lower, sigma_arr)
+    return row

@@ -1,0 +1,236 @@
+"""Sequential CERTIFY: a confidence sequence for p_A that stays valid however the sampling is stopped.
+
+Setting. For an input x and a candidate class c (chosen from n0 selection
+samples drawn with an independent key, or from one clean forward pass), the
+estimation samples give X_j = 1[f(x + eta_j) = c], i.i.d. Bernoulli(p) with
+p = P[f(x + eta) = c]; A_n = X_1 + ... + X_n counts the first n of them.
+
+Looks. A `Schedule` fixes, from the settings alone (budget N, alpha, the
+radii), sample counts n_1 < ... < n_K = N and levels alpha_1, ..., alpha_K
+with sum_k alpha_k <= alpha. Look k may only happen after exactly n_k
+estimation samples.
+
+The confidence sequence (a union bound over a fixed look schedule):
+
+    L_k = max_{j <= k} CP_lower(A_{n_j}, n_j, alpha_j)
+
+with CP_lower the one-sided Clopper-Pearson bound (`bounds.clopper_pearson_lower`).
+
+Theorem. For every rule that picks the stopping look tau in {1..K} from the
+data (the counts so far, other radii, other inputs, anything),
+P[p < L_tau] <= alpha.
+
+Proof. n_j is fixed before sampling, so A_{n_j} ~ Binomial(n_j, p) and
+Clopper-Pearson's exact guarantee gives P[E_j] <= alpha_j for the event
+E_j = {p < CP_lower(A_{n_j}, n_j, alpha_j)}. On {p < L_tau} the maximum
+defining L_tau is attained at some j <= tau, so E_j occurs: {p < L_tau} is
+contained in E_1 u ... u E_K, and P[p < L_tau] <= sum_j alpha_j <= alpha.
+Nothing about tau was used; the bound holds for any stopping rule.
+
+Certificate. When p >= L_tau >= 1/2, c is the smoothed classifier's class and
+sigma Phi^-1(L_tau) <= sigma Phi^-1(p) is a certified ell_2 radius (Cohen et
+al. 2019, Thm 1; with a per-pixel sigma, min(sigma) Phi^-1(L_tau) is the
+inscribed radius of the certified ellipsoid, non_uniform Thm 3.1). So every
+certificate reported here (class and radius) is wrong with probability at
+most alpha, per input. A grid-mode radius is a listed radius r <= sigma
+Phi^-1(L_tau): no larger.
+
+The stopping rules below only decide when to stop. Deciding "not certified"
+is never wrong, so they may use any statistic: they use running-minimum
+Clopper-Pearson upper bounds at a level `futility`, which costs power (a
+certificate the budget would have given, missed), never soundness.
+
+The naive procedure, Clopper-Pearson at level alpha recomputed at every look
+and stopped at the first success, is the same with every alpha_k = alpha:
+its error is P[E_1 u ... u E_K], up to K alpha, not alpha (the tests show it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+from scipy import stats
+
+from jaxsmooth.certification.bounds import clopper_pearson_lower, clopper_pearson_upper
+from jaxsmooth.errors import UserError
+
+FIRST_LOOK = 100  # estimation samples at the first look
+RATIO = 1.5  # growth of the geometric looks
+FINAL_SHARE = 0.5  # of alpha, spent at the budget: the last look is then nearly a fixed-n test at alpha
+TARGET_SHARE = 0.25  # of alpha, spent at the look where all-votes inputs clear the top listed radius
+FUTILITY = 0.001  # level of the upper bounds that declare a radius out of reach (power only)
+DEFAULT_TOLERANCE = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The looks of a sequential test, fixed before sampling (hashable: its bounds are cached).
+
+    looks: K estimation-sample counts, increasing; looks[-1] = the budget N.
+    alphas: K levels of the Clopper-Pearson bound at each look; sum <= alpha.
+    futility: level of the upper bounds used by the stopping rules.
+    """
+
+    looks: tuple[int, ...]
+    alphas: tuple[float, ...]
+    futility: float = FUTILITY
+
+    @property
+    def budget(self) -> int:
+        return self.looks[-1]
+
+    def best_lower(self, p: float, after: int = -1) -> float:
+        """The largest lower bound a look later than `after` (an index) gives when a fraction p of its samples vote.
+
+        ``best_lower(1.0)`` is the most any input can reach within the budget. 0 when no look is left.
+        """
+        return _best_lower(self, float(p), after)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _best_lower(schedule: Schedule, p: float, after: int) -> float:
+    n, a = np.asarray(schedule.looks[after + 1:], np.float64), np.asarray(schedule.alphas[after + 1:])
+    return float(np.max(clopper_pearson_lower(p * n, n, a))) if n.size else 0.0
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _bounds(count: int, n: int, alpha: float, futility: float) -> tuple[float, float]:
+    """(CP lower at alpha, CP upper at futility) of count of n: the same few counts recur across inputs."""
+    return float(clopper_pearson_lower(count, n, alpha)), float(clopper_pearson_upper(count, n, futility))
+
+
+def all_votes_look(threshold: float, level: float) -> float:
+    """The smallest n whose n-of-n lower bound level^(1/n) reaches `threshold`; inf when it is 1 (in float64)."""
+    if threshold >= 1.0:
+        return math.inf
+    return max(1, math.ceil(math.log(level) / math.log(threshold)))
+
+
+def make_schedule(budget: int, alpha: float, *, thresholds: Sequence[float] = (), first: int = FIRST_LOOK,
+                  ratio: float = RATIO, final_share: float = FINAL_SHARE, target_share: float = TARGET_SHARE,
+                  futility: float = FUTILITY) -> Schedule:
+    """Geometric looks first, first * ratio, ... below `budget`, a look at the budget, and one targeted look.
+
+    alpha is split: `final_share` at the budget (so an input that needs every
+    sample is tested almost at alpha, as a fixed-n run is), `target_share` at
+    the targeted look, the rest equally over the geometric looks. The
+    targeted look (given `thresholds`, probabilities p_A must clear) is where
+    an input whose samples all vote for its candidate first clears the
+    largest threshold that can be reached within the budget: such inputs,
+    most of them on an accurate model, stop there and not at the next
+    geometric look.
+    """
+    geometric = []
+    n = float(first)
+    while round(n) < budget:
+        if not geometric or round(n) > geometric[-1]:
+            geometric.append(int(round(n)))
+        n *= ratio
+    shares = {budget: final_share * alpha}
+    reachable = [t for t in thresholds if all_votes_look(t, target_share * alpha) < budget]
+    if reachable:
+        target = all_votes_look(max(reachable), target_share * alpha)
+        shares[target] = shares.get(target, 0.0) + target_share * alpha
+    rest = alpha - sum(shares.values())
+    others = [g for g in geometric if g not in shares]
+    for g in others:
+        shares[g] = rest / len(others)
+    looks = sorted(shares)
+    return Schedule(tuple(int(k) for k in looks), tuple(float(shares[k]) for k in looks), futility)
+
+
+class State(NamedTuple):
+    """One input's test after `look` (an index into the schedule; -1 before the first look)."""
+
+    look: int
+    lower: float  # L: running maximum of the lower bounds, the confidence sequence
+    upper: float  # running minimum of the upper bounds at the futility level
+
+
+START = State(-1, 0.0, 1.0)
+
+
+def observe(state: State, count: int, schedule: Schedule) -> State:
+    """The state after the next look, at which `count` of its looks[k] estimation samples voted for the candidate."""
+    k = state.look + 1
+    lower, upper = _bounds(int(count), schedule.looks[k], schedule.alphas[k], schedule.futility)
+    return State(k, max(state.lower, lower), min(state.upper, upper))
+
+
+def radius(p_lower: float, sigma_min: float) -> float:
+    """sigma_min Phi^-1(p_lower), -inf below 1/2 (not even a prediction)."""
+    return sigma_min * float(stats.norm.ppf(p_lower)) if p_lower >= 0.5 else -math.inf
+
+
+def grid_decided(state: State, schedule: Schedule, radii: Sequence[float], sigma_min: float) -> bool:
+    """Grid mode: is every listed radius (0 included: a prediction) certified, out of reach, or the budget spent?
+
+    Radius r is certified when radius(L) >= r; out of reach when even the
+    running upper bound, as the vote fraction of any later look, would not
+    certify it (`Schedule.best_lower`).
+    """
+    if state.look >= len(schedule.looks) - 1:
+        return True
+    now = radius(state.lower, sigma_min)
+    best = radius(schedule.best_lower(state.upper, state.look), sigma_min)
+    return all(now >= r or best < r for r in radii)
+
+
+def max_radius_decided(state: State, schedule: Schedule, sigma_min: float, tolerance: float) -> bool:
+    """Max-radius mode: stop when the radius still to gain within the budget is under `tolerance` of the reachable one.
+
+    reachable = radius(best lower bound of a later look at the running upper
+    bound's vote fraction); gain = reachable - radius(L), with radius(L) = 0
+    when L < 1/2. Stops when gain <= tolerance x reachable (always when
+    nothing positive is reachable), or at the budget.
+    """
+    if state.look >= len(schedule.looks) - 1:
+        return True
+    now = max(radius(state.lower, sigma_min), 0.0)
+    best = radius(schedule.best_lower(state.upper, state.look), sigma_min)
+    return best <= 0.0 or best - now <= tolerance * best
+
+
+def grid_radius(lower: float, radii: Sequence[float], sigma_min: float) -> float:
+    """The largest listed radius certified by the lower bound `lower`: 0 for a prediction alone, -inf for none."""
+    now = radius(lower, sigma_min)
+    certified = [r for r in radii if r <= now]
+    return max(certified) if certified else -math.inf
+
+
+def unreachable(radii: Sequence[float], schedule: Schedule, sigma_min: float) -> list[float]:
+    """The listed radii no input can be certified at within the budget (even if every sample votes for it)."""
+    best = radius(schedule.best_lower(1.0), sigma_min)
+    return [r for r in radii if r > best]
+
+
+def parse_radii(text: str) -> tuple[float, ...]:
+    """``R1,R2,...`` -> the radii, sorted and distinct, each a finite number >= 0; a `UserError` on ``radii`` otherwise."""
+    radii = []
+    for item in text.split(","):
+        try:
+            radii.append(float(item))
+        except ValueError:
+            raise UserError("radii", f"{item.strip()!r} is not a number; give radii >= 0 like 0.25,0.5") from None
+    return check_radii(radii)
+
+
+def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
+    """The radii sorted and distinct; a `UserError` on ``radii`` unless each is a finite number >= 0."""
+    radii = list(radii)
+    if not radii:
+        raise UserError("radii", "is empty; give radii >= 0 like 0.25,0.5")
+    for r in radii:
+        if not (isinstance(r, (int, float, np.floating, np.integer)) and math.isfinite(r) and r >= 0):
+            raise UserError("radii", f"{r} is not a radius; radii are finite numbers >= 0")
+    return tuple(sorted({float(r) for r in radii}))
+
+
+def check_tolerance(tolerance: float) -> float:
+    if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
+        raise UserError("tolerance", f"must be in (0, 1) (a fraction of the reachable radius), got {tolerance}")
+    return float(tolerance)
