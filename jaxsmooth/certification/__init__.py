@@ -14,7 +14,6 @@ from typing import Callable
 
 import jax
 import numpy as np
-from scipy import stats
 
 from jaxsmooth.certification import bounds, sequential as sequential_stats
 from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, certified_area, certify,
@@ -91,8 +90,8 @@ class Settings:
         Grid mode targets the all-votes look of its largest radius at
         min(sigma); max-radius mode has geometric looks only.
         """
-        thresholds = [float(stats.norm.cdf(r / sigma_min)) for r in self.radii or ()]
-        return sequential_stats.make_schedule(self.n, self.alpha, thresholds=thresholds)
+        levels = sequential_stats.thresholds(self.radii or (), sigma_min)
+        return sequential_stats.make_schedule(self.n, self.alpha, thresholds=levels)
 
 
 def stream_keys(key: jax.Array) -> dict[str, jax.Array]:

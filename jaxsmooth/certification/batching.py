@@ -91,7 +91,8 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
     sigma_min = float(np.min(sigma_arr))
     schedule = settings.schedule(sigma_min)
     if settings.radii is not None:
-        decided = lambda state: sequential.grid_decided(state, schedule, (0.0, *settings.radii), sigma_min)
+        levels = sequential.thresholds((0.0, *settings.radii), sigma_min)
+        decided = lambda state: sequential.grid_decided(state, schedule, levels)
     else:
         decided = lambda state: sequential.max_radius_decided(state, schedule, sigma_min, settings.tolerance)
     pending, ready, active = deque(int(i) for i in indices), deque(), []
@@ -193,7 +194,8 @@ def _row(item: _Input, settings, sigma_arr) -> dict:
     sigma_min = float(np.min(sigma_arr))
     lower = item.state.lower
     if settings.radii is not None:
-        r = sequential.grid_radius(lower, (0.0, *settings.radii), sigma_min)
+        radii = (0.0, *settings.radii)
+        r = sequential.grid_radius(lower, radii, sequential.thresholds(radii, sigma_min))
     else:
         r = sequential.radius(lower, sigma_min)
     others = np.delete(item.counts, item.candidate)

@@ -59,10 +59,12 @@ from jaxsmooth.certification.bounds import clopper_pearson_lower, clopper_pearso
 from jaxsmooth.errors import UserError
 
 FIRST_LOOK = 100  # estimation samples at the first look
-RATIO = 1.5  # growth of the geometric looks
-FINAL_SHARE = 0.5  # of alpha, spent at the budget: the last look is then nearly a fixed-n test at alpha
-TARGET_SHARE = 0.25  # of alpha, spent at the look where all-votes inputs clear the top listed radius
-FUTILITY = 0.001  # level of the upper bounds that declare a radius out of reach (power only)
+# Grid mode: looks 1.4x apart; alpha: 0.5 at the targeted look, 0.3 at the budget, 0.2 over the geometric looks.
+GRID_RATIO, GRID_FINAL, GRID_TARGET = 1.4, 0.3, 0.5
+# Max-radius mode: a confident input's radius grows with every sample, so it runs long whatever the rule; fewer
+# looks (2x apart) leave more alpha to each. alpha: 0.5 at the budget, 0.5 over the geometric looks.
+MAX_RATIO, MAX_FINAL = 2.0, 0.5
+FUTILITY = 0.01  # level of the upper bounds that declare a radius out of reach (power only, never soundness)
 DEFAULT_TOLERANCE = 0.02
 
 
@@ -111,21 +113,25 @@ def all_votes_look(threshold: float, level: float) -> float:
 
 
 def make_schedule(budget: int, alpha: float, *, thresholds: Sequence[float] = (), first: int = FIRST_LOOK,
-                  ratio: float = RATIO, final_share: float = FINAL_SHARE, target_share: float = TARGET_SHARE,
+                  ratio: float | None = None, final_share: float | None = None, target_share: float = GRID_TARGET,
                   futility: float = FUTILITY) -> Schedule:
-    """Geometric looks first, first * ratio, ... below `budget`, a look at the budget, and one targeted look.
+    """Geometric looks first, first * ratio, ... below `budget`, a look at the budget, and in grid mode a targeted look.
 
-    alpha is split: `final_share` at the budget (so an input that needs every
-    sample is tested almost at alpha, as a fixed-n run is), `target_share` at
-    the targeted look, the rest equally over the geometric looks. The
-    targeted look (given `thresholds`, probabilities p_A must clear) is where
-    an input whose samples all vote for its candidate first clears the
-    largest threshold that can be reached within the budget: such inputs,
-    most of them on an accurate model, stop there and not at the next
-    geometric look.
+    Grid mode (`thresholds` given: the probabilities p_A must clear, one per
+    listed radius): the targeted look is where an input whose samples all
+    vote for its candidate first clears the largest threshold reachable
+    within the budget at level target_share * alpha. On an accurate model
+    most inputs are such inputs; they stop there, not at the next geometric
+    look. `final_share` of alpha goes to the budget, so that an input that
+    needs every sample is tested nearly at alpha, as a fixed-n run is; the
+    rest is split equally over the geometric looks. Defaults: ratio 1.4,
+    shares 0.5 (target) and 0.3 (final). Max-radius mode: ratio 2, final
+    share 0.5, no targeted look.
     """
-    geometric = []
-    n = float(first)
+    grid = bool(thresholds)
+    ratio = (GRID_RATIO if grid else MAX_RATIO) if ratio is None else ratio
+    final_share = (GRID_FINAL if grid else MAX_FINAL) if final_share is None else final_share
+    geometric, n = [], float(first)
     while round(n) < budget:
         if not geometric or round(n) > geometric[-1]:
             geometric.append(int(round(n)))
@@ -135,8 +141,10 @@ def make_schedule(budget: int, alpha: float, *, thresholds: Sequence[float] = ()
     if reachable:
         target = all_votes_look(max(reachable), target_share * alpha)
         shares[target] = shares.get(target, 0.0) + target_share * alpha
-    rest = alpha - sum(shares.values())
     others = [g for g in geometric if g not in shares]
+    rest = alpha - sum(shares.values())
+    if not others:  # a budget at or below the first look: all of alpha where the looks are
+        shares = {k: v + rest / len(shares) for k, v in shares.items()}
     for g in others:
         shares[g] = rest / len(others)
     looks = sorted(shares)
@@ -163,21 +171,30 @@ def observe(state: State, count: int, schedule: Schedule) -> State:
 
 def radius(p_lower: float, sigma_min: float) -> float:
     """sigma_min Phi^-1(p_lower), -inf below 1/2 (not even a prediction)."""
-    return sigma_min * float(stats.norm.ppf(p_lower)) if p_lower >= 0.5 else -math.inf
+    return sigma_min * _probit(float(p_lower)) if p_lower >= 0.5 else -math.inf
 
 
-def grid_decided(state: State, schedule: Schedule, radii: Sequence[float], sigma_min: float) -> bool:
-    """Grid mode: is every listed radius (0 included: a prediction) certified, out of reach, or the budget spent?
+@functools.lru_cache(maxsize=1 << 16)
+def _probit(p: float) -> float:
+    return float(stats.norm.ppf(p))
 
-    Radius r is certified when radius(L) >= r; out of reach when even the
-    running upper bound, as the vote fraction of any later look, would not
-    certify it (`Schedule.best_lower`).
+
+def thresholds(radii: Sequence[float], sigma_min: float) -> tuple[float, ...]:
+    """Phi(r / sigma_min) for each radius r: the p_A lower bound that certifies it (1/2 for r = 0, a prediction)."""
+    return tuple(float(stats.norm.cdf(r / sigma_min)) for r in radii)
+
+
+def grid_decided(state: State, schedule: Schedule, levels: Sequence[float]) -> bool:
+    """Grid mode: is every threshold (`thresholds` of the radii, 0 included) cleared, out of reach, or the budget spent?
+
+    Threshold t is cleared when L >= t; out of reach when even the running
+    upper bound, as the vote fraction of any later look, would not clear it
+    (`Schedule.best_lower`).
     """
     if state.look >= len(schedule.looks) - 1:
         return True
-    now = radius(state.lower, sigma_min)
-    best = radius(schedule.best_lower(state.upper, state.look), sigma_min)
-    return all(now >= r or best < r for r in radii)
+    best = schedule.best_lower(state.upper, state.look)
+    return all(state.lower >= t or best < t for t in levels)
 
 
 def max_radius_decided(state: State, schedule: Schedule, sigma_min: float, tolerance: float) -> bool:
@@ -195,17 +212,17 @@ def max_radius_decided(state: State, schedule: Schedule, sigma_min: float, toler
     return best <= 0.0 or best - now <= tolerance * best
 
 
-def grid_radius(lower: float, radii: Sequence[float], sigma_min: float) -> float:
-    """The largest listed radius certified by the lower bound `lower`: 0 for a prediction alone, -inf for none."""
-    now = radius(lower, sigma_min)
-    certified = [r for r in radii if r <= now]
+def grid_radius(lower: float, radii: Sequence[float], levels: Sequence[float]) -> float:
+    """The largest radius whose threshold `lower` clears: 0 for a prediction alone (radii and levels hold 0 and 1/2),
+    -inf for none."""
+    certified = [r for r, t in zip(radii, levels) if lower >= t]
     return max(certified) if certified else -math.inf
 
 
 def unreachable(radii: Sequence[float], schedule: Schedule, sigma_min: float) -> list[float]:
-    """The listed radii no input can be certified at within the budget (even if every sample votes for it)."""
-    best = radius(schedule.best_lower(1.0), sigma_min)
-    return [r for r in radii if r > best]
+    """The radii no input can be certified at within the budget (not even if every sample votes for it)."""
+    best = schedule.best_lower(1.0)
+    return [r for r, t in zip(radii, thresholds(radii, sigma_min)) if best < t]
 
 
 def parse_radii(text: str) -> tuple[float, ...]:
