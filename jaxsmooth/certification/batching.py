@@ -59,7 +59,7 @@ class Usage:
 class _Input:
     index: int
     x: np.ndarray
-    label: int
+    label: int | None
     candidate: int
     selection: int  # selection samples spent (0 for a clean candidate)
     counts: np.ndarray  # [K] estimation counts of samples [0, consumed)
@@ -124,7 +124,7 @@ def _select(sampler, load, batch, sigma, settings, keys, clean_probabilities, us
         usage.calls += 1
     share = (time.perf_counter() - t0) / len(batch)
     k = sampler.num_classes
-    return [_Input(i, x[b], int(labels[b]), int(candidates[b]), spent, np.zeros(k, np.int64),
+    return [_Input(i, x[b], None if labels is None else int(labels[b]), int(candidates[b]), spent, np.zeros(k, np.int64),
                    np.zeros(k) if sampler.with_softmax else None, None if clean is None else clean[b], seconds=share)
             for b, i in enumerate(batch)]
 

@@ -225,6 +225,17 @@ def unreachable(radii: Sequence[float], schedule: Schedule, sigma_min: float) ->
     return [r for r, t in zip(radii, thresholds(radii, sigma_min)) if best < t]
 
 
+def out_of_reach_note(radii: Sequence[float], schedule: Schedule, sigma_min: float, alpha: float) -> str | None:
+    """The one line that says which listed radii the budget cannot reach (`unreachable`); None when all can."""
+    far = unreachable(radii, schedule, sigma_min)
+    if not far:
+        return None
+    best = radius(schedule.best_lower(1.0), sigma_min)
+    listed = ",".join(f"{r:g}" for r in far)
+    return (f"radi{'i' if len(far) > 1 else 'us'} {listed} out of reach at sigma {sigma_min:g}, alpha {alpha:g} and "
+            f"a budget of n={schedule.budget} (at most {best:.4f}): never certified")
+
+
 def parse_radii(text: str) -> tuple[float, ...]:
     """``R1,R2,...`` -> the radii, sorted and distinct, each a finite number >= 0; a `UserError` on ``radii`` otherwise."""
     radii = []
