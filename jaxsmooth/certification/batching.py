@@ -27,7 +27,9 @@ resumed or sharded run gives the rows an uninterrupted one gives.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import heapq
 import time
 from collections import deque
 from typing import Callable, Iterator
@@ -40,6 +42,7 @@ from jaxsmooth.certification.engine import Sampler
 
 CUTS = 4  # looks one slot may pass in one call (a static shape: one executable)
 MAX_STEPS = 64  # loop steps per call at most: calls stay short for progress and resumption
+NO_CUT = 2**31 - 1  # a cut position past every sample
 
 
 @dataclasses.dataclass
@@ -90,8 +93,9 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
     sigma_arr = np.asarray(sigma, np.float64)
     sigma_min = float(np.min(sigma_arr))
     schedule = settings.schedule(sigma_min)
-    if settings.radii is not None:
-        levels = sequential.thresholds((0.0, *settings.radii), sigma_min)
+    radii = None if settings.radii is None else (0.0, *settings.radii)
+    levels = None if radii is None else sequential.thresholds(radii, sigma_min)
+    if radii is not None:
         decided = lambda state: sequential.grid_decided(state, schedule, levels)
     else:
         decided = lambda state: sequential.max_radius_decided(state, schedule, sigma_min, settings.tolerance)
@@ -104,7 +108,9 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
             active.append(ready.popleft())
         for item in _estimate(sampler, active, sigma, schedule, decided, keys["estimation"], usage):
             active.remove(item)
-            yield _row(item, settings, sigma_arr)
+            lower = item.state.lower
+            r = sequential.radius(lower, sigma_min) if radii is None else sequential.grid_radius(lower, radii, levels)
+            yield _row(item, r, sigma_arr)
 
 
 def _select(sampler, load, batch, sigma, settings, keys, clean_probabilities, usage) -> list[_Input]:
@@ -115,7 +121,7 @@ def _select(sampler, load, batch, sigma, settings, keys, clean_probabilities, us
     if settings.candidate == "clean":
         candidates, spent = np.argmax(clean, -1), 0
     else:
-        no_cuts = np.full((len(batch), CUTS), 2**31 - 1, np.int64)
+        no_cuts = np.full((len(batch), CUTS), NO_CUT, np.int64)
         counts = sampler.segments(x, batch, sigma, 0, settings.n0, keys["selection"], no_cuts).counts
         candidates, spent = np.argmax(counts.sum(1), -1), settings.n0
         steps = -(-settings.n0 // sampler.step_samples)
@@ -135,24 +141,27 @@ def _plan(active: list[_Input], schedule: sequential.Schedule, slots: int, step:
     Spare slots go, one by one, to the inputs with the most budget left per
     slot; an input's slots take consecutive pieces of its stream.
     """
-    looks = np.asarray(schedule.looks)
+    looks, budget = schedule.looks, schedule.budget
     share = [1] * len(active)
-    left = [schedule.budget - item.consumed for item in active]
+    heap = [(item.consumed - budget, i) for i, item in enumerate(active)]  # -(budget left per slot), input
+    heapq.heapify(heap)
     for _ in range(slots - len(active)):
-        share[int(np.argmax([left[i] / share[i] for i in range(len(active))]))] += 1
+        _, i = heapq.heappop(heap)
+        share[i] += 1
+        heapq.heappush(heap, ((active[i].consumed - budget) / share[i], i))
     # as many steps as every input can take before its next look, at least one
-    steps = min((int(looks[np.searchsorted(looks, item.consumed, side="right")]) - item.consumed)
-                // (share[i] * step) for i, item in enumerate(active))
-    steps = int(np.clip(steps, 1, MAX_STEPS))
+    steps = min((looks[bisect.bisect_right(looks, item.consumed)] - item.consumed) // (share[i] * step)
+                for i, item in enumerate(active))
+    steps = min(max(steps, 1), MAX_STEPS)
     plan = []
     for i, item in enumerate(active):
         start = item.consumed
         for _ in range(share[i]):
-            end = min(start + steps * step, schedule.budget)
-            inside = looks[(looks > start) & (looks < end)]
-            if inside.size > CUTS:  # at most CUTS looks per slot: end this piece at the next one
-                end, inside = int(inside[CUTS]), inside[:CUTS]
-            plan.append((i, start, end - start, np.pad(inside, (0, CUTS - inside.size), constant_values=2**31 - 1)))
+            end = min(start + steps * step, budget)
+            inside = looks[bisect.bisect_right(looks, start):bisect.bisect_left(looks, end)]
+            if len(inside) > CUTS:  # at most CUTS looks per slot: end this piece at the next one
+                end, inside = inside[CUTS], inside[:CUTS]
+            plan.append((i, start, end - start, inside + (NO_CUT,) * (CUTS - len(inside))))
             start = end
     return steps, plan
 
@@ -163,14 +172,14 @@ def _estimate(sampler, active, sigma, schedule, decided, key, usage) -> list[_In
     x = np.stack([active[i].x for i, *_ in plan])
     t0 = time.perf_counter()
     out = sampler.segments(x, [active[i].index for i, *_ in plan], sigma, [p[1] for p in plan],
-                           [p[2] for p in plan], key, np.stack([p[3] for p in plan]))
+                           [p[2] for p in plan], key, np.array([p[3] for p in plan], np.int64))
     seconds = time.perf_counter() - t0
     done, used = [], [0] * len(active)
     for slot, (i, start, m, cuts) in enumerate(plan):
         item = active[i]
         if item in done or m == 0:  # a later piece of an input decided in an earlier one: wasted
             continue
-        for piece, end in enumerate([int(c) for c in cuts if c < start + m] + [start + m]):
+        for piece, end in enumerate([c for c in cuts if c < start + m] + [start + m]):
             item.counts = item.counts + out.counts[slot, piece]
             if item.softmax is not None:
                 item.softmax = item.softmax + out.softmax_sums[slot, piece]
@@ -181,23 +190,18 @@ def _estimate(sampler, active, sigma, schedule, decided, key, usage) -> list[_In
                 if decided(item.state):
                     done.append(item)
                     break
+    total = max(sum(used), 1)
     for i, item in enumerate(active):
-        item.seconds += seconds * used[i] / max(sum(used), 1)
+        item.seconds += seconds * used[i] / total
     usage.computed += steps * sampler.step_samples * sampler.inputs
     usage.useful += sum(used)
     usage.calls += 1
     return done
 
 
-def _row(item: _Input, settings, sigma_arr) -> dict:
-    """The TSV fields of a finished input (those of `certify_batch`, plus n_used)."""
-    sigma_min = float(np.min(sigma_arr))
+def _row(item: _Input, r: float, sigma_arr) -> dict:
+    """The TSV fields of a finished input with certified radius r (-inf: abstain): `certify_batch`'s and n_used."""
     lower = item.state.lower
-    if settings.radii is not None:
-        radii = (0.0, *settings.radii)
-        r = sequential.grid_radius(lower, radii, sequential.thresholds(radii, sigma_min))
-    else:
-        r = sequential.radius(lower, sigma_min)
     others = np.delete(item.counts, item.candidate)
     row = {"index": item.index, "label": item.label, "predict": item.candidate if r >= 0 else ABSTAIN,
            "radius": max(r, 0.0), "pA_lower": lower, "count_A": int(item.counts[item.candidate]),
