@@ -1,11 +1,20 @@
 """``python -m jaxsmooth.analyze RUN.tsv [RUN2.tsv ...] [--labels a,b] [--radii 0,0.25,0.5 | --max-radius R
---step S] [--markdown FILE] [--latex FILE] [--plot FILE.png] [--area-plot FILE.png] [--curve FILE.png]``
+--step S] [--markdown FILE] [--latex FILE] [--plot FILE.png] [--area-plot FILE.png] [--curve FILE.png]
+[--samples-plot FILE.png]``
 
 Tabulates certify runs: certified accuracy at each radius, average certified
 radius (ACR), abstain rate and clean accuracy, one row per run (Cohen et
 al.'s analysis); predict runs get accuracy and abstain rate. Prints the
 markdown table; writes it as LaTeX, and plots certified accuracy against
 radius (and against the certified area, for anisotropic runs), on request.
+
+Sequential runs (``certify --sequential``, an ``n_used`` column) add a
+second table: mean and median samples per input, and how many times fewer
+than the fixed-n run of the same images given with them
+(`jaxsmooth.analysis.samples`); ``--samples-plot FILE.png`` draws n_used
+against pA_lower::
+
+    python -m jaxsmooth.analyze seq.tsv fixed.tsv --radii 0,0.25,0.5,0.75 --samples-plot n_used.png
 
 Attack files (``python -m jaxsmooth.attack``; first line ``# jaxsmooth
 attack``) are recognised by their header. When any file given is one, the
@@ -57,6 +66,7 @@ import sys
 
 from jaxsmooth import analysis, cli
 from jaxsmooth.analysis import attacks as attack_analysis
+from jaxsmooth.analysis import samples as samples_analysis
 from jaxsmooth.errors import UserError
 
 
@@ -82,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", default=None, metavar="OUT.tsv",
                    help="write the shards of one run (certify.parallel = examples: OUT.shard<p>of<P>.tsv) as one "
                         "TSV, rows in idx order; the table is printed as well")
+    p.add_argument("--samples-plot", default=None, metavar="FILE.png",
+                   help="sequential runs (an n_used column): plot samples used against pA_lower")
     p.add_argument("--lbound", default=None, help="attack files: the certify files' L-bound column, model or mc "
                    "(default: model when present)")
     return p
@@ -122,7 +134,7 @@ def _save_figure(fig, path: str, flag: str) -> None:
 
 
 def _attack_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "plot", "area_plot", "merge"):
+    for flag in ("radii", "max_radius", "step", "latex", "plot", "area_plot", "merge", "samples_plot"):
         if getattr(args, flag) is not None:
             name = "--" + flag.replace("_", "-")
             raise UserError(name, "is for certify files; with attack files use --markdown, --curve, --lbound")
@@ -158,7 +170,7 @@ def _attack_main(args, labels) -> int:
 
 
 def _accuracy_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho", "merge"):
+    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho", "merge", "samples_plot"):
         if getattr(args, flag) is not None:
             raise UserError("--" + flag.replace("_", "-"), "is not for accuracy files; with them use --markdown, --plot")
     if labels is not None and len(labels) != len(args.runs):
@@ -175,7 +187,7 @@ def _accuracy_main(args, labels) -> int:
 
 
 def _distributional_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "merge"):
+    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "merge", "samples_plot"):
         if getattr(args, flag) is not None:
             name = "--" + flag.replace("_", "-")
             raise UserError(name, "is not for distributional files; with them use --rho, --markdown, --plot")
@@ -229,6 +241,9 @@ def main(argv: list[str]) -> int:
     grid = analysis.radius_grid(runs, radii, max_radius, step)
     summaries = [analysis.summarize(run, grid) for run in runs]
     markdown = analysis.markdown_table(summaries)
+    samples = samples_analysis.samples_rows(runs)
+    if samples:  # sequential runs: samples per input, against the fixed-n run of the same images
+        markdown += "\n" + samples_analysis.samples_markdown(samples)
     if args.markdown:
         _write_text(args.markdown, markdown, "--markdown")
     if args.latex:
@@ -237,6 +252,8 @@ def main(argv: list[str]) -> int:
         _save_figure(analysis.certified_accuracy_figure(runs, max_radius=float(grid[-1]) or None), args.plot, "--plot")
     if args.area_plot:
         _save_figure(analysis.area_figure(runs), args.area_plot, "--area-plot")
+    if args.samples_plot:
+        _save_figure(samples_analysis.samples_figure(runs), args.samples_plot, "--samples-plot")
     for run in runs:
         if run.ignored_line is not None:
             print(f"note: {run.path}: ignored the partial last line {run.ignored_line}", file=sys.stderr)

@@ -123,8 +123,10 @@ def _parser() -> argparse.ArgumentParser:
                         "--config.FIELD=VALUE overrides apply to the base model too")
     s.add_argument("--markdown", default="", help="also write the table here (always: WORKDIR/sigma_report.md)")
     from jaxsmooth.benchmarks import pipeline as pipeline_bench  # stdlib + numpy at import: cheap
+    from jaxsmooth.benchmarks import sequential as sequential_bench
 
     pipeline_bench.add_parser(sub)
+    sequential_bench.add_parser(sub)
     return p
 
 
@@ -374,13 +376,20 @@ def _certify_memory(args, dtypes, settings: str) -> int:
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
-    if overrides and args.what not in ("deterministic", "nal", "sigma"):
-        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic, nal and sigma only, "
-                                  f"got {overrides[0]}")
+    if overrides and args.what not in ("deterministic", "nal", "sigma", "sequential"):
+        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic, nal, sigma and "
+                                  f"sequential only, got {overrides[0]}")
     return {"certify": _certify, "train": _train, "inference": _inference, "scaling": _scaling,
             "pipeline": _pipeline,
             "deterministic": lambda a: _deterministic(a, overrides), "nal": lambda a: _nal(a, overrides),
-            "sigma": lambda a: _sigma(a, overrides)}[args.what](args)
+            "sigma": lambda a: _sigma(a, overrides),
+            "sequential": lambda a: _sequential(a, overrides)}[args.what](args)
+
+
+def _sequential(args, overrides) -> int:
+    from jaxsmooth.benchmarks import sequential as sequential_bench
+
+    return sequential_bench.main(args, overrides)
 
 
 def _repo_root() -> str:

@@ -91,14 +91,8 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
     """
     usage = Usage() if usage is None else usage
     sigma_arr = np.asarray(sigma, np.float64)
-    sigma_min = float(np.min(sigma_arr))
-    schedule = settings.schedule(sigma_min)
-    radii = None if settings.radii is None else (0.0, *settings.radii)
-    levels = None if radii is None else sequential.thresholds(radii, sigma_min)
-    if radii is not None:
-        decided = lambda state: sequential.grid_decided(state, schedule, levels)
-    else:
-        decided = lambda state: sequential.max_radius_decided(state, schedule, sigma_min, settings.tolerance)
+    schedule = settings.schedule(float(np.min(sigma_arr)))
+    decided, certified_radius = stopping_rule(settings, schedule, sigma_arr)
     pending, ready, active = deque(int(i) for i in indices), deque(), []
     while pending or ready or active:
         while len(active) < sampler.inputs and (ready or pending):
@@ -108,9 +102,42 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
             active.append(ready.popleft())
         for item in _estimate(sampler, active, sigma, schedule, decided, keys["estimation"], usage):
             active.remove(item)
-            lower = item.state.lower
-            r = sequential.radius(lower, sigma_min) if radii is None else sequential.grid_radius(lower, radii, levels)
-            yield _row(item, r, sigma_arr)
+            yield _row(item, certified_radius(item.state.lower), sigma_arr)
+
+
+def stopping_rule(settings, schedule: sequential.Schedule, sigma) -> tuple[Callable, Callable]:
+    """(decided(state) -> bool, radius(L) -> the reported radius, -inf to abstain) of the settings' mode."""
+    sigma_min = float(np.min(sigma))
+    if settings.radii is None:
+        return (lambda state: sequential.max_radius_decided(state, schedule, sigma_min, settings.tolerance),
+                lambda lower: sequential.radius(lower, sigma_min))
+    radii = (0.0, *settings.radii)
+    levels = sequential.thresholds(radii, sigma_min)
+    return (lambda state: sequential.grid_decided(state, schedule, levels),
+            lambda lower: sequential.grid_radius(lower, radii, levels))
+
+
+def replay(counts: np.ndarray, positions, candidate: int, selection: int, settings, sigma) -> dict:
+    """The row `run` gives an input, from its estimation counts recorded at fixed stream positions.
+
+    The counts of a stream's first N samples do not depend on how they were
+    drawn (`engine`), so a fixed-n run that records them at every look of a
+    schedule (`positions` must hold the schedule's looks, increasing;
+    counts: [len(positions), K] counts of samples [0, position)) can replay
+    any sequential run of those settings: the same looks, states, stop and
+    row as `run`, without drawing again. time and lbound_mc are not replayed.
+    """
+    sigma_arr = np.asarray(sigma, np.float64)
+    schedule = settings.schedule(float(np.min(sigma_arr)))
+    decided, certified_radius = stopping_rule(settings, schedule, sigma_arr)
+    where = {int(p): j for j, p in enumerate(positions)}
+    item = _Input(-1, np.zeros(0), None, int(candidate), selection, np.zeros(counts.shape[1], np.int64), None, None)
+    for look in schedule.looks:
+        item.counts, item.consumed = np.asarray(counts[where[look]], np.int64), look
+        item.state = sequential.observe(item.state, int(item.counts[candidate]), schedule)
+        if decided(item.state):
+            break
+    return _row(item, certified_radius(item.state.lower), sigma_arr)
 
 
 def _select(sampler, load, batch, sigma, settings, keys, clean_probabilities, usage) -> list[_Input]:

@@ -1,0 +1,301 @@
+"""Sequential CERTIFY against fixed n on trained models, side by side: ``python -m jaxsmooth.bench sequential``.
+
+For each model (a workdir and its sigma), on the same test images:
+
+1. grid mode (radii ``--radii-sigma`` times sigma), run for real over every
+   image with continuous batching: its TSV, samples per image and the
+   fraction of forward-pass slots doing useful work;
+2. wall-clock: every mode (fixed n at each ``--fixed`` n and the budget,
+   max-radius at each ``--tolerances``, grid) run for real on a few of the
+   images (``--timing-images``), in turn, ``--rounds`` times: images/s
+   (medians over rounds);
+3. the stream of every image: n0 selection and n estimation samples, with
+   the counts recorded at every look of both schedules and at each fixed n.
+   This pass is the fixed-n run at the budget. Its first N samples are the
+   samples a fixed-n run at N draws, so they give that run's rows; the
+   max-radius runs are replayed from the counts at their looks
+   (`batching.replay`: the rows a real run gives), and so is the grid run,
+   whose replayed rows are checked equal to the real run's.
+
+One pass of n samples per image thus gives every mode's certificates.
+Everything resumes: the grid TSVs after their last row, the recorded
+streams after their last batch of images; ``--report-only`` tabulates what
+is there. Outputs in ``--workdir``: TSVs per mode (``LABEL_grid.tsv``,
+``LABEL_fixed_N.tsv``, ``LABEL_max_TOL.tsv``, readable by ``analyze``), the
+recorded counts (``LABEL_stream.npz``), ``timing.json``, ``report.md``,
+``tradeoff.png`` and ``LABEL_n_used.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from jaxsmooth.errors import UserError
+
+COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "count_A", "count_B"]
+
+
+def add_parser(subparsers) -> Any:
+    p = subparsers.add_parser("sequential", help="sequential CERTIFY (grid and max-radius) against fixed n: "
+                                                 "samples, certified accuracy, ACR, images/s")
+    p.add_argument("--checkpoints", required=True, help="comma-separated training workdirs")
+    p.add_argument("--sigmas", required=True, help="comma-separated sigma of each checkpoint")
+    p.add_argument("--labels", default="", help="comma-separated names (default: sigma<sigma>)")
+    p.add_argument("--config", default="", help="config of the models (default: each workdir's config.json)")
+    p.add_argument("--workdir", required=True, help="where the raw files go (resumed when it exists)")
+    p.add_argument("--skip", type=int, default=20, help="every skip-th test image")
+    p.add_argument("--max", type=int, default=-1, help="stop before this test image (-1: all)")
+    p.add_argument("--n0", type=int, default=100)
+    p.add_argument("--n", type=int, default=100_000, help="the budget, and the largest fixed n")
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--radii-sigma", default="1,2,3", help="grid radii in units of each model's sigma")
+    p.add_argument("--tolerances", default="0.01,0.02,0.05,0.1", help="max-radius tolerances")
+    p.add_argument("--fixed", default="10000,20000,50000", help="fixed n below the budget, from the same stream")
+    p.add_argument("--timing-images", type=int, default=10, help="images of the wall-clock runs")
+    p.add_argument("--rounds", type=int, default=1, help="wall-clock rounds; medians are over rounds")
+    p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
+    p.add_argument("--inputs", type=int, default=10, help="inputs (slots) per forward pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-only", action="store_true", help="tabulate what the workdir holds; sample nothing")
+    return p
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(flag, f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UserError(flag, "is empty")
+    return values
+
+
+@dataclasses.dataclass
+class Model:
+    label: str
+    workdir: str
+    sigma: float
+    radii: tuple[float, ...]
+
+
+def _models(args) -> list[Model]:
+    workdirs = [w for w in args.checkpoints.split(",") if w]
+    sigmas = _floats(args.sigmas, "--sigmas")
+    if len(sigmas) != len(workdirs):
+        raise UserError("--sigmas", f"{len(sigmas)} sigma(s) for {len(workdirs)} checkpoint(s); give one each")
+    labels = args.labels.split(",") if args.labels else [f"sigma{s:g}" for s in sigmas]
+    if len(labels) != len(workdirs):
+        raise UserError("--labels", f"{len(labels)} label(s) for {len(workdirs)} checkpoint(s)")
+    multiples = _floats(args.radii_sigma, "--radii-sigma")
+    return [Model(label, w, s, tuple(round(m * s, 12) for m in multiples))
+            for label, w, s in zip(labels, workdirs, sigmas)]
+
+
+def main(args, overrides) -> int:
+    from jaxsmooth.benchmarks import sequential_report as report
+
+    models = _models(args)
+    tolerances = _floats(args.tolerances, "--tolerances")
+    fixed = sorted({int(n) for n in _floats(args.fixed, "--fixed")} | {args.n})
+    if fixed[0] <= 0 or fixed[-1] > args.n:
+        raise UserError("--fixed", f"each fixed n must be in [1, --n {args.n}], got {args.fixed!r}")
+    os.makedirs(args.workdir, exist_ok=True)
+    if not args.report_only:
+        for model in models:
+            setup = _setup(args, overrides, model, tolerances, fixed)
+            _grid(setup)
+        timing = _timing(args, overrides, models, tolerances, fixed)
+        with open(os.path.join(args.workdir, "timing.json"), "w") as f:
+            json.dump(timing, f, indent=1)
+        for model in models:
+            _record(_setup(args, overrides, model, tolerances, fixed))
+    text = report.write(args.workdir, models, fixed, tolerances, settings=vars(args))
+    print(text, end="")
+    return 0
+
+
+@dataclasses.dataclass
+class Setup:
+    args: Any
+    model: Model
+    sampler: Any
+    split: Any
+    indices: np.ndarray
+    key: Any  # the certify stream's key
+    keys: dict  # its selection and estimation keys
+    settings: Any  # the grid run's
+    tolerances: list
+    fixed: list
+    header: dict
+
+
+_SAMPLERS: dict = {}  # one compiled engine per model for the whole run
+
+
+def _setup(args, overrides, model: Model, tolerances, fixed) -> Setup:
+    """The model, its data and engine, and the grid settings."""
+    from jaxsmooth import certification, cli, models, noise, trainer
+    from jaxsmooth.certification import records
+
+    config = cli.load_config(args.config or None, overrides, model.workdir)
+    if model.label not in _SAMPLERS:
+        run, params, model_state, step = trainer.load_trained(config, model.workdir)
+        folded = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))
+        sampler = certification.Sampler(folded.apply, folded.params, folded.model_state,
+                                        input_shape=run.dataset.input_shape, num_classes=run.dataset.num_classes,
+                                        inputs=args.inputs, chunk=args.batch // args.inputs, compiler_options="auto")
+        _SAMPLERS[model.label] = (sampler, run.dataset.test, step)
+    sampler, split, step = _SAMPLERS[model.label]
+    indices = records.example_indices(len(split), args.skip, args.max)
+    settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, sequential=True, radii=model.radii)
+    settings.check(sampler.num_classes)
+    header = {"mode": "certify", "sigma": model.sigma, "anisotropic": False, "n0": args.n0, "n": args.n,
+              "alpha": args.alpha, "candidate": "selection", "topk": 0, "seed": args.seed, "dtype": config.model.dtype,
+              "model": config.model.name, "dataset": config.data.name, "split": "test", "skip": args.skip,
+              "max": args.max, "batch": args.batch, "inputs": args.inputs, "checkpoint": model.workdir,
+              "checkpoint_step": step, "key": f"fold_in(key({args.seed}), certify stream)"}
+    key = noise.certify_key(noise.root_key(args.seed))
+    return Setup(args, model, sampler, split, indices, key, certification.stream_keys(key), settings, tolerances,
+                 fixed, header)
+
+
+def _examples(split):
+    from jaxsmooth.certification import records
+
+    return records.split_examples(split)
+
+
+def _grid(s: Setup) -> None:
+    """Grid mode over every image, for real; resumes after the TSV's last row."""
+    from tqdm import tqdm
+
+    from jaxsmooth.certification import batching, records
+
+    path = os.path.join(s.args.workdir, f"{s.model.label}_grid.tsv")
+    header = {**s.header, "sequential": "grid", "radii": list(s.model.radii)}
+    writer = records.TsvWriter(path, header, COLUMNS + ["n_used"])
+    done = set(writer.done)
+    todo = np.asarray([i for i in s.indices if int(i) not in done], np.int64)
+    usage, t0 = batching.Usage(), time.perf_counter()
+    with tqdm(total=len(s.indices), initial=len(done), desc=f"{s.model.label} grid", file=sys.stderr) as bar:
+        for row in batching.run(s.sampler, _examples(s.split), todo, s.model.sigma, s.settings, s.keys, usage=usage):
+            writer.write(_tsv_row(row))
+            bar.update(1)
+    writer.close()
+    if len(todo):
+        with open(os.path.join(s.args.workdir, f"{s.model.label}_grid_usage.json"), "w") as f:
+            json.dump({**dataclasses.asdict(usage), "fraction": usage.fraction, "images": len(todo),
+                       "seconds": time.perf_counter() - t0}, f, indent=1)
+
+
+def _tsv_row(row: dict) -> dict:
+    return {**row, "idx": row["index"], "correct": int(row["predict"] == row["label"]),
+            "time": f"{row.get('seconds', 0.0):.6f}"}
+
+
+def _timing(args, overrides, models, tolerances, fixed) -> dict:
+    """Wall-clock images/s of every mode, on the same few images, in turn, `rounds` times; medians."""
+    out = {}
+    for model in models:
+        s = _setup(args, overrides, model, tolerances, fixed)
+        pick = s.indices[:: max(1, len(s.indices) // args.timing_images)][:args.timing_images]
+        x, labels = _examples(s.split)(pick)
+        runs = {f"fixed n={n:,}": _fixed_runner(s, x, pick, n) for n in fixed}
+        for tol in tolerances:
+            settings = dataclasses.replace(s.settings, radii=None, tolerance=tol)
+            runs[f"max-radius {tol:g}"] = _sequential_runner(s, pick, settings)
+        runs["grid"] = _sequential_runner(s, pick, s.settings)
+        _warm(s, x, pick)
+        seconds = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                print(f"timing {model.label}: {name}", file=sys.stderr)
+                t0 = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - t0)
+        out[model.label] = {name: {"images": len(pick), "seconds": v, "samples": runs[name].samples,
+                                   "images_per_s": len(pick) / statistics.median(v)} for name, v in seconds.items()}
+    return out
+
+
+def _warm(s: Setup, x, pick) -> None:
+    """Compiles the engine's two executables (plain counts; counts split at the cuts of a sequential call)."""
+    from jaxsmooth.certification import batching
+
+    s.sampler(x[:1], pick[:1], s.model.sigma, 1, s.keys["selection"])
+    s.sampler.segments(x[:1], pick[:1], s.model.sigma, 0, 1, s.keys["estimation"],
+                       np.full((1, batching.CUTS), batching.NO_CUT))
+
+
+def _fixed_runner(s: Setup, x, pick, n: int):
+    from jaxsmooth import certification
+
+    settings = certification.Settings(n0=s.args.n0, n=n, alpha=s.args.alpha)
+
+    def run():
+        for start in range(0, len(pick), s.sampler.inputs):
+            sl = slice(start, start + s.sampler.inputs)
+            certification.certify_batch(s.sampler, x[sl], pick[sl], s.model.sigma, settings, s.key)
+        run.samples = len(pick) * (n + s.args.n0)
+
+    run.samples = len(pick) * (n + s.args.n0)
+    return run
+
+
+def _sequential_runner(s: Setup, pick, settings):
+    from jaxsmooth.certification import batching
+
+    def run():
+        rows = list(batching.run(s.sampler, _examples(s.split), pick, s.model.sigma, settings, s.keys))
+        run.samples = sum(r["n_used"] for r in rows)
+
+    run.samples = 0
+    return run
+
+
+def positions(settings, sigma: float, fixed) -> list[int]:
+    """Every stream position whose counts a replay needs: both schedules' looks and each fixed n."""
+    grid = settings.schedule(sigma).looks
+    maximum = dataclasses.replace(settings, radii=None).schedule(sigma).looks
+    return sorted(set(grid) | set(maximum) | set(fixed))
+
+
+def _record(s: Setup) -> None:
+    """The fixed-n stream of every image, counts kept at `positions`; resumes after the last batch saved."""
+    from tqdm import tqdm
+
+    path = os.path.join(s.args.workdir, f"{s.model.label}_stream.npz")
+    cuts = positions(s.settings, s.model.sigma, s.fixed)
+    saved = dict(np.load(path)) if os.path.exists(path) else None
+    if saved is not None and list(saved["positions"]) != cuts:
+        raise UserError("--workdir", f"{path} was recorded at other positions; choose another --workdir")
+    data = saved or {"positions": np.asarray(cuts), "idx": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
+                     "candidate": np.zeros(0, np.int64), "seconds": np.zeros(0),
+                     "counts": np.zeros((0, len(cuts), s.sampler.num_classes), np.int64)}
+    recorded = set(data["idx"].tolist())
+    todo = np.asarray([i for i in s.indices if int(i) not in recorded], np.int64)
+    examples = _examples(s.split)
+    with tqdm(total=len(s.indices), initial=len(s.indices) - len(todo), desc=f"{s.model.label} stream",
+              file=sys.stderr) as bar:
+        for start in range(0, len(todo), s.sampler.inputs):
+            idx = todo[start:start + s.sampler.inputs]
+            x, labels = examples(idx)
+            t0 = time.perf_counter()
+            selection = s.sampler(x, idx, s.model.sigma, s.args.n0, s.keys["selection"]).counts
+            inner = np.tile(np.asarray(cuts[:-1], np.int64), (len(idx), 1))
+            pieces = s.sampler.segments(x, idx, s.model.sigma, 0, cuts[-1], s.keys["estimation"], inner).counts
+            seconds = (time.perf_counter() - t0) / len(idx)
+            new = {"idx": idx, "label": labels, "candidate": np.argmax(selection, -1),
+                   "seconds": np.full(len(idx), seconds), "counts": np.cumsum(pieces, axis=1)}
+            data = {k: v if k == "positions" else np.concatenate([v, new[k]]) for k, v in data.items()}
+            np.savez(path + ".tmp.npz", **data)
+            os.replace(path + ".tmp.npz", path)
+            bar.update(len(idx))
