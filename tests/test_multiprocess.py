@@ -72,16 +72,16 @@ def _rows(path):
     return {int(r[0]): [r[j] for j in keep] for r in body}, [header[j] for j in keep]
 
 
-def _assert_same_rows(got_path, want_path, *, close=("lbound_mc",)):
+def _assert_same_rows(got_path, want_path, *, close=("lbound_mc",), rel=1e-6):
     """Equal rows: integer columns and the radius exactly; `close` columns (sums of floats, whose order follows
-    the device count) to 1e-6."""
+    the device count) to `rel`."""
     got, header = _rows(got_path)
     want, _ = _rows(want_path)
     assert sorted(got) == sorted(want)
     for i in want:
         for name, a, b in zip(header, got[i], want[i]):
             if name in close:
-                assert float(a) == pytest.approx(float(b), rel=1e-6, abs=1e-7), (i, name)
+                assert float(a) == pytest.approx(float(b), rel=rel, abs=1e-7), (i, name)
             else:
                 assert a == b, (i, name, a, b)
 
@@ -135,6 +135,31 @@ def test_certify_counts_match_one_process(two_process_run, tmp_path, mode):
         assert [len(_rows(s)[0]) for s in shards] == [5, 5]
         analysis.write_merged(shards, two)
     _assert_same_rows(two, one)
+
+
+SEQUENTIAL = ["--sequential", "--radii", "0.1,0.25", "--inputs", "5", "--n", "3000"]
+
+
+@pytest.fixture(scope="module")
+def sequential_one(two_process_run, tmp_path_factory):
+    """A sequential certification of the first 10 examples by one process with 8 devices."""
+    one = str(tmp_path_factory.mktemp("seq") / "one.tsv")
+    assert certify.run(["--config", QUICKSTART, "--checkpoint", two_process_run[0], "--out", one, "--max", "10"]
+                       + CERTIFY + SEQUENTIAL + SMALL) == 0
+    return one
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["samples", "examples"])
+def test_sequential_certify_matches_one_process(two_process_run, sequential_one, tmp_path, mode):
+    two = str(tmp_path / "two.tsv")
+    _launch(tmp_path, f"sequential_{mode}", ["-m", "jaxsmooth.certify", "--config", QUICKSTART, "--checkpoint",
+                                              two_process_run[0], "--out", two, "--max", "10",
+                                              f"--config.certify.parallel={mode}"] + CERTIFY + SEQUENTIAL + SMALL)
+    if mode == "examples":
+        analysis.write_merged([analysis.shard_path(two, p, 2) for p in range(2)], two)
+    assert len(_rows(two)[0]) == 10 and "n_used" in _rows(two)[1]
+    _assert_same_rows(two, sequential_one, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ For each model (a workdir and its sigma), on the same test images:
 1. grid mode (radii ``--radii-sigma`` times sigma), run for real over every
    image with continuous batching: its TSV, samples per image and the
    fraction of forward-pass slots doing useful work;
-2. wall-clock: every mode (fixed n at each ``--fixed`` n and the budget,
-   max-radius at each ``--tolerances``, grid) run for real on a few of the
+2. wall-clock: fixed n at the budget, max-radius at each
+   ``--timing-tolerances`` and grid, each run for real on the same few
    images (``--timing-images``), in turn, ``--rounds`` times: images/s
    (medians over rounds);
 3. the stream of every image: n0 selection and n estimation samples, with
@@ -15,7 +15,9 @@ For each model (a workdir and its sigma), on the same test images:
    samples a fixed-n run at N draws, so they give that run's rows; the
    max-radius runs are replayed from the counts at their looks
    (`batching.replay`: the rows a real run gives), and so is the grid run,
-   whose replayed rows are checked equal to the real run's.
+   whose replayed rows are checked equal to the real run's. The models
+   take turns, a batch of images each, so that a run stopped early leaves
+   both with the same images done.
 
 One pass of n samples per image thus gives every mode's certificates.
 Everything resumes: the grid TSVs after their last row, the recorded
@@ -59,7 +61,8 @@ def add_parser(subparsers) -> Any:
     p.add_argument("--radii-sigma", default="1,2,3", help="grid radii in units of each model's sigma")
     p.add_argument("--tolerances", default="0.01,0.02,0.05,0.1", help="max-radius tolerances")
     p.add_argument("--fixed", default="10000,20000,50000", help="fixed n below the budget, from the same stream")
-    p.add_argument("--timing-images", type=int, default=10, help="images of the wall-clock runs")
+    p.add_argument("--timing-images", type=int, default=4, help="images of the wall-clock runs")
+    p.add_argument("--timing-tolerances", default="0.02,0.1", help="max-radius tolerances timed")
     p.add_argument("--rounds", type=int, default=1, help="wall-clock rounds; medians are over rounds")
     p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     p.add_argument("--inputs", type=int, default=10, help="inputs (slots) per forward pass")
@@ -112,11 +115,14 @@ def main(args, overrides) -> int:
         for model in models:
             setup = _setup(args, overrides, model, tolerances, fixed)
             _grid(setup)
-        timing = _timing(args, overrides, models, tolerances, fixed)
-        with open(os.path.join(args.workdir, "timing.json"), "w") as f:
-            json.dump(timing, f, indent=1)
-        for model in models:
-            _record(_setup(args, overrides, model, tolerances, fixed))
+        timing_path = os.path.join(args.workdir, "timing.json")
+        if not os.path.exists(timing_path):
+            timing = _timing(args, overrides, models, _floats(args.timing_tolerances, "--timing-tolerances"), fixed)
+            with open(timing_path, "w") as f:
+                json.dump(timing, f, indent=1)
+        recorders = [_record(_setup(args, overrides, model, tolerances, fixed)) for model in models]
+        while recorders:  # the models take turns, a batch of images each
+            recorders = [r for r in recorders if next(r, None) is not None]
     text = report.write(args.workdir, models, fixed, tolerances, settings=vars(args))
     print(text, end="")
     return 0
@@ -208,7 +214,7 @@ def _timing(args, overrides, models, tolerances, fixed) -> dict:
         s = _setup(args, overrides, model, tolerances, fixed)
         pick = s.indices[:: max(1, len(s.indices) // args.timing_images)][:args.timing_images]
         x, labels = _examples(s.split)(pick)
-        runs = {f"fixed n={n:,}": _fixed_runner(s, x, pick, n) for n in fixed}
+        runs = {f"fixed n={args.n:,}": _fixed_runner(s, x, pick, args.n)}
         for tol in tolerances:
             settings = dataclasses.replace(s.settings, radii=None, tolerance=tol)
             runs[f"max-radius {tol:g}"] = _sequential_runner(s, pick, settings)
@@ -268,8 +274,11 @@ def positions(settings, sigma: float, fixed) -> list[int]:
     return sorted(set(grid) | set(maximum) | set(fixed))
 
 
-def _record(s: Setup) -> None:
-    """The fixed-n stream of every image, counts kept at `positions`; resumes after the last batch saved."""
+def _record(s: Setup):
+    """The fixed-n stream of every image, counts kept at `positions`; resumes after the last batch saved.
+
+    A generator: each step records one batch of `inputs` images and yields True.
+    """
     from tqdm import tqdm
 
     path = os.path.join(s.args.workdir, f"{s.model.label}_stream.npz")
@@ -296,6 +305,7 @@ def _record(s: Setup) -> None:
             new = {"idx": idx, "label": labels, "candidate": np.argmax(selection, -1),
                    "seconds": np.full(len(idx), seconds), "counts": np.cumsum(pieces, axis=1)}
             data = {k: v if k == "positions" else np.concatenate([v, new[k]]) for k, v in data.items()}
-            np.savez(path + ".tmp.npz", **data)
+            np.savez_compressed(path + ".tmp.npz", **data)
             os.replace(path + ".tmp.npz", path)
             bar.update(len(idx))
+            yield True

@@ -126,6 +126,7 @@ def _model_report(workdir, model, fixed, tolerances, settings, timing) -> tuple[
     lines.append(f"{len(real)} images (grid rows {len(grid)}, recorded streams {int(keep.sum())}); grid rows "
                  f"replayed from the streams equal the real run's: {equal}/{len(real)}\n")
     lines.append(_grid_table(model, runs[f"fixed n={n:,}"], real, workdir))
+    lines.append(_full_run_rates(workdir, model, stream))
     lines.append(_tradeoff_table(runs, n0))
     lines.append(_timing_table(timing))
     from jaxsmooth import analysis
@@ -156,6 +157,17 @@ def _grid_table(model, fixed_rows_, grid_rows, workdir) -> str:
                      f"{budget / used.mean():.1f} | {'-' if use is None else format(use['fraction'], '.1%')} |")
     diff = max(abs(certified_accuracy(fixed_rows_, r) - certified_accuracy(grid_rows, r)) for r in radii)
     return "\n".join(lines) + f"\n\nlargest certified-accuracy difference over the radii: {diff:.3f}\n"
+
+
+def _full_run_rates(workdir, model, stream) -> str:
+    """Images/s of the two passes over every image: the grid run and the recorded fixed-n stream."""
+    usage_path = os.path.join(workdir, f"{model.label}_grid_usage.json")
+    usage = json.load(open(usage_path)) if os.path.exists(usage_path) else None
+    grid = "" if usage is None else f"grid {usage['images'] / usage['seconds']:.3f} images/s ({usage['images']} images)"
+    fixed = f"fixed n={stream['positions'][-1]:,} {len(stream['seconds']) / stream['seconds'].sum():.3f} images/s " \
+            f"({len(stream['seconds'])} images, the recorded stream)"
+    return f"wall-clock over the whole passes (at different times: compare the side-by-side table below): " \
+           f"{grid}{'; ' if grid else ''}{fixed}\n"
 
 
 def _tradeoff_table(runs: dict, n0: int) -> str:
