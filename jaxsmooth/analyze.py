@@ -170,7 +170,8 @@ def _attack_main(args, labels) -> int:
 
 
 def _accuracy_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho", "merge", "samples_plot"):
+    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho", "merge",
+                 "samples_plot"):
         if getattr(args, flag) is not None:
             raise UserError("--" + flag.replace("_", "-"), "is not for accuracy files; with them use --markdown, --plot")
     if labels is not None and len(labels) != len(args.runs):
@@ -187,7 +188,8 @@ def _accuracy_main(args, labels) -> int:
 
 
 def _distributional_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "merge", "samples_plot"):
+    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "merge",
+                 "samples_plot"):
         if getattr(args, flag) is not None:
             name = "--" + flag.replace("_", "-")
             raise UserError(name, "is not for distributional files; with them use --rho, --markdown, --plot")

@@ -137,12 +137,12 @@ def test_certify_counts_match_one_process(two_process_run, tmp_path, mode):
     _assert_same_rows(two, one)
 
 
-SEQUENTIAL = ["--sequential", "--radii", "0.1,0.25", "--inputs", "5", "--n", "3000"]
+SEQUENTIAL = ["--sequential", "--tolerance", "0.05", "--inputs", "5", "--n", "3000"]  # max-radius mode
 
 
 @pytest.fixture(scope="module")
 def sequential_one(two_process_run, tmp_path_factory):
-    """A sequential certification of the first 10 examples by one process with 8 devices."""
+    """A sequential (max-radius) certification of the first 10 examples by one process with 8 devices."""
     one = str(tmp_path_factory.mktemp("seq") / "one.tsv")
     assert certify.run(["--config", QUICKSTART, "--checkpoint", two_process_run[0], "--out", one, "--max", "10"]
                        + CERTIFY + SEQUENTIAL + SMALL) == 0

@@ -35,34 +35,16 @@ def _rows(path, exact=True):
     return {int(r[0]): {k: float(v) for k, v in zip(header, r) if k not in left_out} for r in rows}
 
 
-def test_grid_rows_come_from_the_fixed_runs_stream(workdir, tmp_path):
-    seq, fixed = tmp_path / "seq.tsv", tmp_path / "fixed.tsv"
-    digits = ["--skip", "15", "--max", "150", "--n", "2000"]
-    assert _certify(workdir, seq, *digits, "--sequential", "--radii", "0.1,0.25,0.5") == 0
-    assert _certify(workdir, fixed, *digits) == 0
-    settings = sidecar_settings(str(seq), "certify")
-    assert settings["sequential"] == "grid" and settings["radii"] == [0.1, 0.25, 0.5]
-    assert settings["looks"][-1] == 2000 and sum(settings["look_alphas"]) == pytest.approx(0.01)
-    ours, theirs = _rows(seq), _rows(fixed)
-    assert sorted(ours) == sorted(theirs) == list(range(0, 150, 15))
-    for i, row in ours.items():
-        assert 20 < row["n_used"] <= 2020 and row["radius"] in (0.0, 0.1, 0.25, 0.5)
-        if row["predict"] != -1 and theirs[i]["predict"] != -1:  # the same selection samples: one candidate
-            assert row["predict"] == theirs[i]["predict"]
-        if row["n_used"] == 2020:  # to the budget: the fixed run's counts
-            assert (row["count_A"], row["count_B"]) == (theirs[i]["count_A"], theirs[i]["count_B"])
-    assert np.mean([r["n_used"] for r in ours.values()]) < 2020
-
-
-def test_max_radius_mode_resumes_after_a_kill_to_the_same_rows(workdir, tmp_path, capsys):
+def test_a_killed_run_resumes_and_an_unreachable_radius_is_said_once(workdir, tmp_path, capsys):
     full, cut = tmp_path / "full.tsv", tmp_path / "cut.tsv"
-    args = ["--skip", "20", "--max", "200", "--n", "3000", "--sequential", "--tolerance", "0.05"]
+    args = ["--skip", "20", "--max", "200", "--n", "3000", "--sequential", "--radii", "0.1,0.25,3"]
     assert _certify(workdir, full, *args) == 0
-    assert sidecar_settings(str(full), "certify")["tolerance"] == 0.05
+    err = capsys.readouterr().err
+    assert err.count("out of reach") == 1 and "note: radius 3 out of reach at sigma 0.25, alpha 0.01" in err
+    assert all(row["radius"] <= 0.25 for row in _rows(full).values())  # 3 is never certified
     lines = full.read_text().splitlines(keepends=True)
     cut.write_text("".join(lines[:-3]) + lines[-3][:7])  # two rows lost, the one before cut mid-line
     (tmp_path / "cut.tsv.json").write_text((tmp_path / "full.tsv.json").read_text())
-    capsys.readouterr()
     assert _certify(workdir, cut, *args) == 0
     assert "3 this run" in capsys.readouterr().out
     assert _rows(cut, exact=False) == _rows(full, exact=False)
@@ -90,15 +72,6 @@ def test_bad_sequential_input_is_one_line_and_writes_nothing(workdir, tmp_path, 
     assert not out.exists() and not (tmp_path / "x.tsv.json").exists()
 
 
-def test_an_unreachable_radius_is_said_once_and_never_certified(workdir, tmp_path, capsys):
-    out = tmp_path / "far.tsv"
-    assert _certify(workdir, out, "--max", "60", "--skip", "15", "--n", "500", "--sequential",
-                    "--radii", "0.1,3") == 0
-    err = capsys.readouterr().err
-    assert err.count("out of reach") == 1 and "note: radius 3 out of reach at sigma 0.25" in err
-    assert all(row["radius"] <= 0.1 for row in _rows(out).values())
-
-
 def _docs_commands():
     """The `python -m jaxsmooth.X` lines of docs/sequential.md, as argument lists (program, args)."""
     with open(DOCS) as f:
@@ -118,28 +91,32 @@ def test_every_command_in_the_docs_parses():
 
 
 def test_docs_quick_start_on_a_few_digits(workdir, tmp_path, capsys):
-    """The quick start's certify and analyze lines, on the first 30 test digits: n_used, and the fixed run agrees."""
+    """The quick start's certify and analyze lines on the first 100 test digits: the sequential rows are drawn from
+    the fixed run's stream, its class is the fixed run's, and it spends fewer samples."""
     quick = [(p, a) for p, a in _docs_commands() if "workdirs/quickstart" in " ".join(a) and p != "train"]
     assert [p for p, _ in quick] == ["certify", "certify", "analyze"]
-    swap = lambda args: [a.replace("workdirs/quickstart", str(tmp_path / "q")) for a in args]  # noqa: E731
-    os.makedirs(tmp_path / "q")
+    folder = tmp_path / "q"
+    swap = lambda args: [a.replace("workdirs/quickstart", str(folder)) for a in args]  # noqa: E731
+    os.makedirs(folder)
     for _, args in quick[:2]:
-        args = swap(args) + ["--max", "30", "--no-progress"]
+        args = swap(args) + ["--max", "100", "--no-progress"]
         args[args.index("--checkpoint") + 1] = workdir  # the quick-start model, trained small
         assert certify.run(args) == 0
-    seq, fixed = _rows(tmp_path / "q" / "sequential.tsv"), _rows(tmp_path / "q" / "fixed.tsv")
-    assert sorted(seq) == sorted(fixed) == [0, 10, 20]
+    settings = sidecar_settings(str(folder / "sequential.tsv"), "certify")
+    assert settings["sequential"] == "grid" and settings["radii"] == [0.25, 0.5] and settings["n"] == 100_000
+    assert settings["looks"][-1] == 100_000 and sum(settings["look_alphas"]) == pytest.approx(0.001)
+    seq, fixed = _rows(folder / "sequential.tsv"), _rows(folder / "fixed.tsv")
+    assert sorted(seq) == sorted(fixed) == list(range(0, 100, 10))
     for i, row in seq.items():
-        assert row["n_used"] <= 100_100
-        assert row["predict"] in (-1, fixed[i]["predict"]) or fixed[i]["predict"] == -1
-        if row["n_used"] < 100_100:  # stopped early: every radius decided, as the fixed run decides it here
-            for r in (0.0, 0.25, 0.5):
-                assert (row["radius"] >= r and row["predict"] != -1) == (fixed[i]["radius"] >= r
-                                                                          and fixed[i]["predict"] != -1)
+        assert 100 < row["n_used"] <= 100_100 and row["radius"] in (0.0, 0.25, 0.5)
+        if row["predict"] != -1 and fixed[i]["predict"] != -1:  # the same selection samples: one candidate
+            assert row["predict"] == fixed[i]["predict"]
+        if row["n_used"] == 100_100:  # to the budget: the fixed run's counts
+            assert (row["count_A"], row["count_B"]) == (fixed[i]["count_A"], fixed[i]["count_B"])
     assert np.mean([r["n_used"] for r in seq.values()]) < 100_100 / 5
     capsys.readouterr()
     assert analyze.run(swap(quick[2][1])) == 0
     out = capsys.readouterr().out
-    assert "| sequential | 3 |" in out and (tmp_path / "q" / "n_used.png").read_bytes()[:4] == b"\x89PNG"
-    run = analysis.read_run(str(tmp_path / "q" / "sequential.tsv"))
+    assert "| sequential | 10 |" in out and (folder / "n_used.png").read_bytes()[:4] == b"\x89PNG"
+    run = analysis.read_run(str(folder / "sequential.tsv"))
     assert run.columns["n_used"].dtype == np.int64

@@ -27,7 +27,7 @@ def is_sequential(run: Run) -> bool:
 
 
 def fixed_samples(run: Run) -> int | None:
-    """Samples a fixed-n run spent on each input (n0 + n, or n for a clean candidate); None when its settings are unknown."""
+    """Samples a fixed-n run spent per input: n0 + n (n for a clean candidate); None when its settings are unknown."""
     n, n0 = run.settings.get("n"), run.settings.get("n0", 0)
     if not isinstance(n, int) or not isinstance(n0, int):
         return None

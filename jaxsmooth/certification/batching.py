@@ -157,9 +157,9 @@ def _select(sampler, load, batch, sigma, settings, keys, clean_probabilities, us
         usage.calls += 1
     share = (time.perf_counter() - t0) / len(batch)
     k = sampler.num_classes
-    return [_Input(i, x[b], None if labels is None else int(labels[b]), int(candidates[b]), spent, np.zeros(k, np.int64),
-                   np.zeros(k) if sampler.with_softmax else None, None if clean is None else clean[b], seconds=share)
-            for b, i in enumerate(batch)]
+    return [_Input(i, x[b], None if labels is None else int(labels[b]), int(candidates[b]), spent,
+                   np.zeros(k, np.int64), np.zeros(k) if sampler.with_softmax else None,
+                   None if clean is None else clean[b], seconds=share) for b, i in enumerate(batch)]
 
 
 def _plan(active: list[_Input], schedule: sequential.Schedule, slots: int, step: int):

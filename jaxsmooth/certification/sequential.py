@@ -237,7 +237,7 @@ def out_of_reach_note(radii: Sequence[float], schedule: Schedule, sigma_min: flo
 
 
 def parse_radii(text: str) -> tuple[float, ...]:
-    """``R1,R2,...`` -> the radii, sorted and distinct, each a finite number >= 0; a `UserError` on ``radii`` otherwise."""
+    """``R1,R2,...`` -> the radii, sorted and distinct, each a finite number >= 0 (else a `UserError` on radii)."""
     radii = []
     for item in text.split(","):
         try:
