@@ -1,0 +1,298 @@
+"""PyTorch checkpoints of locuslab/smoothing's layout -> jaxsmooth workdirs (`jaxsmooth.convert`).
+
+The PyTorch models below are written here with the tensor names of
+locuslab/smoothing (code/archs/cifar_resnet.py, itself bearpaw's CIFAR
+ResNet) and torchvision's ResNet-50, randomly initialised, with BatchNorm
+weights and running statistics made non-trivial. Each is saved as their
+training script saves it, converted, and its converted logits and PREDICT
+counts compared with PyTorch's on the same inputs and the same noise.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from jaxsmooth import certification, convert, models  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # locuslab/smoothing datasets.py
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class NormalizeLayer(nn.Module):
+    """(x - mean) / std with constants that are not tensors of the state dict, as theirs."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def _downsample(cin, cout, stride):
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _downsample(cin, planes, stride)
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    """torchvision's (v1.5): the stride on the 3x3 convolution."""
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * planes)
+        self.downsample = _downsample(cin, 4 * planes, stride)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn3(self.conv3(torch.relu(self.bn2(self.conv2(out)))))
+        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+def _stage(block, cin, planes, n, stride, expansion):
+    blocks = [block(cin, planes, stride)] + [block(planes * expansion, planes, 1) for _ in range(n - 1)]
+    return nn.Sequential(*blocks)
+
+
+class CifarResNet(nn.Module):
+    """3x3 stem (16), three stages of (depth - 2) / 6 basic blocks, 8x8 average pool, fc."""
+
+    def __init__(self, depth, num_classes=10):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = _stage(BasicBlock, 16, 16, n, 1, 1)
+        self.layer2 = _stage(BasicBlock, 16, 32, n, 2, 1)
+        self.layer3 = _stage(BasicBlock, 32, 64, n, 2, 1)
+        self.avgpool = nn.AvgPool2d(8)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(torch.relu(self.bn1(self.conv1(x))))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+class ResNet50(nn.Module):
+    """torchvision's: 7x7/2 stem, 3x3/2 max-pool, bottlenecks [3, 4, 6, 3], adaptive average pool, fc."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = _stage(Bottleneck, 64, 64, 3, 1, 4)
+        self.layer2 = _stage(Bottleneck, 256, 128, 4, 2, 4)
+        self.layer3 = _stage(Bottleneck, 512, 256, 6, 2, 4)
+        self.layer4 = _stage(Bottleneck, 1024, 512, 3, 2, 4)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+# arch -> (network, normalisation, input side of the test, wrapped in DataParallel as their ImageNet model)
+CASES = {
+    "cifar_resnet20": (lambda: CifarResNet(20), (CIFAR_MEAN, CIFAR_STD), 32, False),
+    "cifar_resnet110": (lambda: CifarResNet(110), (CIFAR_MEAN, CIFAR_STD), 32, False),
+    "resnet50": (lambda: ResNet50(), (IMAGENET_MEAN, IMAGENET_STD), 64, True),
+}
+
+
+def _randomize_batch_norm(model: nn.Module, side: int, seed: int) -> None:
+    """Random affine BatchNorm weights, and running statistics of two train-mode batches plus a random shift."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.normal_(0.0, 0.2, generator=g)
+            m.momentum = None  # running statistics: the cumulative average of the batches below
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.rand(8, 3, side, side, generator=g))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean += 0.1 * torch.randn(m.running_mean.shape, generator=g)
+            m.running_var *= torch.empty(m.running_var.shape).uniform_(0.7, 1.4, generator=g)
+    model.eval()
+
+
+def _center_head(model: nn.Module, noisy_nhwc: np.ndarray) -> None:
+    """Shifts the fc bias so that each logit averages 0 over `noisy_nhwc`: the noisy samples then spread over classes.
+
+    A random network gives almost every input the same class; with the
+    shift, the PREDICT counts compared below hold several classes.
+    """
+    fc = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        fc.bias -= torch.from_numpy(_torch_logits(model, noisy_nhwc).mean(0))
+
+
+def _torch_model(arch: str, seed: int = 0) -> nn.Module:
+    """Sequential(NormalizeLayer, network) in eval mode, as locuslab/smoothing's get_architecture builds it."""
+    build, (mean, std), side, data_parallel = CASES[arch]
+    torch.manual_seed(seed)
+    net = build()
+    _randomize_batch_norm(net, side, seed)
+    model = nn.Sequential(NormalizeLayer(mean, std), nn.DataParallel(net) if data_parallel else net).eval()
+    _center_head(model, _noisy_inputs(side)[1])
+    return model
+
+
+def _save_checkpoint(model: nn.Module, arch: str, folder, *, sigma_folder="noise_0.25", **entries) -> str:
+    """The model saved as their train.py saves it, under FOLDER/ARCH/noise_S/checkpoint.pth.tar."""
+    path = folder / arch / sigma_folder / "checkpoint.pth.tar"
+    path.parent.mkdir(parents=True)
+    torch.save({"epoch": 90, "arch": arch, "state_dict": model.state_dict(), "optimizer": {"state": {}}, **entries},
+               path)
+    return str(path)
+
+
+def _torch_logits(model: nn.Module, x_nhwc: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2).contiguous()).numpy()
+
+
+def _documented_noise(key, index: int, n: int, shape) -> np.ndarray:
+    """[n, *shape] the engine's noise of example `index`: z_j = normal(fold_in(fold_in(key, index), j))."""
+    k = jax.random.fold_in(key, index)
+    return np.asarray(jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(k, j), shape))(np.arange(n)))
+
+
+NOISE_KEY, NOISE_INDEX, N, SIGMA = 7, 3, 64, 0.5  # the PREDICT comparisons: n = 64 samples at sigma 0.5
+
+
+def _noisy_inputs(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x [4, side, side, 3] uniform in [0, 1], x[0] + SIGMA * z [N, side, side, 3] with the engine's noise z)."""
+    x = np.random.default_rng(1).uniform(size=(4, side, side, 3)).astype(np.float32)
+    z = _documented_noise(jax.random.key(NOISE_KEY), NOISE_INDEX, N, x.shape[1:])
+    return x, x[0] + np.float32(SIGMA) * z
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def converted(request, tmp_path_factory):
+    """(arch, torch model, workdir) of one architecture, converted by the CLI."""
+    arch = request.param
+    folder = tmp_path_factory.mktemp(arch)
+    model = _torch_model(arch)
+    ckpt = _save_checkpoint(model, arch, folder / "models")
+    workdir = str(folder / "converted")
+    assert convert.run(["--torch", ckpt, "--arch", arch, "--workdir", workdir]) == 0
+    return arch, model, workdir
+
+
+def test_workdir_describes_the_checkpoint(converted):
+    """model.json: the model name, the checkpoint's normalisation (not the data set's), sigma from the path."""
+    arch, _, workdir = converted
+    found = json.load(open(os.path.join(workdir, "model.json")))
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    (mean, std), cifar = CASES[arch][1], arch.startswith("cifar")
+    assert found["model"] == convert.ARCHS[arch].model == config["model"]["name"]
+    assert (found["mean"], found["std"]) == (list(mean), list(std))
+    assert found["dataset"] == config["data"]["name"] == ("cifar10" if cifar else "imagenet2012")
+    assert (found["num_classes"], found["input_shape"]) == ((10, [32, 32, 3]) if cifar else (1000, [224, 224, 3]))
+    assert found["sigma"] == config["objective"]["sigma"] == 0.25
+    assert (found["objective"], config["objective"]["name"]) == ("gaussian", "gaussian")
+    assert found["source"]["arch"] == arch and found["source"]["epoch"] == 90
+    assert found["source"]["prefix"] == ("1." if cifar else "1.module.")
+
+
+def test_every_prefix_maps_to_the_same_variables(converted):
+    """The network's bare state dict (torchvision's names), under ``module.`` or ``1.module.``: the same variables."""
+    arch, model, workdir = converted
+    loaded, _ = convert.load_model(workdir)
+    net = model[1].module if isinstance(model[1], nn.DataParallel) else model[1]
+    bare = {k: v.numpy() for k, v in net.state_dict().items()}
+    data = convert.DATASETS[convert.ARCHS[arch].dataset]
+    for prefix in ("", "module.", "1.module.", "1."):
+        mapped, found, _ = convert.map_state({prefix + k: v for k, v in bare.items()}, arch, data)
+        assert found == prefix
+        chex.assert_trees_all_equal((mapped.params, mapped.model_state), (loaded.params, loaded.model_state))
+
+
+def _counts_within_rounding(counts: np.ndarray, logits: np.ndarray) -> None:
+    """`counts` equal the PyTorch `logits`' class counts, but for samples whose top two logits tie within rounding.
+
+    Such a sample may go either way: the counts differ by at most two per tie.
+    """
+    expected = np.bincount(logits.argmax(-1), minlength=logits.shape[-1])
+    top2 = np.sort(logits, -1)[:, -2:]
+    near_ties = int(np.sum(top2[:, 1] - top2[:, 0] <= 1e-4 * np.abs(logits).max()))
+    assert counts.sum() == len(logits)
+    assert np.abs(counts - expected).sum() <= 2 * near_ties
+    if near_ties == 0:
+        assert certification.predict(counts, 0.001) == certification.predict(expected, 0.001)
+
+
+def test_logits_and_predict_counts_equal_pytorch(converted):
+    """The workdir's model, and its BatchNorm-folded form (what certify runs), against PyTorch.
+
+    Logits on random inputs in [0, 1] equal to 1e-4 of the largest |logit|
+    (float32); PREDICT's class counts of x + sigma * z_j, j < 64, with the
+    same noise array z given to both. The model runs op by op (no jit):
+    compiling ResNet-110 and ResNet-50 costs more than running them here.
+    """
+    arch, model, workdir = converted
+    x, noisy = _noisy_inputs(CASES[arch][2])
+    expected, expected_noisy = _torch_logits(model, x), _torch_logits(model, noisy)
+    assert len(np.unique(expected_noisy.argmax(-1))) > 1  # the counts compared are not one class's n
+    loaded, _ = convert.load_model(workdir)
+    for variant in (loaded, models.fold_batch_norm(loaded)):
+        logits = np.asarray(variant.apply(variant.params, variant.model_state, np.concatenate([x, noisy]),
+                                          train=False)[0])
+        np.testing.assert_allclose(logits[:4], expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+        _counts_within_rounding(np.bincount(logits[4:].argmax(-1), minlength=logits.shape[-1]), expected_noisy)
+
+
+def test_sampling_engine_counts_equal_pytorch(converted):
+    """PREDICT's counts from the sampling engine (8 devices) equal a PyTorch loop over the engine's own noise.
+
+    The engine draws z_j = normal(fold_in(fold_in(key, i), j)) (engine.py);
+    PyTorch classifies x + sigma * z_j for that array. ResNet-20 only: the
+    engine's noise and counting do not depend on the architecture, and it
+    compiles the model (tens of seconds for the others on two cores).
+    """
+    arch, model, workdir = converted
+    if arch != "cifar_resnet20":
+        pytest.skip("the engine compiles the model: one architecture shows it counts what PyTorch counts")
+    x, noisy = _noisy_inputs(32)
+    loaded, found = convert.load_model(workdir)
+    folded = models.fold_batch_norm(loaded)
+    counts = certification.sample_counts(folded.apply, (folded.params, folded.model_state), x[:1], SIGMA, N, 4,
+                                         jax.random.key(NOISE_KEY), num_classes=found["num_classes"],
+                                         index=[NOISE_INDEX]).counts[0]
+    _counts_within_rounding(counts, _torch_logits(model, noisy))
