@@ -81,6 +81,8 @@ _SIGMA_ENTRIES = ("noise_sd", "sigma")
 _TOP = {"stem_conv": "conv1", "stem_bn": "bn1", "head": "fc"}
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _SHORTCUT = {"conv": "downsample.0", "bn": "downsample.1"}
+_TORCH_RANK = {"conv1": 0, "bn1": 1, "conv2": 2, "bn2": 3, "conv3": 4, "bn3": 5, "downsample": 6, "fc": 99,
+               "weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
 
 
 # --------------------------------------------------------------------------
@@ -102,6 +104,12 @@ def torch_name(path: tuple, blocks_per_stage: tuple[int, ...]) -> str:
     first = int(np.sum(blocks_per_stage[:stage]))
     layer = _SHORTCUT[modules[3]] if modules[2] == "shortcut" else modules[2]
     return f"layer{stage + 1}.{block - first}.{layer}.{_LEAF[leaf]}"
+
+
+def torch_order(name: str) -> tuple[int, ...]:
+    """Sort key putting state-dict names (without prefix) in the order PyTorch's ``state_dict()`` lists them."""
+    return tuple(_TORCH_RANK[p] if p in _TORCH_RANK else 10 + int(p[5:]) if p.startswith("layer") else int(p)
+                 for p in name.split("."))
 
 
 def to_jax(array: np.ndarray) -> np.ndarray:
@@ -148,66 +156,74 @@ def _dims(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def _mismatches(state: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], unexpected: list[str]) -> list[str]:
+    """What keeps `state` from being the tensors `expected` (name -> PyTorch shape, in PyTorch's order)."""
+    missing = [k for k in expected if k not in state]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of its {len(expected)} tensors missing, first {missing[0]} "
+                        f"{_dims(expected[missing[0]])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected, first {unexpected[0]} {_dims(state[unexpected[0]].shape)}")
+    if wrong:
+        problems.append(f"{wrong[0]} is {_dims(state[wrong[0]].shape)}, "
+                        f"the architecture has {_dims(expected[wrong[0]])}")
+    return problems
+
+
 def map_state(state: dict[str, np.ndarray], arch_name: str, data: DataSet, *, source: str = "checkpoint"):
-    """jaxsmooth's (params, model_state) pytrees from a PyTorch state dict of `arch_name`.
+    """The jaxsmooth model holding the variables of a PyTorch state dict of `arch_name`.
 
     Args:
-      state: tensor name -> float array, as `read_torch` returns it.
+      state: tensor name -> float32 array, as `read_torch` returns it.
       arch_name: a key of `ARCHS`.
-      data: the data set, for the number of classes.
+      data: the data set: number of classes, and the mean/std the model's
+        `apply` normalises by.
       source: how error messages name the state dict's file.
     Returns:
-      (model, prefix, normalization): the `models.Model` with the
-      checkpoint's variables (its `apply` normalises by `data`'s mean/std), the
-      prefix found, and {"mean", "std"} from a NormalizeLayer that stores them
-      as tensors (else {}).
+      (model, prefix, normalization): the `models.Model` (params and
+      model_state in jaxsmooth's layout, `to_jax`), the prefix of `PREFIXES`
+      its names carry, and {"mean", "std"} from a NormalizeLayer that stores
+      them as tensors (else {}).
     Raises:
-      UserError("--torch"): a tensor missing, unexpected or of another shape,
-      naming the first one and the shapes.
+      UserError("--torch"): tensors missing, unexpected or of another shape,
+      naming the first one (in PyTorch's order) and the shapes.
     """
     import jax
 
     from jaxsmooth import models
 
     arch = ARCHS[arch_name]
-    abstract = abstract_model(arch.model, data.num_classes, data.input_shape, data.mean, data.std)
+    abstract = abstract_model(arch.model, data.num_classes, tuple(data.input_shape), tuple(data.mean),
+                              tuple(data.std), "relu", 0, "float32")
     trees = {"params": abstract.params, "model_state": abstract.model_state}
-    leaves = {c: jax.tree_util.tree_flatten_with_path(t)[0] for c, t in trees.items()}
     names = {c: [torch_name(tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path), arch.blocks_per_stage)
-                 for path, _ in leaves[c]] for c in trees}
+                 for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]] for c, tree in trees.items()}
     prefix = _pick_prefix(state, names["params"] + names["model_state"])
-    expected = {prefix + n: leaf.shape for c in trees for n, (_, leaf) in zip(names[c], leaves[c])}
-    normalization, unexpected = _normalize_layer(state, prefix)
+    expected = {prefix + n: torch_shape(leaf.shape) for c, tree in trees.items()
+                for n, leaf in zip(names[c], jax.tree.leaves(tree))}
+    expected = dict(sorted(expected.items(), key=lambda item: torch_order(item[0][len(prefix):])))
+    normalization, unexpected = _normalize_layer(state, prefix, data.input_shape[-1])
     unexpected += [k for k in state if k not in expected and not k.endswith(".num_batches_tracked")
                    and not (prefix.startswith("1.") and k.startswith("0."))]
-    missing = [k for k in expected if k not in state]
-    wrong = [k for k in expected if k in state and tuple(np.shape(state[k])) != torch_shape(expected[k])]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} of its {len(expected)} tensors missing, first {missing[0]} "
-                        f"{_dims(torch_shape(expected[missing[0]]))}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected, first {unexpected[0]} {_dims(state[unexpected[0]].shape)}")
-    if wrong:
-        problems.append(f"{wrong[0]} is {_dims(state[wrong[0]].shape)}, {arch_name} has "
-                        f"{_dims(torch_shape(expected[wrong[0]]))}")
+    problems = _mismatches(state, expected, unexpected)
     if problems:
         raise UserError("--torch", f"{source} does not hold a {arch_name} with {data.num_classes} classes "
                                    f"(names under {prefix or 'no prefix'!r}): " + "; ".join(problems))
-    filled = {c: jax.tree_util.tree_unflatten(jax.tree.structure(trees[c]),
-                                              [to_jax(np.asarray(state[prefix + n], np.float32)) for n in names[c]])
-              for c in trees}
+    filled = {c: jax.tree.unflatten(jax.tree.structure(tree), [to_jax(state[prefix + n]) for n in names[c]])
+              for c, tree in trees.items()}
     return models.Model(abstract.apply, filled["params"], filled["model_state"]), prefix, normalization
 
 
-def _normalize_layer(state: dict[str, np.ndarray], prefix: str) -> tuple[dict, list[str]]:
+def _normalize_layer(state: dict[str, np.ndarray], prefix: str, channels: int) -> tuple[dict, list[str]]:
     """The mean/std a NormalizeLayer (Sequential index 0) stores as tensors, and its tensors of no known use."""
     if not prefix.startswith("1."):
         return {}, []
     found, unknown = {}, []
     for key in (k for k in state if k.startswith("0.")):
         name = _NORMALIZE_NAMES.get(key[2:])
-        if name is None:
+        if name is None or state[key].size != channels:
             unknown.append(key)
         else:
             found[name] = tuple(float(v) for v in np.ravel(state[key]))
@@ -234,8 +250,7 @@ def read_torch(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch reports a non-checkpoint file with many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError("--torch", f"cannot read {path} as a PyTorch checkpoint: {first[:300]}") from None
+        raise UserError("--torch", _load_failure(path, str(e) or type(e).__name__)) from None
     if not isinstance(loaded, dict):
         raise UserError("--torch", f"{path} holds a {type(loaded).__name__}, not a checkpoint dict or state dict")
     meta = {k: v for k, v in loaded.items() if k != "state_dict"} if "state_dict" in loaded else {}
@@ -244,6 +259,16 @@ def read_torch(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if not tensors:
         raise UserError("--torch", f"{path} holds no tensors (entries: {', '.join(map(str, list(loaded)[:8]))})")
     return {k: v.detach().to(torch.float32).numpy() for k, v in tensors.items()}, meta
+
+
+def _load_failure(path: str, message: str) -> str:
+    """One line saying why ``torch.load(path, weights_only=True)`` failed with `message`."""
+    pickled = re.search(r"GLOBAL (\S+)", message)
+    if pickled:
+        return (f"{path} holds Python objects besides tensors ({pickled.group(1)}), which are not loaded: loading "
+                "them runs code from the file; save its {'arch', 'state_dict'} alone with torch.save and convert that")
+    reason = message.split("WeightsUnpickler error:")[-1].strip() or message
+    return f"cannot read {path} as a PyTorch checkpoint: {reason.splitlines()[0][:300]}"
 
 
 def named_sigmas(path: str, meta: dict[str, Any]) -> set[float]:
@@ -396,7 +421,7 @@ def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | Non
     sigma = choose_sigma(named_sigmas(torch_path, meta), sigma, torch_path)
     data = DATASETS[dataset]
     model, prefix, normalization = map_state(state, arch_name, data, source=torch_path)
-    data = data._replace(**{k: v for k, v in normalization.items() if len(v) == data.input_shape[-1]})
+    data = data._replace(**normalization)
     config = run_config(arch, data, sigma)
     metadata = checkpoint.model_metadata(config, types.SimpleNamespace(
         input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean, std=data.std))

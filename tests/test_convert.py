@@ -8,6 +8,7 @@ training script saves it, converted, and its converted logits and PREDICT
 counts compared with PyTorch's on the same inputs and the same noise.
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -24,6 +25,15 @@ from torch import nn  # noqa: E402
 from jaxsmooth import certification, convert, models  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """PyTorch on one thread here: its idle threads spin, which on a busy 2-core machine costs more than they give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # locuslab/smoothing datasets.py
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -203,16 +213,27 @@ def _noisy_inputs(side: int) -> tuple[np.ndarray, np.ndarray]:
     return x, x[0] + np.float32(SIGMA) * z
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def converted(request, tmp_path_factory):
-    """(arch, torch model, workdir) of one architecture, converted by the CLI."""
-    arch = request.param
-    folder = tmp_path_factory.mktemp(arch)
-    model = _torch_model(arch)
-    ckpt = _save_checkpoint(model, arch, folder / "models")
-    workdir = str(folder / "converted")
-    assert convert.run(["--torch", ckpt, "--arch", arch, "--workdir", workdir]) == 0
-    return arch, model, workdir
+@pytest.fixture(scope="module")
+def conversions(tmp_path_factory):
+    """arch -> (arch, torch model, workdir): the model converted by the CLI, once per architecture."""
+    done = {}
+
+    def get(arch):
+        if arch not in done:
+            folder = tmp_path_factory.mktemp(arch)
+            model = _torch_model(arch)
+            ckpt = _save_checkpoint(model, arch, folder / "models")
+            workdir = str(folder / "converted")
+            assert convert.run(["--torch", ckpt, "--arch", arch, "--workdir", workdir]) == 0
+            done[arch] = arch, model, workdir
+        return done[arch]
+
+    return get
+
+
+@pytest.fixture(params=list(CASES))
+def converted(request, conversions):
+    return conversions(request.param)
 
 
 def test_workdir_describes_the_checkpoint(converted):
@@ -278,7 +299,7 @@ def test_logits_and_predict_counts_equal_pytorch(converted):
         _counts_within_rounding(np.bincount(logits[4:].argmax(-1), minlength=logits.shape[-1]), expected_noisy)
 
 
-def test_sampling_engine_counts_equal_pytorch(converted):
+def test_sampling_engine_counts_equal_pytorch(conversions):
     """PREDICT's counts from the sampling engine (8 devices) equal a PyTorch loop over the engine's own noise.
 
     The engine draws z_j = normal(fold_in(fold_in(key, i), j)) (engine.py);
@@ -286,9 +307,7 @@ def test_sampling_engine_counts_equal_pytorch(converted):
     engine's noise and counting do not depend on the architecture, and it
     compiles the model (tens of seconds for the others on two cores).
     """
-    arch, model, workdir = converted
-    if arch != "cifar_resnet20":
-        pytest.skip("the engine compiles the model: one architecture shows it counts what PyTorch counts")
+    _, model, workdir = conversions("cifar_resnet20")
     x, noisy = _noisy_inputs(32)
     loaded, found = convert.load_model(workdir)
     folded = models.fold_batch_norm(loaded)
@@ -296,3 +315,102 @@ def test_sampling_engine_counts_equal_pytorch(converted):
                                          jax.random.key(NOISE_KEY), num_classes=found["num_classes"],
                                          index=[NOISE_INDEX]).counts[0]
     _counts_within_rounding(counts, _torch_logits(model, noisy))
+
+
+@pytest.mark.parametrize("path, stored, expected", [
+    ("models/cifar10/resnet110/noise_0.25/checkpoint.pth.tar", {}, {0.25}),
+    ("models/imagenet/resnet50/noise_1.00/checkpoint.pth.tar", {}, {1.0}),
+    ("pretrained/cifar10/eps_64/cifar10/resnet110/noise_0.12/checkpoint.pth.tar", {}, {0.12}),
+    ("runs/sigma_0.5/model.pth", {}, {0.5}),
+    ("runs/mine/checkpoint.pth.tar", {"noise_sd": 0.25}, {0.25}),
+    ("runs/mine/checkpoint.pth.tar", {"args": {"noise_sd": 0.5}}, {0.5}),
+    ("runs/resnet110/checkpoint.pth.tar", {"epoch": 90}, set()),
+])
+def test_named_sigmas(path, stored, expected):
+    """The noise level of locuslab/smoothing's paths (noise_S) and of a stored noise_sd entry; none elsewhere."""
+    assert convert.named_sigmas(path, stored) == expected
+
+
+@pytest.fixture(scope="module")
+def small_checkpoints(tmp_path_factory):
+    """A ResNet-20 model and its checkpoint (noise_0.25 in the path), and a folder for bad inputs."""
+    folder = tmp_path_factory.mktemp("bad")
+    torch.manual_seed(0)
+    model = nn.Sequential(NormalizeLayer(CIFAR_MEAN, CIFAR_STD), CifarResNet(20)).eval()
+    return model, _save_checkpoint(model, "cifar_resnet20", folder / "models"), folder
+
+
+def _bad_inputs(model, good, folder):
+    """(arguments without --workdir, the field and words of the one error line) of each kind of bad input."""
+    state = model.state_dict()
+    text = folder / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    bare = folder / "bare.pth"
+    torch.save(state, bare)
+    extra = folder / "noise_0.25" / "extra.pth"
+    extra.parent.mkdir(exist_ok=True)
+    torch.save({**state, "1.extra.weight": torch.zeros(3)}, extra)
+    wide = folder / "noise_0.25" / "wide.pth"
+    torch.save({**state, "1.fc.weight": torch.zeros(100, 64), "1.fc.bias": torch.zeros(100)}, wide)
+    objects = folder / "noise_0.25" / "objects.pth"
+    torch.save({"state_dict": state, "args": argparse.Namespace(noise_sd=0.25)}, objects)
+    return [
+        (["--torch", str(folder / "missing.pth"), "--arch", "cifar_resnet20"], "--torch", "is not a file"),
+        (["--torch", str(text), "--arch", "cifar_resnet20"], "--torch", "as a PyTorch checkpoint"),
+        (["--torch", str(objects), "--arch", "cifar_resnet20"], "--torch", "Python objects besides tensors"),
+        (["--torch", good, "--arch", "resnet18"], "--arch", "allowed: cifar_resnet20, cifar_resnet110, resnet50"),
+        (["--torch", good, "--arch", "cifar_resnet110"], "--arch", "holds a 'cifar_resnet20' model"),
+        (["--torch", good, "--arch", "cifar_resnet20", "--dataset", "mnist"], "--dataset", "allowed: cifar10, imagenet"),
+        (["--torch", str(bare), "--arch", "cifar_resnet110", "--sigma", "0.25"], "--torch",
+         "450 of its 557 tensors missing, first 1.layer1.3.conv1.weight [16, 16, 3, 3]"),
+        (["--torch", str(extra), "--arch", "cifar_resnet20"], "--torch", "1 unexpected, first 1.extra.weight [3]"),
+        (["--torch", str(wide), "--arch", "cifar_resnet20"], "--torch",
+         "1.fc.weight is [100, 64], the architecture has [10, 64]"),
+        (["--torch", str(bare), "--arch", "cifar_resnet20"], "--sigma", "names no noise level"),
+        (["--torch", good, "--arch", "cifar_resnet20", "--sigma", "0.5"], "--sigma", "names noise level 0.25, not 0.5"),
+        (["--torch", good, "--arch", "cifar_resnet20", "--sigma", "-1"], "--sigma", "must be > 0"),
+    ]
+
+
+def test_bad_input_is_one_error_line(small_checkpoints, capsys):
+    """Each bad input: one line ``error: FIELD: ...`` naming what is wrong, exit status 2, no workdir written."""
+    model, good, folder = small_checkpoints
+    for i, (args, field, words) in enumerate(_bad_inputs(model, good, folder)):
+        workdir = folder / f"out{i}"
+        assert convert.run(args + ["--workdir", str(workdir)]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: {field}: ") and words in err, (args, err)
+        assert not workdir.exists()
+    assert not [p for p in os.listdir(folder) if p.startswith(".")]  # no half-written folder left behind
+
+
+def test_existing_workdir_is_refused(small_checkpoints, capsys):
+    """A workdir with files in it is refused, and left as it was."""
+    _, good, folder = small_checkpoints
+    workdir = folder / "taken"
+    workdir.mkdir()
+    (workdir / "config.json").write_text("{}")
+    assert convert.run(["--torch", good, "--arch", "cifar_resnet20", "--workdir", str(workdir)]) == 2
+    assert capsys.readouterr().err.startswith("error: --workdir: ")
+    assert os.listdir(workdir) == ["config.json"] and (workdir / "config.json").read_text() == "{}"
+
+
+def test_normalize_layer_buffers_give_the_normalisation(small_checkpoints):
+    """A NormalizeLayer that stores means/sds as tensors (0.means, 0.sds): model.json takes its constants."""
+    model, _, folder = small_checkpoints
+    state = {**model.state_dict(), "0.means": torch.tensor([0.5, 0.4, 0.3]), "0.sds": torch.tensor([0.2, 0.25, 0.3])}
+    path = folder / "buffers" / "checkpoint.pth.tar"
+    path.parent.mkdir()
+    torch.save({"arch": "cifar_resnet20", "state_dict": state}, path)
+    found = convert.convert(str(path), "cifar_resnet20", str(folder / "buffers_out"), sigma=0.5)
+    np.testing.assert_allclose(found["mean"], [0.5, 0.4, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(found["std"], [0.2, 0.25, 0.3], rtol=1e-6)
+    assert found["sigma"] == 0.5
+
+
+def test_cli_runs_as_a_module(small_checkpoints, tmp_path):
+    """``python -m jaxsmooth.convert`` exists and reports its error in one line."""
+    done = subprocess.run([sys.executable, "-m", "jaxsmooth.convert", "--torch", str(tmp_path / "none.pth"),
+                           "--arch", "cifar_resnet20", "--workdir", str(tmp_path / "w")],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: --torch: ")
