@@ -113,7 +113,7 @@ def torch_order(name: str) -> tuple[int, ...]:
 
 
 def to_jax(array: np.ndarray) -> np.ndarray:
-    """A PyTorch tensor in jaxsmooth's layout: conv [out, in, h, w] -> [h, w, in, out], linear [out, in] -> [in, out]."""
+    """A tensor in jaxsmooth's layout: conv [out, in, h, w] -> [h, w, in, out]; linear [out, in] -> [in, out]."""
     if array.ndim == 4:
         return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
     if array.ndim == 2:
@@ -296,7 +296,8 @@ def choose_sigma(named: set[float], flag: float | None, path: str) -> float:
         raise UserError("--sigma", f"required: {path} names no noise level (a path part such as noise_0.25, or "
                                    "a stored noise_sd entry)")
     if len(named) > 1:
-        raise UserError("--sigma", f"required: {path} names several noise levels ({', '.join(map(str, sorted(named)))})")
+        levels = ", ".join(map(str, sorted(named)))
+        raise UserError("--sigma", f"required: {path} names several noise levels ({levels})")
     return named.pop()
 
 
@@ -328,6 +329,9 @@ def _write(workdir: str, config, metadata: dict, model) -> None:
     from jaxsmooth import checkpoint, config as config_lib
 
     tmp = tempfile.mkdtemp(dir=os.path.dirname(workdir), prefix=f".{os.path.basename(workdir)}.convert-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # as os.makedirs would have made it (mkdtemp's is private)
     try:
         saver = checkpoint.Checkpointer(tmp, keep=1)
         saver.save(0, {"step": np.int32(0), "params": model.params, "model_state": model.model_state}, force=True)

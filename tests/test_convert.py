@@ -360,7 +360,8 @@ def _bad_inputs(model, good, folder):
         (["--torch", str(objects), "--arch", "cifar_resnet20"], "--torch", "Python objects besides tensors"),
         (["--torch", good, "--arch", "resnet18"], "--arch", "allowed: cifar_resnet20, cifar_resnet110, resnet50"),
         (["--torch", good, "--arch", "cifar_resnet110"], "--arch", "holds a 'cifar_resnet20' model"),
-        (["--torch", good, "--arch", "cifar_resnet20", "--dataset", "mnist"], "--dataset", "allowed: cifar10, imagenet"),
+        (["--torch", good, "--arch", "cifar_resnet20", "--dataset", "mnist"], "--dataset",
+         "allowed: cifar10, imagenet"),
         (["--torch", str(bare), "--arch", "cifar_resnet110", "--sigma", "0.25"], "--torch",
          "450 of its 557 tensors missing, first 1.layer1.3.conv1.weight [16, 16, 3, 3]"),
         (["--torch", str(extra), "--arch", "cifar_resnet20"], "--torch", "1 unexpected, first 1.extra.weight [3]"),
@@ -384,14 +385,19 @@ def test_bad_input_is_one_error_line(small_checkpoints, capsys):
     assert not [p for p in os.listdir(folder) if p.startswith(".")]  # no half-written folder left behind
 
 
-def test_existing_workdir_is_refused(small_checkpoints, capsys):
-    """A workdir with files in it is refused, and left as it was."""
+def test_unusable_workdir_is_refused(small_checkpoints, capsys):
+    """A workdir with files in it, or under a regular file, is one error line, and what is there stays as it was."""
     _, good, folder = small_checkpoints
     workdir = folder / "taken"
     workdir.mkdir()
     (workdir / "config.json").write_text("{}")
     assert convert.run(["--torch", good, "--arch", "cifar_resnet20", "--workdir", str(workdir)]) == 2
     assert capsys.readouterr().err.startswith("error: --workdir: ")
+    assert os.listdir(workdir) == ["config.json"] and (workdir / "config.json").read_text() == "{}"
+    under_file = workdir / "config.json" / "run" / "w"
+    assert convert.run(["--torch", good, "--arch", "cifar_resnet20", "--workdir", str(under_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --workdir: cannot create ")
     assert os.listdir(workdir) == ["config.json"] and (workdir / "config.json").read_text() == "{}"
 
 
@@ -414,3 +420,21 @@ def test_cli_runs_as_a_module(small_checkpoints, tmp_path):
                            "--arch", "cifar_resnet20", "--workdir", str(tmp_path / "w")],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: --torch: ")
+
+
+def test_bench_certify_times_the_workdir_beside_the_native_model(conversions, capsys):
+    """``bench certify --workdir W``: W's model and the random-weight model of its architecture, in one run.
+
+    Both contenders draw the same n samples per round; a --model other than
+    W's is one error line.
+    """
+    from jaxsmooth import bench
+    from jaxsmooth.benchmarks import certify as certify_bench
+
+    _, _, workdir = conversions("cifar_resnet20")
+    report = certify_bench.benchmark("resnet20", 8, batch=8, rounds=1, with_torch=False, matmul_size=64,
+                                     xla_options=("dot",), workdir=workdir)
+    assert list(report.results) == ["jax float32", "jax float32 workdir"]
+    assert {r.items_per_round for r in report.results.values()} == {8}
+    assert bench.run(["certify", "--workdir", workdir, "--model", "resnet110"]) == 2
+    assert capsys.readouterr().err == f"error: --model: {workdir} holds a 'resnet20' model, not 'resnet110'\n"

@@ -9,7 +9,10 @@ noisy forward passes per second. The contenders:
 - ``torch canonical``: Cohen et al.'s ``_sample_noise`` (locuslab/smoothing),
   `torch_reference.sample_counts_canonical`, one input at a time;
 - ``torch tuned f32`` / ``torch tuned bf16``: `torch_reference.make_tuned_sampler`
-  (inference_mode, channels_last, counts on the device; bf16 autocast).
+  (inference_mode, channels_last, counts on the device; bf16 autocast);
+- ``jax <dtype> workdir`` (with `workdir`): the engine on a workdir's model
+  (a trained run, or a converted PyTorch checkpoint), beside the random-weight
+  model of the same architecture, to show the weights change nothing.
 
 Beside the rates: the model's forward FLOPs per sample (2 per multiply-add of
 its convolutions and matrix products) and the machine's matmul peak measured here, so a
@@ -71,14 +74,16 @@ XLA_OPTIONS = {"auto": "auto", "dot": parallel.CPU_COMPILER_OPTIONS, "eltwise": 
 
 def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dtype: str = "float32",
                   num_classes: int = 10, width: int = 0, xla_options: str = "auto",
-                  chosen: dict | None = None) -> Contender:
+                  chosen: dict | None = None, model: models.Model | None = None) -> Contender:
     """A warmed-up ``run()`` counting n samples of each of `inputs` inputs with `certification.Sampler`.
 
     The sampler runs forward batches of `batch` (= inputs x chunk) samples,
     compiled with `XLA_OPTIONS[xla_options]`; `chosen`, when given, receives
-    the options it was compiled with under the key "options".
+    the options it was compiled with under the key "options". `model`: these
+    variables instead of model `name`'s random ones (BatchNorm folded either way).
     """
-    model = models.fold_batch_norm(models.split(_module(name, input_shape, num_classes, dtype, width)))
+    model = model or models.split(_module(name, input_shape, num_classes, dtype, width))
+    model = models.fold_batch_norm(model)
     sampler = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
                                     num_classes=num_classes, inputs=inputs, chunk=batch // inputs,
                                     compiler_options=XLA_OPTIONS[xla_options])
@@ -219,24 +224,31 @@ class Report:
 def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_shape=None,
               dtypes=("float32",), rounds: int = 5, with_torch: bool = True, torch_batch: int | None = None,
               tuned_batch: int = TUNED_BATCH, matmul_size: int = 4096, xla_options=("auto",),
-              torch_compile: str = "", on_round: Callable[[int], None] | None = None) -> Report:
+              torch_compile: str = "", on_round: Callable[[int], None] | None = None, workdir: str = "",
+              num_classes: int | None = None) -> Report:
     """Interleaved medians of the jaxsmooth engine (per dtype) and the PyTorch references, FLOPs and peaks.
 
     Args:
       n: samples per input; each round every contender draws n * inputs.
       batch: the engine's forward batch (inputs x chunk); the canonical loop's too unless `torch_batch`.
       tuned_batch: the tuned PyTorch samplers' batch.
+      workdir: also ``jax <dtype> workdir``, the engine on this workdir's model (of architecture `name`).
+      num_classes: default `num_classes_of(name)`.
     """
+    from jaxsmooth import convert
+
     input_shape = tuple(input_shape or input_shape_of(name))
-    num_classes = num_classes_of(name)
+    num_classes = num_classes or num_classes_of(name)
     contenders, options = {}, {}
     for d in dtypes:
         for o in xla_options:
-            label = f"jax {d}" + (f" ({o} options)" if len(xla_options) > 1 else "")
-            chosen: dict = {}
-            contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d, num_classes=num_classes,
-                                              xla_options=o, chosen=chosen)
-            options[label] = chosen["options"]
+            suffix = f" ({o} options)" if len(xla_options) > 1 else ""
+            for label, model in [(f"jax {d}{suffix}", None)] + (
+                    [(f"jax {d} workdir{suffix}", convert.load_model(workdir, dtype=d)[0])] if workdir else []):
+                chosen: dict = {}
+                contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d,
+                                                  num_classes=num_classes, xla_options=o, chosen=chosen, model=model)
+                options[label] = chosen["options"]
     if with_torch:
         contenders.update(torch_contenders(name, n, inputs, input_shape, batch=torch_batch or batch,
                                            tuned_batch=tuned_batch, num_classes=num_classes,
