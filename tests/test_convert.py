@@ -22,7 +22,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from jaxsmooth import certification, convert, models  # noqa: E402
+import jaxsmooth  # noqa: E402
+from jaxsmooth import certification, checkpoint, convert, models, noise, torch_layout  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
 
@@ -203,14 +204,28 @@ def _documented_noise(key, index: int, n: int, shape) -> np.ndarray:
     return np.asarray(jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(k, j), shape))(np.arange(n)))
 
 
-NOISE_KEY, NOISE_INDEX, N, SIGMA = 7, 3, 64, 0.5  # the PREDICT comparisons: n = 64 samples at sigma 0.5
+SEED, INDEX, N, SIGMA = 7, 3, 64, 0.5  # the PREDICT comparisons: n = 64 samples of example 3 at sigma 0.5
 
 
 def _noisy_inputs(side: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x [4, side, side, 3] uniform in [0, 1], x[0] + SIGMA * z [N, side, side, 3] with the engine's noise z)."""
+    """(x [4, side, side, 3] uniform in [0, 1], x[0] + SIGMA * z [N, side, side, 3]).
+
+    z is the noise PREDICT draws for example INDEX with seed SEED: the
+    certify stream of the seed's root key, its predict key (`noise.py`,
+    `certification.stream_keys`), then the engine's per-sample keys.
+    """
     x = np.random.default_rng(1).uniform(size=(4, side, side, 3)).astype(np.float32)
-    z = _documented_noise(jax.random.key(NOISE_KEY), NOISE_INDEX, N, x.shape[1:])
-    return x, x[0] + np.float32(SIGMA) * z
+    key = certification.stream_keys(noise.certify_key(noise.root_key(SEED)))["predict"]
+    return x, x[0] + np.float32(SIGMA) * _documented_noise(key, INDEX, N, x.shape[1:])
+
+
+def _variables(workdir: str):
+    """(params, model_state) of the workdir's checkpoint as the one workdir reader reads them (BatchNorm unfolded)."""
+    info = json.load(open(os.path.join(workdir, "model.json")))
+    abstract = torch_layout.abstract_model(info["model"], info["num_classes"], tuple(info["input_shape"]),
+                                      tuple(info["mean"]), tuple(info["std"]), "relu", 0, "float32")
+    params, model_state, _ = checkpoint.read_variables(workdir, (abstract.params, abstract.model_state), "workdir")
+    return models.Model(abstract.apply, params, model_state)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +257,7 @@ def test_workdir_describes_the_checkpoint(converted):
     found = json.load(open(os.path.join(workdir, "model.json")))
     config = json.load(open(os.path.join(workdir, "config.json")))
     (mean, std), cifar = CASES[arch][1], arch.startswith("cifar")
-    assert found["model"] == convert.ARCHS[arch].model == config["model"]["name"]
+    assert found["model"] == torch_layout.ARCHS[arch].model == config["model"]["name"]
     assert (found["mean"], found["std"]) == (list(mean), list(std))
     assert found["dataset"] == config["data"]["name"] == ("cifar10" if cifar else "imagenet2012")
     assert (found["num_classes"], found["input_shape"]) == ((10, [32, 32, 3]) if cifar else (1000, [224, 224, 3]))
@@ -255,12 +270,14 @@ def test_workdir_describes_the_checkpoint(converted):
 def test_every_prefix_maps_to_the_same_variables(converted):
     """The network's bare state dict (torchvision's names), under ``module.`` or ``1.module.``: the same variables."""
     arch, model, workdir = converted
-    loaded, _ = convert.load_model(workdir)
+    loaded = _variables(workdir)
     net = model[1].module if isinstance(model[1], nn.DataParallel) else model[1]
     bare = {k: v.numpy() for k, v in net.state_dict().items()}
-    data = convert.DATASETS[convert.ARCHS[arch].dataset]
+    data = convert.DATASETS[torch_layout.ARCHS[arch].dataset]
     for prefix in ("", "module.", "1.module.", "1."):
-        mapped, found, _ = convert.map_state({prefix + k: v for k, v in bare.items()}, arch, data)
+        mapped, found, _ = torch_layout.map_state({prefix + k: v for k, v in bare.items()}, arch,
+                                                  num_classes=data.num_classes, input_shape=data.input_shape,
+                                                  mean=data.mean, std=data.std)
         assert found == prefix
         chex.assert_trees_all_equal((mapped.params, mapped.model_state), (loaded.params, loaded.model_state))
 
@@ -280,41 +297,51 @@ def _counts_within_rounding(counts: np.ndarray, logits: np.ndarray) -> None:
 
 
 def test_logits_and_predict_counts_equal_pytorch(converted):
-    """The workdir's model, and its BatchNorm-folded form (what certify runs), against PyTorch.
+    """The workdir's model as checkpoint.py reads it, and as `jaxsmooth.load` gives it (BatchNorm folded).
 
-    Logits on random inputs in [0, 1] equal to 1e-4 of the largest |logit|
-    (float32); PREDICT's class counts of x + sigma * z_j, j < 64, with the
-    same noise array z given to both. The model runs op by op (no jit):
-    compiling ResNet-110 and ResNet-50 costs more than running them here.
+    Logits on random inputs in [0, 1] equal PyTorch's to 1e-4 of the largest
+    |logit| (float32); so do PREDICT's class counts of x + sigma * z_j,
+    j < 64, with the same noise array z given to both. The model runs op by
+    op (no jit): compiling ResNet-110 and ResNet-50 costs more than running
+    them here.
     """
     arch, model, workdir = converted
     x, noisy = _noisy_inputs(CASES[arch][2])
     expected, expected_noisy = _torch_logits(model, x), _torch_logits(model, noisy)
     assert len(np.unique(expected_noisy.argmax(-1))) > 1  # the counts compared are not one class's n
-    loaded, _ = convert.load_model(workdir)
-    for variant in (loaded, models.fold_batch_norm(loaded)):
+    loaded = jaxsmooth.load(workdir)
+    assert loaded.sigma == 0.25 and loaded.num_classes == expected.shape[-1]
+    for variant in (_variables(workdir), models.Model(loaded.apply, loaded.params, loaded.model_state)):
         logits = np.asarray(variant.apply(variant.params, variant.model_state, np.concatenate([x, noisy]),
                                           train=False)[0])
         np.testing.assert_allclose(logits[:4], expected, rtol=0, atol=1e-4 * np.abs(expected).max())
         _counts_within_rounding(np.bincount(logits[4:].argmax(-1), minlength=logits.shape[-1]), expected_noisy)
 
 
-def test_sampling_engine_counts_equal_pytorch(conversions):
-    """PREDICT's counts from the sampling engine (8 devices) equal a PyTorch loop over the engine's own noise.
+def test_loaded_model_predicts_what_pytorch_counts(conversions):
+    """`jaxsmooth.load(W).logits` and `.predict` on a converted ResNet-20 against PyTorch on the same noise.
 
-    The engine draws z_j = normal(fold_in(fold_in(key, i), j)) (engine.py);
-    PyTorch classifies x + sigma * z_j for that array. ResNet-20 only: the
-    engine's noise and counting do not depend on the architecture, and it
-    compiles the model (tens of seconds for the others on two cores).
+    `.predict` samples example INDEX with the sampling engine (8 devices);
+    PyTorch classifies x + sigma * z_j for the noise array that PREDICT
+    draws. Its row (class, top two counts, p-value) equals PREDICT on
+    PyTorch's counts. ResNet-20 only: the engine's noise and counting do not
+    depend on the architecture, and it compiles the model (tens of seconds
+    for the others on two cores).
     """
     _, model, workdir = conversions("cifar_resnet20")
     x, noisy = _noisy_inputs(32)
-    loaded, found = convert.load_model(workdir)
-    folded = models.fold_batch_norm(loaded)
-    counts = certification.sample_counts(folded.apply, (folded.params, folded.model_state), x[:1], SIGMA, N, 4,
-                                         jax.random.key(NOISE_KEY), num_classes=found["num_classes"],
-                                         index=[NOISE_INDEX]).counts[0]
-    _counts_within_rounding(counts, _torch_logits(model, noisy))
+    loaded = jaxsmooth.load(workdir)
+    expected = _torch_logits(model, x)
+    np.testing.assert_allclose(loaded.logits(x), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    logits = _torch_logits(model, noisy)
+    top2 = np.sort(logits, -1)[:, -2:]
+    assert np.all(top2[:, 1] - top2[:, 0] > 1e-4 * np.abs(logits).max())  # no sample within rounding of a tie
+    counts = np.bincount(logits.argmax(-1), minlength=10)
+    assert np.count_nonzero(counts) > 1
+    row, = loaded.predict(x[:1], n=N, sigma=SIGMA, seed=SEED, index=[INDEX], batch=8, compiler_options=None)
+    p = certification.predict(counts, 0.001)
+    assert (row["predict"], row["count_A"], row["count_B"]) == (p.label, p.count_a, p.count_b)
+    assert row["pvalue"] == pytest.approx(p.pvalue, rel=1e-12)
 
 
 @pytest.mark.parametrize("path, stored, expected", [

@@ -10,9 +10,10 @@ noisy forward passes per second. The contenders:
   `torch_reference.sample_counts_canonical`, one input at a time;
 - ``torch tuned f32`` / ``torch tuned bf16``: `torch_reference.make_tuned_sampler`
   (inference_mode, channels_last, counts on the device; bf16 autocast);
-- ``jax <dtype> workdir`` (with `workdir`): the engine on a workdir's model
-  (a trained run, or a converted PyTorch checkpoint), beside the random-weight
-  model of the same architecture, to show the weights change nothing.
+- ``jax <dtype> workdir`` (with `workdir`): the engine on a workdir's model as
+  `jaxsmooth.load` reads it (a trained run, or a converted PyTorch checkpoint;
+  its config's compute dtype), beside the random-weight model of the same
+  architecture.
 
 Beside the rates: the model's forward FLOPs per sample (2 per multiply-add of
 its convolutions and matrix products) and the machine's matmul peak measured here, so a
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -79,11 +81,10 @@ def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dt
 
     The sampler runs forward batches of `batch` (= inputs x chunk) samples,
     compiled with `XLA_OPTIONS[xla_options]`; `chosen`, when given, receives
-    the options it was compiled with under the key "options". `model`: these
-    variables instead of model `name`'s random ones (BatchNorm folded either way).
+    the options it was compiled with under the key "options". `model`: this
+    BatchNorm-folded model instead of model `name` with random weights.
     """
-    model = model or models.split(_module(name, input_shape, num_classes, dtype, width))
-    model = models.fold_batch_norm(model)
+    model = model or models.fold_batch_norm(models.split(_module(name, input_shape, num_classes, dtype, width)))
     sampler = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
                                     num_classes=num_classes, inputs=inputs, chunk=batch // inputs,
                                     compiler_options=XLA_OPTIONS[xla_options])
@@ -98,6 +99,17 @@ def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dt
         sampler(x, index, SIGMA, n, key)  # returns host counts: blocks until done
 
     return run, n * inputs, setup_s
+
+
+def workdir_model(workdir: str) -> tuple[str, models.Model]:
+    """(contender label ``jax <dtype> workdir``, the BatchNorm-folded model) of `workdir`, read by `jaxsmooth.load`."""
+    import jaxsmooth
+    from jaxsmooth import checkpoint
+
+    loaded = jaxsmooth.load(workdir)
+    config = checkpoint.read_json(os.path.join(workdir, checkpoint.CONFIG_FILE), "--workdir")
+    dtype = config.get("model", {}).get("dtype", "float32")
+    return f"jax {dtype} workdir", models.Model(loaded.apply, loaded.params, loaded.model_state)
 
 
 def torch_contenders(name: str, n: int, inputs: int, input_shape, *, batch: int, tuned_batch: int = TUNED_BATCH,
@@ -232,23 +244,26 @@ def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_sh
       n: samples per input; each round every contender draws n * inputs.
       batch: the engine's forward batch (inputs x chunk); the canonical loop's too unless `torch_batch`.
       tuned_batch: the tuned PyTorch samplers' batch.
-      workdir: also ``jax <dtype> workdir``, the engine on this workdir's model (of architecture `name`).
+      workdir: also ``jax <dtype> workdir``, the engine on this workdir's model (of architecture `name`),
+        compiled with the first of `xla_options`.
       num_classes: default `num_classes_of(name)`.
     """
-    from jaxsmooth import convert
-
     input_shape = tuple(input_shape or input_shape_of(name))
     num_classes = num_classes or num_classes_of(name)
     contenders, options = {}, {}
     for d in dtypes:
         for o in xla_options:
-            suffix = f" ({o} options)" if len(xla_options) > 1 else ""
-            for label, model in [(f"jax {d}{suffix}", None)] + (
-                    [(f"jax {d} workdir{suffix}", convert.load_model(workdir, dtype=d)[0])] if workdir else []):
-                chosen: dict = {}
-                contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d,
-                                                  num_classes=num_classes, xla_options=o, chosen=chosen, model=model)
-                options[label] = chosen["options"]
+            label = f"jax {d}" + (f" ({o} options)" if len(xla_options) > 1 else "")
+            chosen: dict = {}
+            contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d, num_classes=num_classes,
+                                              xla_options=o, chosen=chosen)
+            options[label] = chosen["options"]
+    if workdir:
+        label, model = workdir_model(workdir)
+        chosen = {}
+        contenders[label] = jax_contender(name, n, batch, inputs, input_shape, num_classes=num_classes,
+                                          xla_options=xla_options[0], chosen=chosen, model=model)
+        options[label] = chosen["options"]
     if with_torch:
         contenders.update(torch_contenders(name, n, inputs, input_shape, batch=torch_batch or batch,
                                            tuned_batch=tuned_batch, num_classes=num_classes,
