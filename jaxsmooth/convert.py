@@ -200,8 +200,6 @@ def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | Non
     Raises:
       UserError: naming --torch, --arch, --sigma, --dataset or --workdir.
     """
-    from jaxsmooth import checkpoint, models
-
     if arch_name not in torch_layout.ARCHS:
         raise UserError("--arch", f"unknown architecture {arch_name!r}; allowed: {', '.join(torch_layout.ARCHS)}")
     arch = torch_layout.ARCHS[arch_name]
@@ -213,6 +211,8 @@ def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | Non
     if isinstance(meta.get("arch"), str) and meta["arch"] != arch_name:
         raise UserError("--arch", f"{torch_path} holds a {meta['arch']!r} model, not {arch_name!r}")
     sigma = choose_sigma(named_sigmas(torch_path, meta), sigma, torch_path)
+    from jaxsmooth import checkpoint, models  # imports JAX: after the checks of the arguments
+
     data = DATASETS[dataset]
     model, prefix, normalization = torch_layout.map_state(
         state, arch_name, num_classes=data.num_classes, input_shape=data.input_shape, mean=data.mean, std=data.std,

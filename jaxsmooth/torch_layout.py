@@ -32,12 +32,10 @@ import numpy as np
 from jaxsmooth.errors import UserError
 
 
-
 class Arch(NamedTuple):
     model: str  # the jaxsmooth.models name
     dataset: str  # the data set locuslab/smoothing builds it for, a key of jaxsmooth.convert.DATASETS
     blocks_per_stage: tuple[int, ...]
-
 
 
 ARCHS = {
@@ -45,7 +43,7 @@ ARCHS = {
     "cifar_resnet110": Arch("resnet110", "cifar10", (18, 18, 18)),
     "resnet50": Arch("resnet50", "imagenet", (3, 4, 6, 3)),
 }
-# _CIFAR10_MEAN/_STDDEV and _IMAGENET_MEAN/_STDDEV of locuslab/smoothing code/datasets.py.
+# Where the network's tensors sit: under Sequential index 1, under DataParallel, both or neither.
 PREFIXES = ("1.module.", "1.", "module.", "")
 _NORMALIZE_NAMES = {"means": "mean", "mean": "mean", "sds": "std", "std": "std"}  # a NormalizeLayer with buffers
 
@@ -54,7 +52,6 @@ _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running
 _SHORTCUT = {"conv": "downsample.0", "bn": "downsample.1"}
 _TORCH_RANK = {"conv1": 0, "bn1": 1, "conv2": 2, "bn2": 3, "conv3": 4, "bn3": 5, "downsample": 6, "fc": 99,
                "weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
-
 
 
 def torch_name(path: tuple, blocks_per_stage: tuple[int, ...]) -> str:
