@@ -27,6 +27,7 @@ from jaxsmooth import certification, checkpoint, convert, models, noise, torch_l
 
 from conftest import ROOT  # noqa: E402
 
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """PyTorch on one thread here: its idle threads spin, which on a busy 2-core machine costs more than they give."""
@@ -184,12 +185,11 @@ def _torch_model(arch: str, seed: int = 0) -> nn.Module:
     return model
 
 
-def _save_checkpoint(model: nn.Module, arch: str, folder, *, sigma_folder="noise_0.25", **entries) -> str:
-    """The model saved as their train.py saves it, under FOLDER/ARCH/noise_S/checkpoint.pth.tar."""
-    path = folder / arch / sigma_folder / "checkpoint.pth.tar"
+def _save_checkpoint(model: nn.Module, arch: str, folder) -> str:
+    """The model saved as their train.py saves it, under FOLDER/ARCH/noise_0.25/checkpoint.pth.tar."""
+    path = folder / arch / "noise_0.25" / "checkpoint.pth.tar"
     path.parent.mkdir(parents=True)
-    torch.save({"epoch": 90, "arch": arch, "state_dict": model.state_dict(), "optimizer": {"state": {}}, **entries},
-               path)
+    torch.save({"epoch": 90, "arch": arch, "state_dict": model.state_dict(), "optimizer": {"state": {}}}, path)
     return str(path)
 
 
@@ -316,6 +316,23 @@ def test_logits_and_predict_counts_equal_pytorch(converted):
                                           train=False)[0])
         np.testing.assert_allclose(logits[:4], expected, rtol=0, atol=1e-4 * np.abs(expected).max())
         _counts_within_rounding(np.bincount(logits[4:].argmax(-1), minlength=logits.shape[-1]), expected_noisy)
+
+
+def test_comparison_catches_the_usual_conversion_mistakes(conversions):
+    """Spatially flipped kernels (convolution for cross-correlation), or BatchNorm left on its initial statistics,
+    give logits outside the tolerance the tests above hold the conversion to."""
+    _, model, workdir = conversions("cifar_resnet20")
+    x, _ = _noisy_inputs(32)
+    expected = _torch_logits(model, x)
+    right = _variables(workdir)
+    flipped = jax.tree.map(lambda a: a[::-1, ::-1] if np.ndim(a) == 4 else a, right.params)
+    initial = jax.tree_util.tree_map_with_path(
+        lambda path, a: np.zeros_like(a) if path[-1].key == "mean" else np.ones_like(a), right.model_state)
+    errors = [np.abs(np.asarray(right.apply(params, model_state, x, train=False)[0]) - expected).max()
+              for params, model_state in ((right.params, right.model_state), (flipped, right.model_state),
+                                          (right.params, initial))]
+    tolerance = 1e-4 * np.abs(expected).max()
+    assert errors[0] <= tolerance < min(errors[1:])
 
 
 def test_loaded_model_predicts_what_pytorch_counts(conversions):
