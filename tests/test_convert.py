@@ -446,13 +446,18 @@ def test_unusable_workdir_is_refused(small_checkpoints, capsys):
 
 
 def test_normalize_layer_buffers_give_the_normalisation(small_checkpoints):
-    """A NormalizeLayer that stores means/sds as tensors (0.means, 0.sds): model.json takes its constants."""
+    """A NormalizeLayer that stores means/sds as tensors (0.means, 0.sds): model.json takes its constants.
+
+    Written into a folder that exists and is empty.
+    """
     model, _, folder = small_checkpoints
     state = {**model.state_dict(), "0.means": torch.tensor([0.5, 0.4, 0.3]), "0.sds": torch.tensor([0.2, 0.25, 0.3])}
     path = folder / "buffers" / "checkpoint.pth.tar"
     path.parent.mkdir()
     torch.save({"arch": "cifar_resnet20", "state_dict": state}, path)
+    (folder / "buffers_out").mkdir()  # an empty folder is a new workdir
     found = convert.convert(str(path), "cifar_resnet20", str(folder / "buffers_out"), sigma=0.5)
+    assert json.load(open(folder / "buffers_out" / "model.json")) == found
     np.testing.assert_allclose(found["mean"], [0.5, 0.4, 0.3], rtol=1e-6)
     np.testing.assert_allclose(found["std"], [0.2, 0.25, 0.3], rtol=1e-6)
     assert found["sigma"] == 0.5
