@@ -7,7 +7,8 @@ import shlex
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, analyze, bench, certify, cli, train
+from jaxsmooth import analysis, analyze, bench, certification, certify, cli, train
+from jaxsmooth.certification import records
 
 from conftest import ROOT
 from helpers import sidecar_settings, train_small, tsv_rows
@@ -120,3 +121,39 @@ def test_docs_quick_start_on_a_few_digits(workdir, tmp_path, capsys):
     assert "| sequential | 10 |" in out and (folder / "n_used.png").read_bytes()[:4] == b"\x89PNG"
     run = analysis.read_run(str(folder / "sequential.tsv"))
     assert run.columns["n_used"].dtype == np.int64
+
+
+def _write(path, n, idx, n_used=None, candidate="selection"):
+    """A certify TSV with settings n, n0 = 100 and the given rows (n_used: a sequential run's)."""
+
+    header = {"mode": "certify", "n": n, "n0": 100, "alpha": 0.001, "candidate": candidate}
+    if n_used is not None:
+        header["sequential"] = "grid"
+    cols = records.columns("certify", certification.Settings(), anisotropic=False, model_lbound=False)
+    cols = cols + (["n_used"] if n_used is not None else [])
+    writer = records.TsvWriter(str(path), header, cols)
+    for j, i in enumerate(idx):
+        writer.write({"idx": i, "label": 1, "predict": 1, "radius": 0.5, "correct": 1, "time": "0", "pA_lower": 0.9,
+                      "count_A": 9, "count_B": 1, "lbound_mc": 0.1, **({} if n_used is None else {"n_used": n_used[j]})})
+    writer.close()
+
+
+def test_samples_table_takes_the_fixed_run_of_the_same_images(tmp_path, capsys):
+    from jaxsmooth.analysis import samples
+
+    _write(tmp_path / "seq.tsv", 10_000, [0, 20, 40], n_used=[300, 700, 10_100])
+    _write(tmp_path / "fixed_big.tsv", 20_000, [0, 20, 40])
+    _write(tmp_path / "fixed_budget.tsv", 10_000, [40, 0, 20])  # the same images in another order
+    _write(tmp_path / "fixed_other.tsv", 10_000, [0, 20, 60])  # other images
+    runs = analysis.read_runs([str(tmp_path / f) for f in ("seq.tsv", "fixed_big.tsv", "fixed_other.tsv",
+                                                          "fixed_budget.tsv")])
+    (row,) = samples.samples_rows(runs)
+    assert (row.reference, row.reference_samples, row.images) == ("fixed_budget", 10_100, 3)
+    assert (row.mean, row.median) == (3700.0, 700.0)
+    assert row.mean_ratio == pytest.approx(10_100 / 3700) and row.median_ratio == pytest.approx(10_100 / 700)
+    (row,) = samples.samples_rows(runs[:2])
+    assert row.reference == "fixed_big" and row.reference_samples == 20_100
+    assert samples.samples_rows(runs[1:]) == []
+    assert analyze.run([str(tmp_path / "fixed_big.tsv"), "--samples-plot", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --samples-plot: no run has an n_used column")
