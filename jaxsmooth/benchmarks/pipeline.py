@@ -258,7 +258,7 @@ def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, n
     import jax
     import jax.numpy as jnp
 
-    from jaxsmooth import config as config_lib, data, objectives, parallel, trainer
+    from jaxsmooth import compilation, config as config_lib, data, parallel, trainer
     from jaxsmooth.data import grain_pipeline
 
     say = on_stage or (lambda line: None)
@@ -320,17 +320,16 @@ def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, n
         run_ = trainer.build_run(config)
     mesh = run_.mesh
     replicated, batch_sharding = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    params, model_state = objectives.initial_variables(config, run_.model.params, run_.model.model_state,
-                                                       run_.dataset.input_shape)
-    state = parallel.replicate(mesh, trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                                        model_state=model_state, opt_state=run_.tx.init(params)))
-    step_fn = jax.jit(trainer.make_train_step(objectives.build(config, run_.model.apply), run_.tx),
+    state = parallel.replicate(mesh, trainer.initial_state(run_.objective, config, run_.model.params,
+                                                           run_.model.model_state, run_.dataset.input_shape, run_.tx))
+    step_fn = jax.jit(trainer.make_train_step(trainer.objective_loss(run_.objective, config, run_.model.apply),
+                                              run_.tx),
                       in_shardings=(replicated, batch_sharding, replicated), out_shardings=(replicated, replicated),
                       donate_argnums=0)
     root_key = parallel.replicate(mesh, run_.root_key)
     first = parallel.shard_batch(mesh, data.train_batch(run_.dataset.train, step=0, **grain_args))
     t0 = time.perf_counter()
-    step_fn = parallel.compile(step_fn, state, first, root_key)
+    step_fn = compilation.compile(step_fn, state, first, root_key)
     compile_s = time.perf_counter() - t0
     holder = {"state": state, "metrics": None}
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxsmooth import parallel
+from jaxsmooth import compilation, parallel
 from jaxsmooth.errors import UserError
 
 
@@ -68,9 +68,9 @@ class Sampler:
       mesh: devices to spread the chunks over (default: all).
       with_softmax: also return the mean softmax vector of the samples.
       compiler_options: XLA:CPU options: "auto" (time each of jaxsmooth's option
-        sets, `parallel.CPU_COMPILER_OPTIONS` and `parallel.CPU_ELEMENTWISE_OPTIONS`,
+        sets, `compilation.CPU_COMPILER_OPTIONS` and `compilation.CPU_ELEMENTWISE_OPTIONS`,
         on one loop step of the first call and keep the fastest), a dict of
-        options ({}: XLA's defaults), or None (`parallel.CPU_COMPILER_OPTIONS`).
+        options ({}: XLA's defaults), or None (`compilation.CPU_COMPILER_OPTIONS`).
         Ignored off the CPU.
     """
 
@@ -88,7 +88,7 @@ class Sampler:
         self._variables = parallel.replicate(self.mesh, (params, model_state))
         if not (compiler_options is None or compiler_options == "auto" or isinstance(compiler_options, dict)):
             raise ValueError(f"compiler_options must be None, 'auto' or a dict, got {compiler_options!r}")
-        self._compiler_options = parallel.CPU_COMPILER_OPTIONS if compiler_options is None else compiler_options
+        self._compiler_options = compilation.CPU_COMPILER_OPTIONS if compiler_options is None else compiler_options
         self.chosen_options: dict | None = None  # what the executable was compiled with, after the first call
         self._compiled = None
         self._run = jax.jit(self._build(apply))
@@ -134,9 +134,9 @@ class Sampler:
     def _compile(self, args) -> None:
         if self._compiler_options == "auto":
             one_step = (*args[:4], *parallel.replicate(self.mesh, (np.int32(self.chunk * self.mesh.size),)), args[5])
-            self._compiled, self.chosen_options = parallel.compile_fastest(self._run, *one_step)
+            self._compiled, self.chosen_options = compilation.compile_fastest(self._run, *one_step)
         else:
-            self._compiled, self.chosen_options = parallel.compile_fastest(self._run, *args,
+            self._compiled, self.chosen_options = compilation.compile_fastest(self._run, *args,
                                                                            candidates=[self._compiler_options],
                                                                            repeats=0)
 
