@@ -1,8 +1,8 @@
-"""bench nal's table: the accuracy table of analyze with a training-time column, on hand-built accuracy files."""
+"""report nal's table: the accuracy table of analyze with a training-time column, on hand-built accuracy files."""
 
 import pytest
 
-from jaxsmooth import bench
+from jaxsmooth import report
 from jaxsmooth.analysis import attacks as attack_analysis
 from jaxsmooth.benchmarks import nal_report
 
@@ -45,6 +45,6 @@ def test_suite_configs_exist_for_every_run():
 @pytest.mark.parametrize("args, field", [(["--suite", "svhn"], "--suite"), (["--runs", "nal,trades"], "--runs"),
                                          (["--radii", "0,x"], "--radii")])
 def test_bad_input_is_one_line(tmp_path, capsys, args, field):
-    assert bench.run(["nal", "--workdir", str(tmp_path / "r"), *args]) == 2
+    assert report.run(["nal", "--workdir", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
