@@ -22,6 +22,15 @@ def train_small(tmp_path_factory, name: str) -> str:
     return path
 
 
+def fails_with(run, capsys, argv, field: str) -> str:
+    """Runs a CLI's `run(argv)`, which must exit 2 with one stderr line ``error: FIELD: ...``; that line."""
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: {field}: "), err[0]
+    return err[0]
+
+
 def tsv_rows(path):
     """(header, rows) of a TSV, comment lines left out, each row a list of fields."""
     with open(path) as f:
