@@ -223,21 +223,7 @@ def main(argv: list[str]) -> int:
     from jaxsmooth import certification, models, noise, trainer
     from jaxsmooth.certification import records
 
-    settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, candidate=args.candidate, topk=args.topk)
-    if args.mode == "predict":
-        settings = certification.Settings(n0=0, n=args.n, alpha=args.alpha, candidate="selection", topk=0)
-        if not 0 < args.alpha < 1:
-            raise UserError("alpha", f"must be in (0, 1), got {args.alpha}")
-        if args.n <= 0:
-            raise UserError("n", f"must be > 0, got {args.n}")
-    if args.mode == "certify":
-        certification.check_settings(settings.n0, settings.n, settings.alpha,
-                                     needs_selection=settings.candidate == "selection")
-    if args.batch <= 0:
-        raise UserError("batch", f"must be > 0, got {args.batch}")
-    if args.inputs <= 0 or args.batch % args.inputs:
-        raise UserError("inputs", f"must be > 0 and divide --batch {args.batch}, got {args.inputs}")
-
+    settings = _settings(args)
     learned = None
     if args.sigma_from:  # the base classifier: --checkpoint, else the one the sigma was learned for
         sigma_arr, init_from, sigma_step = trainer.load_learned_sigma(args.sigma_from)
@@ -284,15 +270,48 @@ def main(argv: list[str]) -> int:
     clean = certification.make_clean_probabilities(model.apply, params, model_state)
     key = noise.certify_key(noise.root_key(seed))
 
+    rows = records.run(sampler, split, todo, sigma, settings, key, mode=args.mode, clean_probabilities=clean)
+    seconds, samples = _write_rows(rows, writer, total=len(indices), done=len(indices) - len(todo),
+                                   quiet=args.no_progress or not parallel.is_main_process())
+    if shard.writes:
+        print(f"{args.mode}: {len(indices)} examples in {shard.out} ({len(todo)} this run"
+              + (f", {samples / seconds:,.0f} samples/s" if seconds else "") + ")")
+    if shard.processes > 1 and parallel.is_main_process():
+        shards = " ".join(_shard_paths(args.out, shard.processes))
+        print(f"one shard per process; merge them with: python -m jaxsmooth.analyze {shards} --merge {args.out}")
+    return 0
+
+
+def _settings(args):
+    """The `certification.Settings` of --mode certify or predict, refusing bad --n0/--n/--alpha/--batch/--inputs."""
+    from jaxsmooth import certification
+
+    settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, candidate=args.candidate, topk=args.topk)
+    if args.mode == "predict":
+        settings = certification.Settings(n0=0, n=args.n, alpha=args.alpha, candidate="selection", topk=0)
+        if not 0 < args.alpha < 1:
+            raise UserError("alpha", f"must be in (0, 1), got {args.alpha}")
+        if args.n <= 0:
+            raise UserError("n", f"must be > 0, got {args.n}")
+    if args.mode == "certify":
+        certification.check_settings(settings.n0, settings.n, settings.alpha,
+                                     needs_selection=settings.candidate == "selection")
+    if args.batch <= 0:
+        raise UserError("batch", f"must be > 0, got {args.batch}")
+    if args.inputs <= 0 or args.batch % args.inputs:
+        raise UserError("inputs", f"must be > 0 and divide --batch {args.batch}, got {args.inputs}")
+    return settings
+
+
+def _write_rows(rows, writer, *, total: int, done: int, quiet: bool) -> tuple[float, float]:
+    """Writes the certified rows as they come, under a progress bar; (seconds, samples) they took."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="img", dynamic_ncols=True, file=sys.stderr,
-               disable=args.no_progress or not parallel.is_main_process())
+    bar = tqdm(total=total, initial=done, unit="img", dynamic_ncols=True, file=sys.stderr, disable=quiet)
     certified = correct = 0
     seconds = samples = 0.0
     try:
-        for row in records.run(sampler, split, todo, sigma, settings, key, mode=args.mode,
-                               clean_probabilities=clean):
+        for row in rows:
             writer.write(row)
             correct += row["correct"]
             certified += 1
@@ -304,13 +323,7 @@ def main(argv: list[str]) -> int:
     finally:
         bar.close()
         writer.close()
-    if shard.writes:
-        print(f"{args.mode}: {len(indices)} examples in {shard.out} ({len(todo)} this run"
-              + (f", {samples / seconds:,.0f} samples/s" if seconds else "") + ")")
-    if shard.processes > 1 and parallel.is_main_process():
-        shards = " ".join(_shard_paths(args.out, shard.processes))
-        print(f"one shard per process; merge them with: python -m jaxsmooth.analyze {shards} --merge {args.out}")
-    return 0
+    return seconds, samples
 
 
 class _Shard(NamedTuple):
