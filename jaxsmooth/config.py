@@ -443,11 +443,15 @@ def markdown() -> str:
             lines += [f"| `{r['field']}` | `{json.dumps(r['default'])}` | {r['type']} | {_cell(r['meaning'])} |"
                       for r in block]
             lines.append("")
-    renamed = sorted({(old, new) for o in _registry().values() for old, new in o.renamed.items()})
+    renamed: dict[str, list[str]] = {}
+    for name, objective in _registry().items():
+        for old, new in objective.renamed.items():
+            renamed.setdefault(old, []).append(f"`{new}` ({name})")
     lines += ["## Renamed fields", "",
-              "Fields of earlier versions; a config that sets one is refused with its new name. A workdir's "
-              "config.json that holds them still resumes.", "", "| earlier field | now |", "|---|---|"]
-    lines += [f"| `{old}` | `{new}` |" for old, new in renamed]
+              "Fields of earlier versions, each now in the block of every objective that reads it; a config that "
+              "sets one is refused with its new name, and a workdir's config.json that holds them still resumes.",
+              "", "| earlier field | now |", "|---|---|"]
+    lines += [f"| `{old}` | {', '.join(new)} |" for old, new in sorted(renamed.items())]
     return "\n".join(lines) + "\n"
 
 

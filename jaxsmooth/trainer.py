@@ -243,7 +243,9 @@ def _prepare_workdir(workdir: str, run: Run) -> None:
         with open(config_path) as f:
             previous = config_lib.from_json(f.read(), field=config_path)
         changed = [p for p in config_lib.differing_fields(previous, run.config)
-                   if p not in config_lib.RESUME_MUTABLE]
+                   if p not in config_lib.RESUME_MUTABLE and (config_lib.is_read(previous, p)
+                                                              or config_lib.is_read(run.config, p))]
+        changed.sort(key=lambda p: p != "objective.name")  # another objective: say that, not its block's fields
         if changed:
             field = changed[0]
             raise UserError(field, f"{workdir} holds a run with {field}={config_lib.get(previous, field)!r}, "
