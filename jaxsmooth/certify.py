@@ -30,6 +30,8 @@ depends on the key and its index only. Both resume after a kill.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import NamedTuple
 
@@ -240,12 +242,23 @@ def main(argv: list[str]) -> int:
     shard = _shard(config.certify.parallel, args.out, run.mesh)
     indices = indices[shard.process::shard.processes]
 
+    # BatchNorm folded into the convolutions: the eval-mode classifier up to float rounding, one pass less per layer
+    model = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))
+    params, model_state = model.params, model.model_state
+    sampler = certification.Sampler(model.apply, params, model_state, input_shape=dataset.input_shape,
+                                    num_classes=dataset.num_classes, inputs=args.inputs,
+                                    chunk=args.batch // args.inputs, mesh=shard.mesh, with_softmax=args.mode == "certify",
+                                    compiler_options=_xla_options(shard))
+    clean = certification.make_clean_probabilities(model.apply, params, model_state)
+    key = noise.certify_key(noise.root_key(seed))
+
     header = {"mode": args.mode, **sigma_info, "sigma_file": args.sigma_file, "n0": settings.n0, "n": settings.n,
               "alpha": settings.alpha, "candidate": settings.candidate, "topk": settings.topk, "seed": seed,
               "key": f"fold_in(key({seed}), certify stream)", "dtype": config.model.dtype,
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, "inputs": args.inputs, "checkpoint": args.checkpoint,
               "checkpoint_step": step, "devices": shard.mesh.size, "parallel": config.certify.parallel,
+              "xla_options": sampler.prepare(sigma, settings.n, key),
               **({"shard": shard.process, "shards": shard.processes} if shard.processes > 1 else {})}
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)
     writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
@@ -260,16 +273,6 @@ def main(argv: list[str]) -> int:
         pending = np.asarray(multihost_utils.broadcast_one_to_all(pending), bool)
     todo = np.asarray(indices[pending], np.int64)
 
-    # BatchNorm folded into the convolutions: the eval-mode classifier up to float rounding, one pass less per layer
-    model = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))
-    params, model_state = model.params, model.model_state
-    sampler = certification.Sampler(model.apply, params, model_state, input_shape=dataset.input_shape,
-                                    num_classes=dataset.num_classes, inputs=args.inputs,
-                                    chunk=args.batch // args.inputs, mesh=shard.mesh, with_softmax=args.mode == "certify",
-                                    compiler_options="auto")
-    clean = certification.make_clean_probabilities(model.apply, params, model_state)
-    key = noise.certify_key(noise.root_key(seed))
-
     rows = records.run(sampler, split, todo, sigma, settings, key, mode=args.mode, clean_probabilities=clean)
     seconds, samples = _write_rows(rows, writer, total=len(indices), done=len(indices) - len(todo),
                                    quiet=args.no_progress or not parallel.is_main_process())
@@ -280,6 +283,33 @@ def main(argv: list[str]) -> int:
         shards = " ".join(_shard_paths(args.out, shard.processes))
         print(f"one shard per process; merge them with: python -m jaxsmooth.analyze {shards} --merge {args.out}")
     return 0
+
+
+def _xla_options(shard: "_Shard") -> str | dict:
+    """The XLA options an existing --out was sampled with (its settings' ``xla_options``), so that its remaining
+    examples are sampled by the same executable (`Sampler.prepare`); "auto" for a new file.
+
+    In samples mode every process takes process 0's view, as they run the same collective programs.
+    """
+    import jax
+
+    from jaxsmooth import compilation
+    from jaxsmooth.analysis import tsv
+
+    recorded = None
+    header = tsv.first_header(shard.out) if os.path.exists(shard.out) else None
+    if header is not None:
+        try:
+            recorded = json.loads(header[1]).get("xla_options")
+        except (json.JSONDecodeError, AttributeError):
+            recorded = None
+    if shard.processes == 1 and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        known = [None, *compilation.AUTO_CANDIDATES, {}]
+        index = known.index(recorded) if recorded in known else 0
+        recorded = known[int(multihost_utils.broadcast_one_to_all(np.int32(index)))]
+    return "auto" if recorded is None else recorded
 
 
 def _settings(args):

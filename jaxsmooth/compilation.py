@@ -41,6 +41,10 @@ CPU_ELEMENTWISE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
     "LIBRARY_FUSION_TYPE_" + kind for kind in ("INDIVIDUAL_DOT", "ELTWISE"))}
 
 
+# The option sets `compile_fastest` chooses between by default (the sampler's compiler_options="auto").
+AUTO_CANDIDATES = (CPU_COMPILER_OPTIONS, CPU_ELEMENTWISE_OPTIONS)
+
+
 def compile_fastest(jitted: Any, *args: Any, candidates: Sequence[dict] | None = None,
                     repeats: int = 3) -> tuple[Any, dict]:
     """Compiles `jitted` for `args` with each set of XLA:CPU options and keeps the fastest on these arguments.
@@ -52,7 +56,7 @@ def compile_fastest(jitted: Any, *args: Any, candidates: Sequence[dict] | None =
     """
     if jax.default_backend() != "cpu":
         return jitted.lower(*args).compile(), {}
-    candidates = list(candidates if candidates is not None else (CPU_COMPILER_OPTIONS, CPU_ELEMENTWISE_OPTIONS))
+    candidates = list(candidates if candidates is not None else AUTO_CANDIDATES)
     lowered = jitted.lower(*args)
     compiled = []
     for options in candidates:

@@ -140,6 +140,24 @@ class Sampler:
                                                                            candidates=[self._compiler_options],
                                                                            repeats=0)
 
+    def _device_args(self, xs: np.ndarray, idx: np.ndarray, sigma, n: int, key: jax.Array) -> tuple:
+        return (self._variables, *parallel.replicate(self.mesh, (xs, idx, check_sigma(sigma, self.input_shape),
+                                                                  np.int32(n))), parallel.replicate(self.mesh, key))
+
+    def prepare(self, sigma, n: int, key: jax.Array) -> dict:
+        """Compiles now, for calls with this sigma's shape, and returns the XLA options compiled with.
+
+        With "auto" the option sets are timed on zero inputs. The options
+        change how XLA rounds the logits in their last bits (a different
+        fusion, a different summation order), so an argmax within rounding of
+        a tie may go either way: a job that records them and passes them back
+        on resume (``compiler_options=``) samples with the same executable.
+        """
+        if self._compiled is None:
+            zeros = np.zeros((self.inputs, *self.input_shape), np.float32)
+            self._compile(self._device_args(zeros, np.zeros(self.inputs, np.int32), sigma, n, key))
+        return self.chosen_options
+
     def __call__(self, x: np.ndarray, index: np.ndarray, sigma, n: int, key: jax.Array) -> Counts:
         """Counts of n samples for each of the (at most `inputs`) examples x with global indices `index`.
 
@@ -159,8 +177,7 @@ class Sampler:
         pad = self.inputs - b
         xs = np.concatenate([x, np.zeros((pad, *self.input_shape), np.float32)]) if pad else x
         idx = np.concatenate([np.asarray(index, np.int32), np.zeros(pad, np.int32)]) if pad else np.asarray(index, np.int32)
-        args = (self._variables, *parallel.replicate(self.mesh, (xs, idx, check_sigma(sigma, self.input_shape),
-                                                                  np.int32(n))), parallel.replicate(self.mesh, key))
+        args = self._device_args(xs, idx, sigma, n, key)
         if self._compiled is None:
             self._compile(args)
         counts, probs = self._compiled(*args)
