@@ -1,5 +1,6 @@
 """Small shared pieces of the tests."""
 
+import json
 import os
 
 import orbax.checkpoint as ocp
@@ -29,6 +30,20 @@ def fails_with(run, capsys, argv, field: str) -> str:
     assert len(err) == 1, err
     assert err[0].startswith(f"error: {field}: "), err[0]
     return err[0]
+
+
+def sidecar_settings(path, program):
+    """The settings a jaxsmooth TSV's sidecar (``FILE.tsv.json``) holds, after checking its program."""
+    with open(f"{path}.json") as f:
+        record = json.load(f)
+    assert record["program"] == program
+    return record["settings"]
+
+
+def copy_sidecar(src, dst):
+    """Gives the TSV `dst` (a copy of `src`'s table, cut as a killed job leaves it) `src`'s sidecar."""
+    with open(f"{src}.json") as f, open(f"{dst}.json", "w") as g:
+        g.write(f.read())
 
 
 def tsv_rows(path):

@@ -14,7 +14,9 @@ How a command is read from markdown:
   substituted; other ``$VARS`` stay as they are (a path, a value).
 - Synopses: ``[...]`` groups (optional parts) and ``...`` words are left
   out, with the option word just before a ``...``. Upper-case words (FILE,
-  DIR, configs/X.py) are placeholders and parse as the values they stand for.
+  DIR, configs/X.py) are placeholders and parse as the values they stand for;
+  ``python -m jaxsmooth.X`` with an upper-case name stands for any CLI and is
+  not read.
 - ``--config.FIELD=VALUE`` (or ``--config.FIELD VALUE``) overrides are taken
   out as the CLIs do (`cli.split_overrides`); FIELD must be a field of
   `jaxsmooth.config.default()` and VALUE of its type, unless FIELD is an
@@ -41,7 +43,7 @@ from jaxsmooth.errors import UserError
 
 from conftest import ROOT
 
-COMMAND = re.compile(r"python -m jaxsmooth\.(\w+)")
+COMMAND = re.compile(r"python -m jaxsmooth\.([a-z_]\w*)")  # jaxsmooth.X, upper case: a placeholder
 SEPARATOR = re.compile(r"[();<>|&]+")  # a shell operator token: the command ends before it
 
 
@@ -245,6 +247,7 @@ def test_the_reader_finds_commands_and_the_check_finds_drift():
     assert "did you mean train.batch_size" in check_command(
         "python -m jaxsmooth.train --config c.py --workdir w --config.train.batchsize=8")
     assert "nal.gamma" in check_command("python -m jaxsmooth.train --config c.py --workdir w --config.objective.gamma=1")
+    assert _block_commands(["thin CLIs (python -m jaxsmooth.X)"]) == []  # a placeholder, not a command
     assert check_mention("python -m jaxsmooth.bench train --model") is None
     assert check_mention("python -m jaxsmooth.bench nal") is not None  # the reports moved to jaxsmooth.report
     assert check_mention("python -m jaxsmooth.report nal --suite digits") is None

@@ -16,7 +16,7 @@ import pytest
 from jaxsmooth import certify, checkpoint, compilation, parallel, trainer
 
 from conftest import ROOT
-from helpers import quick_config, tsv_rows
+from helpers import quick_config, sidecar_settings, tsv_rows
 
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
 SMALL = ["--config.model.width=4", "--config.train.batch_size=64", "--config.train.eval_batch_size=120"]
@@ -37,25 +37,17 @@ def workdir(tmp_path_factory):
     return path
 
 
-def _settings(path):
-    with open(path) as f:
-        first = f.readline()
-    return json.loads(first[len("# jaxsmooth certify "):])
-
-
 def _set_options_and_keep(path, options, rows: int):
-    """Writes `options` as the file's xla_options (or removes them: None) and keeps its first `rows` rows."""
+    """Writes `options` as the file's xla_options (in its sidecar FILE.tsv.json) and keeps its first `rows` rows."""
+    with open(f"{path}.json") as f:
+        record = json.load(f)
+    record["settings"]["xla_options"] = options
+    with open(f"{path}.json", "w") as f:
+        json.dump(record, f)
     with open(path) as f:
         lines = f.read().splitlines(keepends=True)
-    settings = _settings(path)
-    if options is None:
-        settings.pop("xla_options")
-    else:
-        settings["xla_options"] = options
-    lines[0] = "# jaxsmooth certify " + json.dumps(settings, sort_keys=True) + "\n"
-    header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
     with open(path, "w") as f:
-        f.writelines(lines[:header + 1 + rows])
+        f.writelines(lines[:1 + rows])
 
 
 def test_certify_records_the_chosen_options_and_resumes_with_them(workdir, tmp_path, monkeypatch):
@@ -72,7 +64,7 @@ def test_certify_records_the_chosen_options_and_resumes_with_them(workdir, tmp_p
             "--batch", "200", "--no-progress"] + SMALL
     assert certify.run(argv) == 0
     assert calls == [None]  # a new file: "auto" times the candidates
-    chosen = _settings(out)["xla_options"]
+    chosen = sidecar_settings(out, "certify")["xla_options"]
     assert chosen in [dict(o) for o in compilation.AUTO_CANDIDATES]
     header, first = tsv_rows(out)
 
