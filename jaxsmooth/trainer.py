@@ -134,7 +134,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, with
     each example's global index. With `with_teacher`, `loss_fn` builds the
     loss from the state's frozen teacher, ``loss_fn(state.teacher) -> loss``,
     inside the trace: the teacher is an argument of the compiled step, so a
-    new teacher (each HeatSmoothing timestep) needs no recompilation.
+    new teacher (`Teacher.every_epochs`) needs no recompilation.
     """
 
     def train_step(state: TrainState, batch: dict, root_key: jax.Array):
