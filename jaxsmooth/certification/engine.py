@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxsmooth import parallel
+from jaxsmooth import compilation, parallel
 from jaxsmooth.errors import UserError
 
 
@@ -92,9 +92,9 @@ class Sampler:
       mesh: devices to spread the chunks over (default: all).
       with_softmax: also return the mean softmax vector of the samples.
       compiler_options: XLA:CPU options: "auto" (time each of jaxsmooth's option
-        sets, `parallel.CPU_COMPILER_OPTIONS` and `parallel.CPU_ELEMENTWISE_OPTIONS`,
+        sets, `compilation.CPU_COMPILER_OPTIONS` and `compilation.CPU_ELEMENTWISE_OPTIONS`,
         on one loop step of the first call and keep the fastest), a dict of
-        options ({}: XLA's defaults), or None (`parallel.CPU_COMPILER_OPTIONS`).
+        options ({}: XLA's defaults), or None (`compilation.CPU_COMPILER_OPTIONS`).
         Ignored off the CPU.
     """
 
@@ -112,7 +112,7 @@ class Sampler:
         self._variables = parallel.replicate(self.mesh, (params, model_state))
         if not (compiler_options is None or compiler_options == "auto" or isinstance(compiler_options, dict)):
             raise ValueError(f"compiler_options must be None, 'auto' or a dict, got {compiler_options!r}")
-        self._compiler_options = parallel.CPU_COMPILER_OPTIONS if compiler_options is None else compiler_options
+        self._compiler_options = compilation.CPU_COMPILER_OPTIONS if compiler_options is None else compiler_options
         self.chosen_options: dict | None = None  # what the executables are compiled with, after the first call
         self._compiled: dict[int, Any] = {}  # number of cuts per slot -> executable
         self._run = jax.jit(self._build(apply))
@@ -166,14 +166,45 @@ class Sampler:
                              check_vma=False)
 
     def _compile(self, args) -> Any:
+        """An executable for these arguments' shapes; the XLA options are chosen by the first (`prepare`)."""
         if self._compiler_options == "auto" and self.chosen_options is None:
-            one_step = list(args)
+            one_step = list(args)  # time the option sets on one loop step of every slot
             one_step[4] = parallel.replicate(self.mesh, np.full(self.inputs, self.step_samples, np.int32))
-            compiled, self.chosen_options = parallel.compile_fastest(self._run, *one_step)
+            compiled, self.chosen_options = compilation.compile_fastest(self._run, *one_step)
             return compiled
         options = self.chosen_options if self.chosen_options is not None else self._compiler_options
-        compiled, self.chosen_options = parallel.compile_fastest(self._run, *args, candidates=[options], repeats=0)
+        compiled, self.chosen_options = compilation.compile_fastest(self._run, *args, candidates=[options], repeats=0)
         return compiled
+
+    def _device_args(self, x, index, start, m, cuts, sigma, key: jax.Array) -> tuple:
+        """The executable's arguments, every slot padded to `inputs` (a padded slot counts no sample: m = 0)."""
+        pad = self.inputs - x.shape[0]
+
+        def padded(a, dtype):
+            return np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]).astype(dtype)
+
+        return (self._variables, *parallel.replicate(self.mesh, (
+            padded(np.asarray(x, np.float32), np.float32), padded(np.asarray(index), np.int32),
+            padded(start, np.int32), padded(m, np.int32), padded(np.clip(cuts, 0, 2**31 - 1), np.int32),
+            check_sigma(sigma, self.input_shape))), parallel.replicate(self.mesh, key))
+
+    def prepare(self, sigma, n: int, key: jax.Array) -> dict:
+        """Compiles now, for calls with this sigma's shape, and returns the XLA options compiled with.
+
+        With "auto" the option sets are timed on zero inputs. The options
+        change how XLA rounds the logits in their last bits (a different
+        fusion, a different summation order), so an argmax within rounding of
+        a tie may go either way: a job that records them and passes them back
+        on resume (``compiler_options=``) samples with the same executable.
+        Executables compiled later (other numbers of cuts) use the same options.
+        """
+        if 0 not in self._compiled:
+            b = self.inputs
+            zeros = np.zeros((b, *self.input_shape), np.float32)
+            self._compiled[0] = self._compile(self._device_args(
+                zeros, np.zeros(b, np.int64), np.zeros(b, np.int64), np.full(b, n, np.int64), np.zeros((b, 0)),
+                sigma, key))
+        return self.chosen_options
 
     def segments(self, x: np.ndarray, index, sigma, start, m, key: jax.Array, cuts=None) -> Segments:
         """Counts of the samples [start_b, start_b + m_b) of each slot's example, split at the positions `cuts`.
@@ -190,24 +221,15 @@ class Sampler:
         Returns:
           counts [B, P + 1, K]: each piece's class counts (their sum over P: the counts of all m_b samples).
         """
-        x = np.asarray(x, np.float32)
-        b = x.shape[0]
-        if b > self.inputs or x.shape[1:] != self.input_shape:
-            raise ValueError(f"expected at most {self.inputs} inputs of shape {self.input_shape}, got {x.shape}")
+        b = len(x)
+        if b > self.inputs or tuple(np.shape(x)[1:]) != self.input_shape:
+            raise ValueError(f"expected at most {self.inputs} inputs of shape {self.input_shape}, got {np.shape(x)}")
         start = np.broadcast_to(np.asarray(start, np.int64), (b,))
         m = np.broadcast_to(np.asarray(m, np.int64), (b,))
         cuts = np.zeros((b, 0), np.int64) if cuts is None else np.asarray(cuts, np.int64).reshape(b, -1)
         if np.any(start < 0) or np.any(m < 0) or np.any(start + m >= 2**31 - self.step_samples):
             raise UserError("n", f"sample positions must be in [0, 2^31), got start {start.tolist()}, m {m.tolist()}")
-        pad = self.inputs - b
-
-        def padded(a, dtype):
-            return np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]).astype(dtype)
-
-        args = (self._variables, *parallel.replicate(self.mesh, (
-            padded(x, np.float32), padded(np.asarray(index), np.int32), padded(start, np.int32), padded(m, np.int32),
-            padded(np.clip(cuts, 0, 2**31 - 1), np.int32), check_sigma(sigma, self.input_shape))),
-            parallel.replicate(self.mesh, key))
+        args = self._device_args(x, index, start, m, cuts, sigma, key)
         pieces = cuts.shape[1]
         if pieces not in self._compiled:
             self._compiled[pieces] = self._compile(args)
