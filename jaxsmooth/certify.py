@@ -316,7 +316,7 @@ def main(argv: list[str]) -> int:
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, "inputs": args.inputs, "checkpoint": args.checkpoint,
               "checkpoint_step": step, "devices": shard.mesh.size, "parallel": config.certify.parallel,
-              "xla_options": sampler.prepare(sigma, settings.n, key),
+              "xla_options": sampler.prepare(sigma, settings.n, key, batching.CUTS if settings.sequential else 0),
               **({"shard": shard.process, "shards": shard.processes} if shard.processes > 1 else {}),
               **(_sequential_header(settings, sigma) if settings.sequential else {})}
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)

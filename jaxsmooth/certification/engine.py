@@ -188,8 +188,9 @@ class Sampler:
             padded(start, np.int32), padded(m, np.int32), padded(np.clip(cuts, 0, 2**31 - 1), np.int32),
             check_sigma(sigma, self.input_shape))), parallel.replicate(self.mesh, key))
 
-    def prepare(self, sigma, n: int, key: jax.Array) -> dict:
-        """Compiles now, for calls with this sigma's shape, and returns the XLA options compiled with.
+    def prepare(self, sigma, n: int, key: jax.Array, cuts: int = 0) -> dict:
+        """Compiles now, for calls with this sigma's shape and `cuts` cut positions per slot, and returns the XLA
+        options compiled with.
 
         With "auto" the option sets are timed on zero inputs. The options
         change how XLA rounds the logits in their last bits (a different
@@ -198,12 +199,12 @@ class Sampler:
         on resume (``compiler_options=``) samples with the same executable.
         Executables compiled later (other numbers of cuts) use the same options.
         """
-        if 0 not in self._compiled:
+        if cuts not in self._compiled:
             b = self.inputs
             zeros = np.zeros((b, *self.input_shape), np.float32)
-            self._compiled[0] = self._compile(self._device_args(
-                zeros, np.zeros(b, np.int64), np.zeros(b, np.int64), np.full(b, n, np.int64), np.zeros((b, 0)),
-                sigma, key))
+            self._compiled[cuts] = self._compile(self._device_args(
+                zeros, np.zeros(b, np.int64), np.zeros(b, np.int64), np.full(b, n, np.int64),
+                np.full((b, cuts), 2**31 - 1), sigma, key))
         return self.chosen_options
 
     def segments(self, x: np.ndarray, index, sigma, start, m, key: jax.Array, cuts=None) -> Segments:
