@@ -173,41 +173,14 @@ def _distributional(args, config) -> int:
     return 0
 
 
-def _sequential_settings(args) -> dict:
-    """The Settings fields of --sequential, --radii and --tolerance, checked (`Settings.check_sequential`)."""
-    from jaxsmooth import certification
-    from jaxsmooth.certification import sequential
-
-    if not args.sequential and (args.radii is not None or args.tolerance is not None):
-        flag = "radii" if args.radii is not None else "tolerance"
-        raise UserError(flag, f"is for a sequential test; add --sequential (or drop --{flag})")
-    if args.sequential and args.mode != "certify":
-        raise UserError("sequential", f"is for --mode certify, not --mode {args.mode}")
-    fields = {"sequential": args.sequential}
-    if args.radii is not None:
-        fields["radii"] = sequential.parse_radii(args.radii)
-    if args.tolerance is not None:
-        if args.radii is not None:
-            raise UserError("tolerance", "stops the max-radius mode; with --radii every listed radius is decided")
-        fields["tolerance"] = args.tolerance
-    certification.Settings(topk=args.topk, **fields).check_sequential()
-    return fields
-
-
 def _sequential_header(settings, sigma) -> dict:
-    """The header fields of a sequential run: its mode and its looks; says once which radii are out of reach."""
+    """The settings fields of a sequential run; says once which listed radii are out of reach."""
     from jaxsmooth import parallel
-    from jaxsmooth.certification import sequential
 
-    sigma_min = float(np.min(sigma))
-    schedule = settings.schedule(sigma_min)
-    note = sequential.out_of_reach_note(settings.radii or (), schedule, sigma_min, settings.alpha)
+    fields, note = settings.sequential_header(float(np.min(sigma)))
     if note and parallel.is_main_process():
         print(f"note: {note}", file=sys.stderr)
-    return {"sequential": "grid" if settings.radii is not None else "max-radius",
-            "radii": None if settings.radii is None else list(settings.radii),
-            "tolerance": settings.tolerance if settings.radii is None else None,
-            "looks": list(schedule.looks), "look_alphas": list(schedule.alphas)}
+    return fields
 
 
 def _sigma_sources(args) -> None:
@@ -273,12 +246,12 @@ def main(argv: list[str]) -> int:
     elif args.gamma is not None or args.gamma_adv:
         raise UserError("gamma", "--gamma and --gamma-adv are for --mode distributional")
     _sigma_sources(args)
-    sequential_fields = _sequential_settings(args)  # before loading anything
+    from jaxsmooth.certification import sequential  # the flags checked before loading anything
+
+    sequential_fields = sequential.flag_fields(args.sequential, args.radii, args.tolerance, args.mode, args.topk)
     config = cli.load_config(args.config, overrides, _model_workdir(args))
     if args.mode == "distributional":
         return _distributional(args, config)
-
-    import jax
 
     from jaxsmooth import certification, checkpoint, models, noise, trainer
     from jaxsmooth.certification import batching, records
@@ -322,15 +295,7 @@ def main(argv: list[str]) -> int:
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)
     writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
                                identity_fields=records.IDENTITY_FIELDS + ("shard", "shards"))
-    done = set(writer.done)
-    pending = np.asarray([int(i) not in done for i in indices])
-    if shard.processes == 1 and jax.process_count() > 1:
-        # samples mode: every process must sample the same examples, and only process 0 read its own --out
-        # (the others may not see that file: a disk of their own); its view is everyone's.
-        from jax.experimental import multihost_utils
-
-        pending = np.asarray(multihost_utils.broadcast_one_to_all(pending), bool)
-    todo = np.asarray(indices[pending], np.int64)
+    todo = _todo(writer.done, indices, shard)
 
     usage = batching.Usage()
     rows = records.run(sampler, records.split_examples(split), todo, sigma, settings, key, mode=args.mode,
@@ -339,14 +304,27 @@ def main(argv: list[str]) -> int:
                                    quiet=args.no_progress or not parallel.is_main_process())
     if shard.writes:
         print(f"{args.mode}: {len(indices)} examples in {shard.out} ({len(todo)} this run"
-              + (f", {samples / seconds:,.0f} samples/s" if seconds else "") + ")")
-        if settings.sequential and len(todo):
-            print(f"sequential: {samples / len(todo):,.0f} samples per input (selection included), forward-pass "
-                  f"slots doing useful work {usage.fraction:.1%}")
+              + (f", {samples / seconds:,.0f} samples/s" if seconds else "") + ")"
+              + (f"\n{usage.summary(len(todo), samples)}" if settings.sequential and len(todo) else ""))
     if shard.processes > 1 and parallel.is_main_process():
         shards = " ".join(_shard_paths(args.out, shard.processes))
         print(f"one shard per process; merge them with: python -m jaxsmooth.analyze {shards} --merge {args.out}")
     return 0
+
+
+def _todo(done, indices: np.ndarray, shard: "_Shard") -> np.ndarray:
+    """The examples of `indices` not in the TSV yet (`done`: those that are)."""
+    import jax
+
+    done = set(done)
+    pending = np.asarray([int(i) not in done for i in indices])
+    if shard.processes == 1 and jax.process_count() > 1:
+        # samples mode: every process must sample the same examples, and only process 0 read its own --out
+        # (the others may not see that file: a disk of their own); its view is everyone's.
+        from jax.experimental import multihost_utils
+
+        pending = np.asarray(multihost_utils.broadcast_one_to_all(pending), bool)
+    return np.asarray(indices[pending], np.int64)
 
 
 def _xla_options(shard: "_Shard") -> str | dict:

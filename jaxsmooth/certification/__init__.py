@@ -84,6 +84,16 @@ class Settings:
         if self.topk:
             raise UserError("topk", "is not available with --sequential; certify the top k with a fixed n")
 
+    def sequential_header(self, sigma_min: float) -> tuple[dict, str | None]:
+        """A sequential run's settings fields (its mode, radii or tolerance, looks and their levels), and the line
+        that says which listed radii are out of reach (None: all can be reached)."""
+        schedule = self.schedule(sigma_min)
+        note = sequential_stats.out_of_reach_note(self.radii or (), schedule, sigma_min, self.alpha)
+        return {"sequential": "grid" if self.radii is not None else "max-radius",
+                "radii": None if self.radii is None else list(self.radii),
+                "tolerance": self.tolerance if self.radii is None else None,
+                "looks": list(schedule.looks), "look_alphas": list(schedule.alphas)}, note
+
     def schedule(self, sigma_min: float) -> sequential_stats.Schedule:
         """The sequential test's looks and levels (`sequential.make_schedule`) at the budget n and alpha.
 

@@ -57,6 +57,10 @@ class Usage:
     def fraction(self) -> float:
         return self.useful / self.computed if self.computed else 0.0
 
+    def summary(self, inputs: int, samples: float) -> str:
+        return (f"sequential: {samples / max(inputs, 1):,.0f} samples per input (selection included), forward-pass "
+                f"slots doing useful work {self.fraction:.1%}")
+
 
 @dataclasses.dataclass(eq=False)  # inputs in flight are told apart by identity
 class _Input:

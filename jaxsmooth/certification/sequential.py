@@ -258,6 +258,32 @@ def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
     return tuple(sorted({float(r) for r in radii}))
 
 
+def flag_fields(sequential: bool, radii: str | None, tolerance: float | None, mode: str, topk: int) -> dict:
+    """The `certification.Settings` fields of certify's --sequential, --radii and --tolerance, checked.
+
+    A `UserError` naming the flag for: --radii or --tolerance without
+    --sequential, --sequential outside --mode certify, a bad radius, a
+    tolerance outside (0, 1) or with --radii, --topk with --sequential.
+    """
+    if not sequential:
+        for flag, value in (("radii", radii), ("tolerance", tolerance)):
+            if value is not None:
+                raise UserError(flag, f"is for a sequential test; add --sequential (or drop --{flag})")
+        return {"sequential": False}
+    if mode != "certify":
+        raise UserError("sequential", f"is for --mode certify, not --mode {mode}")
+    if topk:
+        raise UserError("topk", "is not available with --sequential; certify the top k with a fixed n")
+    fields = {"sequential": True}
+    if radii is not None:
+        fields["radii"] = parse_radii(radii)
+    if tolerance is not None:
+        if radii is not None:
+            raise UserError("tolerance", "stops the max-radius mode; with --radii every listed radius is decided")
+        fields["tolerance"] = check_tolerance(tolerance)
+    return fields
+
+
 def check_tolerance(tolerance: float) -> float:
     if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
         raise UserError("tolerance", f"must be in (0, 1) (a fraction of the reachable radius), got {tolerance}")
