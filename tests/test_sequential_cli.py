@@ -7,7 +7,7 @@ import shlex
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, analyze, certification, certify
+from jaxsmooth import analysis, analyze, bench, certification, certify
 from jaxsmooth.certification import records
 
 from conftest import ROOT
@@ -147,3 +147,18 @@ def test_samples_table_takes_the_fixed_run_of_the_same_images(tmp_path, capsys):
     assert analyze.run([str(tmp_path / "fixed_big.tsv"), "--samples-plot", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --samples-plot: no run has an n_used column")
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["--sigmas", "0.25,0.5"], "--sigmas"),
+    (["--fixed", "10,200000"], "--fixed"),
+    (["--radii-sigma", "1,x"], "--radii-sigma"),
+])
+def test_bench_sequential_bad_input_is_one_line(tmp_path, capsys, extra, field):
+    args = ["sequential", "--checkpoints", str(tmp_path / "run"), "--sigmas", "0.25", "--workdir", str(tmp_path / "b")]
+    assert bench.run(args + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
+    assert not (tmp_path / "b").exists()
+    assert bench.run(["scaling", "--config.seed=1"]) == 2  # overrides: bench sequential's (and the reports') only
+    assert capsys.readouterr().err.startswith("error: config: --config.FIELD=VALUE overrides apply to bench sequential")
