@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--xla-options", default="auto",
                    help="comma-separated XLA:CPU option sets for the engine: auto (the faster of dot and eltwise, "
                         "timed on the first call), dot, eltwise, default (XLA's own); one contender each")
+    c.add_argument("--noise", default="gaussian",
+                   help="comma-separated noise kinds of the engine, one contender each: gaussian (x + sigma z), "
+                        "lattice (the exact discretised normal on the 8-bit grid); e.g. gaussian,lattice")
     c.add_argument("--memory", action="store_true",
                    help="instead: the engine's peak RSS at n = 10,000 and 1,000,000, each in a fresh process")
     c.add_argument("--json", default="", help="write per-round timings here")
@@ -247,6 +250,10 @@ def _certify(args) -> int:
     for o in xla_options:
         if o not in ("auto", "dot", "eltwise", "default"):
             raise UserError("--xla-options", f"unknown {o!r}; allowed: auto, dot, eltwise, default")
+    noises = tuple(args.noise.split(","))
+    for noise in noises:
+        if noise not in ("gaussian", "lattice") or noises.count(noise) > 1:
+            raise UserError("--noise", f"{args.noise!r}: allowed gaussian, lattice, each once, comma-separated")
 
     from jaxsmooth.benchmarks import certify as certify_bench
 
@@ -264,7 +271,8 @@ def _certify(args) -> int:
         report = certify_bench.benchmark(args.model, args.n, batch=args.batch, inputs=args.inputs, dtypes=dtypes,
                                          rounds=args.rounds, with_torch=not args.no_torch, torch_batch=torch_batch,
                                          tuned_batch=args.tuned_batch, xla_options=xla_options,
-                                         torch_compile=args.torch_compile, on_round=lambda r: bar.update(1))
+                                         torch_compile=args.torch_compile, on_round=lambda r: bar.update(1),
+                                         noises=noises)
     torch_settings = ""
     if any(name.startswith("torch") for name in report.results):
         import torch
@@ -276,6 +284,12 @@ def _certify(args) -> int:
     print(f"certify sampling, {settings}, n {args.n:,} per input, {args.rounds} rounds; "
           f"{_machine()}{torch_settings}")
     print(_certify_table(report))
+    for d in dtypes:
+        for o in xla_options:
+            suffix = f" ({o} options)" if len(xla_options) > 1 else ""
+            pair = [report.results.get(f"jax {d} {noise}{suffix}") for noise in ("lattice", "gaussian")]
+            if all(pair):
+                print(f"jax {d}{suffix}: lattice / gaussian samples/s {pair[0].rate / pair[1].rate:.3f} (medians)")
     for name, options in report.options.items():
         kinds = options.get("xla_cpu_experimental_ynn_fusion_type", "").replace("LIBRARY_FUSION_TYPE_", "")
         print(f"{name}: XLA options {'YNN fusion ' + kinds.replace(',', '+') if kinds else 'XLA defaults'}")

@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                         "clean: top class of one clean forward pass (deterministic HeatSmoothing models)")
     p.add_argument("--topk", type=int, default=0, help="also certify the true class in the top k (0: off)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: the config's seed)")
+    p.add_argument("--noise", choices=("lattice", "gaussian"), default=None,
+                   help="lattice: the discretised normal on the 1/255 grid of 8-bit images, drawn exactly, whose "
+                        "certificates hold in floating point (Voracek & Hein 2023; see "
+                        "jaxsmooth.certification.lattice); gaussian: x + sigma z in floating point, as Cohen et al. "
+                        "(default: lattice for an isotropic --sigma in certify and predict, every data source being "
+                        "8-bit; gaussian for a per-pixel sigma and --mode distributional)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_distributed_arguments(p)
     d = p.add_argument_group("--mode distributional (nal Thm 1, eq. 3/7/8, §5.1)")
@@ -203,6 +209,17 @@ def _load_sigma(args, default: float, input_shape, learned=None) -> tuple[object
     return float(sigma), {"sigma": float(sigma), "anisotropic": False}
 
 
+def _noise(args) -> str:
+    """The noise kind: --noise, or lattice where it applies (isotropic sigma, certify/predict), else gaussian."""
+    isotropic = not (args.sigma_file or args.sigma_from)
+    if args.noise == "lattice" and args.mode == "distributional":
+        raise UserError("noise", "--mode distributional draws gaussian noise only; leave --noise out")
+    if args.noise == "lattice" and not isotropic:
+        raise UserError("noise", "lattice noise takes an isotropic --sigma, not --sigma-file or --sigma-from; "
+                                 "use --noise gaussian")
+    return args.noise or ("lattice" if isotropic and args.mode != "distributional" else "gaussian")
+
+
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
@@ -214,6 +231,7 @@ def main(argv: list[str]) -> int:
     elif args.gamma is not None or args.gamma_adv:
         raise UserError("gamma", "--gamma and --gamma-adv are for --mode distributional")
     _sigma_sources(args)
+    noise_kind = _noise(args)
     config = cli.load_config(args.config, overrides)
     if args.mode == "distributional":
         return _distributional(args, config)
@@ -254,7 +272,8 @@ def main(argv: list[str]) -> int:
     shard = _shard(config.certify.parallel, args.out, run.mesh)
     indices = indices[shard.process::shard.processes]
 
-    header = {"mode": args.mode, **sigma_info, "sigma_file": args.sigma_file, "n0": settings.n0, "n": settings.n,
+    header = {"mode": args.mode, "noise": noise_kind, **sigma_info, "sigma_file": args.sigma_file,
+              "n0": settings.n0, "n": settings.n,
               "alpha": settings.alpha, "candidate": settings.candidate, "topk": settings.topk, "seed": seed,
               "key": f"fold_in(key({seed}), certify stream)", "dtype": config.model.dtype,
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
@@ -280,7 +299,7 @@ def main(argv: list[str]) -> int:
     sampler = certification.Sampler(model.apply, params, model_state, input_shape=dataset.input_shape,
                                     num_classes=dataset.num_classes, inputs=args.inputs,
                                     chunk=args.batch // args.inputs, mesh=shard.mesh, with_softmax=args.mode == "certify",
-                                    compiler_options="auto")
+                                    compiler_options="auto", noise=noise_kind)
     clean = certification.make_clean_probabilities(model.apply, params, model_state)
     key = noise.certify_key(noise.root_key(seed))
 

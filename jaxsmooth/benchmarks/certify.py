@@ -11,6 +11,9 @@ noisy forward passes per second. The contenders:
 - ``torch tuned f32`` / ``torch tuned bf16``: `torch_reference.make_tuned_sampler`
   (inference_mode, channels_last, counts on the device; bf16 autocast).
 
+With ``noises=("gaussian", "lattice")`` the engine runs once per noise
+kind (``jax float32 gaussian``, ``jax float32 lattice``), side by side.
+
 Beside the rates: the model's forward FLOPs per sample (2 per multiply-add of
 its convolutions and matrix products) and the machine's matmul peak measured here, so a
 rate reads as a fraction of what the chip can do; and `memory`, which runs the
@@ -54,8 +57,9 @@ def _module(name: str, input_shape, num_classes: int, dtype: str = "float32", wi
 
 
 def random_inputs(inputs: int, input_shape) -> np.ndarray:
-    """[inputs, H, W, C] float32 uniform in [0, 1], fixed seed."""
-    return np.random.default_rng(0).uniform(size=(inputs, *input_shape)).astype(np.float32)
+    """[inputs, H, W, C] float32 8-bit images k/255, k uniform in 0..255, fixed seed (lattice noise needs the grid)."""
+    levels = np.random.default_rng(0).integers(0, 256, size=(inputs, *input_shape))
+    return np.divide(levels, 255, dtype=np.float32)
 
 
 def peak_rss_bytes() -> int:
@@ -71,17 +75,18 @@ XLA_OPTIONS = {"auto": "auto", "dot": parallel.CPU_COMPILER_OPTIONS, "eltwise": 
 
 def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dtype: str = "float32",
                   num_classes: int = 10, width: int = 0, xla_options: str = "auto",
-                  chosen: dict | None = None) -> Contender:
+                  chosen: dict | None = None, noise: str = "gaussian") -> Contender:
     """A warmed-up ``run()`` counting n samples of each of `inputs` inputs with `certification.Sampler`.
 
-    The sampler runs forward batches of `batch` (= inputs x chunk) samples,
-    compiled with `XLA_OPTIONS[xla_options]`; `chosen`, when given, receives
-    the options it was compiled with under the key "options".
+    The sampler runs forward batches of `batch` (= inputs x chunk) samples
+    with `noise` ("gaussian" or "lattice"), compiled with
+    `XLA_OPTIONS[xla_options]`; `chosen`, when given, receives the options it
+    was compiled with under the key "options".
     """
     model = models.fold_batch_norm(models.split(_module(name, input_shape, num_classes, dtype, width)))
     sampler = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
                                     num_classes=num_classes, inputs=inputs, chunk=batch // inputs,
-                                    compiler_options=XLA_OPTIONS[xla_options])
+                                    compiler_options=XLA_OPTIONS[xla_options], noise=noise)
     x, index, key = random_inputs(inputs, input_shape), np.arange(inputs), jax.random.key(0)
     t0 = time.perf_counter()
     sampler(x, index, SIGMA, 1, key)  # n is a run-time argument: this compiles and runs one chunk
@@ -219,24 +224,28 @@ class Report:
 def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_shape=None,
               dtypes=("float32",), rounds: int = 5, with_torch: bool = True, torch_batch: int | None = None,
               tuned_batch: int = TUNED_BATCH, matmul_size: int = 4096, xla_options=("auto",),
-              torch_compile: str = "", on_round: Callable[[int], None] | None = None) -> Report:
-    """Interleaved medians of the jaxsmooth engine (per dtype) and the PyTorch references, FLOPs and peaks.
+              torch_compile: str = "", on_round: Callable[[int], None] | None = None,
+              noises=("gaussian",)) -> Report:
+    """Interleaved medians of the jaxsmooth engine (per dtype and noise) and the PyTorch references, FLOPs and peaks.
 
     Args:
       n: samples per input; each round every contender draws n * inputs.
       batch: the engine's forward batch (inputs x chunk); the canonical loop's too unless `torch_batch`.
       tuned_batch: the tuned PyTorch samplers' batch.
+      noises: the engine's noise kinds, one contender each ("gaussian", "lattice").
     """
     input_shape = tuple(input_shape or input_shape_of(name))
     num_classes = num_classes_of(name)
     contenders, options = {}, {}
     for d in dtypes:
         for o in xla_options:
-            label = f"jax {d}" + (f" ({o} options)" if len(xla_options) > 1 else "")
-            chosen: dict = {}
-            contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d, num_classes=num_classes,
-                                              xla_options=o, chosen=chosen)
-            options[label] = chosen["options"]
+            for noise in noises:
+                label = (f"jax {d}" + (f" {noise}" if tuple(noises) != ("gaussian",) else "")
+                         + (f" ({o} options)" if len(xla_options) > 1 else ""))
+                chosen: dict = {}
+                contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d,
+                                                  num_classes=num_classes, xla_options=o, chosen=chosen, noise=noise)
+                options[label] = chosen["options"]
     if with_torch:
         contenders.update(torch_contenders(name, n, inputs, input_shape, batch=torch_batch or batch,
                                            tuned_batch=tuned_batch, num_classes=num_classes,

@@ -82,7 +82,7 @@ BITS = 64  # thresholds are multiples of 2^-64
 TAIL = 9.5  # the table spans |m| <= M = ceil(9.5 s): beyond, Phi(-9.5) = 1e-21 of mass goes to the end bins
 _DIGITS = 60
 _PI = decimal.Decimal("3.14159265358979323846264338327950288419716939937510582097494459230781640628620899863")
-_SECOND_WORD = 0x5EC0D  # fold_in tag of the stage-2 bits' key
+SECOND_WORD = 0x5EC0D  # fold_in tag of the stage-2 bits' key
 _WORD = 1 << 32
 
 
@@ -178,6 +178,8 @@ def _count_at_most(sorted_table: jax.Array, u: jax.Array, lo_table: jax.Array | 
     With `lo_table` and `v`, entries and keys are 64-bit pairs (hi, lo),
     compared lexicographically. The table is sorted and 2^L - 1 long.
     """
+    sorted_table = jnp.asarray(sorted_table)
+    lo_table = None if lo_table is None else jnp.asarray(lo_table)
     pos = jnp.zeros(u.shape, jnp.int32)
     for level in reversed(range(int(sorted_table.shape[0] + 1).bit_length() - 1)):
         probe = pos + ((1 << level) - 1)
@@ -197,24 +199,34 @@ def _each(f, ndim: int):
     return f
 
 
+def first_stage(u: jax.Array, arrays: dict) -> tuple[jax.Array, jax.Array]:
+    """Stage 1 of the draw: (m, rare) for 32-bit words u; m is valid where rare is False."""
+    count = jnp.minimum(_count_at_most(arrays["stage1"], u), arrays["stage1_count"])
+    return arrays["stage1_low"] + count, arrays["rare"] & (u >= arrays["base"])
+
+
+def second_stage(u: jax.Array, v: jax.Array, arrays: dict) -> jax.Array:
+    """Stage 2 of the draw: m for the words (u, v) where stage 1 says rare."""
+    return arrays["low"] + _count_at_most(arrays["stage2_hi"], u - arrays["base"], arrays["stage2_lo"], v)
+
+
 def draw(keys: jax.Array, shape: tuple[int, ...], arrays: dict) -> jax.Array:
     """m of (1) for each key: [*keys.shape, *shape] int32, drawn from the tables of `table(sigma).arrays`.
 
-    Key k gives ``bits(k, shape)`` (stage 1) and, only where stage 2 is
-    needed, ``bits(fold_in(k, tag), shape)``; so m depends on the key and
-    the pixel only, never on how many keys are drawn together.
+    Key k gives ``u = bits(k, shape)`` (stage 1) and, only where stage 2 is
+    needed, ``v = bits(fold_in(k, tag), shape)``; so m depends on the key and
+    the pixel only, never on how many keys are drawn together. The second
+    words are drawn for the whole call when any pixel needs them (a
+    ``lax.cond``, not a select: rare calls pay for them).
     """
     u = _each(lambda k: jax.random.bits(k, shape, jnp.uint32), keys.ndim)(keys)
-    count = jnp.minimum(_count_at_most(arrays["stage1"], u), arrays["stage1_count"])
-    first = arrays["stage1_low"] + count
-    rare = arrays["rare"] & (u >= arrays["base"])
+    first, rare = first_stage(u, arrays)
 
-    def second_stage():
-        v = _each(lambda k: jax.random.bits(jax.random.fold_in(k, _SECOND_WORD), shape, jnp.uint32), keys.ndim)(keys)
-        m = arrays["low"] + _count_at_most(arrays["stage2_hi"], u - arrays["base"], arrays["stage2_lo"], v)
-        return jnp.where(rare, m, first)
+    def with_second_stage():
+        v = _each(lambda k: jax.random.bits(jax.random.fold_in(k, SECOND_WORD), shape, jnp.uint32), keys.ndim)(keys)
+        return jnp.where(rare, second_stage(u, v, arrays), first)
 
-    return jax.lax.cond(jnp.any(rare), second_stage, lambda: first)
+    return jax.lax.cond(jnp.any(rare), with_second_stage, lambda: first)
 
 
 def perturb(x: jax.Array, m: jax.Array) -> jax.Array:

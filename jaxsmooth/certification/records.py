@@ -26,8 +26,10 @@ from jaxsmooth.errors import UserError
 
 MAGIC = "# jaxsmooth certify "
 # Settings whose change makes an existing file's rows incomparable with new ones.
-IDENTITY_FIELDS = ("mode", "sigma", "sigma_file", "sigma_from", "sigma_from_step", "n0", "n", "alpha", "candidate", "topk", "seed", "dtype",
+IDENTITY_FIELDS = ("mode", "noise", "sigma", "sigma_file", "sigma_from", "sigma_from_step", "n0", "n", "alpha", "candidate", "topk", "seed", "dtype",
                    "checkpoint_step", "model", "dataset", "split", "skip", "max", "batch", "inputs")
+# What a file written before a field existed used.
+IDENTITY_DEFAULTS = {"noise": "gaussian"}
 
 
 def columns(mode: str, settings: Settings, *, anisotropic: bool, model_lbound: bool) -> list[str]:
@@ -109,8 +111,9 @@ class TsvWriter:
         except json.JSONDecodeError:
             raise UserError("out", f"{self.path} has an unreadable first line; choose another --out") from None
         for field in self.identity_fields:
-            if old.get(field) != header.get(field):
-                raise UserError("out", f"{self.path} was written with {field}={old.get(field)!r}, not "
+            was = old.get(field, IDENTITY_DEFAULTS.get(field))
+            if was != header.get(field):
+                raise UserError("out", f"{self.path} was written with {field}={was!r}, not "
                                        f"{header.get(field)!r}; choose another --out to change it")
         kept = text.splitlines(keepends=True)
         cut = False
