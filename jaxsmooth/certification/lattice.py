@@ -3,11 +3,11 @@
 Why. Continuous noise computed in floating point, ``fl(x + sigma * z)``,
 is not x plus a Gaussian: the rounding depends on x, and a classifier can
 read it (Voracek & Hein 2023, "Sound randomized smoothing in floating-point
-arithmetic", §3: a radius of 1.26 certified around a point with an
-adversarial example at 0.8). Cohen et al.'s Theorem 1 then certifies a
-function the machine never computes.
+arithmetic": a radius of 1.26 certified around a point with an adversarial
+example at 0.8; tests/test_lattice.py builds one of the same kind). Cohen et
+al.'s Theorem 1 then certifies a function the machine never computes.
 
-The noise (Voracek & Hein 2023, §5). For sigma > 0 let s = 255 sigma. The
+The noise (Voracek & Hein 2023). For sigma > 0 let s = 255 sigma. The
 discretised normal puts on each integer m the mass
 
     P(m) = Phi((m + 1/2) / s) - Phi((m - 1/2) / s),                       (1)
@@ -17,7 +17,7 @@ the law of round(255 eps) for eps ~ N(0, sigma^2). An 8-bit image x = k/255
 added as integers: the base classifier f sees fl(fl(k + m) * fl(1/255)), a
 function of the integer vector k + m alone.
 
-The certificate (Voracek & Hein 2023, §5, from Cohen et al. 2019 Thm 1).
+The certificate (Voracek & Hein 2023, from Cohen et al. 2019 Thm 1).
 Let Pi(y) = round(255 y) / 255 componentwise and h = f o Pi: h maps every
 real vector to a class, whatever f's arithmetic does. For a lattice point x
 and eps ~ N(0, sigma^2 I), Pi(x + eps) = (k + round(255 eps)) / 255, which
@@ -62,6 +62,11 @@ R / 2^32, about 1e-7) a second word v picks m by a binary search of
 (u - 2^32 + R) 2^32 + v in the cumulative sums of B (mass B_m / (R 2^32)
 within the stage). Together: A_m / 2^32 + (R / 2^32) B_m / (R 2^32) =
 W_m / 2^64. The second word is drawn only for chunks that need it.
+
+Stage 1 reads the very word from which `jax.random.normal` makes z, and
+both maps are increasing: with one key, m and z are comonotone draws, and
+m = round(255 sigma z) but for words near a bin edge. Counts with the two
+noises and one seed are thus paired, not independent.
 """
 
 from __future__ import annotations
