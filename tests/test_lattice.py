@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxsmooth import certification as C, parallel
+import jaxsmooth
+from jaxsmooth import api, certification as C, parallel
 from jaxsmooth.certification import engine, lattice, records
 from jaxsmooth.errors import UserError
 
@@ -207,16 +208,35 @@ def test_certificate_lowers_pa_by_the_total_variation():
         C.topk_radius(1, np.array([100, 9000, 900]), 1, alpha, sigma)
 
 
-def test_resumed_file_refuses_another_noise_and_reads_old_files_as_gaussian(tmp_path):
+def test_resumed_file_refuses_another_noise_and_reads_earlier_files_as_gaussian(tmp_path):
     cols = ["idx", "label"]
-    path = str(tmp_path / "old.tsv")
-    with open(path, "w") as f:  # written before the noise field existed
-        f.write(records.MAGIC + '{"mode": "certify"}\n' + "idx\tlabel\n0\t1\n")
     header = {field: None for field in records.IDENTITY_FIELDS} | {"mode": "certify"}
+    path = str(tmp_path / "old.tsv")
+    with open(path, "w") as f:  # the earlier format, written before the noise field existed
+        f.write('# jaxsmooth certify {"mode": "certify"}\n' + "idx\tlabel\n0\t1\n")
     assert records.TsvWriter(path, header | {"noise": "gaussian"}, cols, enabled=False).done == [0]
     with pytest.raises(UserError) as e:
         records.TsvWriter(path, header | {"noise": "lattice"}, cols, enabled=False)
     assert e.value.field == "out" and "noise='gaussian', not 'lattice'" in str(e.value)
+    path = str(tmp_path / "new.tsv")
+    records.TsvWriter(path, header | {"noise": "lattice"}, cols).close()
+    with pytest.raises(UserError) as e:
+        records.TsvWriter(path, header | {"noise": "gaussian"}, cols)
+    assert "noise='lattice', not 'gaussian'" in str(e.value)
+
+
+def test_api_noise_auto_is_lattice_for_8bit_inputs_and_a_scalar_sigma():
+    grid = np.divide(np.arange(40).reshape(4, *SHAPE), 255, dtype=np.float32)
+    assert api.noise_kind("auto", grid, 0.25) == "lattice"
+    assert api.noise_kind("auto", grid + np.float32(1e-3), 0.25) == "gaussian"
+    assert api.noise_kind("auto", grid, np.full(SHAPE, 0.25)) == "gaussian"
+    assert api.noise_kind("gaussian", grid, 0.25) == "gaussian"
+    logits = lambda p, x: linear_apply(p, {}, x)[0]  # noqa: E731
+    params = {"w": np.ones(D, np.float32), "b": np.float32(0)}
+    for noise, x, field in [("uniform", grid, "noise"), ("lattice", grid + np.float32(1e-3), "x")]:
+        with pytest.raises(UserError) as e:
+            jaxsmooth.certify(logits, params, x, sigma=0.25, n0=10, n=100, noise=noise, compiler_options=None)
+        assert e.value.field == field
 
 
 # --------------------------------------------------------------------------
@@ -280,13 +300,10 @@ def test_continuous_noise_certifies_a_radius_that_a_lattice_point_violates_and_l
 
 
 def _lattice_certificates(params, xs, sigma, alpha, seed):
-    sampler = C.Sampler(linear_apply, params, {}, input_shape=SHAPE, num_classes=2, inputs=50, chunk=20,
-                        noise="lattice")
-    rows = []
-    for start in range(0, len(xs), 50):
-        rows += C.certify_batch(sampler, xs[start:start + 50].reshape(-1, *SHAPE), np.arange(start, start + 50),
-                                sigma, C.Settings(n0=50, n=1000, alpha=alpha), jax.random.key(seed))
-    return rows
+    """CERTIFY through the public API, 50 inputs per forward pass of 50 x 20 samples."""
+    logits = lambda p, x: linear_apply(p, {}, x)[0]  # noqa: E731
+    return jaxsmooth.certify(logits, params, xs.reshape(-1, *SHAPE), sigma=sigma, n0=50, n=1000, alpha=alpha,
+                             seed=seed, batch=1000, inputs=50, compiler_options=None, noise="lattice")
 
 
 def _witness_within(x, w, b, radius):
