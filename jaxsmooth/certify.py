@@ -284,9 +284,8 @@ def main(argv: list[str]) -> int:
     shard = _shard(config.certify.parallel, args.out, run.mesh)
     indices = indices[shard.process::shard.processes]
 
-    header = {"mode": args.mode, "noise": noise_kind, **sigma_info, "sigma_file": args.sigma_file,
-              "n0": settings.n0, "n": settings.n,
-              "alpha": settings.alpha, "candidate": settings.candidate, "topk": settings.topk, "seed": seed,
+    header = {"mode": args.mode, "noise": noise_kind, **sigma_info, "sigma_file": args.sigma_file, "n0": settings.n0,
+              "n": settings.n, "alpha": settings.alpha, "candidate": settings.candidate, "topk": settings.topk, "seed": seed,
               "key": f"fold_in(key({seed}), certify stream)", "dtype": config.model.dtype,
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, "inputs": args.inputs, "checkpoint": args.checkpoint,

@@ -11,10 +11,11 @@ Sample j of the example with global index i uses the noise
 
 (``noise="gaussian"``), or the discretised normal on the 1/255 grid drawn
 from the bits of that same key (``noise="lattice"``, 8-bit inputs only: see
-`jaxsmooth.certification.lattice` for the draw and its certificate), so the counts depend on the key, the example indices and n only: the same
-on one CPU and on a pod, for any chunk size and any number of inputs per
-call. Chunk c of the loop holds samples c*chunk .. (c+1)*chunk - 1 of every
-input; device d of D runs chunks d, d + D, ...; samples past n are masked.
+`jaxsmooth.certification.lattice` for the draw and its certificate). So the
+counts depend on the key, the example indices and n only: the same on one
+CPU and on a pod, for any chunk size and any number of inputs per call.
+Chunk c of the loop holds samples c*chunk .. (c+1)*chunk - 1 of every input;
+device d of D runs chunks d, d + D, ...; samples past n are masked.
 """
 
 from __future__ import annotations
