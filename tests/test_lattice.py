@@ -26,7 +26,7 @@ def linear_apply(params, model_state, x, train=False):
 
 
 def discretised_normal(sigma: float, m: np.ndarray) -> np.ndarray:
-    """P(m) = Phi((m + 1/2) / s) - Phi((m - 1/2) / s), s = 255 sigma (lattice eq. 1), by scipy, tails to full precision."""
+    """P(m) = Phi((m + 1/2) / s) - Phi((m - 1/2) / s), s = 255 sigma (lattice eq. 1), by scipy (tails from sf)."""
     a, s = np.abs(m), 255 * sigma
     return stats.norm.sf((a - 0.5) / s) - stats.norm.sf((a + 0.5) / s)
 
@@ -71,7 +71,7 @@ def _stage_reference(t: lattice.Table):
     """m for 32-bit words (u, v) by the two stages written from the weights alone, with Python's bisect."""
     a = [w >> 32 for w in t.weights]
     b = [w & 0xFFFFFFFF for w in t.weights]
-    base = 2**32 - (2**32 - sum(a))
+    base = sum(a)  # 2^32 - R: stage 1 takes the words below it
     cum_a = list(np.cumsum(a)[:-1])
     cum_b = [int(c) for c in np.cumsum(np.array(b, dtype=object))[:-1]]
 
