@@ -14,9 +14,9 @@ def get_config():
     c.model.name = "resnet34"
     c.objective.name = "bootcamp"
     c.objective.sigma = 0.1
-    c.objective.kappa = 10
-    c.objective.delta = 0.1
-    c.objective.epochs_per_timestep = 1
+    c.bootcamp.kappa = 10
+    c.bootcamp.delta = 0.1
+    c.bootcamp.num_epochs = 1
     c.train.init_from = "workdirs/cifar10_resnet34"
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.01

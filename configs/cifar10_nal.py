@@ -3,7 +3,7 @@
     python -m jaxsmooth.train --config configs/cifar10_nal.py --workdir workdirs/cifar10_nal
 
 Table 1's other gammas are 0.25 and 5; gamma 1.5 is the paper's best on
-CIFAR-10 (§5). eta_1 = 0.5 / gamma (objective.pgd_lr = 0). ReLU, as NAL's
+CIFAR-10 (§5). eta_1 = 0.5 / gamma (nal.ascent_lr = 0). ReLU, as NAL's
 comparison with SmoothAdv (Fig. 3(b)); --config.model.activation=elu for the
 WRM comparison. eta_2 = 1e-4 with Adam (the paper does not name the optimizer).
 """
@@ -19,10 +19,10 @@ def get_config():
     c.model.activation = "relu"
     c.objective.name = "nal"
     c.objective.sigma = 0.1
-    c.objective.gamma = 1.5
-    c.objective.pgd_lr = 0.0  # eta_1 = 0.5 / gamma
-    c.objective.pgd_steps = 4  # K
-    c.objective.num_noise = 4  # r
+    c.nal.gamma = 1.5
+    c.nal.ascent_lr = 0.0  # eta_1 = 0.5 / gamma
+    c.nal.ascent_steps = 4  # K
+    c.nal.num_noise = 4  # r
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-4  # eta_2
     c.optimizer.momentum = 0.9

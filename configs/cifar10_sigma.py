@@ -19,7 +19,7 @@ def get_config():
     c.model.name = "resnet110"
     c.objective.name = "sigma"
     c.objective.sigma = 0.25  # initial constant sigma
-    c.objective.num_noise = 32  # n0
+    c.sigma.num_noise = 32  # n0
     c.train.init_from = "workdirs/cifar10_gaussian"
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 5e-3

@@ -5,7 +5,7 @@
 
 SGD at a fixed learning rate 0.01 as the paper; its "one epoch" of ImageNet
 is thousands of steps, so on the 1,437 digits the pass is repeated 20 times
-(`objective.epochs_per_timestep`): 440 steps, about one epoch of MNIST. The
+(`bootcamp.num_epochs`): 440 steps, about one epoch of MNIST. The
 distance is `kl`, not eq. 10's softmax-L2, which with 10 classes lets the
 penalty flatten the logits (see jaxsmooth/objectives/bootcamp.py).
 """
@@ -20,10 +20,10 @@ def get_config():
     c.model.width = 32
     c.objective.name = "bootcamp"
     c.objective.sigma = 0.25
-    c.objective.kappa = 10
-    c.objective.delta = 0.1
-    c.objective.distance = "kl"
-    c.objective.epochs_per_timestep = 20
+    c.bootcamp.kappa = 10
+    c.bootcamp.delta = 0.1
+    c.bootcamp.distance = "kl"
+    c.bootcamp.num_epochs = 20
     c.train.init_from = "workdirs/digits_standard"
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.01

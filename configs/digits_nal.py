@@ -15,9 +15,9 @@ def get_config():
     c.model.width = 32
     c.objective.name = "nal"
     c.objective.sigma = 0.25
-    c.objective.gamma = 1.0
-    c.objective.pgd_steps = 4
-    c.objective.num_noise = 4
+    c.nal.gamma = 1.0
+    c.nal.ascent_steps = 4
+    c.nal.num_noise = 4
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.05
     c.optimizer.momentum = 0.9

@@ -21,7 +21,7 @@ def get_config():
     c.model.width = 32  # the quick-start model's
     c.objective.name = "sigma"
     c.objective.sigma = 0.25  # initial constant sigma
-    c.objective.num_noise = 16  # n0
+    c.sigma.num_noise = 16  # n0
     c.train.init_from = "workdirs/quickstart"
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 0.03

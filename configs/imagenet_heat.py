@@ -18,12 +18,12 @@ def get_config():
     # The paper's lambda 100 multiplies its eq.-17 sum over kappa projections w ~ N(0, I/K), whose mean is
     # (kappa / K) ||J||_F^2; jaxsmooth's penalty is the unbiased ||J||_F^2 (objectives/penalty.py), so the
     # paper's weight is lambda = 100 * kappa / K = 100 * 10 / 1000 = 1.
-    c.objective.lam = 100.0 * 10 / 1000
-    c.objective.kappa = 10
-    c.objective.delta = 0.1
-    c.objective.distance = "kl"  # the l2 distance of 1,000 logits "blows up early in training"
-    c.objective.timesteps = 5
-    c.objective.epochs_per_timestep = 15
+    c.heat.lam = 100.0 * 10 / 1000
+    c.heat.kappa = 10
+    c.heat.delta = 0.1
+    c.heat.distance = "kl"  # the l2 distance of 1,000 logits "blows up early in training"
+    c.heat.timesteps = 5
+    c.heat.epochs_per_timestep = 15
     c.train.init_from = "workdirs/imagenet_resnet50"
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.01

@@ -20,10 +20,10 @@ def get_config():
     c.model.name = "cnn"
     c.objective.name = "bootcamp"
     c.objective.sigma = 0.25
-    c.objective.kappa = 10
-    c.objective.delta = 0.1
-    c.objective.distance = "kl"
-    c.objective.epochs_per_timestep = 1
+    c.bootcamp.kappa = 10
+    c.bootcamp.delta = 0.1
+    c.bootcamp.distance = "kl"
+    c.bootcamp.num_epochs = 1
     c.train.init_from = "workdirs/mnist_standard"
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.01

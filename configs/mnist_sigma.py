@@ -20,7 +20,7 @@ def get_config():
     c.model.name = "cnn"
     c.objective.name = "sigma"
     c.objective.sigma = 0.5  # initial constant sigma
-    c.objective.num_noise = 32  # n0
+    c.sigma.num_noise = 32  # n0
     c.train.init_from = "workdirs/mnist"
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3

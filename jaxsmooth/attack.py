@@ -88,20 +88,7 @@ def main(argv: list[str]) -> int:
 
     if args.mode == "accuracy":
         return _accuracy(args, config)
-    if args.radii is not None:
-        raise UserError("radii", "is for --mode accuracy; the distance mode searches up to --max-epsilon")
-    if args.test_noise_sigma is not None:
-        raise UserError("test-noise-sigma", "is for --mode accuracy")
-    if args.attack is None:
-        raise UserError("attack", "is required in --mode distance: pgd or ddn")
-    if args.batch <= 0:
-        raise UserError("batch", f"must be > 0, got {args.batch}")
-    if not args.smoothed and args.sigma is not None:
-        raise UserError("sigma", "is the smoothed form's noise level; add --smoothed or drop --sigma")
-    sigma = (config.objective.sigma if args.sigma is None else args.sigma) if args.smoothed else None
-    settings = runner.Settings(attack=args.attack, sigma=sigma, num_noise=args.num_noise, loss=args.loss,
-                               topk=args.topk, steps=args.steps, max_epsilon=args.max_epsilon, rounds=args.rounds,
-                               init_epsilon=args.init_epsilon).check()
+    sigma, settings = _distance_settings(args, config)
 
     import jax
 
@@ -161,6 +148,26 @@ def main(argv: list[str]) -> int:
           f"{float(np.mean(result.columns['success'])):.3f}, median distance "
           f"{median:.4g}" + (" (over half not broken)" if math.isinf(median) else ""))
     return 0
+
+
+def _distance_settings(args, config):
+    """(sigma or None, `runner.Settings`) of the distance mode, refusing the accuracy mode's flags."""
+    from jaxsmooth.attacks import runner
+
+    if args.radii is not None:
+        raise UserError("radii", "is for --mode accuracy; the distance mode searches up to --max-epsilon")
+    if args.test_noise_sigma is not None:
+        raise UserError("test-noise-sigma", "is for --mode accuracy")
+    if args.attack is None:
+        raise UserError("attack", "is required in --mode distance: pgd or ddn")
+    if args.batch <= 0:
+        raise UserError("batch", f"must be > 0, got {args.batch}")
+    if not args.smoothed and args.sigma is not None:
+        raise UserError("sigma", "is the smoothed form's noise level; add --smoothed or drop --sigma")
+    sigma = (config.objective.sigma if args.sigma is None else args.sigma) if args.smoothed else None
+    return sigma, runner.Settings(attack=args.attack, sigma=sigma, num_noise=args.num_noise, loss=args.loss,
+                                  topk=args.topk, steps=args.steps, max_epsilon=args.max_epsilon,
+                                  rounds=args.rounds, init_epsilon=args.init_epsilon).check()
 
 
 def _radii(text: str | None) -> tuple[float, ...]:

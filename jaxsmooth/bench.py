@@ -7,7 +7,9 @@ one process (medians over rounds, ratios). Prints a markdown table; add
 ``certify`` times certification sampling (noisy forward passes per second)
 and reports it as a fraction of the machine's matmul peak; ``certify
 --memory`` instead compares the engine's peak resident memory at n = 10,000
-and n = 1,000,000, each in a fresh process.
+and n = 1,000,000, each in a fresh process. ``scaling``, ``inference`` and
+``pipeline`` time certification over devices, one image's inference, and
+the input pipeline. The papers' comparisons are `jaxsmooth.report`'s.
 """
 
 from __future__ import annotations
@@ -88,47 +90,6 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--n", type=int, default=100_000, help="CERTIFY's estimation samples")
     i.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     i.add_argument("--rounds", type=int, default=3, help="rounds; medians are over rounds")
-    a = sub.add_parser("nal", help="standard / gaussian / wrm / smoothadv / nal: accuracy under ell_2 PGD, "
-                                   "training time (nal §5)")
-    a.add_argument("--suite", default="digits", help="digits (bundled) or mnist (configs/<suite>_*.py)")
-    a.add_argument("--workdir", required=True, help="the report's folder (resumed when it exists)")
-    a.add_argument("--runs", default="standard,gaussian,wrm,smoothadv,nal",
-                   help="comma-separated subset of standard,gaussian,wrm,smoothadv,nal")
-    a.add_argument("--radii", default="0,0.25,0.5,0.75,1", help="comma-separated PGD radii")
-    a.add_argument("--skip", type=int, default=1, help="attack every skip-th test example")
-    a.add_argument("--max", type=int, default=-1, help="stop before this test example (-1: all)")
-    a.add_argument("--test-noise-sigma", type=float, default=0.0,
-                   help="test-time noise of every run's evaluation (0: each run's objective.sigma)")
-    a.add_argument("--markdown", default="", help="also write the table here")
-    d = sub.add_parser("deterministic", help="standard -> heat / bootcamp vs gaussian: certified accuracy, ACR, "
-                                             "L-bound, agreement, training time")
-    d.add_argument("--suite", default="digits", help="digits (bundled) or mnist (configs/<suite>_<objective>.py)")
-    d.add_argument("--workdir", required=True, help="the report's folder (resumed when it exists)")
-    d.add_argument("--runs", default=",".join(("standard", "gaussian", "heat", "bootcamp")),
-                   help="comma-separated subset of standard,gaussian,heat,bootcamp")
-    d.add_argument("--skip", type=int, default=1, help="certify every skip-th test example")
-    d.add_argument("--max", type=int, default=-1, help="stop before this test example (-1: all)")
-    d.add_argument("--n", type=int, default=10_000, help="certification samples")
-    d.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
-    d.add_argument("--radii", default="0,0.125,0.25,0.5", help="comma-separated radii of the table")
-    d.add_argument("--markdown", default="", help="also write the table here")
-    s = sub.add_parser("sigma", help="learned per-pixel sigma vs isotropic: certified accuracy vs certified area, "
-                                     "the sigma image (non_uniform Fig. 1, 3)")
-    s.add_argument("--suite", default="digits", help="digits (bundled), mnist or fashion_mnist")
-    s.add_argument("--workdir", required=True, help="the report's folder (resumed when it exists)")
-    s.add_argument("--skip", type=int, default=1, help="certify every skip-th test example")
-    s.add_argument("--max", type=int, default=-1, help="stop before this test example (-1: all)")
-    s.add_argument("--n", type=int, default=10_000, help="certification samples")
-    s.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
-    s.add_argument("--areas", default="", help="comma-separated certified-area thresholds of the table (default: "
-                                               "quartiles of the certified areas); negative ones as --areas=-60,-50")
-    s.add_argument("--sigma-sweep", default="",
-                   help="comma-separated initial constant sigmas: one sigma run each, filtered by the blanket "
-                        "algorithm (non_uniform appendix B.1); default: one run with the config's")
-    s.add_argument("--sigma-set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a config override for the sigma runs only (repeatable), e.g. optimizer.learning_rate=0.01; "
-                        "--config.FIELD=VALUE overrides apply to the base model too")
-    s.add_argument("--markdown", default="", help="also write the table here (always: WORKDIR/sigma_report.md)")
     from jaxsmooth.benchmarks import pipeline as pipeline_bench  # stdlib + numpy at import: cheap
 
     pipeline_bench.add_parser(sub)
@@ -214,9 +175,11 @@ def _distill_report(args, shape, results) -> str:
              "|---|---|---|---|"]
     for side, ratio in train_bench.distill_ratios(results, args.objective).items():
         lines.append(f"| {side} | {ratio:.2f} | {implied:.2f} | {flops[args.objective] / flops['standard']:.2f} |")
-    formula = (f"(4 + 5 kappa) / 3 with kappa = {train_bench.KAPPA}" if args.objective in ("heat", "bootcamp")
-               else "n0 = the default num_noise" if args.objective == "sigma"
-               else "(K + 1) * r with the default pgd_steps K and num_noise r")
+    distilling = f"(4 + 5 kappa) / 3 with kappa = {train_bench.KAPPA}"
+    formula = {"heat": distilling, "bootcamp": distilling, "sigma": "n0 = the default sigma.num_noise",
+               "wrm": "K + 1 with the default wrm.ascent_steps K",
+               "smoothadv": "(K + 1) * m with the default smoothadv.pgd_steps K and num_noise m",
+               "nal": "(K + 1) * r with the default nal.ascent_steps K and num_noise r"}[args.objective]
     lines.append(f"\npass-implied ratio: {formula}; FLOPs per step: "
                  f"standard {flops['standard'] / 1e9:.3g} G, {args.objective} {flops[args.objective] / 1e9:.3g} G")
     return "\n".join(lines)
@@ -424,47 +387,12 @@ def _certify_memory(args, dtypes, settings: str) -> int:
 
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
+    if overrides:
+        raise UserError("config", "--config.FIELD=VALUE overrides apply to the paper reports "
+                                  f"(python -m jaxsmooth.report), not to micro-benchmarks; got {overrides[0]}")
     args = _parser().parse_args(rest)
-    if overrides and args.what not in ("deterministic", "nal", "sigma"):
-        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic, nal and sigma only, "
-                                  f"got {overrides[0]}")
     return {"certify": _certify, "train": _train, "inference": _inference, "scaling": _scaling,
-            "pipeline": _pipeline,
-            "deterministic": lambda a: _deterministic(a, overrides), "nal": lambda a: _nal(a, overrides),
-            "sigma": lambda a: _sigma(a, overrides)}[args.what](args)
-
-
-def _repo_root() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(root, "configs")):
-        raise UserError("--suite", f"the suites' configs are in the repository's configs/, not found under {root}; "
-                                   "run from a clone")
-    return root
-
-
-def _radii(text: str) -> list[float]:
-    try:
-        return [float(r) for r in text.split(",")]
-    except ValueError:
-        raise UserError("--radii", f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _nal(args, overrides) -> int:
-    from jaxsmooth.benchmarks import nal_report
-
-    rows = nal_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
-                                radii=_radii(args.radii), skip=args.skip, maximum=args.max,
-                                runs=args.runs.split(","), test_noise_sigma=args.test_noise_sigma, on_stage=lambda line: print(line, file=sys.stderr))
-    table = nal_report.markdown(rows)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
-    import jax
-
-    print(f"nal report, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
-          f"ell_2 PGD, 20 steps; --skip {args.skip} --max {args.max}")
-    print(table, end="")
-    return 0
+            "pipeline": _pipeline}[args.what](args)
 
 
 def _inference(args) -> int:
@@ -497,63 +425,6 @@ def _input_shape(text: str) -> tuple[int, int, int] | None:
     except (ValueError, AssertionError):
         raise UserError("--input", f"expected H,W,C such as 32,32,3, got {text!r}") from None
     return shape
-
-
-def _deterministic(args, overrides) -> int:
-    from jaxsmooth.benchmarks import deterministic
-
-    radii = _radii(args.radii)
-    rows = deterministic.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides, skip=args.skip,
-                                   maximum=args.max, n=args.n, batch=args.batch, radii=radii,
-                                   runs=args.runs.split(","), on_stage=lambda line: print(line, file=sys.stderr))
-    table = deterministic.markdown(rows)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
-    import jax
-
-    print(f"deterministic smoothing, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
-          f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
-    print(table, end="")
-    return 0
-
-
-def _sigma(args, overrides) -> int:
-    from jaxsmooth.analysis import sigma as sigma_analysis
-    from jaxsmooth.benchmarks import sigma_report
-
-    sweep = sigma_report.parse_sweep(args.sigma_sweep)
-    areas = sigma_report.parse_areas(args.areas)
-    sigma_report.base_config(_repo_root(), args.suite)  # a bad --suite before anything runs
-    report = sigma_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
-                                    skip=args.skip, maximum=args.max, n=args.n, batch=args.batch, sweep=sweep,
-                                    areas=areas, sigma_overrides=args.sigma_set,
-                                    on_stage=lambda line: print(line, file=sys.stderr))
-    table = sigma_report.markdown(report.rows)
-    extra_figures = []
-    if sweep:
-        learned = [r for r in report.rows if r.name.startswith("sigma")]
-        kept = sigma_analysis.blanket([r.certified_accuracy for r in learned], [r.area_mean for r in learned])
-        table += "\n" + sigma_report.sweep_markdown(learned, kept)
-        points = sigma_report.sweep_points(args.workdir, [r.name for r in learned])
-        if points:  # appendix B.1: every sub-epoch evaluation of every run, then the blanket filter
-            acc, area = [p.accuracy for p in points], [p.area for p in points]
-            kept = sigma_analysis.blanket(acc, area)
-            table += "\n" + sigma_report.sweep_points_markdown(points, kept)
-            extra_figures.append(os.path.join(args.workdir, "sweep.png"))
-            sigma_analysis.sweep_figure(acc, area, [p.run for p in points], kept,
-                                        title=f"{args.suite}: sigma sweep, blanket filter").savefig(extra_figures[-1])
-    for path in ([os.path.join(args.workdir, "sigma_report.md")] + ([args.markdown] if args.markdown else [])):
-        with open(path, "w") as f:
-            f.write(table)
-    figures = sigma_report.write_figures(report, args.workdir, title=f"{args.suite}: learned vs isotropic sigma")
-    import jax
-
-    print(f"non-uniform smoothing, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
-          f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
-    print(table, end="")
-    print("figures: " + " ".join(figures + extra_figures))
-    return 0
 
 
 run = cli.main_wrapper(main)

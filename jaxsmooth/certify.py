@@ -33,6 +33,7 @@ Called as a function, ``jaxsmooth.certify(apply_fn, variables, x, ...)`` is
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NamedTuple
 
@@ -253,21 +254,7 @@ def main(argv: list[str]) -> int:
     from jaxsmooth import certification, checkpoint, models, noise, trainer
     from jaxsmooth.certification import records
 
-    settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, candidate=args.candidate, topk=args.topk)
-    if args.mode == "predict":
-        settings = certification.Settings(n0=0, n=args.n, alpha=args.alpha, candidate="selection", topk=0)
-        if not 0 < args.alpha < 1:
-            raise UserError("alpha", f"must be in (0, 1), got {args.alpha}")
-        if args.n <= 0:
-            raise UserError("n", f"must be > 0, got {args.n}")
-    if args.mode == "certify":
-        certification.check_settings(settings.n0, settings.n, settings.alpha,
-                                     needs_selection=settings.candidate == "selection")
-    if args.batch <= 0:
-        raise UserError("batch", f"must be > 0, got {args.batch}")
-    if args.inputs <= 0 or args.batch % args.inputs:
-        raise UserError("inputs", f"must be > 0 and divide --batch {args.batch}, got {args.inputs}")
-
+    settings = _settings(args)
     learned = None
     if args.sigma_from:  # the base classifier: --checkpoint, else the one the sigma was learned for
         sigma_arr, init_from, sigma_step = checkpoint.read_learned_sigma(args.sigma_from)
@@ -284,12 +271,23 @@ def main(argv: list[str]) -> int:
     shard = _shard(config.certify.parallel, args.out, run.mesh)
     indices = indices[shard.process::shard.processes]
 
+    # BatchNorm folded into the convolutions: the eval-mode classifier up to float rounding, one pass less per layer
+    model = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))
+    params, model_state = model.params, model.model_state
+    sampler = certification.Sampler(model.apply, params, model_state, input_shape=dataset.input_shape,
+                                    num_classes=dataset.num_classes, inputs=args.inputs,
+                                    chunk=args.batch // args.inputs, mesh=shard.mesh, with_softmax=args.mode == "certify",
+                                    compiler_options=_xla_options(shard), noise=noise_kind)
+    clean = certification.make_clean_probabilities(model.apply, params, model_state)
+    key = noise.certify_key(noise.root_key(seed))
+
     header = {"mode": args.mode, "noise": noise_kind, **sigma_info, "sigma_file": args.sigma_file, "n0": settings.n0,
               "n": settings.n, "alpha": settings.alpha, "candidate": settings.candidate, "topk": settings.topk, "seed": seed,
               "key": f"fold_in(key({seed}), certify stream)", "dtype": config.model.dtype,
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, "inputs": args.inputs, "checkpoint": args.checkpoint,
               "checkpoint_step": step, "devices": shard.mesh.size, "parallel": config.certify.parallel,
+              "xla_options": sampler.prepare(sigma, settings.n, key),
               **({"shard": shard.process, "shards": shard.processes} if shard.processes > 1 else {})}
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)
     writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
@@ -304,25 +302,71 @@ def main(argv: list[str]) -> int:
         pending = np.asarray(multihost_utils.broadcast_one_to_all(pending), bool)
     todo = np.asarray(indices[pending], np.int64)
 
-    # BatchNorm folded into the convolutions: the eval-mode classifier up to float rounding, one pass less per layer
-    model = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))
-    params, model_state = model.params, model.model_state
-    sampler = certification.Sampler(model.apply, params, model_state, input_shape=dataset.input_shape,
-                                    num_classes=dataset.num_classes, inputs=args.inputs,
-                                    chunk=args.batch // args.inputs, mesh=shard.mesh, with_softmax=args.mode == "certify",
-                                    compiler_options="auto", noise=noise_kind)
-    clean = certification.make_clean_probabilities(model.apply, params, model_state)
-    key = noise.certify_key(noise.root_key(seed))
+    rows = records.run(sampler, records.split_examples(split), todo, sigma, settings, key, mode=args.mode,
+                       clean_probabilities=clean)
+    seconds, samples = _write_rows(rows, writer, total=len(indices), done=len(indices) - len(todo),
+                                   quiet=args.no_progress or not parallel.is_main_process())
+    if shard.writes:
+        print(f"{args.mode}: {len(indices)} examples in {shard.out} ({len(todo)} this run"
+              + (f", {samples / seconds:,.0f} samples/s" if seconds else "") + ")")
+    if shard.processes > 1 and parallel.is_main_process():
+        shards = " ".join(_shard_paths(args.out, shard.processes))
+        print(f"one shard per process; merge them with: python -m jaxsmooth.analyze {shards} --merge {args.out}")
+    return 0
 
+
+def _xla_options(shard: "_Shard") -> str | dict:
+    """The XLA options an existing --out was sampled with (its settings' ``xla_options``), so that its remaining
+    examples are sampled by the same executable (`Sampler.prepare`); "auto" for a new file.
+
+    In samples mode every process takes process 0's view, as they run the same collective programs.
+    """
+    import jax
+
+    from jaxsmooth import compilation
+    from jaxsmooth.analysis import sidecar
+
+    found = sidecar.program_of(shard.out) if os.path.exists(shard.out) else None
+    recorded = found[1].get("xla_options") if found else None
+    if shard.processes == 1 and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        known = [None, *compilation.AUTO_CANDIDATES, {}]
+        index = known.index(recorded) if recorded in known else 0
+        recorded = known[int(multihost_utils.broadcast_one_to_all(np.int32(index)))]
+    return "auto" if recorded is None else recorded
+
+
+def _settings(args):
+    """The `certification.Settings` of --mode certify or predict, refusing bad --n0/--n/--alpha/--batch/--inputs."""
+    from jaxsmooth import certification
+
+    settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, candidate=args.candidate, topk=args.topk)
+    if args.mode == "predict":
+        settings = certification.Settings(n0=0, n=args.n, alpha=args.alpha, candidate="selection", topk=0)
+        if not 0 < args.alpha < 1:
+            raise UserError("alpha", f"must be in (0, 1), got {args.alpha}")
+        if args.n <= 0:
+            raise UserError("n", f"must be > 0, got {args.n}")
+    if args.mode == "certify":
+        certification.check_settings(settings.n0, settings.n, settings.alpha,
+                                     needs_selection=settings.candidate == "selection")
+    if args.batch <= 0:
+        raise UserError("batch", f"must be > 0, got {args.batch}")
+    if args.inputs <= 0 or args.batch % args.inputs:
+        raise UserError("inputs", f"must be > 0 and divide --batch {args.batch}, got {args.inputs}")
+    return settings
+
+
+def _write_rows(rows, writer, *, total: int, done: int, quiet: bool) -> tuple[float, float]:
+    """Writes the certified rows as they come, under a progress bar; (seconds, samples) they took."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="img", dynamic_ncols=True, file=sys.stderr,
-               disable=args.no_progress or not parallel.is_main_process())
+    bar = tqdm(total=total, initial=done, unit="img", dynamic_ncols=True, file=sys.stderr, disable=quiet)
     certified = correct = 0
     seconds = samples = 0.0
     try:
-        for row in records.run(sampler, records.split_examples(split), todo, sigma, settings, key, mode=args.mode,
-                               clean_probabilities=clean):
+        for row in rows:
             writer.write(row)
             correct += row["correct"]
             certified += 1
@@ -334,13 +378,7 @@ def main(argv: list[str]) -> int:
     finally:
         bar.close()
         writer.close()
-    if shard.writes:
-        print(f"{args.mode}: {len(indices)} examples in {shard.out} ({len(todo)} this run"
-              + (f", {samples / seconds:,.0f} samples/s" if seconds else "") + ")")
-    if shard.processes > 1 and parallel.is_main_process():
-        shards = " ".join(_shard_paths(args.out, shard.processes))
-        print(f"one shard per process; merge them with: python -m jaxsmooth.analyze {shards} --merge {args.out}")
-    return 0
+    return seconds, samples
 
 
 class _Shard(NamedTuple):

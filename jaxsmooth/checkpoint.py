@@ -72,9 +72,6 @@ class Checkpointer:
             raise UserError("checkpoint", f"cannot read {where}: {first[:300]}; "
                             "delete that folder to resume from an earlier checkpoint") from None
 
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

@@ -32,10 +32,10 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def initialize_distributed(args: argparse.Namespace) -> bool:
-    """`parallel.maybe_initialize_distributed` from the arguments of `add_distributed_arguments`."""
-    from jaxsmooth import parallel  # imports jax: after argument errors are reported
+    """`distributed.maybe_initialize_distributed` from the arguments of `add_distributed_arguments`."""
+    from jaxsmooth import distributed  # imports jax: after argument errors are reported
 
-    return parallel.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+    return distributed.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                                  timeout_s=args.coordinator_timeout)
 
 

@@ -1,10 +1,12 @@
 """The one training loop, for every objective.
 
-Reads top to bottom: `create_optimizer`, `create_train_state`,
-`make_train_step`, `make_eval_step`, `evaluate`, `train_and_evaluate`.
-Steps are pure functions of (state, batch, key), jitted once with the state
-replicated and the batch sharded over the mesh's ``data`` axis. The loop
-syncs with the device only when it logs, checkpoints or evaluates.
+Reads top to bottom: `create_optimizer`, `initial_state`, `make_train_step`,
+`make_eval_step`, `evaluate`, `train_and_evaluate`. Steps are pure functions
+of (state, batch, key), jitted once with the state replicated and the batch
+sharded over the mesh's ``data`` axis. The loop syncs with the device only
+when it logs, checkpoints or evaluates. Everything particular to an
+objective comes from its record (`objectives.base.Objective`): the loop
+names none.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsmooth import checkpoint, config as config_lib, data, models, noise, objectives, parallel
+from jaxsmooth import checkpoint, compilation, config as config_lib, data, models, noise, objectives, parallel
 from jaxsmooth.data import grain_pipeline
 from jaxsmooth.errors import UserError
 
@@ -42,26 +44,19 @@ class TrainState:
 
 @flax.struct.dataclass
 class DistillState(TrainState):
-    """The train state of the distilling objectives (heat, bootcamp, sigma): plus the frozen teacher.
+    """The train state of an objective with a teacher (`objectives.Teacher`): plus the frozen teacher.
 
-    For ``sigma`` (`objectives.OWN_VARIABLES`) `params` is the objective's own
-    pytree ({"log_sigma"}) and the teacher the frozen base classifier.
+    For an objective that trains variables of its own (`Objective.initial_variables`),
+    `params` is that pytree and the teacher the frozen classifier.
     """
 
     teacher: Any = None  # (params, model_state) of the model
 
 
 def num_epochs(config) -> int:
-    """Epochs of a run: ``train.num_epochs``, or for the distilling objectives their timestep schedule.
-
-    ``heat`` trains ``objective.timesteps`` timesteps of ``objective.epochs_per_timestep``
-    epochs each (HeatSmoothing Algorithm 1); ``bootcamp`` one timestep.
-    """
-    if config.objective.name == "heat":
-        return config.objective.timesteps * config.objective.epochs_per_timestep
-    if config.objective.name == "bootcamp":
-        return config.objective.epochs_per_timestep
-    return config.train.num_epochs
+    """Epochs of a run: ``train.num_epochs``, or the objective's own count (`Objective.num_epochs`)."""
+    objective = objectives.get(config.objective.name)
+    return int(objective.num_epochs(config)) if objective.num_epochs else config.train.num_epochs
 
 
 # --------------------------------------------------------------------------
@@ -106,6 +101,32 @@ def create_train_state(model: models.Model, tx: optax.GradientTransformation) ->
                       model_state=model.model_state, opt_state=tx.init(model.params))
 
 
+def initial_state(objective: objectives.Objective, config, params, model_state, input_shape,
+                  tx: optax.GradientTransformation, teacher=None) -> TrainState:
+    """Step 0 of `objective`: the variables it trains, made from the model's, and their optimizer state.
+
+    Args:
+      params, model_state: the model's variables (with a teacher: the teacher's).
+      input_shape: (H, W, C) of one example.
+      teacher: ``(params, model_state)`` of the frozen teacher, for an
+        objective with a teacher policy; the state is then a `DistillState`.
+    """
+    params, model_state = objective.initial_variables(config, params, model_state, tuple(input_shape))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                       opt_state=tx.init(params))
+    if objective.teacher is None:
+        return state
+    return DistillState(step=state.step, params=state.params, model_state=state.model_state,
+                        opt_state=state.opt_state, teacher=teacher)
+
+
+def objective_loss(objective: objectives.Objective, config, apply: Callable) -> Callable:
+    """`objective`'s loss, or for an objective with a teacher ``teacher -> loss`` (`make_train_step`'s form)."""
+    if objective.teacher is not None:
+        return lambda teacher: objective.make_loss(config, apply, teacher)
+    return objective.make_loss(config, apply, None)
+
+
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, with_teacher: bool = False) -> Callable:
     """``train_step(state, batch, root_key) -> (state, metrics)``, one optimizer step.
 
@@ -113,7 +134,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, with
     each example's global index. With `with_teacher`, `loss_fn` builds the
     loss from the state's frozen teacher, ``loss_fn(state.teacher) -> loss``,
     inside the trace: the teacher is an argument of the compiled step, so a
-    new teacher (each HeatSmoothing timestep) needs no recompilation.
+    new teacher (`Teacher.every_epochs`) needs no recompilation.
     """
 
     def train_step(state: TrainState, batch: dict, root_key: jax.Array):
@@ -131,17 +152,16 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, with
     return train_step
 
 
-def make_eval_step(apply: Callable, area: Callable | None = None) -> Callable:
+def make_eval_step(apply: Callable, extra: Callable | None = None) -> Callable:
     """``eval_step(params, model_state, batch, key, sigma) -> counts``: clean and noisy correct counts.
 
-    With `area` (``objectives.sigma.make_area_eval``, for ``sigma`` runs), also
-    the smoothed classifier's correct count and the certified-area sums of its
-    draws (from a key of their own).
+    With `extra` (an objective's `Evaluation.make`), also its sums, from a key
+    of their own.
 
     Args:
       batch: {"image": [B, H, W, C], "label": [B], "index": [B], "mask": [B] bool}.
       key: the evaluation stream key; example b draws ``fold_in(key, index[b])``.
-      sigma: scalar, or per-pixel [H, W, C] (the ``sigma`` objective's learned one).
+      sigma: scalar, or per-pixel [H, W, C] (a learned one).
     Returns:
       {"count", "correct", "noisy_correct"}: int32 sums over unmasked examples.
     """
@@ -153,9 +173,8 @@ def make_eval_step(apply: Callable, area: Callable | None = None) -> Callable:
         noisy_logits, _ = apply(params, model_state, x + eta, train=False)
         hit = lambda z: jnp.sum((jnp.argmax(z, -1) == y) & mask, dtype=jnp.int32)
         counts = {"count": jnp.sum(mask, dtype=jnp.int32), "correct": hit(logits), "noisy_correct": hit(noisy_logits)}
-        if area is not None:
-            counts.update(area(params, model_state, x, y, batch["index"], jax.random.fold_in(key, 1),
-                               jnp.log(sigma), mask))
+        if extra is not None:
+            counts.update(extra(params, model_state, batch, jax.random.fold_in(key, 1), sigma))
         return counts
 
     return eval_step
@@ -170,6 +189,7 @@ class Run:
     """Everything a training run builds before its first step."""
 
     config: Any
+    objective: objectives.Objective
     mesh: jax.sharding.Mesh
     dataset: data.Dataset
     model: models.Model
@@ -188,9 +208,9 @@ def build_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
     model = _build_model(config, dataset, dataset.mean, dataset.std)
     steps_per_epoch = data.steps_per_epoch(len(dataset.train), config.train.batch_size)
     tx, schedule = create_optimizer(config, steps_per_epoch)
-    return Run(config=config, mesh=mesh, dataset=dataset, model=model, tx=tx, schedule=schedule,
-               steps_per_epoch=steps_per_epoch, total_steps=num_epochs(config) * steps_per_epoch,
-               root_key=noise.root_key(config.seed))
+    return Run(config=config, objective=objectives.get(config.objective.name), mesh=mesh, dataset=dataset,
+               model=model, tx=tx, schedule=schedule, steps_per_epoch=steps_per_epoch,
+               total_steps=num_epochs(config) * steps_per_epoch, root_key=noise.root_key(config.seed))
 
 
 def _build_model(config, dataset: data.Dataset, mean, std) -> models.Model:
@@ -215,11 +235,8 @@ def evaluate(run: Run, eval_step: Callable, params, model_state, sigma=None) -> 
     result = {"test_accuracy": int(totals["correct"]) / count,
               "test_noisy_accuracy": int(totals["noisy_correct"]) / count,
               "test_examples": count}
-    if "area_sum" in totals:  # sigma runs: the smoothed classifier and its mean certified area (Monte Carlo)
-        counted = int(totals["area_count"])
-        result.update(test_smoothed_accuracy=int(totals["smoothed_correct"]) / count,
-                      test_area=float(totals["area_sum"]) / counted if counted else float("nan"),
-                      test_area_fraction=counted / count)
+    if run.objective.evaluation is not None:
+        result.update(run.objective.evaluation.summarize(totals, count))
     return result
 
 
@@ -228,9 +245,11 @@ def _prepare_workdir(workdir: str, run: Run) -> None:
     config_path = os.path.join(workdir, checkpoint.CONFIG_FILE)
     if os.path.exists(config_path):
         with open(config_path) as f:
-            previous = config_lib.from_json(f.read())
+            previous = config_lib.from_json(f.read(), field=config_path)
         changed = [p for p in config_lib.differing_fields(previous, run.config)
-                   if p not in config_lib.RESUME_MUTABLE]
+                   if p not in config_lib.RESUME_MUTABLE and (config_lib.is_read(previous, p)
+                                                              or config_lib.is_read(run.config, p))]
+        changed.sort(key=lambda p: p != "objective.name")  # another objective: say that, not its block's fields
         if changed:
             field = changed[0]
             raise UserError(field, f"{workdir} holds a run with {field}={config_lib.get(previous, field)!r}, "
@@ -284,6 +303,42 @@ def _mean_metrics(window: list[dict], first_step: int) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
+def _start_state(run: Run, ckpt: checkpoint.Checkpointer) -> tuple[TrainState, int]:
+    """(state, step): the workdir's latest checkpoint, else step 0, from ``train.init_from``'s model with a teacher."""
+    start = ckpt.latest_step() or 0
+    params, model_state = run.model.params, run.model.model_state
+    if run.objective.teacher is not None and not start:
+        params, model_state, _ = restore_model(run.config.train.init_from, run, "train.init_from")
+    teacher = (params, model_state) if run.objective.teacher is not None else None
+    # replicate() copies every leaf: the teacher does not alias the trained variables, which steps donate
+    state = parallel.replicate(run.mesh, initial_state(run.objective, run.config, params, model_state,
+                                                       run.dataset.input_shape, run.tx, teacher))
+    return (ckpt.restore(start, state) if start else state), start
+
+
+def _compiled_steps(run: Run) -> tuple[Callable, Callable]:
+    """(train_step, eval_step) jitted with the mesh's shardings; the train step donates its state."""
+    replicated, batch_sharding = parallel.replicated(run.mesh), parallel.data_sharded(run.mesh)
+    objective, config, apply = run.objective, run.config, run.model.apply
+    train_step = jax.jit(make_train_step(objective_loss(objective, config, apply), run.tx,
+                                         with_teacher=objective.teacher is not None),
+                         in_shardings=(replicated, batch_sharding, replicated),
+                         out_shardings=(replicated, replicated), donate_argnums=0)
+    extra = objective.evaluation.make(config, apply) if objective.evaluation is not None else None
+    eval_step = compilation.compile_on_first_call(jax.jit(
+        make_eval_step(apply, extra),
+        in_shardings=(replicated, replicated, batch_sharding, replicated, replicated), out_shardings=replicated))
+    return train_step, eval_step
+
+
+def _reteach_every_steps(run: Run) -> int:
+    """Steps between teacher refreshes (`Teacher.every_epochs`); 0: the teacher never changes."""
+    teacher = run.objective.teacher
+    if teacher is None or teacher.every_epochs is None:
+        return 0
+    return int(teacher.every_epochs(run.config)) * run.steps_per_epoch
+
+
 def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None = None,
                        callback: Callback | None = None) -> tuple[TrainState, dict[str, float]]:
     """Trains from scratch or resumes from the workdir's latest checkpoint, then evaluates.
@@ -300,51 +355,20 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     """
     callback = callback or (lambda event: None)
     run = build_run(config, mesh)
-    distilling = config.objective.name in objectives.DISTILLING
-    own_variables = config.objective.name in objectives.OWN_VARIABLES  # sigma: trains its own pytree
-    reteaching = config.objective.name in objectives.RETEACHING  # heat, bootcamp: the teacher moves on
-    if distilling and not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+    if run.objective.teacher is not None and not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
         # refuse a missing or mismatched teacher before writing anything
         checkpoint.checkpoint_folder(config.train.init_from, "train.init_from")
         checkpoint.check_model_metadata(config.train.init_from, checkpoint.model_metadata(run.config, run.dataset),
                                         "train.init_from")
     _prepare_workdir(workdir, run)
     tcfg = config.train
-
-    replicated = parallel.replicated(run.mesh)
-    batch_sharding = parallel.data_sharded(run.mesh)
-    params, model_state = objectives.initial_variables(config, run.model.params, run.model.model_state,
-                                                       run.dataset.input_shape)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                       opt_state=run.tx.init(params))
-    if distilling:  # the teacher's place in the state (and its checkpoints), filled below
-        state = DistillState(step=state.step, params=state.params, model_state=state.model_state,
-                             opt_state=state.opt_state, teacher=(run.model.params, run.model.model_state))
-    state = parallel.replicate(run.mesh, state)
     ckpt = checkpoint.Checkpointer(workdir, save_every_steps=tcfg.checkpoint_every_steps, keep=tcfg.keep_checkpoints)
     closers: list = []
     try:
-        start = ckpt.latest_step() or 0
-        if start:
-            state = ckpt.restore(start, state)
-        elif distilling:
-            params, model_state, _ = restore_model(config.train.init_from, run, "train.init_from")
-            state = state.replace(teacher=_frozen(params, model_state))
-            if not own_variables:
-                state = state.replace(params=params, model_state=model_state)
+        state, start = _start_state(run, ckpt)
         writer = MetricsWriter(workdir, start)
-
-        if distilling:
-            loss_fn = lambda teacher: objectives.build(config, run.model.apply, teacher)  # noqa: E731
-        else:
-            loss_fn = objectives.build(config, run.model.apply)
-        train_step = jax.jit(make_train_step(loss_fn, run.tx, with_teacher=distilling),
-                             in_shardings=(replicated, batch_sharding, replicated),
-                             out_shardings=(replicated, replicated), donate_argnums=0)
-        steps_per_timestep = config.objective.epochs_per_timestep * run.steps_per_epoch
-        eval_step = parallel.compile_on_first_call(jax.jit(
-            make_eval_step(run.model.apply, area=objectives.area_eval(config, run.model.apply)),
-            in_shardings=(replicated, replicated, batch_sharding, replicated, replicated), out_shardings=replicated))
+        train_step, eval_step = _compiled_steps(run)
+        reteach_every = _reteach_every_steps(run)
         root_key = parallel.replicate(run.mesh, run.root_key)
         host_batches = _train_batches(run, start)
         closers.append(getattr(host_batches, "close", lambda: None))
@@ -353,10 +377,9 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
         t0 = time.perf_counter()
         first = next(batches) if start < run.total_steps else None
         if first is not None:
-            train_step = parallel.compile(train_step, state, first, root_key)
-        compile_s = time.perf_counter() - t0
+            train_step = compilation.compile(train_step, state, first, root_key)
         callback({"event": "start", "start_step": start, "total_steps": run.total_steps,
-                  "steps_per_epoch": run.steps_per_epoch, "compile_s": compile_s})
+                  "steps_per_epoch": run.steps_per_epoch, "compile_s": time.perf_counter() - t0})
 
         window: list[dict] = []
         window_start, t_window = start, time.perf_counter()
@@ -365,18 +388,12 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
             state, metrics = train_step(state, batch, root_key)
             window.append(metrics)
             done = step + 1
-            if reteaching and done % steps_per_timestep == 0 and done < run.total_steps:
+            if reteach_every and done % reteach_every == 0 and done < run.total_steps:
                 state = state.replace(teacher=_frozen(state.params, state.model_state))  # f^{k+1} = v
             end_of_epoch = done % run.steps_per_epoch == 0
             if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
                     or end_of_epoch or done == run.total_steps:
-                means = _mean_metrics(window, window_start)  # syncs; raises before a bad state is saved
-                elapsed = time.perf_counter() - t_window
-                row = {"step": done, "epoch": done / run.steps_per_epoch,
-                       "learning_rate": float(run.schedule(done - 1)),
-                       "examples_per_s": len(window) * tcfg.batch_size / max(elapsed, 1e-9), **means}
-                writer.write(row)
-                callback({"event": "train", "total_steps": run.total_steps, **row})
+                _log_train(run, window, window_start, t_window, done, writer, callback)
                 window, window_start, t_window = [], done, time.perf_counter()
             ckpt.save(done, state, force=done == run.total_steps)
             epoch = done // run.steps_per_epoch
@@ -392,9 +409,20 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     return state, summary
 
 
+def _log_train(run: Run, window: list[dict], window_start: int, t_window: float, done: int,
+               writer: MetricsWriter, callback: Callback) -> None:
+    """Logs the means of a window of steps ending at step `done` (syncs; raises before a bad state is saved)."""
+    means = _mean_metrics(window, window_start)
+    elapsed = time.perf_counter() - t_window
+    row = {"step": done, "epoch": done / run.steps_per_epoch, "learning_rate": float(run.schedule(done - 1)),
+           "examples_per_s": len(window) * run.config.train.batch_size / max(elapsed, 1e-9), **means}
+    writer.write(row)
+    callback({"event": "train", "total_steps": run.total_steps, **row})
+
+
 def _log_eval(run: Run, eval_step, state: TrainState, step: int, writer: MetricsWriter, callback: Callback) -> dict:
-    params, model_state, sigma = objectives.smoothed(run.config, state.params, state.model_state,
-                                                     getattr(state, "teacher", None))
+    params, model_state, sigma = run.objective.smoothed(run.config, state.params, state.model_state,
+                                                        getattr(state, "teacher", None))
     sigma = np.asarray(jax.device_get(sigma), np.float32)
     result = evaluate(run, eval_step, params, model_state, parallel.replicate(run.mesh, sigma))
     row = {"step": step, "epoch": step / run.steps_per_epoch, "sigma": float(sigma.mean()), **result}

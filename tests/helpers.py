@@ -23,6 +23,15 @@ def train_small(tmp_path_factory, name: str) -> str:
     return path
 
 
+def fails_with(run, capsys, argv, field: str) -> str:
+    """Runs a CLI's `run(argv)`, which must exit 2 with one stderr line ``error: FIELD: ...``; that line."""
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: {field}: "), err[0]
+    return err[0]
+
+
 def sidecar_settings(path, program):
     """The settings a jaxsmooth TSV's sidecar (``FILE.tsv.json``) holds, after checking its program."""
     with open(f"{path}.json") as f:

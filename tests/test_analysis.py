@@ -14,6 +14,7 @@ from jaxsmooth import analysis, analyze
 from jaxsmooth.errors import UserError
 
 from conftest import ROOT
+from helpers import fails_with
 
 CERTIFY = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "count_A", "count_B",
            "lbound_mc", "lbound_model"]
@@ -311,48 +312,40 @@ def test_cli_notes_an_ignored_partial_line(tmp_path, capsys):
     assert out.err == f"note: {path}: ignored the partial last line 12\n"
 
 
-def _fails_with(capsys, argv, field):
-    assert analyze.run(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith(f"error: {field}: "), err[0]
-    return err[0]
-
-
 def test_cli_errors_on_files(tmp_path, capsys, certify_file):
     missing = str(tmp_path / "nope.tsv")
-    assert "no such file" in _fails_with(capsys, [missing], missing)
+    assert "no such file" in fails_with(analyze.run, capsys, [missing], missing)
 
     empty = tmp_path / "empty.tsv"
     empty.write_text("")
-    assert "empty" in _fails_with(capsys, [str(empty)], str(empty))
+    assert "empty" in fails_with(analyze.run, capsys, [str(empty)], str(empty))
 
     header_only = write_tsv(tmp_path / "header.tsv", CERTIFY, [])
-    assert "no rows" in _fails_with(capsys, [header_only], header_only)
+    assert "no rows" in fails_with(analyze.run, capsys, [header_only], header_only)
 
     no_radius = write_tsv(tmp_path / "noradius.tsv", [c for c in CERTIFY if c != "radius"],
                           [r[:3] + r[4:] for r in _certify_rows()])
-    assert "missing column 'radius'" in _fails_with(capsys, [no_radius], no_radius)
+    assert "missing column 'radius'" in fails_with(analyze.run, capsys, [no_radius], no_radius)
 
     spaces = tmp_path / "spaces.tsv"
     spaces.write_text("idx label predict radius correct time\n0 1 1 0.5 1 0:00:01\n")
-    assert "tab-separated" in _fails_with(capsys, [str(spaces)], str(spaces))
+    assert "tab-separated" in fails_with(analyze.run, capsys, [str(spaces)], str(spaces))
 
     topk_half = write_tsv(tmp_path / "half.tsv", CERTIFY + ["topk_radius"], _certify_rows(extra=lambda i: [0.1]))
-    assert "missing column 'topk_correct'" in _fails_with(capsys, [topk_half], topk_half)
+    assert "missing column 'topk_correct'" in fails_with(analyze.run, capsys, [topk_half], topk_half)
 
     unknown = write_tsv(tmp_path / "unknown.tsv", CERTIFY, _certify_rows(), settings={**SETTINGS, "mode": "attack"})
-    assert "'attack'" in _fails_with(capsys, [unknown], unknown)
+    assert "'attack'" in fails_with(analyze.run, capsys, [unknown], unknown)
 
     bad_json = tmp_path / "badjson.tsv"
     bad_json.write_text('# jaxsmooth certify {"mode": certify}\n' + _line(CERTIFY))
-    _fails_with(capsys, [str(bad_json)], f"{bad_json}:1")
+    fails_with(analyze.run, capsys, [str(bad_json)], f"{bad_json}:1")
 
     predict = write_tsv(tmp_path / "p.tsv", ["idx", "label", "predict", "correct", "time"],
                         [[0, 1, 1, 1, "0:00:01"]], settings={**SETTINGS, "mode": "predict"})
-    assert "one mode at a time" in _fails_with(capsys, [certify_file, predict], predict)
-    _fails_with(capsys, [predict, "--plot", str(tmp_path / "x.png")], predict)
-    assert "area_objective" in _fails_with(capsys, [certify_file, "--area-plot", str(tmp_path / "a.png")],
+    assert "one mode at a time" in fails_with(analyze.run, capsys, [certify_file, predict], predict)
+    fails_with(analyze.run, capsys, [predict, "--plot", str(tmp_path / "x.png")], predict)
+    assert "area_objective" in fails_with(analyze.run, capsys, [certify_file, "--area-plot", str(tmp_path / "a.png")],
                                            "--area-plot")
 
 
@@ -366,7 +359,7 @@ def test_cli_errors_on_rows(tmp_path, capsys, row, line, needle):
     rows = _certify_rows() + [list(row) + ["0:00:01", 0.9, 90, 1, 0.5, 0.5], _certify_rows()[0]]
     rows[-1][0] = 10
     path = write_tsv(tmp_path / "rows.tsv", CERTIFY, rows)
-    assert needle in _fails_with(capsys, [path], f"{path}:{line}")
+    assert needle in fails_with(analyze.run, capsys, [path], f"{path}:{line}")
 
 
 @pytest.mark.parametrize("args, field", [
@@ -385,7 +378,7 @@ def test_cli_errors_on_rows(tmp_path, capsys, row, line, needle):
     (["--plot", "x.notaformat"], "--plot"),
 ])
 def test_cli_errors_on_options(tmp_path, capsys, certify_file, args, field):
-    _fails_with(capsys, [certify_file] + [a.replace("x.notaformat", str(tmp_path / "x.notaformat")) for a in args],
+    fails_with(analyze.run, capsys, [certify_file] + [a.replace("x.notaformat", str(tmp_path / "x.notaformat")) for a in args],
                 field)
 
 

@@ -111,3 +111,47 @@ def test_json_round_trip_and_differences():
     assert config_lib.differing_fields(c, back) == []
     config_lib.apply_overrides(back, ["objective.sigma=0.5"])
     assert config_lib.differing_fields(c, back) == ["objective.sigma"]
+
+
+def test_config_doc_is_generated_from_the_declared_fields():
+    """docs/config.md is `config.markdown()`; regenerate with python -m jaxsmooth.config --markdown docs/config.md."""
+    with open(os.path.join(ROOT, "docs", "config.md")) as f:
+        assert f.read() == config_lib.markdown(), ("docs/config.md is stale: run "
+                                                   "python -m jaxsmooth.config --markdown docs/config.md")
+
+
+def test_every_field_is_documented_once():
+    rows = config_lib.describe()
+    fields = [r["field"] for r in rows]
+    assert sorted(fields) == sorted(path for path, _ in config_lib._leaves(config_lib.default()))
+    assert [r["field"] for r in rows if not r["meaning"]] == []
+    doc = config_lib.markdown()
+    assert all(f"| `{field}` |" in doc for field in fields)
+
+
+def test_the_config_module_writes_the_doc(tmp_path):
+    path = tmp_path / "config.md"
+    assert config_lib.main(["--markdown", str(path)]) == 0
+    assert path.read_text() == config_lib.markdown()
+
+
+def test_a_loaded_config_is_locked_and_refuses_a_new_field():
+    c = config_lib.load(QUICKSTART)
+    with pytest.raises(AttributeError):
+        c.train.batchsize = 32
+    assert _error(config_lib.apply_overrides, c, ["seed=1.5"]).message == "expected an integer, got '1.5'"
+    assert _error(config_lib.apply_overrides, c, ["objective.sigma=big"]).message == "expected a number, got 'big'"
+    assert _error(config_lib.apply_overrides, c, ["train.batch_size"]).field == "config"
+
+
+def test_a_value_of_the_wrong_type_in_a_config_file_is_one_error(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text(textwrap.dedent("""
+        from jaxsmooth.config import default
+        def get_config():
+            c = default()
+            c.train.batch_size = "large"
+            return c
+    """))
+    e = _error(config_lib.load, str(path))
+    assert e.field == "config" and "batch_size" in e.message and "\n" not in str(e)

@@ -1,6 +1,6 @@
 """Deterministic smoothing on digits: from a `standard` model, `heat` and `bootcamp` certify far better.
 
-The suite of ``python -m jaxsmooth.bench deterministic`` (configs/digits_*.py),
+The suite of ``python -m jaxsmooth.report deterministic`` (configs/digits_*.py),
 certified on the 360 test digits with n = 1,000 at sigma = 0.25. The CLI runs
 in a subprocess on one CPU device (about 2 minutes; the 8 fake devices of
 this test process would take 5 times as long), then `run_suite` in this
@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from jaxsmooth import bench
+from jaxsmooth import report
 from jaxsmooth.benchmarks import deterministic
 
 from conftest import ROOT
@@ -26,7 +26,7 @@ HALF_SIGMA = 0.125
 def rows(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("deterministic"))
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-m", "jaxsmooth.bench", "deterministic", "--suite", "digits", "--workdir",
+    subprocess.run([sys.executable, "-m", "jaxsmooth.report", "deterministic", "--suite", "digits", "--workdir",
                     workdir, "--n", "1000"], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     with open(os.path.join(workdir, "times.json")) as f:
         times = json.load(f)
@@ -61,6 +61,6 @@ def test_the_report_table_has_a_row_per_run(rows):
     (["--radii", "0,a"], "--radii"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, field):
-    assert bench.run(["deterministic", "--workdir", str(tmp_path / "r"), *args]) == 2
+    assert report.run(["deterministic", "--workdir", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err

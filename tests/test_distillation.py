@@ -10,7 +10,7 @@ from jaxsmooth.errors import UserError
 
 from helpers import quick_config
 
-HEAT = ["objective.name=heat", "objective.timesteps=2", "objective.epochs_per_timestep=1", "objective.kappa=2",
+HEAT = ["objective.name=heat", "heat.timesteps=2", "heat.epochs_per_timestep=1", "heat.kappa=2",
         "optimizer.learning_rate=0.001"]
 
 

@@ -63,9 +63,8 @@ def test_heat_timesteps_approach_the_gaussian_convolution_of_a_step():
     f0 = fit(fit_step, init(jax.random.key(0)), 1500, 1e-2)  # the non-smooth target f, as a network
     f = lambda x: predict(f0, x)
 
-    config = ml_collections.ConfigDict({"objective": {
-        "name": "heat", "sigma": SIGMA, "lam": 1.0, "kappa": 4, "delta": 1e-3, "distance": "l2",
-        "timesteps": TIMESTEPS, "epochs_per_timestep": 1}})
+    config = ml_collections.ConfigDict({"objective": {"name": "heat", "sigma": SIGMA}, "heat": {
+        "lam": 1.0, "kappa": 4, "delta": 1e-3, "distance": "l2", "timesteps": TIMESTEPS, "epochs_per_timestep": 1}})
     v, teacher = f0, f0
     for _ in range(TIMESTEPS):  # Algorithm 1: each timestep distils the previous one's frozen network
         loss = objectives.build(config, mlp_apply, (teacher, {}))

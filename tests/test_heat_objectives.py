@@ -34,9 +34,14 @@ def bn_apply(params, model_state, x, *, train):
 
 
 def _config(name, *, sigma=0.25, lam=5.0, timesteps=5, distance_name="", kappa=K, delta=0.1):
+    """heat's or bootcamp's config; distance "": the default of the objective's block."""
     c = ml_collections.ConfigDict()
-    c.objective = ml_collections.ConfigDict({"name": name, "sigma": sigma, "lam": lam, "kappa": kappa,
-                                             "delta": delta, "distance": distance_name, "timesteps": timesteps})
+    c.objective = ml_collections.ConfigDict({"name": name, "sigma": sigma})
+    c.heat = ml_collections.ConfigDict({"lam": lam, "kappa": kappa, "delta": delta, "timesteps": timesteps,
+                                        "distance": distance_name or objectives.get("heat").defaults().distance,
+                                        "epochs_per_timestep": 1})
+    c.bootcamp = ml_collections.ConfigDict({"kappa": kappa, "delta": delta, "num_epochs": 1,
+                                            "distance": distance_name or objectives.get("bootcamp").defaults().distance})
     return c
 
 
@@ -230,22 +235,24 @@ def _heat_config(*overrides):
 def test_defaults_follow_heat_cifar10_and_validate():
     c = _heat_config()
     config_lib.validate(c)
-    o = c.objective
-    # distance "": each objective's own (heat: l2, the paper's CIFAR-10 choice; bootcamp: softmax_l2)
-    assert (o.lam, o.kappa, o.delta, o.distance, o.timesteps, o.epochs_per_timestep) == (5.0, 10, 0.1, "", 5, 1)
+    o = c.heat
+    # each objective's own distance (heat: l2, the paper's CIFAR-10 choice; bootcamp: softmax_l2)
+    assert (o.lam, o.kappa, o.delta, o.distance, o.timesteps, o.epochs_per_timestep) == (5.0, 10, 0.1, "l2", 5, 1)
+    b = c.bootcamp
+    assert (b.kappa, b.delta, b.distance, b.num_epochs) == (10, 0.1, "softmax_l2", 1)
     assert config_lib.default().train.init_from == ""
     config_lib.validate(_heat_config("objective.name=bootcamp"))
-    config_lib.validate(_heat_config("objective.lam=0"))
+    config_lib.validate(_heat_config("heat.lam=0"))
 
 
 @pytest.mark.parametrize("override, field", [
-    ("objective.lam=-1", "objective.lam"),
-    ("objective.kappa=0", "objective.kappa"),
-    ("objective.delta=0", "objective.delta"),
-    ("objective.delta=-0.1", "objective.delta"),
-    ("objective.distance=l1", "objective.distance"),
-    ("objective.timesteps=0", "objective.timesteps"),
-    ("objective.epochs_per_timestep=0", "objective.epochs_per_timestep"),
+    ("heat.lam=-1", "heat.lam"),
+    ("heat.kappa=0", "heat.kappa"),
+    ("heat.delta=0", "heat.delta"),
+    ("heat.delta=-0.1", "heat.delta"),
+    ("heat.distance=l1", "heat.distance"),
+    ("heat.timesteps=0", "heat.timesteps"),
+    ("heat.epochs_per_timestep=0", "heat.epochs_per_timestep"),
 ])
 def test_each_bad_field_is_named(override, field):
     with pytest.raises(UserError) as info:

@@ -28,11 +28,12 @@ def tanh_apply(params, model_state, x, *, train):
     return (h - model_state["mean"]) @ params["v"] + params["b"], model_state
 
 
-def _config(name="nal", **objective):
+def _config(name="nal", **fields):
+    """`name`'s config: `sigma` sets objective.sigma, the other fields its own block."""
     c = config_lib.default()
     c.objective.name = name
-    for k, v in objective.items():
-        c.objective[k] = v
+    for k, v in fields.items():
+        (c.objective if k == "sigma" else c[name])[k] = v
     return c
 
 
@@ -96,7 +97,7 @@ def test_surrogate_matches_the_closed_form_in_expectation():
 
 def test_parameter_gradient_flows_only_through_the_noisy_loss(problem):
     params, state, batch = problem
-    c = _config(sigma=0.3, gamma=2.0, num_noise=3, pgd_steps=3)
+    c = _config(sigma=0.3, gamma=2.0, num_noise=3, ascent_steps=3)
     key = jax.random.key(9)
     loss_fn = objectives.build(c, tanh_apply)
     (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, batch, key)
@@ -130,7 +131,7 @@ def test_noisy_loss_differs_from_differentiating_through_the_ascent(problem):
         x_k = nal.inner_maximize(inner, batch["image"], z, gamma=2.0, steps=3, lr=0.25)
         return nal.noisy_loss(tanh_apply, p, state, x_k, z, batch["label"])[0]
     full = jax.grad(through)(params)
-    stopped, _ = jax.grad(objectives.build(_config(sigma=0.3, gamma=2.0, num_noise=3, pgd_steps=3), tanh_apply),
+    stopped, _ = jax.grad(objectives.build(_config(sigma=0.3, gamma=2.0, num_noise=3, ascent_steps=3), tanh_apply),
                           has_aux=True)(params, state, batch, jax.random.key(9))
     assert float(jnp.abs(full["w"] - stopped["w"]).max()) > 1e-5
 
@@ -138,7 +139,7 @@ def test_noisy_loss_differs_from_differentiating_through_the_ascent(problem):
 def test_zero_steps_is_gaussian_training_with_r_draws(problem):
     params, state, batch = problem
     key = jax.random.key(4)
-    value, _ = objectives.build(_config(sigma=0.3, pgd_steps=0, num_noise=2), tanh_apply)(params, state, batch, key)
+    value, _ = objectives.build(_config(sigma=0.3, ascent_steps=0, num_noise=2), tanh_apply)(params, state, batch, key)
     z = noise.isotropic_draws(key, batch["index"], (H, W, C), 0.3, 2)
     logits, _ = tanh_apply(params, state, (batch["image"][:, None] + z).reshape(2 * B, H, W, C), train=True)
     logp = jax.nn.log_softmax(np.asarray(logits, np.float64).reshape(B, 2, K))
@@ -176,8 +177,8 @@ def test_strong_concavity_gives_one_maximiser_from_any_start(problem):
 def test_wrm_is_nal_without_noise(problem):
     params, state, batch = problem
     key = jax.random.key(8)
-    wrm = objectives.build(_config("wrm", sigma=0.3, gamma=1.5, num_noise=4, pgd_steps=3), tanh_apply)
-    nal_loss = objectives.build(_config(sigma=0.0, gamma=1.5, num_noise=1, pgd_steps=3), tanh_apply)
+    wrm = objectives.build(_config("wrm", sigma=0.3, gamma=1.5, ascent_steps=3), tanh_apply)
+    nal_loss = objectives.build(_config(sigma=0.0, gamma=1.5, num_noise=1, ascent_steps=3), tanh_apply)
     (v1, a1), g1 = jax.value_and_grad(wrm, has_aux=True)(params, state, batch, key)
     (v2, a2), g2 = jax.value_and_grad(nal_loss, has_aux=True)(params, state, batch, key)
     np.testing.assert_allclose(float(v1), float(v2), rtol=1e-6)
@@ -218,25 +219,25 @@ def test_soft_smoothed_loss_is_minus_log_mean_softmax():
     np.testing.assert_allclose(got, -np.log(p[np.arange(2), :, np.asarray(labels)].mean(1)), rtol=1e-5)
 
 
-@pytest.mark.parametrize("field, value", [("gamma", 0.0), ("gamma", -1.0), ("num_noise", 0), ("pgd_steps", -1)])
+@pytest.mark.parametrize("field, value", [("gamma", 0.0), ("gamma", -1.0), ("num_noise", 0), ("ascent_steps", -1)])
 def test_bad_options_name_their_field(field, value):
     c = _config(**{field: value})
     with pytest.raises(UserError) as info:
         config_lib.validate(c)
-    assert info.value.field == f"objective.{field}" and "must be" in info.value.message
+    assert info.value.field == f"nal.{field}" and "must be" in info.value.message
     with pytest.raises(UserError) as info:
         objectives.build(c, linear_apply)
-    assert info.value.field == f"objective.{field}"
+    assert info.value.field == f"nal.{field}"
 
 
 def test_smoothadv_bad_epsilon():
     c = _config("smoothadv", epsilon=0.0)
     with pytest.raises(UserError) as info:
         objectives.build(c, linear_apply)
-    assert info.value.field == "objective.epsilon"
+    assert info.value.field == "smoothadv.epsilon"
     with pytest.raises(UserError) as info:
         config_lib.validate(c)
-    assert info.value.field == "objective.epsilon"
+    assert info.value.field == "smoothadv.epsilon"
 
 
 def test_steps_are_a_scan_not_a_python_loop(problem):
@@ -248,7 +249,7 @@ def test_steps_are_a_scan_not_a_python_loop(problem):
         def counting_apply(p, s, x, *, train):
             traces.append(train)
             return tanh_apply(p, s, x, train=train)
-        loss_fn = jax.jit(jax.grad(objectives.build(_config(pgd_steps=steps), counting_apply), has_aux=True))
+        loss_fn = jax.jit(jax.grad(objectives.build(_config(ascent_steps=steps), counting_apply), has_aux=True))
         jax.block_until_ready(loss_fn(params, state, batch, jax.random.key(0)))
         counts[steps] = traces
     # one trace of the scan body's inference-mode forward, one training-mode forward for theta, whatever K

@@ -1,8 +1,8 @@
-"""bench nal's table: the accuracy table of analyze with a training-time column, on hand-built accuracy files."""
+"""report nal's table: the accuracy table of analyze with a training-time column, on hand-built accuracy files."""
 
 import pytest
 
-from jaxsmooth import bench
+from jaxsmooth import report
 from jaxsmooth.analysis import attacks as attack_analysis
 from jaxsmooth.benchmarks import nal_report
 
@@ -34,12 +34,17 @@ def test_suite_configs_exist_for_every_run():
         for name in nal_report.RUNS:
             path, overrides = nal_report.run_config(ROOT, suite, name)
             assert path.endswith(".py") and __import__("os").path.exists(path), path
-    assert nal_report.run_config(ROOT, "mnist", "wrm")[1] == ["objective.name=wrm", "model.activation=elu"]
+    # wrm and smoothadv take the nal config's settings into their own blocks (configs/mnist_nal.py: gamma 0.25)
+    assert nal_report.run_config(ROOT, "mnist", "wrm")[1] == [
+        "objective.name=wrm", "model.activation=elu", "wrm.gamma=0.25", "wrm.ascent_steps=4", "wrm.ascent_lr=0.0",
+        "wrm.clip=False"]
+    assert nal_report.run_config(ROOT, "mnist", "smoothadv", ["nal.gamma=3", "nal.num_noise=2"])[1] == [
+        "objective.name=smoothadv", "smoothadv.num_noise=2", "smoothadv.pgd_steps=4", "smoothadv.clip=False"]
 
 
 @pytest.mark.parametrize("args, field", [(["--suite", "svhn"], "--suite"), (["--runs", "nal,trades"], "--runs"),
                                          (["--radii", "0,x"], "--radii")])
 def test_bad_input_is_one_line(tmp_path, capsys, args, field):
-    assert bench.run(["nal", "--workdir", str(tmp_path / "r"), *args]) == 2
+    assert report.run(["nal", "--workdir", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err

@@ -31,11 +31,12 @@ def linear_apply(params, model_state, x, train=False):
 
 
 def _sigma_config(**fields):
+    """The sigma objective's config: `sigma` sets objective.sigma (the initial constant), the others its block."""
     c = config_lib.default()
     with c.unlocked():
         c.objective.name = "sigma"
         for k, v in fields.items():
-            c.objective[k] = v
+            (c.objective if k == "sigma" else c.sigma)[k] = v
     return c
 
 
@@ -278,11 +279,11 @@ def test_sigma_grows_where_the_classifier_does_not_look():
 def test_n0_below_one_and_missing_init_from_are_refused():
     with pytest.raises(UserError) as e:
         objectives.build(_sigma_config(num_noise=0), linear_apply, ({"w": np.zeros(D), "b": 0.0}, {}))
-    assert e.value.field == "objective.num_noise"
-    config = quick_config("objective.name=sigma", "objective.num_noise=0", "train.init_from=/x")
+    assert e.value.field == "sigma.num_noise"
+    config = quick_config("objective.name=sigma", "sigma.num_noise=0", "train.init_from=/x")
     with pytest.raises(UserError) as e:
         config_lib.validate(config)
-    assert e.value.field == "objective.num_noise"
+    assert e.value.field == "sigma.num_noise"
     with pytest.raises(UserError) as e:
         config_lib.validate(quick_config("objective.name=sigma"))
     assert e.value.field == "train.init_from"

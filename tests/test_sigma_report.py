@@ -1,4 +1,4 @@
-"""bench sigma: the sigma image (non_uniform Fig. 3), the blanket/Pareto filters, the report table, bad input."""
+"""report sigma: the sigma image (non_uniform Fig. 3), the blanket/Pareto filters, the report table, bad input."""
 
 import math
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxsmooth import bench
+from jaxsmooth import report
 from jaxsmooth.analysis import Run
 from jaxsmooth.analysis import sigma as sigma_analysis
 from jaxsmooth.benchmarks import sigma_report
@@ -121,7 +121,7 @@ def test_suite_configs():
                                          (["--sigma-sweep", "0.1,0.1"], "--sigma-sweep"),
                                          (["--areas=-3,-5"], "--areas"), (["--areas=1,x"], "--areas")])
 def test_bad_input_is_one_line(tmp_path, capsys, args, field):
-    assert bench.run(["sigma", "--workdir", str(tmp_path / "r"), *args]) == 2
+    assert report.run(["sigma", "--workdir", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
     assert not (tmp_path / "r").exists()
@@ -137,7 +137,7 @@ def test_learned_sigma_certifies_a_larger_area_than_its_isotropic_mean_on_digits
 
     workdir = str(tmp_path / "sigma")
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-m", "jaxsmooth.bench", "sigma", "--suite", "digits", "--workdir", workdir,
+    subprocess.run([sys.executable, "-m", "jaxsmooth.report", "sigma", "--suite", "digits", "--workdir", workdir,
                     "--skip", "6", "--n", "2000"], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     learned, isotropic = (analysis.read_run(os.path.join(workdir, f"{name}_certify.tsv"))
                           for name in ("sigma", "isotropic"))

@@ -131,8 +131,8 @@ def read_runs(paths: Sequence[str], labels: Sequence[str] | None = None) -> list
 
 
 _SHARD_NAME = re.compile(r"^(?P<stem>.*)\.shard(?P<shard>\d+)of(?P<shards>\d+)(?P<ext>\.[^.]*)?$")
-# Header fields in which the shards of one run differ.
-SHARD_FIELDS = ("shard", "devices")
+# Header fields in which the shards of one run differ (each process times its own XLA options).
+SHARD_FIELDS = ("shard", "devices", "xla_options")
 
 
 def shard_path(out: str, shard: int, shards: int) -> str:

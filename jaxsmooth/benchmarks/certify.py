@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsmooth import certification, models, parallel
+from jaxsmooth import certification, compilation, models
 from jaxsmooth.benchmarks.timing import Result, interleave
 from jaxsmooth.benchmarks import flops
 from jaxsmooth.benchmarks.train import input_shape_of
@@ -74,7 +74,7 @@ def peak_rss_bytes() -> int:
 
 
 # --xla-options names: the Sampler's compiler_options
-XLA_OPTIONS = {"auto": "auto", "dot": parallel.CPU_COMPILER_OPTIONS, "eltwise": parallel.CPU_ELEMENTWISE_OPTIONS,
+XLA_OPTIONS = {"auto": "auto", "dot": compilation.CPU_COMPILER_OPTIONS, "eltwise": compilation.CPU_ELEMENTWISE_OPTIONS,
                "default": {}}
 
 
@@ -184,7 +184,7 @@ def forward_flops(name: str, input_shape, num_classes: int = 10, width: int = 0)
 def matmul_peak(dtype: str = "float32", size: int = 4096, repeats: int = 3) -> float:
     """GFLOP/s of the best of `repeats` jitted ``size`` x ``size`` matrix products (XLA's default compile options)."""
     a = jnp.asarray(np.random.default_rng(0).uniform(size=(size, size)), dtype)
-    product = parallel.compile(jax.jit(jnp.matmul), a, a, cpu_options=False)  # XLA's default dot is the faster
+    product = compilation.compile(jax.jit(jnp.matmul), a, a, cpu_options=False)  # XLA's default dot is the faster
     product(a, a).block_until_ready()
     best = float("inf")
     for _ in range(repeats):

@@ -3,7 +3,9 @@
 The five runs of a suite train from the suite's configs: ``standard``,
 ``gaussian`` (digits: the quick start) and ``nal`` from their own files,
 ``wrm`` and ``smoothadv`` from the ``nal`` file with the objective switched
-(``wrm`` with ELU activations, as Sinha et al. need a smooth loss; nal §5).
+and the ``nal`` block's settings copied to theirs (gamma, K, eta_1 and clip
+to ``wrm``; r as m, K as the PGD steps and clip to ``smoothadv``); ``wrm``
+with ELU activations, as Sinha et al. need a smooth loss (nal §5).
 Each is then attacked with ``python -m jaxsmooth.attack --mode accuracy``
 (20-step ell_2 PGD, step 2 eps / 20, at each radius, on the base classifier,
 with and without test-time noise of the suite's sigma), and the report is
@@ -22,6 +24,9 @@ from jaxsmooth.errors import UserError
 
 RUNS = ("standard", "gaussian", "wrm", "smoothadv", "nal")
 _FROM_NAL = {"wrm": ["objective.name=wrm", "model.activation=elu"], "smoothadv": ["objective.name=smoothadv"]}
+# The field of the run's block that takes each field of the nal config's block.
+_NAL_FIELDS = {"wrm": {"gamma": "gamma", "ascent_steps": "ascent_steps", "ascent_lr": "ascent_lr", "clip": "clip"},
+               "smoothadv": {"num_noise": "num_noise", "ascent_steps": "pgd_steps", "clip": "clip"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +37,15 @@ class Row:
     train_seconds: float
 
 
-def run_config(root: str, suite: str, name: str) -> tuple[str, list[str]]:
-    """The config file and overrides of run `name` of `suite`."""
+def run_config(root: str, suite: str, name: str, overrides: Sequence[str] = ()) -> tuple[str, list[str]]:
+    """The config file and own overrides of run `name` of `suite` (`overrides`: the report's, for every run)."""
     if name in _FROM_NAL:
-        return os.path.join(root, "configs", f"{suite}_nal.py"), list(_FROM_NAL[name])
+        from jaxsmooth import config as config_lib
+
+        path = os.path.join(root, "configs", f"{suite}_nal.py")
+        nal = config_lib.load(path, list(overrides)).nal
+        copied = [f"{name}.{theirs}={nal[ours]}" for ours, theirs in _NAL_FIELDS[name].items()]
+        return path, list(_FROM_NAL[name]) + copied
     file = "quickstart.py" if (suite, name) == ("digits", "gaussian") else f"{suite}_{name}.py"
     return os.path.join(root, "configs", file), []
 
@@ -61,7 +71,7 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
     times, times_path = load_times(workdir)
     rows = []
     for name in runs:
-        path, own = run_config(repo_root, suite, name)
+        path, own = run_config(repo_root, suite, name, overrides)
         extra = own + list(overrides)
         run_dir = os.path.join(workdir, name)
         say(f"train {name} ({os.path.basename(path)} {' '.join(own)})")

@@ -256,9 +256,7 @@ def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, n
       on_stage: receives one line per stage (progress).
     """
     import jax
-    import jax.numpy as jnp
 
-    from jaxsmooth import config as config_lib, data, objectives, parallel, trainer
     from jaxsmooth.data import grain_pipeline
 
     say = on_stage or (lambda line: None)
@@ -271,13 +269,7 @@ def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, n
         _check(flag, value, minimum)
     if num_examples < batch_size:
         raise UserError("--examples", f"must be >= --batch ({batch_size}), got {num_examples}")
-    config_file = _repo_config(config_path)
-    if not os.path.isfile(config_file):
-        raise UserError("--config-file", f"no such config file {config_file!r} (the repository's configs/ holds "
-                                         f"{DEFAULT_CONFIG}); run from a clone or pass one")
-    config = config_lib.apply_overrides(config_lib.load(config_file), [
-        f"model.name={model}", f"data.image_size={image_size}", f"train.batch_size={batch_size}",
-        "data.augment=imagenet", f"seed={seed}", "data.data_dir="])
+    config_file, config = _train_config(config_path, model, image_size, batch_size, seed)
     pipeline_steps = pipeline_steps or 4 * steps
 
     say(f"mock imagenet2012: {num_examples} JPEG files")
@@ -287,51 +279,13 @@ def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, n
     grain_args = dict(global_batch_size=batch_size, seed=seed, augment="imagenet",
                       process_index=jax.process_index(), process_count=jax.process_count())
 
-    # -- the pipelines alone
-    contenders = {
-        f"grain, {workers} worker process{'es' if workers > 1 else ''}":
-            lambda: grain_pipeline.grain_train_batches(split, worker_count=workers, prefetch=prefetch,
-                                                       worker_threads=worker_threads, **grain_args),
-        f"grain, in process ({worker_threads} thread{'s' if worker_threads > 1 else ''})":
-            lambda: grain_pipeline.grain_train_batches(split, worker_count=0, prefetch=max(prefetch, 1),
-                                                       worker_threads=worker_threads, **grain_args),
-        f"thread pipeline ({thread_workers} threads)":
-            lambda: data.train_batches(split, num_workers=thread_workers, prefetch=max(prefetch, thread_workers),
-                                       **grain_args),
-    }
-    local = batch_size // jax.process_count()
-    pipelines = {}
-    for name, make in contenders.items():
-        say(f"pipeline alone: {name}")
-        it = make()
-        try:
-            pipelines[name] = _windows(name, lambda: next(it), local, warmup=max(2, workers * (prefetch + 1)),
-                                       windows=windows, steps=pipeline_steps)
-        finally:
-            getattr(it, "close", lambda: None)()
-            del it
+    pipelines = _time_pipelines(split, grain_args, workers=workers, prefetch=prefetch, worker_threads=worker_threads,
+                                thread_workers=thread_workers, windows=windows, steps=pipeline_steps, say=say)
 
-    # -- the train step: the trainer's run, state and jitted step
     say(f"train step: {model}, batch {batch_size}, {image_size}x{image_size}")
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE,
-                                as_data_source_fn=lambda *a, **k: _same_source(dataset, *a, **k)):
-        run_ = trainer.build_run(config)
+    run_, step_fn, state, root_key, first, compile_s = _compiled_train_step(config, dataset, num_examples,
+                                                                            grain_args)
     mesh = run_.mesh
-    replicated, batch_sharding = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    params, model_state = objectives.initial_variables(config, run_.model.params, run_.model.model_state,
-                                                       run_.dataset.input_shape)
-    state = parallel.replicate(mesh, trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                                        model_state=model_state, opt_state=run_.tx.init(params)))
-    step_fn = jax.jit(trainer.make_train_step(objectives.build(config, run_.model.apply), run_.tx),
-                      in_shardings=(replicated, batch_sharding, replicated), out_shardings=(replicated, replicated),
-                      donate_argnums=0)
-    root_key = parallel.replicate(mesh, run_.root_key)
-    first = parallel.shard_batch(mesh, data.train_batch(run_.dataset.train, step=0, **grain_args))
-    t0 = time.perf_counter()
-    step_fn = parallel.compile(step_fn, state, first, root_key)
-    compile_s = time.perf_counter() - t0
     holder = {"state": state, "metrics": None}
 
     def step_on(batch) -> None:
@@ -362,6 +316,77 @@ def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, n
                     config=os.path.basename(config_file), devices=len(mesh.devices.flat), cpu_count=os.cpu_count())
     return Result(settings=settings, mock=mock, pipeline=pipelines, synthetic=synthetic, fed=fed,
                   compile_s=compile_s, device=device)
+
+
+def _train_config(config_path: str, model: str, image_size: int, batch_size: int, seed: int):
+    """(config file, config): the trainer config of the measured train step."""
+    from jaxsmooth import config as config_lib
+
+    config_file = _repo_config(config_path)
+    if not os.path.isfile(config_file):
+        raise UserError("--config-file", f"no such config file {config_file!r} (the repository's configs/ holds "
+                                         f"{DEFAULT_CONFIG}); run from a clone or pass one")
+    return config_file, config_lib.load(config_file, [
+        f"model.name={model}", f"data.image_size={image_size}", f"train.batch_size={batch_size}",
+        "data.augment=imagenet", f"seed={seed}", "data.data_dir="])
+
+
+def _time_pipelines(split, grain_args: dict, *, workers: int, prefetch: int, worker_threads: int,
+                    thread_workers: int, windows: int, steps: int, say: Callable[[str], None]) -> dict[str, Rate]:
+    """The pipelines alone: grain with worker processes, grain in process, and the thread pipeline."""
+    import jax
+
+    from jaxsmooth import data
+    from jaxsmooth.data import grain_pipeline
+
+    contenders = {
+        f"grain, {workers} worker process{'es' if workers > 1 else ''}":
+            lambda: grain_pipeline.grain_train_batches(split, worker_count=workers, prefetch=prefetch,
+                                                       worker_threads=worker_threads, **grain_args),
+        f"grain, in process ({worker_threads} thread{'s' if worker_threads > 1 else ''})":
+            lambda: grain_pipeline.grain_train_batches(split, worker_count=0, prefetch=max(prefetch, 1),
+                                                       worker_threads=worker_threads, **grain_args),
+        f"thread pipeline ({thread_workers} threads)":
+            lambda: data.train_batches(split, num_workers=thread_workers, prefetch=max(prefetch, thread_workers),
+                                       **grain_args),
+    }
+    local = grain_args["global_batch_size"] // jax.process_count()
+    pipelines = {}
+    for name, make in contenders.items():
+        say(f"pipeline alone: {name}")
+        it = make()
+        try:
+            pipelines[name] = _windows(name, lambda: next(it), local, warmup=max(2, workers * (prefetch + 1)),
+                                       windows=windows, steps=steps)
+        finally:
+            getattr(it, "close", lambda: None)()
+            del it
+    return pipelines
+
+
+def _compiled_train_step(config, dataset, num_examples: int, grain_args: dict):
+    """(run, compiled train step, state, root key, first batch, compile seconds): the trainer's, on the mock data."""
+    import jax
+    import tensorflow_datasets as tfds
+
+    from jaxsmooth import compilation, data, parallel, trainer
+
+    with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE,
+                                as_data_source_fn=lambda *a, **k: _same_source(dataset, *a, **k)):
+        run_ = trainer.build_run(config)
+    mesh = run_.mesh
+    replicated, batch_sharding = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    state = parallel.replicate(mesh, trainer.initial_state(run_.objective, config, run_.model.params,
+                                                           run_.model.model_state, run_.dataset.input_shape, run_.tx))
+    step_fn = jax.jit(trainer.make_train_step(trainer.objective_loss(run_.objective, config, run_.model.apply),
+                                              run_.tx),
+                      in_shardings=(replicated, batch_sharding, replicated), out_shardings=(replicated, replicated),
+                      donate_argnums=0)
+    root_key = parallel.replicate(mesh, run_.root_key)
+    first = parallel.shard_batch(mesh, data.train_batch(run_.dataset.train, step=0, **grain_args))
+    t0 = time.perf_counter()
+    step_fn = compilation.compile(step_fn, state, first, root_key)
+    return run_, step_fn, state, root_key, first, time.perf_counter() - t0
 
 
 def _same_source(dataset, builder, split=None, decoders=None, deserialize_method=None, **kwargs):

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from jaxsmooth import config as config_lib
-from jaxsmooth import models, objectives, parallel, trainer
+from jaxsmooth import compilation, models, objectives, trainer
 from jaxsmooth.benchmarks import flops
 from jaxsmooth.benchmarks.timing import Result, interleave
 from jaxsmooth.errors import UserError
@@ -64,18 +64,21 @@ def implied_ratio(kappa: int = KAPPA, objective: str = "heat") -> float:
     """
     if objective in ("heat", "bootcamp"):
         return (4 + 5 * kappa) / 3
-    o = config_lib.default().objective
+    c = config_lib.default()
     if objective == "sigma":
-        return o.num_noise
-    draws = 1 if objective == "wrm" else o.num_noise
-    return (o.pgd_steps + 1) * draws
+        return c.sigma.num_noise
+    if objective == "wrm":
+        return c.wrm.ascent_steps + 1
+    if objective == "smoothadv":
+        return (c.smoothadv.pgd_steps + 1) * c.smoothadv.num_noise
+    return (c.nal.ascent_steps + 1) * c.nal.num_noise
 
 
 def _objective_config(objective: str) -> ml_collections.ConfigDict:
     cfg = config_lib.default()
     cfg.objective.name = objective
     cfg.objective.sigma = SIGMA
-    cfg.objective.kappa = KAPPA
+    cfg.heat.kappa = cfg.bootcamp.kappa = KAPPA
     return cfg
 
 
@@ -90,17 +93,12 @@ def _step_and_inputs(name: str, batch: int, input_shape, objective: str, dtype: 
     model = models.split(module)
     cfg = _objective_config(objective)
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
-    params, model_state = objectives.initial_variables(cfg, model.params, model.model_state, tuple(input_shape))
-    state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                               opt_state=tx.init(params))
-    if objective in objectives.DISTILLING:  # the teacher: a copy of the starting model, as train.init_from gives
-        state = trainer.DistillState(step=state.step, params=state.params, model_state=state.model_state,
-                                     opt_state=state.opt_state,
-                                     teacher=jax.tree.map(jnp.copy, (model.params, model.model_state)))
-        step = trainer.make_train_step(lambda teacher: objectives.build(cfg, model.apply, teacher), tx,
-                                       with_teacher=True)
-    else:
-        step = trainer.make_train_step(objectives.build(cfg, model.apply), tx)
+    record = objectives.get(objective)
+    # the teacher: a copy of the starting model, as train.init_from gives
+    teacher = jax.tree.map(jnp.copy, (model.params, model.model_state)) if record.teacher is not None else None
+    state = trainer.initial_state(record, cfg, model.params, model.model_state, input_shape, tx, teacher)
+    step = trainer.make_train_step(trainer.objective_loss(record, cfg, model.apply), tx,
+                                   with_teacher=record.teacher is not None)
     rng = np.random.default_rng(0)
     data = {"image": jnp.asarray(rng.uniform(size=(batch, *input_shape)), jnp.float32),
             "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32),
@@ -123,7 +121,7 @@ def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32",
     train_step, state, data, key = _step_and_inputs(name, batch, tuple(input_shape), objective, dtype, num_classes,
                                                     width)
     t0 = time.perf_counter()
-    step = parallel.compile(jax.jit(train_step, donate_argnums=0), state, data, key, cpu_options=cpu_options)
+    step = compilation.compile(jax.jit(train_step, donate_argnums=0), state, data, key, cpu_options=cpu_options)
     setup_s = time.perf_counter() - t0
     holder = [step(state, data, key)[0]]
     jax.block_until_ready(holder[0])
@@ -192,7 +190,7 @@ def benchmark(name: str, batch: int, *, input_shape=None, dtypes=("float32",), s
               torch_compile: str = "", on_round: Callable[[int], None] | None = None) -> dict[str, Result]:
     """Interleaved medians of every contender (JAX per dtype, then the PyTorch references).
 
-    ``xla_defaults`` adds the float32 JAX step compiled without `parallel.CPU_COMPILER_OPTIONS`.
+    ``xla_defaults`` adds the float32 JAX step compiled without `compilation.CPU_COMPILER_OPTIONS`.
     A distilling `objective` (heat, bootcamp) adds a ``standard`` step of the same model and batch
     for each side ("jax standard float32", "jax heat float32", ...; `distill_ratios`).
     """

@@ -136,12 +136,6 @@ def certify(candidate: int, counts: np.ndarray, alpha: float, sigma, *, tv: floa
     return Certificate(int(candidate), scale * float(stats.norm.ppf(pa)), pa, count_a, count_b)
 
 
-def radius_from_lower_bound(pa_lower, sigma) -> np.ndarray:
-    """sigma * Phi^-1(p_A lower) in float64, 0 where p_A lower < 1/2."""
-    pa = np.asarray(pa_lower, np.float64)
-    return np.where(pa >= 0.5, float(np.min(sigma)) * stats.norm.ppf(np.maximum(pa, 0.5)), 0.0)
-
-
 # --------------------------------------------------------------------------
 # Anisotropic certificate (non-uniform smoothing, Theorem 3.1 and §4.1)
 

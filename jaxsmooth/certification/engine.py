@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxsmooth import parallel
+from jaxsmooth import compilation, parallel
 from jaxsmooth.certification import lattice
 from jaxsmooth.errors import UserError
 
@@ -90,9 +90,9 @@ class Sampler:
         "lattice" (the discretised normal on the 1/255 grid, exact; 8-bit
         inputs and a scalar sigma only: `jaxsmooth.certification.lattice`).
       compiler_options: XLA:CPU options: "auto" (time each of jaxsmooth's option
-        sets, `parallel.CPU_COMPILER_OPTIONS` and `parallel.CPU_ELEMENTWISE_OPTIONS`,
+        sets, `compilation.CPU_COMPILER_OPTIONS` and `compilation.CPU_ELEMENTWISE_OPTIONS`,
         on one loop step of the first call and keep the fastest), a dict of
-        options ({}: XLA's defaults), or None (`parallel.CPU_COMPILER_OPTIONS`).
+        options ({}: XLA's defaults), or None (`compilation.CPU_COMPILER_OPTIONS`).
         Ignored off the CPU.
     """
 
@@ -114,7 +114,7 @@ class Sampler:
         self._variables = parallel.replicate(self.mesh, (params, model_state))
         if not (compiler_options is None or compiler_options == "auto" or isinstance(compiler_options, dict)):
             raise ValueError(f"compiler_options must be None, 'auto' or a dict, got {compiler_options!r}")
-        self._compiler_options = parallel.CPU_COMPILER_OPTIONS if compiler_options is None else compiler_options
+        self._compiler_options = compilation.CPU_COMPILER_OPTIONS if compiler_options is None else compiler_options
         self.chosen_options: dict | None = None  # what the executable was compiled with, after the first call
         self._compiled = None
         self._run = jax.jit(self._build(apply))
@@ -160,9 +160,9 @@ class Sampler:
     def _compile(self, args) -> None:
         if self._compiler_options == "auto":
             one_step = (*args[:4], *parallel.replicate(self.mesh, (np.int32(self.chunk * self.mesh.size),)), args[5])
-            self._compiled, self.chosen_options = parallel.compile_fastest(self._run, *one_step)
+            self._compiled, self.chosen_options = compilation.compile_fastest(self._run, *one_step)
         else:
-            self._compiled, self.chosen_options = parallel.compile_fastest(self._run, *args,
+            self._compiled, self.chosen_options = compilation.compile_fastest(self._run, *args,
                                                                            candidates=[self._compiler_options],
                                                                            repeats=0)
 
@@ -187,6 +187,24 @@ class Sampler:
         """
         return lattice.total_variation(float(sigma), self.input_shape) if self.noise == "lattice" else 0.0
 
+    def _device_args(self, xs: np.ndarray, idx: np.ndarray, sigma, n: int, key: jax.Array) -> tuple:
+        return (self._variables, *parallel.replicate(self.mesh, (xs, idx, self._scale(xs, sigma), np.int32(n))),
+                parallel.replicate(self.mesh, key))
+
+    def prepare(self, sigma, n: int, key: jax.Array) -> dict:
+        """Compiles now, for calls with this sigma's shape, and returns the XLA options compiled with.
+
+        With "auto" the option sets are timed on zero inputs. The options
+        change how XLA rounds the logits in their last bits (a different
+        fusion, a different summation order), so an argmax within rounding of
+        a tie may go either way: a job that records them and passes them back
+        on resume (``compiler_options=``) samples with the same executable.
+        """
+        if self._compiled is None:
+            zeros = np.zeros((self.inputs, *self.input_shape), np.float32)
+            self._compile(self._device_args(zeros, np.zeros(self.inputs, np.int32), sigma, n, key))
+        return self.chosen_options
+
     def __call__(self, x: np.ndarray, index: np.ndarray, sigma, n: int, key: jax.Array) -> Counts:
         """Counts of n samples for each of the (at most `inputs`) examples x with global indices `index`.
 
@@ -206,8 +224,7 @@ class Sampler:
         pad = self.inputs - b
         xs = np.concatenate([x, np.zeros((pad, *self.input_shape), np.float32)]) if pad else x
         idx = np.concatenate([np.asarray(index, np.int32), np.zeros(pad, np.int32)]) if pad else np.asarray(index, np.int32)
-        args = (self._variables, *parallel.replicate(self.mesh, (xs, idx, self._scale(x, sigma), np.int32(n))),
-                parallel.replicate(self.mesh, key))
+        args = self._device_args(xs, idx, sigma, n, key)
         if self._compiled is None:
             self._compile(args)
         counts, probs = self._compiled(*args)

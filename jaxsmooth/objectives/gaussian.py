@@ -8,6 +8,7 @@ Cohen et al. do), so that f is accurate under the noise it is smoothed with.
 from __future__ import annotations
 
 from jaxsmooth import noise
+from jaxsmooth.objectives.base import Objective
 from jaxsmooth.objectives.common import classification_loss
 
 
@@ -21,3 +22,10 @@ def make(config, apply, teacher=None):
         return classification_loss(apply, params, model_state, images + eta, batch["label"])
 
     return loss
+
+
+OBJECTIVE = Objective(
+    name="gaussian",
+    reference="Cohen, Rosenfeld, Kolter 2019: Certified adversarial robustness via randomized smoothing (§4)",
+    make_loss=make,
+)

@@ -6,13 +6,14 @@ with h = 1 / n_T:
 
     f^{k+1} = argmin_v E_x [ d(v(x), f^k(x)) + lambda sigma^2 / (2 n_T) ||J_x v(x)||_F^2 ]   (eq. 4)
 
-It uses no labels. The trainer runs ``objective.timesteps`` timesteps of
-``objective.epochs_per_timestep`` epochs each, starting from the model in
-``train.init_from`` (f^0 = f) and passing f^k as the `teacher`.
+It uses no labels. The trainer runs ``heat.timesteps`` timesteps of
+``heat.epochs_per_timestep`` epochs each, starting from the model in
+``train.init_from`` (f^0 = f) and passing f^k as the `teacher` (`OBJECTIVE`'s
+teacher policy).
 
-The distance d is picked by ``objective.distance`` (`DISTANCES`; empty:
-``l2``): ``l2`` is the paper's CIFAR-10 choice, ``kl`` its ImageNet one (§4)
-and ``softmax_l2`` Adversarial Boot Camp's (bootcamp eq. 3). The penalty is
+The distance d is picked by ``heat.distance`` (`DISTANCES`): ``l2`` is the
+paper's CIFAR-10 choice, ``kl`` its ImageNet one (§4) and ``softmax_l2``
+Adversarial Boot Camp's (bootcamp eq. 3). The penalty is
 `penalty.finite_difference_penalty`, an unbiased estimate of ||J||_F^2; the
 paper's Alg. 1 sums its kappa projections without the K / kappa factor, which
 is the same when kappa = K (its CIFAR-10 setting), and otherwise differs by a
@@ -32,8 +33,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jaxsmooth.errors import UserError
+from jaxsmooth.objectives.base import Objective, Teacher, check_choice, check_positive, require_teacher
 from jaxsmooth.objectives.penalty import finite_difference_penalty
 
 DISTANCES = ("l2", "kl", "softmax_l2")
@@ -61,15 +64,7 @@ def distance(name: str, logits: jax.Array, teacher_logits: jax.Array) -> jax.Arr
         log_p = jax.nn.log_softmax(teacher_logits, axis=-1)
         log_q = jax.nn.log_softmax(logits, axis=-1)
         return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-    raise UserError("objective.distance", f"unknown distance {name!r}; allowed: {', '.join(DISTANCES)}")
-
-
-def require_teacher(config, teacher):
-    """The teacher pair, or a `UserError` saying the trainer gave none."""
-    if teacher is None:
-        raise UserError("objective.name", f"objective {config.objective.name!r} distils a frozen teacher model "
-                        "(the one loaded from train.init_from), and none was given")
-    return teacher
+    raise UserError("distance", f"unknown distance {name!r}; allowed: {', '.join(DISTANCES)}")
 
 
 def smoothing_loss(apply: Callable, params, model_state, teacher, images: jax.Array, key: jax.Array,
@@ -101,16 +96,48 @@ def smoothing_loss(apply: Callable, params, model_state, teacher, images: jax.Ar
     return loss, {"model_state": new_state, "metrics": {"distance": dist, "penalty": penalty, "loss": loss}}
 
 
+def defaults() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.lam = 5.0  # lambda, scale of the gradient penalty: its weight is lam sigma^2 / (2 timesteps) (heat eq. 4)
+    c.kappa = 10  # JL projections per example of the penalty (heat eq. 17-18)
+    c.delta = 0.1  # finite-difference step of the penalty (heat eq. 17)
+    c.distance = "l2"  # to the teacher: l2 (logits, CIFAR-10) | kl (ImageNet) | softmax_l2 (heat §4)
+    c.timesteps = 5  # n_T, retraining timesteps (Alg. 1)
+    c.epochs_per_timestep = 1  # the run lasts timesteps x epochs_per_timestep epochs (not train.num_epochs)
+    return c
+
+
+def validate(config) -> None:
+    h = config.heat
+    check_positive(h.lam, "heat.lam", allow_zero=True)
+    check_positive(h.kappa, "heat.kappa")
+    check_positive(h.delta, "heat.delta")
+    check_choice(h.distance, "heat.distance", DISTANCES)
+    check_positive(h.timesteps, "heat.timesteps")
+    check_positive(h.epochs_per_timestep, "heat.epochs_per_timestep")
+
+
 def make(config, apply, teacher=None):
+    validate(config)
     teacher = require_teacher(config, teacher)
-    o = config.objective
-    weight = float(o.lam) * float(o.sigma) ** 2 / (2 * int(o.timesteps))
-    name = o.distance or "l2"
-    kwargs = dict(distance_name=name, weight=weight, kappa=int(o.kappa), delta=float(o.delta))
-    if name not in DISTANCES:
-        raise UserError("objective.distance", f"unknown distance {name!r}; allowed: {', '.join(DISTANCES)}")
+    h = config.heat
+    weight = float(h.lam) * float(config.objective.sigma) ** 2 / (2 * int(h.timesteps))
+    kwargs = dict(distance_name=h.distance, weight=weight, kappa=int(h.kappa), delta=float(h.delta))
 
     def loss(params, model_state, batch, key):
         return smoothing_loss(apply, params, model_state, teacher, batch["image"], key, batch["index"], **kwargs)
 
     return loss
+
+
+OBJECTIVE = Objective(
+    name="heat",
+    reference="Campbell, Finlay, Oberman: Deterministic Gaussian Averaged Neural Networks (heat eq. 4, Alg. 1)",
+    make_loss=make,
+    defaults=defaults,
+    validate=validate,
+    teacher=Teacher(every_epochs=lambda config: config.heat.epochs_per_timestep),
+    num_epochs=lambda config: config.heat.timesteps * config.heat.epochs_per_timestep,
+    renamed={f"objective.{f}": f"heat.{f}" for f in ("lam", "kappa", "delta", "distance", "timesteps",
+                                                    "epochs_per_timestep")},
+)

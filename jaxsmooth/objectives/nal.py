@@ -16,8 +16,8 @@ input (Alg. 1 lines 3-6), each along the r-average gradient:
 and theta then descends (1/r) sum_j l(theta; x_K + z_ij) with x_K held
 constant (Alg. 1 line 8: no gradient flows through the ascent). l is the
 cross-entropy with the true label and c(s, x_0) = ||s - x_0||_2^2 over the
-flattened example (nal §5). ``objective.cost_with_noise = False`` uses
-c(x, x_0) instead (the ablation of nal §5, Fig. 2(b)); ``objective.clip``
+flattened example (nal §5). ``nal.cost_with_noise = False`` uses
+c(x, x_0) instead (the ablation of nal §5, Fig. 2(b)); ``nal.clip``
 keeps x in [0, 1] (the paper takes X = R^d).
 
 Choices the paper leaves open:
@@ -31,8 +31,8 @@ Choices the paper leaves open:
   over examples. The parameter loss runs in training mode on the B * r
   noisy adversarial inputs and returns their BatchNorm statistics.
 
-``wrm`` (Sinha et al. 2018) is the same ascent without noise: r = 1 and
-sigma = 0, i.e. sup_x [ l(theta; x) - gamma ||x - x_0||^2 ].
+``wrm`` (Sinha et al. 2018, objectives/wrm.py) is the same ascent without
+noise: r = 1 and sigma = 0, i.e. sup_x [ l(theta; x) - gamma ||x - x_0||^2 ].
 
 Convergence: by nal Cor. 1 the population objective E_Z[l - gamma c] is
 strongly concave in x when gamma >= 2M / sigma^2 for a loss bounded by M, so
@@ -46,10 +46,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from jaxsmooth import noise
-from jaxsmooth.errors import UserError
+from jaxsmooth.objectives.base import Objective, check_positive
 
 # loss_fn(s: [B, r, *shape]) -> [B, r]: per-draw losses l(theta; s_bj), separable over examples.
 DrawLoss = Callable[[jax.Array], jax.Array]
@@ -164,23 +165,18 @@ def noisy_loss(apply: Callable, params, model_state, x: jax.Array, z: jax.Array,
     return loss, {"model_state": new_state, "metrics": {"loss": loss, "accuracy": accuracy}, "per_draw": per_draw}
 
 
-def check_options(o, *, noisy: bool = True) -> None:
-    """One `UserError` per bad NAL/WRM option (the builders' own check; `config.validate` checks them too)."""
-    if not o.gamma > 0:
-        raise UserError("objective.gamma", f"must be > 0 (the penalty gamma of nal eq. 6), got {o.gamma!r}")
-    if noisy and not o.num_noise >= 1:
-        raise UserError("objective.num_noise", f"must be >= 1 (noise draws r per example), got {o.num_noise!r}")
-    if not o.pgd_steps >= 0:
-        raise UserError("objective.pgd_steps", f"must be >= 0 (ascent steps K), got {o.pgd_steps!r}")
-    if not o.pgd_lr >= 0:
-        raise UserError("objective.pgd_lr", f"must be >= 0 (0: 0.5 / gamma), got {o.pgd_lr!r}")
+def check_ascent(block, prefix: str) -> None:
+    """The ascent's fields of a ``nal`` or ``wrm`` block: gamma > 0, ascent_steps >= 0, ascent_lr >= 0."""
+    check_positive(block.gamma, f"{prefix}.gamma", "the penalty gamma of nal eq. 6")
+    check_positive(block.ascent_steps, f"{prefix}.ascent_steps", "ascent steps K", allow_zero=True)
+    check_positive(block.ascent_lr, f"{prefix}.ascent_lr", "0: 0.5 / gamma", allow_zero=True)
 
 
-def _make(config, apply, *, num_noise: int, sigma: float):
-    o = config.objective
-    gamma = float(o.gamma)
-    kwargs = dict(gamma=gamma, steps=int(o.pgd_steps), lr=float(o.pgd_lr) or 0.5 / gamma,
-                  cost_with_noise=bool(o.cost_with_noise), clip=bool(o.clip))
+def ascent_loss(block, apply, *, num_noise: int, sigma: float, cost_with_noise: bool = True):
+    """The loss of nal eq. 6 with the ascent settings of `block` (``config.nal`` or ``config.wrm``)."""
+    gamma = float(block.gamma)
+    kwargs = dict(gamma=gamma, steps=int(block.ascent_steps), lr=float(block.ascent_lr) or 0.5 / gamma,
+                  cost_with_noise=bool(cost_with_noise), clip=bool(block.clip))
 
     def loss(params, model_state, batch, key):
         x0, labels = batch["image"], batch["label"]
@@ -201,14 +197,36 @@ def _make(config, apply, *, num_noise: int, sigma: float):
     return loss
 
 
+def defaults() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_noise = 4  # r, noise draws per example (nal eq. 6)
+    c.ascent_steps = 4  # K, gradient-ascent steps of the inner sup (Alg. 1); 0: none
+    c.ascent_lr = 0.0  # eta_1, the ascent step; 0: 0.5 / gamma (Table 1)
+    c.gamma = 1.0  # the penalty gamma on the transport cost (eq. 6)
+    c.cost_with_noise = True  # cost c(x + z, x_0) as the paper; false: c(x, x_0) (§5 ablation)
+    c.clip = False  # keep the ascent's x in [0, 1] (false: X = R^d, the paper)
+    return c
+
+
+def validate(config) -> None:
+    check_ascent(config.nal, "nal")
+    check_positive(config.nal.num_noise, "nal.num_noise", "noise draws r per example")
+
+
 def make(config, apply, teacher=None):
     del teacher
-    check_options(config.objective)
-    return _make(config, apply, num_noise=int(config.objective.num_noise), sigma=float(config.objective.sigma))
+    validate(config)
+    return ascent_loss(config.nal, apply, num_noise=int(config.nal.num_noise), sigma=float(config.objective.sigma),
+                       cost_with_noise=config.nal.cost_with_noise)
 
 
-def make_wrm(config, apply, teacher=None):
-    """``wrm``: the same ascent without noise (r = 1, sigma = 0); ``objective.sigma`` only sets the noisy evaluation."""
-    del teacher
-    check_options(config.objective, noisy=False)
-    return _make(config, apply, num_noise=1, sigma=0.0)
+OBJECTIVE = Objective(
+    name="nal",
+    reference="A distributional robustness certificate by randomized smoothing (nal §3.2, Alg. 1, eq. 6)",
+    make_loss=make,
+    defaults=defaults,
+    validate=validate,
+    renamed={"objective.num_noise": "nal.num_noise", "objective.pgd_steps": "nal.ascent_steps",
+             "objective.pgd_lr": "nal.ascent_lr", "objective.gamma": "nal.gamma",
+             "objective.cost_with_noise": "nal.cost_with_noise", "objective.clip": "nal.clip"},
+)

@@ -3,13 +3,12 @@
 The trainable pytree is ``{"log_sigma": [H, W, C]}``, sigma = exp(log_sigma),
 initialised to the constant ``objective.sigma``. The base classifier f is
 frozen: it is loaded from ``train.init_from`` and handed to the objective as
-the `teacher` (the trainer's distilling path, `objectives.DISTILLING`), never
-updated, and evaluated in inference mode (``train=False``). The trainer
-trains whatever pytree `initial_variables` returns, so it stays
-objective-agnostic: `objectives.initial_variables` and `objectives.smoothed`
-are its only two questions about an objective.
+the `teacher` (`OBJECTIVE`'s teacher policy), never updated, and evaluated in
+inference mode (``train=False``). The trainer trains the pytree that
+`initial_variables` returns and evaluates the smoothed classifier that
+`smoothed` names, with the certified-area figures of `AREA_EVALUATION`.
 
-For each example x with label c, n0 = ``objective.num_noise`` draws
+For each example x with label c, n0 = ``sigma.num_noise`` draws
 z_i ~ N(0, I) (from the example's key, `jaxsmooth.noise`) give, by
 reparameterisation (gradients reach sigma through the noise, §4.3),
 
@@ -39,11 +38,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax.scipy.special import ndtri
 
 from jaxsmooth import noise
-from jaxsmooth.errors import UserError
-from jaxsmooth.objectives.heat import require_teacher
+from jaxsmooth.objectives.base import Evaluation, Objective, Teacher, check_positive, require_teacher
 
 P_MARGIN = 1e-3  # examples with p_hat <= 1/2 + P_MARGIN are left out of the mean
 Q_FLOOR = 1e-12  # 1 - p_hat is clipped below here: Phi^-1(p_hat) <= 7.03
@@ -53,6 +52,12 @@ def initial_variables(config, input_shape) -> tuple[dict, dict]:
     """``({"log_sigma": log(objective.sigma) everywhere, shape input_shape}, {})``: the trained pytree."""
     sigma = float(config.objective.sigma)
     return {"log_sigma": jnp.full(tuple(input_shape), math.log(sigma), jnp.float32)}, {}
+
+
+def smoothed(config, params, model_state, teacher):
+    """The frozen classifier (the teacher) smoothed with the learned per-pixel sigma = exp(log_sigma)."""
+    del config, model_state
+    return (*teacher, jnp.exp(params["log_sigma"]))
 
 
 def certified_area_objective(log_sigma: jax.Array, logits: jax.Array, labels: jax.Array):
@@ -119,12 +124,42 @@ def make_area_eval(apply: Callable, num_draws: int) -> Callable:
     return area
 
 
+def _area_sums(config, apply: Callable) -> Callable:
+    """`make_area_eval` with n0 draws, in the trainer's evaluation interface (`base.Evaluation`)."""
+    area = make_area_eval(apply, int(config.sigma.num_noise))
+
+    def sums(params, model_state, batch, key, sigma):
+        return area(params, model_state, batch["image"], batch["label"], batch["index"], key, jnp.log(sigma),
+                    batch["mask"])
+
+    return sums
+
+
+def _area_summary(totals, count: int) -> dict[str, float]:
+    """The smoothed classifier's accuracy and the mean O_CA over the counted examples (Monte Carlo)."""
+    counted = int(totals["area_count"])
+    return {"test_smoothed_accuracy": int(totals["smoothed_correct"]) / count,
+            "test_area": float(totals["area_sum"]) / counted if counted else float("nan"),
+            "test_area_fraction": counted / count}
+
+
+AREA_EVALUATION = Evaluation(make=_area_sums, summarize=_area_summary)
+
+
+def defaults() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_noise = 4  # n0, noise draws per example in the loss and the area evaluation (§4.3)
+    return c
+
+
+def validate(config) -> None:
+    check_positive(config.sigma.num_noise, "sigma.num_noise", "n0, the noise draws per example")
+
+
 def make(config, apply, teacher=None):
+    validate(config)
     teacher = require_teacher(config, teacher)
-    n0 = config.objective.num_noise
-    if not n0 >= 1:
-        raise UserError("objective.num_noise", f"must be >= 1 (n0, the noise draws per example), got {n0!r}")
-    n0 = int(n0)
+    n0 = int(config.sigma.num_noise)
 
     def loss(params, model_state, batch, key):
         base_params, base_state = jax.lax.stop_gradient(teacher)
@@ -144,3 +179,18 @@ def make(config, apply, teacher=None):
         return loss, {"model_state": model_state, "metrics": metrics}
 
     return loss
+
+
+OBJECTIVE = Objective(
+    name="sigma",
+    reference="Tecot, Hsieh, Zhang, Gu: Robustness Verification with Non-Uniform Randomized Smoothing "
+              "(non_uniform §4.2-4.3, Alg. 1)",
+    make_loss=make,
+    defaults=defaults,
+    validate=validate,
+    teacher=Teacher(),
+    initial_variables=lambda config, params, model_state, input_shape: initial_variables(config, input_shape),
+    smoothed=smoothed,
+    evaluation=AREA_EVALUATION,
+    renamed={"objective.num_noise": "sigma.num_noise"},
+)

@@ -1,13 +1,13 @@
 """``smoothadv``: adversarial training of the smoothed classifier (Salman et al. 2019, SmoothAdv-PGD).
 
 The attack maximises the loss of the soft smoothed classifier, estimated with
-m = ``objective.num_noise`` draws z_j ~ N(0, sigma^2 I),
+m = ``smoothadv.num_noise`` draws z_j ~ N(0, sigma^2 I),
 
     L(x') = -log( (1/m) sum_j softmax(f(x' + z_j))_y ),
 
-by ``objective.pgd_steps`` steps of normalised-gradient ell_2 PGD of size
+by ``smoothadv.pgd_steps`` steps of normalised-gradient ell_2 PGD of size
 2 epsilon / steps from x, each followed by the projection onto
-||x' - x||_2 <= epsilon (``objective.epsilon``), as in Salman et al.'s
+||x' - x||_2 <= epsilon (``smoothadv.epsilon``), as in Salman et al.'s
 ``PGD_L2``. The model then descends the Gaussian-noise cross-entropy at the
 adversarial points, (1/m) sum_j l(theta; x' + z_j), with x' held constant.
 
@@ -15,7 +15,7 @@ As in Salman et al.'s code (``train_pgd.py``), the noise is drawn once per
 example and step and reused: the same z_j in every attack step and in the
 parameter loss; the attack runs the model in inference mode and the
 parameter loss in training mode. Their code also clamps x' to [0, 1]
-before projecting; here that is ``objective.clip = True`` (off by default,
+before projecting; here that is ``smoothadv.clip = True`` (off by default,
 like ``nal``).
 """
 
@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jaxsmooth import noise
-from jaxsmooth.errors import UserError
+from jaxsmooth.objectives.base import Objective, check_positive
 from jaxsmooth.objectives.nal import UNROLL, DrawLoss, draw_losses, noisy_loss
 
 
@@ -78,16 +79,27 @@ def attack(loss_fn: DrawLoss, x0: jax.Array, z: jax.Array, *, epsilon: float, st
     return x
 
 
+def defaults() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_noise = 4  # m, noise draws per example of the soft smoothed classifier
+    c.pgd_steps = 4  # ell_2 PGD steps of the attack, each 2 epsilon / pgd_steps long; 0: none
+    c.epsilon = 0.5  # ell_2 radius of the attack
+    c.clip = False  # clamp x' to [0, 1] before each projection (Salman et al.'s code does)
+    return c
+
+
+def validate(config) -> None:
+    o = config.smoothadv
+    check_positive(o.epsilon, "smoothadv.epsilon", "the ell_2 attack radius")
+    check_positive(o.num_noise, "smoothadv.num_noise", "noise draws m per example")
+    check_positive(o.pgd_steps, "smoothadv.pgd_steps", "PGD steps", allow_zero=True)
+
+
 def make(config, apply, teacher=None):
     del teacher
-    o = config.objective
-    if not o.epsilon > 0:
-        raise UserError("objective.epsilon", f"must be > 0 (the ell_2 attack radius), got {o.epsilon!r}")
-    if not o.num_noise >= 1:
-        raise UserError("objective.num_noise", f"must be >= 1 (noise draws m per example), got {o.num_noise!r}")
-    if not o.pgd_steps >= 0:
-        raise UserError("objective.pgd_steps", f"must be >= 0 (PGD steps), got {o.pgd_steps!r}")
-    sigma, num_noise = float(o.sigma), int(o.num_noise)
+    validate(config)
+    o = config.smoothadv
+    sigma, num_noise = float(config.objective.sigma), int(o.num_noise)
     kwargs = dict(epsilon=float(o.epsilon), steps=int(o.pgd_steps), clip=bool(o.clip))
 
     def loss(params, model_state, batch, key):
@@ -103,3 +115,15 @@ def make(config, apply, teacher=None):
 
     return loss
 
+
+
+OBJECTIVE = Objective(
+    name="smoothadv",
+    reference="Salman et al. 2019: Provably robust deep learning via adversarially trained smoothed "
+              "classifiers (SmoothAdv-PGD)",
+    make_loss=make,
+    defaults=defaults,
+    validate=validate,
+    renamed={"objective.num_noise": "smoothadv.num_noise", "objective.pgd_steps": "smoothadv.pgd_steps",
+             "objective.epsilon": "smoothadv.epsilon", "objective.clip": "smoothadv.clip"},
+)

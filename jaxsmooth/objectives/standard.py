@@ -1,7 +1,8 @@
-"""``standard``: cross-entropy on clean inputs."""
+"""``standard``: cross-entropy on clean inputs (the undefended baseline, and the model heat and bootcamp start from)."""
 
 from __future__ import annotations
 
+from jaxsmooth.objectives.base import Objective
 from jaxsmooth.objectives.common import classification_loss
 
 
@@ -13,3 +14,6 @@ def make(config, apply, teacher=None):
         return classification_loss(apply, params, model_state, batch["image"], batch["label"])
 
     return loss
+
+
+OBJECTIVE = Objective(name="standard", reference="cross-entropy on clean inputs", make_loss=make)

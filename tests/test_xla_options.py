@@ -1,0 +1,83 @@
+"""The sampler's XLA:CPU option sets: the same counts under each, and certify resumes with the set it chose.
+
+`Sampler(compiler_options="auto")` times `compilation.AUTO_CANDIDATES` and keeps
+the fastest. The sets fuse differently, so logits can differ in their last
+bits and an argmax within rounding of a tie could go either way; a certify
+TSV therefore records the set in its settings (``xla_options``) and a resumed
+job samples with it again.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxsmooth import certify, checkpoint, compilation, parallel, trainer
+
+from conftest import ROOT
+from helpers import quick_config, sidecar_settings, tsv_rows
+
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
+SMALL = ["--config.model.width=4", "--config.train.batch_size=64", "--config.train.eval_batch_size=120"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """An untrained quick-start model saved as a workdir (certify reads the model only)."""
+    path = str(tmp_path_factory.mktemp("untrained") / "run")
+    config = quick_config()
+    run = trainer.build_run(config)
+    state = parallel.replicate(run.mesh, trainer.initial_state(run.objective, config, run.model.params,
+                                                               run.model.model_state, run.dataset.input_shape, run.tx))
+    checkpoint.write_json(os.path.join(path, checkpoint.MODEL_FILE), checkpoint.model_metadata(config, run.dataset))
+    ckpt = checkpoint.Checkpointer(path)
+    ckpt.save(1, state, force=True)
+    ckpt.close()
+    return path
+
+
+def _set_options_and_keep(path, options, rows: int):
+    """Writes `options` as the file's xla_options (in its sidecar FILE.tsv.json) and keeps its first `rows` rows."""
+    with open(f"{path}.json") as f:
+        record = json.load(f)
+    record["settings"]["xla_options"] = options
+    with open(f"{path}.json", "w") as f:
+        json.dump(record, f)
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    with open(path, "w") as f:
+        f.writelines(lines[:1 + rows])
+
+
+def test_certify_records_the_chosen_options_and_resumes_with_them(workdir, tmp_path, monkeypatch):
+    calls = []
+    original = compilation.compile_fastest
+
+    def spy(jitted, *args, candidates=None, repeats=3):
+        calls.append(None if candidates is None else [dict(c) for c in candidates])
+        return original(jitted, *args, candidates=candidates, repeats=repeats)
+
+    monkeypatch.setattr(compilation, "compile_fastest", spy)
+    out = str(tmp_path / "cert.tsv")
+    argv = ["--config", QUICKSTART, "--checkpoint", workdir, "--out", out, "--n0", "20", "--n", "400", "--max", "4",
+            "--batch", "200", "--no-progress"] + SMALL
+    assert certify.run(argv) == 0
+    assert calls == [None]  # a new file: "auto" times the candidates
+    chosen = sidecar_settings(out, "certify")["xla_options"]
+    assert chosen in [dict(o) for o in compilation.AUTO_CANDIDATES]
+    header, first = tsv_rows(out)
+
+    calls.clear()
+    other = next(dict(o) for o in compilation.AUTO_CANDIDATES if dict(o) != chosen)
+    _set_options_and_keep(out, other, rows=1)  # as if the first job had picked the other set
+    assert certify.run(argv) == 0
+    assert calls == [[other]]  # compiled with the recorded set only: no timing, no other choice
+    _, resumed = tsv_rows(out)
+    # examples 2-4 sampled again under the other set: the counts and everything computed from them are the
+    # same, the bound from the mean softmax the same to rounding
+    exact = [header.index(c) for c in ("idx", "label", "predict", "radius", "correct", "pA_lower", "count_A",
+                                       "count_B")]
+    assert [[r[i] for i in exact] for r in resumed] == [[r[i] for i in exact] for r in first]
+    lbound = header.index("lbound_mc")
+    np.testing.assert_allclose([float(r[lbound]) for r in resumed], [float(r[lbound]) for r in first], rtol=1e-5)
