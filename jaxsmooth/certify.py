@@ -100,7 +100,7 @@ def _distributional(args, config) -> int:
     """``--mode distributional``: rows of `jaxsmooth.certification.distributional.run` into a resumable TSV."""
     import jax
 
-    from jaxsmooth import models, noise, parallel, trainer
+    from jaxsmooth import jobs, models, noise, parallel, trainer
     from jaxsmooth.certification import distributional, records
 
     gammas = _gammas(args.gamma, "gamma", True)
@@ -128,6 +128,7 @@ def _distributional(args, config) -> int:
                 "checkpoint_step", "model", "dataset", "split", "skip", "max")
     comments = ("# phi, cost, loss: means over --num-draws fresh noise draws at the ascent's x_K (independent of "
                 "the ascent's draws); certificate(rho) = min over the certificate gammas of gamma rho + mean phi",)
+    jobs.lock_output(args.out, take=parallel.is_main_process())
     writer = records.TsvWriter(args.out, header, distributional.COLUMNS, enabled=parallel.is_main_process(),
                                identity_fields=identity, comments=comments,
                                rows_per_example=len(gammas) + len(gamma_adv))
@@ -145,8 +146,9 @@ def _distributional(args, config) -> int:
                disable=args.no_progress or not parallel.is_main_process())
     count = 0
     try:
-        for row in distributional.run(estimator, model.params, model.model_state, split, todo, gammas, gamma_adv,
-                                      key, batch=examples, lr=args.ascent_lr):
+        for row in jobs.until_stopped(distributional.run(estimator, model.params, model.model_state, split, todo,
+                                                         gammas, gamma_adv, key, batch=examples, lr=args.ascent_lr),
+                                      args.out):
             writer.write(row)
             count += 1
             if count % per_example == 0:
@@ -220,7 +222,7 @@ def main(argv: list[str]) -> int:
 
     import jax
 
-    from jaxsmooth import certification, models, noise, trainer
+    from jaxsmooth import certification, jobs, models, noise, trainer
     from jaxsmooth.certification import records
 
     settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, candidate=args.candidate, topk=args.topk)
@@ -262,6 +264,7 @@ def main(argv: list[str]) -> int:
               "checkpoint_step": step, "devices": shard.mesh.size, "parallel": config.certify.parallel,
               **({"shard": shard.process, "shards": shard.processes} if shard.processes > 1 else {})}
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)
+    jobs.lock_output(shard.out, take=shard.writes)
     writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
                                identity_fields=records.IDENTITY_FIELDS + ("shard", "shards"))
     done = set(writer.done)
@@ -291,8 +294,8 @@ def main(argv: list[str]) -> int:
     certified = correct = 0
     seconds = samples = 0.0
     try:
-        for row in records.run(sampler, split, todo, sigma, settings, key, mode=args.mode,
-                               clean_probabilities=clean):
+        for row in jobs.until_stopped(records.run(sampler, split, todo, sigma, settings, key, mode=args.mode,
+                                                  clean_probabilities=clean), shard.out):
             writer.write(row)
             correct += row["correct"]
             certified += 1
@@ -341,7 +344,7 @@ def _shard_paths(out: str, processes: int) -> list[str]:
     return [shard_path(out, p, processes) for p in range(processes)]
 
 
-run = cli.main_wrapper(main)
+run = cli.main_wrapper(main, job=True)
 
 if __name__ == "__main__":
     sys.exit(run())

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsmooth import checkpoint, config as config_lib, data, models, noise, objectives, parallel
+from jaxsmooth import checkpoint, config as config_lib, data, jobs, models, noise, objectives, parallel
 from jaxsmooth.data import grain_pipeline
 from jaxsmooth.errors import UserError
 
@@ -232,9 +232,7 @@ def _prepare_workdir(workdir: str, run: Run) -> None:
             raise UserError(field, f"{workdir} holds a run with {field}={config_lib.get(previous, field)!r}, "
                             f"not {config_lib.get(run.config, field)!r}; use a new --workdir to change it")
     if parallel.is_main_process():
-        os.makedirs(workdir, exist_ok=True)
-        with open(config_path, "w") as f:
-            f.write(config_lib.to_json(run.config) + "\n")
+        jobs.write_atomic(config_path, config_lib.to_json(run.config) + "\n", "workdir")
         checkpoint.write_json(os.path.join(workdir, checkpoint.MODEL_FILE),
                               checkpoint.model_metadata(run.config, run.dataset))
 
@@ -249,23 +247,24 @@ class MetricsWriter:
             self._truncate_after(resume_step)
 
     def _truncate_after(self, step: int) -> None:
-        # Rows logged after the checkpoint we resume from describe steps that will be redone.
-        with open(self.path) as f:
-            rows = [line for line in f if line.strip()]
-        kept = []
-        for line in rows:
+        # Rows logged after the checkpoint we resume from describe steps that will be redone. They are the
+        # file's tail, so one truncate drops them: a kill part way leaves the file as it was or as it should be.
+        with open(self.path, "rb") as f:
+            lines = f.readlines()
+        end = 0
+        for line in lines:
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
+                if line.strip() and json.loads(line).get("step", 0) > step:
+                    break
             except json.JSONDecodeError:
                 break  # a line cut by a kill: everything before it stays
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+            end += len(line)
+        os.truncate(self.path, end)
 
     def write(self, row: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+                jobs.append_line(f, json.dumps(row, sort_keys=True) + "\n", "metrics")
 
 
 def _mean_metrics(window: list[dict], first_step: int) -> dict[str, float]:
@@ -317,10 +316,9 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     ckpt = checkpoint.Checkpointer(workdir, save_every_steps=tcfg.checkpoint_every_steps, keep=tcfg.keep_checkpoints)
     closers: list = []
     try:
-        start = ckpt.latest_step() or 0
-        if start:
-            state = ckpt.restore(start, state)
-        elif distilling:
+        start, state = ckpt.restore_latest(state, on_unreadable=lambda step, folder: callback(
+            {"event": "unreadable_checkpoint", "step": step, "moved_to": folder}))
+        if not start and distilling:
             params, model_state, _ = restore_model(config.train.init_from, run, "train.init_from")
             state = state.replace(teacher=_frozen(params, model_state))
             if not own_variables:
@@ -361,8 +359,9 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
             if reteaching and done % steps_per_timestep == 0 and done < run.total_steps:
                 state = state.replace(teacher=_frozen(state.params, state.model_state))  # f^{k+1} = v
             end_of_epoch = done % run.steps_per_epoch == 0
+            stop = jobs.stop_requested(done)  # SIGTERM: the same step on every process
             if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
-                    or end_of_epoch or done == run.total_steps:
+                    or end_of_epoch or done == run.total_steps or stop:
                 means = _mean_metrics(window, window_start)  # syncs; raises before a bad state is saved
                 elapsed = time.perf_counter() - t_window
                 row = {"step": done, "epoch": done / run.steps_per_epoch,
@@ -371,7 +370,10 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
                 writer.write(row)
                 callback({"event": "train", "total_steps": run.total_steps, **row})
                 window, window_start, t_window = [], done, time.perf_counter()
-            ckpt.save(done, state, force=done == run.total_steps)
+            ckpt.save(done, state, force=done == run.total_steps or stop)
+            if stop and done < run.total_steps:
+                raise jobs.Stopped(f"stopped {jobs.stop_reason()} at step {done} of {run.total_steps}; its "
+                                   f"checkpoint is {ckpt.directory}/{done}: rerun the same command to resume")
             epoch = done // run.steps_per_epoch
             if end_of_epoch and tcfg.eval_every_epochs and epoch % tcfg.eval_every_epochs == 0 \
                     and done != run.total_steps:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from jaxsmooth import jobs
 from jaxsmooth.certification import Sampler, Settings, certify_batch, predict_batch
 from jaxsmooth.errors import UserError
 
@@ -88,13 +89,8 @@ class TsvWriter:
         if os.path.exists(path):
             self.done = self._resume(header)
         elif enabled:
-            folder = os.path.dirname(os.path.abspath(path))
-            os.makedirs(folder, exist_ok=True)
-            with open(path, "w") as f:
-                f.write(magic + json.dumps(header, sort_keys=True) + "\n")
-                for comment in comments:
-                    f.write(comment + "\n")
-                f.write("\t".join(cols) + "\n")
+            head = [magic + json.dumps(header, sort_keys=True)] + list(comments) + ["\t".join(cols)]
+            jobs.write_atomic(path, "".join(line + "\n" for line in head), "out")
         self._file = open(path, "a") if enabled else None
 
     def _resume(self, header: dict[str, Any]) -> list[int]:
@@ -127,9 +123,8 @@ class TsvWriter:
             if 0 < tail < self.rows_per_example:
                 del kept[len(kept) - tail:]  # the data rows are the last lines: comments precede the header
                 cut = True
-        if cut and self.enabled:
-            with open(self.path, "w") as f:
-                f.write("".join(kept))
+        if cut and self.enabled:  # kept is a prefix of the file: one truncate, which a kill cannot leave half done
+            os.truncate(self.path, len("".join(kept).encode()))
         rows = [line.rstrip("\n") for line in kept if not line.startswith("#")]
         if not rows or rows[0].split("\t") != self.cols:
             raise UserError("out", f"{self.path} has columns {rows[0] if rows else 'none'!r}, expected "
@@ -139,9 +134,8 @@ class TsvWriter:
         return list(dict.fromkeys(done)) if self.rows_per_example > 1 else done
 
     def write(self, row: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write("\t".join(_format(row[c]) for c in self.cols) + "\n")
-            self._file.flush()
+        if self._file is not None:  # one write of the whole row, or none (a full disk)
+            jobs.append_line(self._file, "\t".join(_format(row[c]) for c in self.cols) + "\n", "out")
 
     def close(self) -> None:
         if self._file is not None:
