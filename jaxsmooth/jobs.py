@@ -91,6 +91,7 @@ class _State:
     def __init__(self):
         self.signal: str | None = None  # name of the first stop signal received
         self.interruptible = False  # inside an `interruptible` block
+        self.forwarded = False  # a signal caught before JAX's preemption notifier was passed on to it
         self.locks: list = []  # open lock files of this session
 
 
@@ -128,7 +129,7 @@ def session() -> Iterator[None]:
             signal.signal(s, _on_signal)
     log_filter = _WriteErrorFilter()
     logging.getLogger("absl").addFilter(log_filter)
-    _state.signal, _state.interruptible = None, False
+    _state.signal, _state.interruptible, _state.forwarded = None, False, False
     try:
         yield
     finally:
@@ -151,6 +152,10 @@ def stop_requested(step: int) -> bool:
     if _distributed():
         from jax.experimental import multihost_utils
 
+        if _state.signal is not None and not _state.forwarded:
+            # caught by our handler before jax.distributed.initialize took SIGTERM over: tell JAX's notifier
+            _state.forwarded = True
+            os.kill(os.getpid(), signal.SIGTERM)
         try:
             return bool(multihost_utils.reached_preemption_sync_point(step))
         except RuntimeError:  # the preemption service is switched off (jax_enable_preemption_service)
@@ -275,27 +280,30 @@ def _release(f) -> None:
 def write_error(e: BaseException | None) -> str | None:
     """The OS's words for a failed write (``No space left on device``) if `e` or its causes is one, else None.
 
-    Knows `OSError` and tensorstore's ``... [os_error_code='28']`` messages (orbax's array writes).
+    Knows `OSError`, ``[Errno 28]`` in a message, and tensorstore's ``[os_error_code='28']`` (orbax's arrays).
     """
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
             return os.strerror(e.errno)
-        code = re.search(r"os_error_code='?(\d+)", str(e))
-        if code and int(code.group(1)) in WRITE_ERRNOS:
-            return os.strerror(int(code.group(1)))
+        code = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", str(e))
+        number = int(code.group(1) or code.group(2)) if code else None
+        if number in WRITE_ERRNOS:
+            return os.strerror(number)
         e = e.__cause__ or e.__context__
     return None
 
 
 class _WriteErrorFilter(logging.Filter):
-    """Drops library log records about a failed write: the job's one ``error:`` line says it."""
+    """Drops library log records about a failed write or a preemption stop: the job's one line says it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Reached preemption sync point" in message:  # orbax's; the job's stop line says it
+            return False
         error = record.exc_info[1] if record.exc_info else None
-        return write_error(error) is None and write_error(Exception(record.getMessage())) is None \
-            and "No space left on device" not in record.getMessage()
+        return write_error(error) is None and write_error(Exception(message)) is None
 
 
 def append_line(f, line: str, field: str) -> None:
