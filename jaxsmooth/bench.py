@@ -122,9 +122,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a config override for the sigma runs only (repeatable), e.g. optimizer.learning_rate=0.01; "
                         "--config.FIELD=VALUE overrides apply to the base model too")
     s.add_argument("--markdown", default="", help="also write the table here (always: WORKDIR/sigma_report.md)")
-    from jaxsmooth.benchmarks import pipeline as pipeline_bench  # stdlib + numpy at import: cheap
+    from jaxsmooth.benchmarks import faults, pipeline as pipeline_bench  # stdlib + numpy at import: cheap
 
     pipeline_bench.add_parser(sub)
+    faults.add_parser(sub)
     return p
 
 
@@ -374,13 +375,19 @@ def _certify_memory(args, dtypes, settings: str) -> int:
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
-    if overrides and args.what not in ("deterministic", "nal", "sigma"):
-        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic, nal and sigma only, "
-                                  f"got {overrides[0]}")
+    if overrides and args.what not in ("deterministic", "nal", "sigma", "faults"):
+        raise UserError("config", f"--config.FIELD=VALUE overrides apply to bench deterministic, nal, sigma and "
+                                  f"faults only, got {overrides[0]}")
     return {"certify": _certify, "train": _train, "inference": _inference, "scaling": _scaling,
-            "pipeline": _pipeline,
+            "pipeline": _pipeline, "faults": lambda a: _faults(a, overrides, list(argv)),
             "deterministic": lambda a: _deterministic(a, overrides), "nal": lambda a: _nal(a, overrides),
             "sigma": lambda a: _sigma(a, overrides)}[args.what](args)
+
+
+def _faults(args, overrides, argv) -> int:
+    from jaxsmooth.benchmarks import faults
+
+    return faults.main(args, overrides, argv)
 
 
 def _repo_root() -> str:

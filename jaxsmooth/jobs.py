@@ -121,14 +121,20 @@ def session() -> Iterator[None]:
     Installs the SIGTERM and SIGINT handlers of the module docstring (before
     ``jax.distributed.initialize``, which then takes SIGTERM for JAX's
     preemption notifier), and on leaving restores the previous handlers and
-    releases every `lock` taken inside.
+    releases every lock taken inside. Log records of orbax (``absl``) and of
+    its event loops (``asyncio``, some at exit) about a failed write, and the
+    "Event loop is closed" of its writes still in flight (`_UnraisableFilter`),
+    are dropped for the rest of the process: the job's ``error:`` line says it once.
     """
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     for s in previous:
         if not (s == signal.SIGTERM and _distributed()):
             signal.signal(s, _on_signal)
-    log_filter = _WriteErrorFilter()
-    logging.getLogger("absl").addFilter(log_filter)
+    for name in ("absl", "asyncio"):  # orbax's threads and its event loops' leftovers, until the process ends
+        if not any(isinstance(f, _WriteErrorFilter) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(_WriteErrorFilter())
+    if not isinstance(sys.unraisablehook, _UnraisableFilter):
+        sys.unraisablehook = _UnraisableFilter(sys.unraisablehook)
     _state.signal, _state.interruptible, _state.forwarded = None, False, False
     try:
         yield
@@ -136,7 +142,6 @@ def session() -> Iterator[None]:
         for s, handler in previous.items():
             if signal.getsignal(s) is _on_signal:
                 signal.signal(s, handler)
-        logging.getLogger("absl").removeFilter(log_filter)
         while _state.locks:
             _release(_state.locks.pop())
         _state.signal = None
@@ -287,7 +292,7 @@ def write_error(e: BaseException | None) -> str | None:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
             return os.strerror(e.errno)
-        code = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", str(e))
+        code = re.search(r"os_error_code=\\?'?(\d+)|\[Errno (\d+)\]", str(e))
         number = int(code.group(1) or code.group(2)) if code else None
         if number in WRITE_ERRNOS:
             return os.strerror(number)
@@ -304,6 +309,24 @@ class _WriteErrorFilter(logging.Filter):
             return False
         error = record.exc_info[1] if record.exc_info else None
         return write_error(error) is None and write_error(Exception(message)) is None
+
+
+class _UnraisableFilter:
+    """Drops "Event loop is closed" from callbacks (tensorstore's) of an orbax operation that already failed.
+
+    Orbax runs each asynchronous write in an event loop of its own and closes
+    it when the first write fails; the writes still in flight then complete
+    into the closed loop, and their callbacks' errors have nobody to reach.
+    """
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        if unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError) \
+                and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        self.previous(unraisable)
 
 
 def append_line(f, line: str, field: str) -> None:

@@ -238,23 +238,29 @@ def _prepare_workdir(workdir: str, run: Run) -> None:
 
 
 class MetricsWriter:
-    """Appends JSON lines to ``metrics.jsonl`` (main process only)."""
+    """Appends JSON lines to ``metrics.jsonl`` (main process only).
 
-    def __init__(self, workdir: str, resume_step: int):
+    On resume, drops the lines of the steps to be redone: those after
+    `resume_step`, and when the run is over (`resume_step` == `total_steps`)
+    its final evaluation, which is redone.
+    """
+
+    def __init__(self, workdir: str, resume_step: int, total_steps: int | None = None):
         self.path = os.path.join(workdir, checkpoint.METRICS_FILE)
         self.enabled = parallel.is_main_process()
         if self.enabled and os.path.exists(self.path):
-            self._truncate_after(resume_step)
+            self._truncate_after(resume_step, resume_step == total_steps)
 
-    def _truncate_after(self, step: int) -> None:
-        # Rows logged after the checkpoint we resume from describe steps that will be redone. They are the
-        # file's tail, so one truncate drops them: a kill part way leaves the file as it was or as it should be.
+    def _truncate_after(self, step: int, finished: bool) -> None:
+        # The dropped lines are the file's tail, so one truncate drops them: a kill part way leaves the file as
+        # it was or as it should be.
         with open(self.path, "rb") as f:
             lines = f.readlines()
         end = 0
         for line in lines:
             try:
-                if line.strip() and json.loads(line).get("step", 0) > step:
+                row = json.loads(line) if line.strip() else {}
+                if row.get("step", 0) > step or (finished and row.get("step") == step and "test_accuracy" in row):
                     break
             except json.JSONDecodeError:
                 break  # a line cut by a kill: everything before it stays
@@ -323,7 +329,7 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
             state = state.replace(teacher=_frozen(params, model_state))
             if not own_variables:
                 state = state.replace(params=params, model_state=model_state)
-        writer = MetricsWriter(workdir, start)
+        writer = MetricsWriter(workdir, start, run.total_steps)
 
         if distilling:
             loss_fn = lambda teacher: objectives.build(config, run.model.apply, teacher)  # noqa: E731

@@ -136,6 +136,12 @@ def test_resume_drops_metrics_after_the_checkpoint_and_a_cut_line(tmp_path):
     path.write_text("".join(rows[:2]) + '{"step": 1')
     trainer.MetricsWriter(str(tmp_path), 20)
     assert path.read_text() == "".join(rows[:2])
+    evaluation = json.dumps({"step": 10, "test_accuracy": 0.5}) + "\n"
+    path.write_text("".join(rows[:2]) + evaluation)
+    trainer.MetricsWriter(str(tmp_path), 10, total_steps=20)  # mid-run: the evaluation at the checkpoint stays
+    assert path.read_text() == "".join(rows[:2]) + evaluation
+    trainer.MetricsWriter(str(tmp_path), 10, total_steps=10)  # a finished run: its final evaluation is redone
+    assert path.read_text() == "".join(rows[:2])
 
 
 def test_write_error_reads_oserrors_and_tensorstore_messages():
