@@ -8,17 +8,17 @@ DDN. The deterministic form attacks the model's eval-mode logits (heat eq.
 averaged over ``--num-noise`` draws (heat eq. 9). Rerunning the same command
 resumes after the last written row.
 
-The file: ``# jaxsmooth attack {JSON settings}``, then the columns
+The file is a plain TSV with the columns
 ``idx label predict success distance time`` (predict: the clean
 prediction; distance 0 for examples adversarial before the attack, inf where
-the attack failed). Tabulate with ``python -m jaxsmooth.analyze FILE.tsv``.
+the attack failed); its settings are in ``FILE.tsv.json``. Tabulate with
+``python -m jaxsmooth.analyze FILE.tsv``.
 
 ``--mode accuracy --radii 0,0.5,1`` instead measures the accuracy under
 deterministic ell_2 PGD at each radius (nal §5: ``--steps`` 20 iterations of
 step 2 eps / steps, cross-entropy), on the base classifier and with one
 test-time Gaussian draw of std ``--test-noise-sigma`` (default: the config's
-objective.sigma) added to the attacked point. The file:
-``# jaxsmooth attack-accuracy {JSON settings}``, then the columns
+objective.sigma) added to the attacked point. The file has the columns
 ``idx label radius correct correct_noisy time``, one row per example and
 radius; the run ends by printing the accuracy table
 (`jaxsmooth.analysis.accuracy_table`).
@@ -35,9 +35,9 @@ import numpy as np
 from jaxsmooth import cli
 from jaxsmooth.errors import UserError
 
-MAGIC = "# jaxsmooth attack "
+PROGRAM = "attack"  # the sidecar's program name (jaxsmooth.analysis.sidecar)
+ACCURACY_PROGRAM = "attack-accuracy"
 # Settings whose change makes an existing file's rows incomparable with new ones.
-ACCURACY_MAGIC = "# jaxsmooth attack-accuracy "
 ACCURACY_IDENTITY_FIELDS = ("mode", "attack", "radii", "steps", "test_noise_sigma", "seed", "dtype",
                             "checkpoint_step", "model", "dataset", "split", "skip", "max")
 IDENTITY_FIELDS = ("attack", "smoothed", "sigma", "num_noise", "loss", "topk", "steps", "max_epsilon", "rounds",
@@ -46,7 +46,7 @@ IDENTITY_FIELDS = ("attack", "smoothed", "sigma", "num_noise", "loss", "topk", "
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxsmooth.attack", description=__doc__.split("\n\n")[1])
-    cli.add_config_arguments(p)
+    cli.add_config_arguments(p, required=False)
     p.add_argument("--checkpoint", required=True, help="the training run's --workdir")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", required=True, help="output TSV (resumed when it exists)")
@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
-    config = cli.load_config(args.config, overrides)
+    config = cli.load_config(args.config, overrides, args.checkpoint)
 
     from jaxsmooth.attacks import runner
 
@@ -127,8 +127,8 @@ def main(argv: list[str]) -> int:
               "max": args.max, "batch": args.batch, "checkpoint": args.checkpoint, "checkpoint_step": step,
               "devices": jax.device_count()}
     jobs.lock_output(args.out)
-    writer = records.TsvWriter(args.out, header, runner.COLUMNS, magic=MAGIC, identity_fields=IDENTITY_FIELDS,
-                               comments=("# distance: smallest ell_2 adversarial distance found; 0: adversarial "
+    writer = records.TsvWriter(args.out, header, runner.COLUMNS, program=PROGRAM, identity_fields=IDENTITY_FIELDS,
+                               notes=("distance: smallest ell_2 adversarial distance found; 0: adversarial "
                                          "before the attack; inf: the attack failed",))
     done = set(writer.done)
     todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
@@ -210,9 +210,9 @@ def _accuracy(args, config) -> int:
               "max": args.max, "batch": args.batch, "checkpoint": args.checkpoint, "checkpoint_step": step,
               "devices": jax.device_count()}
     jobs.lock_output(args.out)
-    writer = records.TsvWriter(args.out, header, runner.ACCURACY_COLUMNS, magic=ACCURACY_MAGIC,
+    writer = records.TsvWriter(args.out, header, runner.ACCURACY_COLUMNS, program=ACCURACY_PROGRAM,
                                identity_fields=ACCURACY_IDENTITY_FIELDS,
-                               comments=("# correct: the PGD point is classified correctly; correct_noisy: so is "
+                               notes=("correct: the PGD point is classified correctly; correct_noisy: so is "
                                          "that point plus one N(0, test_noise_sigma^2 I) draw",))
     done = _done_pairs(args.out)  # the writer has checked the settings and dropped a cut last row
     total = len(indices) * len(radii)

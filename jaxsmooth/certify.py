@@ -25,6 +25,9 @@ indices[p::P], sampled on its own devices, written to its own shard
 ``OUT.shard<p>of<P>.tsv`` (best for many inputs; ``analyze`` merges the
 shards). Both give the counts one process gives: the noise of an example
 depends on the key and its index only. Both resume after a kill.
+
+Called as a function, ``jaxsmooth.certify(apply_fn, variables, x, ...)`` is
+`jaxsmooth.api.certify`: CERTIFY of any JAX classifier on in-memory inputs.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ PARALLEL_MODES = ("samples", "examples")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxsmooth.certify", description=__doc__.split("\n\n")[1])
-    cli.add_config_arguments(p)
+    cli.add_config_arguments(p, required=False)
     p.add_argument("--checkpoint", default="",
                    help="the training run's --workdir (with --sigma-from: default that run's train.init_from)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
@@ -126,11 +129,11 @@ def _distributional(args, config) -> int:
               "checkpoint": args.checkpoint, "checkpoint_step": step, "devices": jax.device_count()}
     identity = ("mode", "gammas", "gamma_adv", "sigma", "num_draws", "ascent_steps", "ascent_lr", "seed", "dtype",
                 "checkpoint_step", "model", "dataset", "split", "skip", "max")
-    comments = ("# phi, cost, loss: means over --num-draws fresh noise draws at the ascent's x_K (independent of "
+    notes = ("phi, cost, loss: means over --num-draws fresh noise draws at the ascent's x_K (independent of "
                 "the ascent's draws); certificate(rho) = min over the certificate gammas of gamma rho + mean phi",)
     jobs.lock_output(args.out, take=parallel.is_main_process())
     writer = records.TsvWriter(args.out, header, distributional.COLUMNS, enabled=parallel.is_main_process(),
-                               identity_fields=identity, comments=comments,
+                               identity_fields=identity, notes=notes,
                                rows_per_example=len(gammas) + len(gamma_adv))
     done = set(writer.done)
     todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
@@ -172,6 +175,15 @@ def _sigma_sources(args) -> None:
         raise UserError("sigma-from", "--mode distributional takes an isotropic --sigma only")
     if not args.checkpoint and not args.sigma_from:
         raise UserError("checkpoint", "is required: the --workdir of the training run to certify")
+
+
+def _model_workdir(args) -> str:
+    """The workdir whose config.json stands for a missing --config: --checkpoint, else --sigma-from's base model."""
+    if args.checkpoint or not args.sigma_from:
+        return args.checkpoint
+    from jaxsmooth import checkpoint
+
+    return checkpoint.read_learned_sigma(args.sigma_from)[1]
 
 
 def _load_sigma(args, default: float, input_shape, learned=None) -> tuple[object, dict]:
@@ -216,13 +228,13 @@ def main(argv: list[str]) -> int:
     elif args.gamma is not None or args.gamma_adv:
         raise UserError("gamma", "--gamma and --gamma-adv are for --mode distributional")
     _sigma_sources(args)
-    config = cli.load_config(args.config, overrides)
+    config = cli.load_config(args.config, overrides, _model_workdir(args))
     if args.mode == "distributional":
         return _distributional(args, config)
 
     import jax
 
-    from jaxsmooth import certification, jobs, models, noise, trainer
+    from jaxsmooth import certification, checkpoint, jobs, models, noise, trainer
     from jaxsmooth.certification import records
 
     settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, candidate=args.candidate, topk=args.topk)
@@ -242,7 +254,7 @@ def main(argv: list[str]) -> int:
 
     learned = None
     if args.sigma_from:  # the base classifier: --checkpoint, else the one the sigma was learned for
-        sigma_arr, init_from, sigma_step = trainer.load_learned_sigma(args.sigma_from)
+        sigma_arr, init_from, sigma_step = checkpoint.read_learned_sigma(args.sigma_from)
         learned = (sigma_arr, sigma_step)
         args.checkpoint = args.checkpoint or init_from
     run, params, model_state, step = trainer.load_trained(config, args.checkpoint, step=args.step)
@@ -294,8 +306,8 @@ def main(argv: list[str]) -> int:
     certified = correct = 0
     seconds = samples = 0.0
     try:
-        for row in jobs.until_stopped(records.run(sampler, split, todo, sigma, settings, key, mode=args.mode,
-                                                  clean_probabilities=clean), shard.out):
+        for row in jobs.until_stopped(records.run(sampler, records.split_examples(split), todo, sigma, settings,
+                                                  key, mode=args.mode, clean_probabilities=clean), shard.out):
             writer.write(row)
             correct += row["correct"]
             certified += 1
@@ -345,6 +357,18 @@ def _shard_paths(out: str, processes: int) -> list[str]:
 
 
 run = cli.main_wrapper(main, job=True)
+
+
+class _CallableModule(type(sys)):
+    """This module, callable: ``jaxsmooth.certify(apply_fn, variables, x, ...)`` is `jaxsmooth.api.certify`."""
+
+    def __call__(self, *args, **kwargs):
+        from jaxsmooth import api
+
+        return api.certify(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(run())

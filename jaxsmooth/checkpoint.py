@@ -8,8 +8,13 @@ A workdir holds::
     checkpoints/    orbax checkpoints, one folder per saved step
 
 `Checkpointer` is the one wrapper around orbax's `CheckpointManager`; every
-process calls it together in a multi-host run. `check_model_metadata` is how
-certify/attack refuse a checkpoint that does not fit their config.
+process calls it together in a multi-host run. The one reader of a workdir
+for everything else (certify, attack, the Python API, `train.init_from`):
+`checkpoint_steps` / `checkpoint_folder` (which saved steps there are),
+`read_variables` (a model's parameters as host arrays, each process by
+itself), `read_learned_sigma` (the per-pixel sigma of a ``sigma`` run), and
+`check_model_metadata`, how certify/attack refuse a checkpoint that does not
+fit their config.
 """
 
 from __future__ import annotations
@@ -168,6 +173,100 @@ def read_model(step_dir: str, field: str) -> dict:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(field, f"cannot read {path}: {first[:300]}") from None
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of `workdir`'s finished checkpoints, ascending ([] when there are none).
+
+    orbax writes a step into a temporary folder and renames it to the step
+    number when complete, so a save cut short by a kill is not listed.
+    """
+    folder = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(d) for d in os.listdir(folder) if d.isdigit() and os.path.isdir(os.path.join(folder, d)))
+
+
+def checkpoint_folder(workdir: str, field: str, step: int | None = None) -> tuple[str, int]:
+    """(folder, step) of `workdir`'s checkpoint at `step` (default: the latest); `UserError` naming `field` if absent."""
+    if not workdir:
+        raise UserError(field, "is empty; give the --workdir of a training run")
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+        raise UserError(field, f"{workdir} holds no checkpoints (expected {CHECKPOINT_DIR}/)")
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise UserError(field, f"{workdir} holds no checkpoints yet")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise UserError("step", f"{workdir} holds no checkpoint of step {step} (it has {', '.join(map(str, steps))})")
+    return os.path.join(workdir, CHECKPOINT_DIR, str(step)), step
+
+
+def read_variables(workdir: str, like: tuple[Any, Any], field: str, step: int | None = None) -> tuple[Any, Any, int]:
+    """(params, model_state, step): host arrays of a checkpoint of `workdir`, in the structure of `like`.
+
+    Only the model is read (``params`` and ``model_state`` of the saved
+    state), so any objective's or optimizer's checkpoint will do. `like` is
+    ``(params, model_state)`` of the model (arrays or `jax.ShapeDtypeStruct`).
+    """
+    folder, step = checkpoint_folder(workdir, field, step)
+    raw = read_model(folder, field)
+
+    def lookup(tree, prefix):
+        def get(path, _):
+            node = raw[prefix]
+            for entry in path:
+                key = getattr(entry, "key", getattr(entry, "idx", None))
+                node = node[key] if key in node else node[str(key)]
+            return np.asarray(node)
+        return jax.tree_util.tree_map_with_path(get, tree)
+
+    try:
+        return lookup(like[0], "params"), lookup(like[1], "model_state"), step
+    except (KeyError, TypeError) as e:
+        raise UserError(field, f"{workdir}'s checkpoint lacks model variable {e}") from None
+
+
+def read_learned_sigma(workdir: str, *, field: str = "sigma-from",
+                       step: int | None = None) -> tuple[np.ndarray, str, int]:
+    """The per-pixel sigma = exp(log_sigma) learned by a ``sigma`` run (non_uniform Alg. 1), on the host.
+
+    Args:
+      workdir: the ``sigma`` run's --workdir.
+      step: that checkpoint instead of the latest.
+    Returns:
+      (sigma [H, W, C] float32, the run's train.init_from (its frozen base
+      classifier), the step read). Raises `UserError` naming `field` when the
+      workdir is not a ``sigma`` run, holds no checkpoint, or its sigma is not
+      finite and positive everywhere.
+    """
+    if not workdir or not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+        raise UserError(field, f"{workdir!r} holds no checkpoints; give the --workdir of a `sigma` training run")
+    found = read_json(os.path.join(workdir, MODEL_FILE), field)
+    if found.get("objective") != "sigma":
+        raise UserError(field, f"{workdir} holds a {found.get('objective')!r} run, not a 'sigma' one "
+                               "(a per-pixel sigma learned by objectives/sigma.py)")
+    steps = checkpoint_steps(workdir)
+    if step is None and steps:
+        step = steps[-1]
+    if step not in steps:
+        raise UserError(field, f"{workdir} holds no checkpoint" + (f" of step {step}" if step is not None else "s yet"))
+    raw = read_model(os.path.join(workdir, CHECKPOINT_DIR, str(step)), field)
+    try:
+        log_sigma = np.asarray(raw["params"]["log_sigma"], np.float64)
+    except (KeyError, TypeError):
+        raise UserError(field, f"{workdir}'s checkpoint holds no params/log_sigma") from None
+    shape = tuple(found.get("input_shape", ()))
+    if log_sigma.shape != shape:
+        raise UserError(field, f"{workdir}'s log_sigma has shape {log_sigma.shape}, not its input's {shape}")
+    with np.errstate(over="ignore"):
+        sigma = np.exp(log_sigma).astype(np.float32)
+    if not np.all(np.isfinite(sigma) & (sigma > 0)):
+        raise UserError(field, f"{workdir}'s sigma = exp(log_sigma) is not finite and > 0 everywhere "
+                               f"(min {np.min(sigma)}, max {np.max(sigma)})")
+    config = read_json(os.path.join(workdir, CONFIG_FILE), field)
+    return sigma, str(config.get("train", {}).get("init_from", "")), int(step)
 
 
 def write_json(path: str, obj: Any, field: str = "workdir") -> None:

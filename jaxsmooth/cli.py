@@ -15,8 +15,11 @@ from jaxsmooth import config as config_lib, jobs
 from jaxsmooth.errors import UserError
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="an experiment config file, e.g. configs/quickstart.py")
+def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--config; when not `required`, a missing one means the config.json of the workdir the command reads."""
+    parser.add_argument("--config", required=required, default=None,
+                        help="an experiment config file, e.g. configs/quickstart.py" + (
+                            "" if required else " (default: the config.json of the --checkpoint workdir)"))
 
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,8 +60,21 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-def load_config(path: str, overrides: Sequence[str]):
-    return config_lib.apply_overrides(config_lib.load(path), overrides)
+def load_config(path: str | None, overrides: Sequence[str], workdir: str = ""):
+    """The config file `path` with `overrides`; without `path`, the config.json `workdir` was made with."""
+    if path:
+        return config_lib.apply_overrides(config_lib.load(path), overrides)
+    import os
+
+    if not workdir:
+        raise UserError("config", "is required when no --checkpoint workdir is given to read its config.json from")
+    found = os.path.join(workdir, "config.json")
+    try:
+        with open(found) as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError("config", f"not given, and {found} cannot be read ({e.strerror}); give --config") from None
+    return config_lib.apply_overrides(config_lib.from_json(text), overrides)
 
 
 def main_wrapper(main: Callable[[list[str]], int], *, job: bool = False) -> Callable[[list[str] | None], int]:

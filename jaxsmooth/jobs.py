@@ -350,18 +350,28 @@ def append_line(f, line: str, field: str) -> None:
                                  "and rerun the same command to resume") from None
 
 
+@contextlib.contextmanager
+def write_errors(field: str, path: str) -> Iterator[None]:
+    """Turns a failed write (`WRITE_ERRNOS`) inside the block into `WriteFailed(field)` naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise WriteFailed(field, f"cannot write {path}: {e.strerror}; free space and rerun the same command") from None
+
+
 def write_atomic(path: str, text: str, field: str) -> None:
     """Writes `text` to `path` through a temporary file and a rename: a reader sees the old file or the whole new one."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if e.errno not in WRITE_ERRNOS:
+    with write_errors(field, path):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
             raise
-        raise WriteFailed(field, f"cannot write {path}: {e.strerror}; free space and rerun the same command") from None

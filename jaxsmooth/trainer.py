@@ -185,16 +185,20 @@ def build_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
     mesh = parallel.make_mesh() if mesh is None else mesh
     config_lib.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
     dataset = data.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
-    module = models.create(
-        config.model.name, num_classes=dataset.num_classes, input_shape=tuple(dataset.input_shape),
-        mean=tuple(dataset.mean), std=tuple(dataset.std), activation=config.model.activation,
-        dtype=config.model.dtype, width=config.model.width, seed=noise.init_seed(config.seed))
-    model = models.split(module)
+    model = _build_model(config, dataset, dataset.mean, dataset.std)
     steps_per_epoch = data.steps_per_epoch(len(dataset.train), config.train.batch_size)
     tx, schedule = create_optimizer(config, steps_per_epoch)
     return Run(config=config, mesh=mesh, dataset=dataset, model=model, tx=tx, schedule=schedule,
                steps_per_epoch=steps_per_epoch, total_steps=num_epochs(config) * steps_per_epoch,
                root_key=noise.root_key(config.seed))
+
+
+def _build_model(config, dataset: data.Dataset, mean, std) -> models.Model:
+    module = models.create(
+        config.model.name, num_classes=dataset.num_classes, input_shape=tuple(dataset.input_shape),
+        mean=tuple(mean), std=tuple(std), activation=config.model.activation,
+        dtype=config.model.dtype, width=config.model.width, seed=noise.init_seed(config.seed))
+    return models.split(module)
 
 
 def evaluate(run: Run, eval_step: Callable, params, model_state, sigma=None) -> dict[str, float]:
@@ -305,7 +309,10 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     own_variables = config.objective.name in objectives.OWN_VARIABLES  # sigma: trains its own pytree
     reteaching = config.objective.name in objectives.RETEACHING  # heat, bootcamp: the teacher moves on
     if distilling and not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
-        latest_model_checkpoint(config.train.init_from, run, "train.init_from")  # refuse before writing anything
+        # refuse a missing or mismatched teacher before writing anything
+        checkpoint.checkpoint_folder(config.train.init_from, "train.init_from")
+        checkpoint.check_model_metadata(config.train.init_from, checkpoint.model_metadata(run.config, run.dataset),
+                                        "train.init_from")
     _prepare_workdir(workdir, run)
     tcfg = config.train
 
@@ -425,49 +432,16 @@ def _frozen(params, model_state):
 
 
 def restore_model(workdir: str, run: Run, field: str, step: int | None = None) -> tuple[Any, Any, int]:
-    """(params, model_state, step) of the latest checkpoint of another run's `workdir`, replicated on `run.mesh`.
+    """(params, model_state, step) of a checkpoint of another run's `workdir` (default: the latest), replicated.
 
-    Only the model is read, so the other run may have used another optimizer
-    or objective (`step`: that checkpoint instead of the latest); its model.json must describe the same model and input,
-    else the error names `field` and the differing entry.
+    Only the model is read (`checkpoint.read_variables`), so the other run may
+    have used another optimizer or objective; its model.json must describe the
+    same model and input as `run`, else the error names `field` and the entry.
     """
-    folder = latest_model_checkpoint(workdir, run, field)
-    if step is None:
-        step = int(os.path.basename(folder))
-    else:
-        folder = os.path.join(os.path.dirname(folder), str(step))
-        if not os.path.isdir(folder):
-            raise UserError("step", f"{workdir} holds no checkpoint of step {step}")
-    raw = checkpoint.read_model(folder, field)
-
-    def lookup(tree, prefix):
-        def get(path, _):
-            node = raw[prefix]
-            for entry in path:
-                key = getattr(entry, "key", getattr(entry, "idx", None))
-                node = node[key] if key in node else node[str(key)]
-            return np.asarray(node)
-        return jax.tree_util.tree_map_with_path(get, tree)
-
-    try:
-        params, model_state = lookup(run.model.params, "params"), lookup(run.model.model_state, "model_state")
-    except (KeyError, TypeError) as e:
-        raise UserError(field, f"{workdir}'s checkpoint lacks model variable {e}") from None
-    return (*parallel.replicate(run.mesh, (params, model_state)), step)
-
-
-def latest_model_checkpoint(workdir: str, run: Run, field: str) -> str:
-    """The folder of `workdir`'s latest checkpoint, after checking that its model.json fits `run`'s model."""
-    if not workdir:
-        raise UserError(field, "is empty; give the --workdir of a finished training run")
-    folder = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
-    if not os.path.isdir(folder):
-        raise UserError(field, f"{workdir} holds no checkpoints (expected {checkpoint.CHECKPOINT_DIR}/)")
     checkpoint.check_model_metadata(workdir, checkpoint.model_metadata(run.config, run.dataset), field)
-    steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit())
-    if not steps:
-        raise UserError(field, f"{workdir} holds no checkpoints yet")
-    return os.path.join(folder, str(steps[-1]))
+    params, model_state, step = checkpoint.read_variables(workdir, (run.model.params, run.model.model_state), field,
+                                                          step)
+    return (*parallel.replicate(run.mesh, (params, model_state)), step)
 
 
 def load_trained(config, workdir: str, *, step: int | None = None,
@@ -477,52 +451,15 @@ def load_trained(config, workdir: str, *, step: int | None = None,
     Refuses a workdir whose ``model.json`` describes another model or input
     than `config` does, naming the field, and a workdir without checkpoints.
     Reads the model only: any objective's or optimizer's checkpoint will do.
+    The model normalises its input with the mean/std its model.json records
+    (those it was trained with, or a converted checkpoint's own).
 
     Returns:
       (run, params, model_state, step restored).
     """
     run = build_run(config, mesh)
+    info = checkpoint.check_model_metadata(workdir, checkpoint.model_metadata(run.config, run.dataset), "checkpoint")
+    if "mean" in info and "std" in info:
+        run = dataclasses.replace(run, model=_build_model(config, run.dataset, info["mean"], info["std"]))
     params, model_state, step = restore_model(workdir, run, "checkpoint", step)
     return run, params, model_state, step
-
-
-def load_learned_sigma(workdir: str, *, field: str = "sigma-from",
-                       step: int | None = None) -> tuple[np.ndarray, str, int]:
-    """The per-pixel sigma = exp(log_sigma) learned by a ``sigma`` run (non_uniform Alg. 1), on the host.
-
-    Args:
-      workdir: the ``sigma`` run's --workdir.
-      step: that checkpoint instead of the latest.
-    Returns:
-      (sigma [H, W, C] float32, the run's train.init_from (its frozen base
-      classifier), the step read). Raises `UserError` naming `field` when the
-      workdir is not a ``sigma`` run, holds no checkpoint, or its sigma is not
-      finite and positive everywhere.
-    """
-    if not workdir or not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
-        raise UserError(field, f"{workdir!r} holds no checkpoints; give the --workdir of a `sigma` training run")
-    found = checkpoint.read_json(os.path.join(workdir, checkpoint.MODEL_FILE), field)
-    if found.get("objective") != "sigma":
-        raise UserError(field, f"{workdir} holds a {found.get('objective')!r} run, not a 'sigma' one "
-                               "(a per-pixel sigma learned by objectives/sigma.py)")
-    folder = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
-    steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit())
-    if step is None and steps:
-        step = steps[-1]
-    if step not in steps:
-        raise UserError(field, f"{workdir} holds no checkpoint" + (f" of step {step}" if step is not None else "s yet"))
-    raw = checkpoint.read_model(os.path.join(folder, str(step)), field)
-    try:
-        log_sigma = np.asarray(raw["params"]["log_sigma"], np.float64)
-    except (KeyError, TypeError):
-        raise UserError(field, f"{workdir}'s checkpoint holds no params/log_sigma") from None
-    shape = tuple(found.get("input_shape", ()))
-    if log_sigma.shape != shape:
-        raise UserError(field, f"{workdir}'s log_sigma has shape {log_sigma.shape}, not its input's {shape}")
-    with np.errstate(over="ignore"):
-        sigma = np.exp(log_sigma).astype(np.float32)
-    if not np.all(np.isfinite(sigma) & (sigma > 0)):
-        raise UserError(field, f"{workdir}'s sigma = exp(log_sigma) is not finite and > 0 everywhere "
-                               f"(min {np.min(sigma)}, max {np.max(sigma)})")
-    config = checkpoint.read_json(os.path.join(workdir, checkpoint.CONFIG_FILE), field)
-    return sigma, str(config.get("train", {}).get("init_from", "")), int(step)

@@ -1,5 +1,6 @@
 """Small shared pieces of the tests."""
 
+import json
 import os
 
 import orbax.checkpoint as ocp
@@ -20,6 +21,20 @@ def train_small(tmp_path_factory, name: str) -> str:
     path = str(tmp_path_factory.mktemp(name) / "run")
     assert train.run(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
     return path
+
+
+def sidecar_settings(path, program):
+    """The settings a jaxsmooth TSV's sidecar (``FILE.tsv.json``) holds, after checking its program."""
+    with open(f"{path}.json") as f:
+        record = json.load(f)
+    assert record["program"] == program
+    return record["settings"]
+
+
+def copy_sidecar(src, dst):
+    """Gives the TSV `dst` (a copy of `src`'s table, cut as a killed job leaves it) `src`'s sidecar."""
+    with open(f"{src}.json") as f, open(f"{dst}.json", "w") as g:
+        g.write(f.read())
 
 
 def tsv_rows(path):

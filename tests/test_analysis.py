@@ -120,6 +120,44 @@ def test_locuslab_predict_file_and_long_times(tmp_path):
     assert run.mode == "predict" and run.columns["time"].tolist() == [86402.0, 1.0]
 
 
+@pytest.mark.parametrize("style", ["timedelta", "seconds"])
+def test_both_locuslab_time_formats_give_pandas_certified_accuracy(tmp_path, style):
+    # locuslab/smoothing's data/certify files write time as str(timedelta) ("0:00:15.412") or as seconds ("15.4").
+    import pandas as pd
+
+    path = tmp_path / f"noise_0.50_{style}"
+    with open(path, "w") as f:
+        f.write("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+        for idx, label, predict, radius, correct in ROWS:
+            seconds = 15.4 + idx
+            time = str(datetime.timedelta(seconds=seconds)) if style == "timedelta" else f"{seconds:.1f}"
+            f.write(f"{idx * 20}\t{label}\t{predict}\t{radius:.3}\t{correct}\t{time}\n")
+    frame = pd.read_csv(path, delimiter="\t")
+    radii = np.arange(0, 2.25, 0.25)
+    # their analyze.py: (df["correct"] & (df["radius"] >= radius)).mean()
+    expected = [float((frame["correct"].astype(bool) & (frame["radius"] >= r)).mean()) for r in radii]
+    run = analysis.read_run(str(path))
+    assert analysis.certified_accuracy(run, radii).tolist() == expected
+    np.testing.assert_allclose(run.columns["time"], 15.4 + np.arange(N), atol=1e-6)
+    assert run.settings == {} and run.mode == "certify"
+
+
+def test_our_files_read_by_pandas_have_no_comment_lines(tmp_path):
+    from jaxsmooth.certification import records
+
+    path = tmp_path / "ours.tsv"
+    writer = records.TsvWriter(str(path), SETTINGS, CERTIFY)
+    for row in _certify_rows():
+        writer.write(dict(zip(CERTIFY, row)))
+    writer.close()
+    import pandas as pd
+
+    frame = pd.read_csv(path, delimiter="\t")
+    assert list(frame.columns) == CERTIFY and frame["radius"].tolist() == [r[3] for r in ROWS]
+    assert analysis.read_run(str(path)).settings == SETTINGS
+    np.testing.assert_array_equal(analysis.certified_accuracy(analysis.read_run(str(path)), GRID), EXPECTED)
+
+
 FULL = "8\t1\t1\t0.77\t1\t0:00:01.5\t0.99\t99000\t10\t0.7\t"
 
 

@@ -16,7 +16,7 @@ from jaxsmooth.attacks import accuracy_under_pgd, make_accuracy, runner
 from jaxsmooth.errors import UserError
 
 from conftest import ROOT
-from helpers import QUICKSTART, SMALL
+from helpers import QUICKSTART, SMALL, copy_sidecar, sidecar_settings
 
 DIGITS_NAL = os.path.join(ROOT, "configs", "digits_nal.py")
 COLUMNS = ["idx", "label", "radius", "correct", "correct_noisy", "time"]
@@ -127,9 +127,7 @@ def test_cli_rows_table_and_resume(workdir, tmp_path, capsys):
     out = tmp_path / "acc.tsv"
     assert _accuracy(workdir, out, *ARGS) == 0
     printed = capsys.readouterr().out.splitlines()
-    first = out.read_text().splitlines()[0]
-    assert first.startswith(MAGIC)
-    settings = json.loads(first[len(MAGIC):])
+    settings = sidecar_settings(out, "attack-accuracy")
     config = cli.load_config(QUICKSTART, [s.removeprefix("--config.") for s in SMALL])
     assert settings["mode"] == "accuracy" and settings["radii"] == [0.0, 0.5] and settings["steps"] == 3
     assert settings["test_noise_sigma"] == config.objective.sigma
@@ -157,6 +155,7 @@ def test_cli_rows_table_and_resume(workdir, tmp_path, capsys):
     lines = out.read_text().splitlines(keepends=True)
     cut = tmp_path / "cut.tsv"
     cut.write_text("".join(lines[:-2]) + lines[-2][:3])
+    copy_sidecar(out, cut)
     assert _accuracy(workdir, cut, *ARGS) == 0
     assert "(2 rows this run)" in capsys.readouterr().out
     assert [r[:5] for r in _rows(cut)[1]] == [r[:5] for r in rows]
@@ -254,7 +253,7 @@ def test_bad_accuracy_files(tmp_path, accuracy_files):
         attack_analysis.read_accuracy(bad)
     distance = tmp_path / "distance.tsv"
     distance.write_text('# jaxsmooth attack {"attack": "pgd"}\n')
-    with pytest.raises(UserError, match="not start with"):
+    with pytest.raises(UserError, match="has no jaxsmooth attack-accuracy settings"):
         attack_analysis.read_accuracy(str(distance))
     assert not attack_analysis.is_accuracy_file(str(distance))
     assert not attack_analysis.is_accuracy_file(str(tmp_path / "missing.tsv"))

@@ -11,7 +11,7 @@ import pytest
 from jaxsmooth import analysis, analyze, attack, cli, data, trainer
 from jaxsmooth.errors import UserError
 
-from helpers import QUICKSTART, SMALL, train_small, tsv_rows
+from helpers import QUICKSTART, SMALL, copy_sidecar, sidecar_settings, train_small, tsv_rows
 
 FAST = ["--steps", "5", "--rounds", "3", "--batch", "2", "--no-progress"]
 COLUMNS = ["idx", "label", "predict", "success", "distance", "time"]
@@ -52,15 +52,18 @@ def _check_rows(rows):
 def test_rows_columns_and_distances(workdir, tmp_path, capsys, name):
     out = tmp_path / f"{name}.tsv"
     assert _attack(workdir, out, "--attack", name, "--skip", "20", "--max", "100") == 0
-    first = out.read_text().splitlines()[0]
-    assert first.startswith("# jaxsmooth attack ")
-    settings = json.loads(first[len("# jaxsmooth attack "):])
+    settings = sidecar_settings(out, "attack")
     assert settings["attack"] == name and settings["smoothed"] is False and settings["steps"] == 5
     header, rows = tsv_rows(out)
     assert header == COLUMNS
     assert [int(r[0]) for r in rows] == [0, 20, 40, 60, 80]
     _check_rows(rows)
     assert [int(r[2]) for r in rows] == _clean_predictions(workdir, [0, 20, 40, 60, 80])
+    import pandas as pd
+
+    frame = pd.read_csv(out, delimiter="\t")
+    assert list(frame.columns) == COLUMNS and frame["idx"].tolist() == [0, 20, 40, 60, 80]
+    assert frame["distance"].tolist() == [float(r[4]) for r in rows]
     if name == "pgd":  # the bisection's search range
         assert all(float(r[4]) <= 4.0 or r[4] == "inf" for r in rows)
     summary = capsys.readouterr().out.strip().splitlines()[-1]
@@ -74,6 +77,7 @@ def test_killed_job_resumes_to_the_same_rows(workdir, tmp_path, capsys):
     assert _attack(workdir, full, *args) == 0
     lines = full.read_text().splitlines(keepends=True)
     cut.write_text("".join(lines[:-2]) + lines[-2][:5])  # the last row lost, the one before cut mid-line
+    copy_sidecar(full, cut)
     assert _attack(workdir, cut, *args) == 0
     assert "(2 this run)" in capsys.readouterr().out
     drop_time = lambda p: [r[:5] for r in tsv_rows(p)[1]]

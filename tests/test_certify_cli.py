@@ -1,5 +1,6 @@
 """The certify CLI on a trained quick-start model: rows, resume after a kill, and one error line per bad input."""
 
+import json
 import re
 
 import numpy as np
@@ -8,7 +9,7 @@ from scipy import stats
 
 from jaxsmooth import analysis, certify, cli, data, trainer
 
-from helpers import QUICKSTART, SMALL, train_small, tsv_rows
+from helpers import QUICKSTART, SMALL, copy_sidecar, sidecar_settings, train_small, tsv_rows
 
 FAST = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--batch", "100", "--no-progress"]
 
@@ -51,6 +52,7 @@ def test_killed_job_resumes_to_the_same_rows(workdir, tmp_path, capsys):
     text = full.read_text()
     lines = text.splitlines(keepends=True)
     cut.write_text("".join(lines[:-2]) + lines[-2][:9])  # the last row lost, the one before cut mid-line
+    copy_sidecar(full, cut)
     assert _certify(workdir, cut, "--skip", "30", "--max", "150") == 0
     drop_time = lambda p: [r[:5] + r[6:] for r in tsv_rows(p)[1]]
     assert drop_time(cut) == drop_time(full)
@@ -116,3 +118,55 @@ def test_bad_sigma_file_checkpoint_and_mismatched_out(workdir, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "error: out: " in err and "n=200" in err
     assert out.read_text() == before  # nothing lost
+
+
+def test_pandas_reads_certify_and_predict_files_as_cohen_analyze_does(workdir, tmp_path):
+    import pandas as pd
+
+    for mode in ("certify", "predict"):
+        out = tmp_path / f"{mode}.tsv"
+        assert _certify(workdir, out, "--mode", mode, "--skip", "45", "--max", "200") == 0
+        header, rows = tsv_rows(out)
+        frame = pd.read_csv(out, delimiter="\t")  # locuslab/smoothing's analyze.py reads files so
+        assert list(frame.columns) == header and len(frame) == len(rows) == 5
+        assert frame["idx"].tolist() == [0, 45, 90, 135, 180]
+        run = analysis.read_run(str(out))
+        assert run.settings["mode"] == mode and sidecar_settings(out, "certify")["n"] == 200
+        assert frame["predict"].tolist() == run.columns["predict"].tolist()
+        if mode == "certify":
+            assert frame["radius"].tolist() == run.columns["radius"].tolist()
+            radii = [0.0, 0.1, 0.2, 0.3]
+            theirs = [float((frame["correct"].astype(bool) & (frame["radius"] >= r)).mean()) for r in radii]
+            assert analysis.certified_accuracy(run, radii).tolist() == theirs
+
+
+def test_resume_refuses_a_changed_setting_and_leaves_both_files_alone(workdir, tmp_path, capsys):
+    out = tmp_path / "c.tsv"
+    assert _certify(workdir, out, "--max", "3") == 0
+    before = out.read_bytes(), (tmp_path / "c.tsv.json").read_bytes()
+    assert _certify(workdir, out, "--max", "3", "--alpha", "0.02") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out: ") and "alpha=0.01" in err[0]
+    assert (out.read_bytes(), (tmp_path / "c.tsv.json").read_bytes()) == before
+
+
+def test_a_file_of_the_earlier_format_resumes_in_the_new_one(workdir, tmp_path):
+    full, old = tmp_path / "full.tsv", tmp_path / "old.tsv"
+    assert _certify(workdir, full, "--skip", "30", "--max", "120") == 0
+    settings = sidecar_settings(full, "certify")
+    lines = full.read_text().splitlines(keepends=True)
+    legacy = ["# jaxsmooth certify " + json.dumps(settings) + "\n", "# a note\n"] + lines[:-1]
+    old.write_text("".join(legacy))  # the settings line, a comment, the header and all rows but the last
+    assert _certify(workdir, old, "--skip", "30", "--max", "120") == 0
+    assert not old.read_text().startswith("#")
+    assert sidecar_settings(old, "certify") == settings
+    assert json.loads((tmp_path / "old.tsv.json").read_text())["notes"] == ["a note"]
+    drop_time = lambda p: [r[:5] + r[6:] for r in tsv_rows(p)[1]]
+    assert drop_time(old) == drop_time(full)
+
+
+def test_out_through_a_regular_file_is_one_error_line(workdir, tmp_path, capsys):
+    (tmp_path / "plain").write_text("a file, not a folder\n")
+    assert _certify(workdir, tmp_path / "plain" / "sub" / "c.tsv", "--max", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out: ") and "is a file" in err[0], err

@@ -15,6 +15,7 @@ from jaxsmooth import analysis, analyze, certify, cli, models, noise, train, tra
 from jaxsmooth.certification import distributional
 
 from conftest import ROOT
+from helpers import copy_sidecar, sidecar_settings
 
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
 SMALL = ["--config.model.width=4", "--config.train.num_epochs=2", "--config.train.eval_every_epochs=0"]
@@ -148,11 +149,12 @@ def test_cli_rows_and_resume(workdir, tmp_path, capsys):
     for r in rows:
         phi, cost, loss, gamma = float(r[4]), float(r[5]), float(r[6]), float(r[3])
         assert phi == pytest.approx(loss - gamma * cost, rel=1e-4, abs=1e-4) and cost > 0 and loss >= 0
-    settings = json.loads(full.read_text().splitlines()[0].removeprefix("# jaxsmooth certify "))
+    settings = sidecar_settings(full, "certify")
     assert settings["mode"] == "distributional" and settings["gammas"] == [2.0] and settings["gamma_adv"] == [1.0, 4.0]
     lines = full.read_text().splitlines(keepends=True)
     # the last example: its third row lost, its second cut mid-line; its first row complete but to be redone
     cut.write_text("".join(lines[:-2]) + lines[-2][:7])
+    copy_sidecar(full, cut)
     capsys.readouterr()
     assert _dist(workdir, cut, *args) == 0
     assert "(1 this run)" in capsys.readouterr().out

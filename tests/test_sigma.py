@@ -18,7 +18,7 @@ from jaxsmooth import certification as C, certify, checkpoint, config as config_
 from jaxsmooth.errors import UserError
 from jaxsmooth.objectives import sigma as sigma_objective
 
-from helpers import quick_config
+from helpers import quick_config, sidecar_settings
 
 SHAPE = (2, 5, 1)
 D = 10
@@ -318,7 +318,7 @@ def _fake_sigma_run(path, log_sigma, input_shape=(8, 8, 1), objective="sigma"):
 
 def test_learned_sigma_loads_and_bad_ones_are_refused(tmp_path):
     good = np.log(np.linspace(0.1, 0.9, 64).reshape(8, 8, 1))
-    sigma, init_from, step = trainer.load_learned_sigma(_fake_sigma_run(tmp_path / "good", good))
+    sigma, init_from, step = checkpoint.read_learned_sigma(_fake_sigma_run(tmp_path / "good", good))
     np.testing.assert_allclose(sigma, np.exp(good), rtol=1e-6)
     assert init_from == "/base" and step == 3
     zero = good.copy()
@@ -330,7 +330,7 @@ def test_learned_sigma_loads_and_bad_ones_are_refused(tmp_path):
              (str(tmp_path / "missing"), "holds no checkpoints")]
     for path, needle in cases:
         with pytest.raises(UserError) as e:
-            trainer.load_learned_sigma(path)
+            checkpoint.read_learned_sigma(path)
         assert e.value.field == "sigma-from" and needle in str(e.value), str(e.value)
 
 
@@ -374,7 +374,7 @@ def test_trainer_learns_sigma_of_a_frozen_model_and_certify_uses_it(tmp_path, ca
     small_sigma = ["--config.model.width=8", "--config.train.num_epochs=1", "--config.train.eval_every_epochs=0",
                    f"--config.train.init_from={base}"]
     assert train.run(["--config", sigma_cfg, "--workdir", run_dir, "--no-progress"] + small_sigma) == 0
-    sigma, init_from, step = trainer.load_learned_sigma(run_dir)
+    sigma, init_from, step = checkpoint.read_learned_sigma(run_dir)
     chex.assert_shape(sigma, (8, 8, 1))
     assert init_from == base and step == 1437 // 64
     assert not np.allclose(sigma, 0.25)  # it moved from the initial constant
@@ -390,7 +390,7 @@ def test_trainer_learns_sigma_of_a_frozen_model_and_certify_uses_it(tmp_path, ca
     lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
     header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
     assert "area_objective" in header and len(rows) == 3
-    assert f'"sigma_from": "{run_dir}"' in out.read_text()
+    assert sidecar_settings(out, "certify")["sigma_from"] == run_dir
     for bad, field in [(["--sigma", "0.5"], "sigma-from"), (["--checkpoint", run_dir], "checkpoint")]:
         assert certify.run(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(tmp_path / "y.tsv")]
                            + small_sigma + fast + bad) == 2

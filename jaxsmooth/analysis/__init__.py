@@ -9,15 +9,18 @@ Cohen et al. (2019, Sec. 4 and their ``analyze.py``)::
     abstain rate            = mean_i [predict_i = -1]
     clean accuracy          = mean_i correct_i   (= certified accuracy at r = 0)
 
-A certify TSV (tab-separated; ``[...]`` columns are optional)::
+A certify TSV (tab-separated; ``[...]`` columns are optional; its settings,
+such as ``{"mode": "certify", "sigma": 0.25, "n": 100000, "alpha": 0.001, ...}``,
+in the sidecar ``FILE.tsv.json``, see `jaxsmooth.analysis.sidecar`)::
 
-    # jaxsmooth certify {"mode": "certify", "sigma": 0.25, "n": 100000, "alpha": 0.001, ...}
     idx label predict radius correct time [pA_lower count_A count_B lbound_mc lbound_model]
         [topk_radius topk_correct]   ("topk": k > 1)
         [area_objective]             ("anisotropic": true; radius is then the inscribed ell_2 radius)
 
-Other ``#`` lines are comments. A locuslab file has no ``#`` line; its
-settings are unknown. A predict TSV (``--mode predict``) has the columns
+Files of the earlier format (settings on a ``# jaxsmooth certify {...}``
+first line, ``#`` comment lines) are read too. A locuslab file has no
+sidecar; its settings are unknown, and its ``time`` may be ``H:MM:SS.ffffff``
+or plain seconds. A predict TSV (``--mode predict``) has the columns
 ``idx label predict correct time [count_A count_B pvalue clean]``, where
 ``clean`` is the class of one noise-free forward pass; then::
 

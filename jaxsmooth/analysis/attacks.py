@@ -1,14 +1,15 @@
 """Adversarial-distance analysis of attack TSVs: heat Tables 1-2 and the attack curve (boot camp Fig. 2).
 
-An attack TSV, as ``python -m jaxsmooth.attack`` writes it (tab-separated)::
+An attack TSV, as ``python -m jaxsmooth.attack`` writes it (tab-separated;
+its settings in the sidecar ``FILE.tsv.json``, `jaxsmooth.analysis.sidecar`)::
 
-    # jaxsmooth attack {"attack": "pgd", "smoothed": false, "checkpoint": "runs/heat", ...}
-    idx label predict success distance time
+    idx label predict success distance time       {"program": "attack", "settings": {"attack": "pgd", ...}}
 
 ``distance`` is the smallest ell_2 adversarial distance the attack found: 0
 for an example adversarial before the attack (misclassified), ``inf`` where
-the attack failed (success 0). Other ``#`` lines are comments; a last line
-cut short by a killed job is ignored.
+the attack failed (success 0). A last line cut short by a killed job is
+ignored; files of the earlier format (settings on a ``# jaxsmooth attack
+{...}`` first line, ``#`` comment lines) are read too.
 
 `distance_table` is the table of heat Tables 1-2: one row per model, the
 median and mean over the examples of
@@ -29,9 +30,10 @@ A model's files are grouped by their label: by default the base name of the
 files of one checkpoint make one row; name them explicitly to override.
 
 Accuracy under ell_2 PGD over a grid of radii (nal §5, Fig. 1), as
-``python -m jaxsmooth.attack --mode accuracy`` writes it::
+``python -m jaxsmooth.attack --mode accuracy`` writes it (program
+``attack-accuracy`` in the sidecar, settings such as ``{"mode": "accuracy",
+"radii": [0.0, 0.5], "test_noise_sigma": 0.25, ...}``)::
 
-    # jaxsmooth attack-accuracy {"mode": "accuracy", "radii": [0.0, 0.5], "test_noise_sigma": 0.25, ...}
     idx label radius correct correct_noisy time
 
 one row per example and radius (``correct``: the PGD point is classified
@@ -49,7 +51,6 @@ NumPy and matplotlib only: no JAX.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Sequence
@@ -57,7 +58,8 @@ from typing import Sequence
 import numpy as np
 
 from jaxsmooth.analysis import plotting
-from jaxsmooth.analysis.tsv import _HEADER, _STEM_EXTENSIONS, Run, _read_lines, _seconds, first_header
+from jaxsmooth.analysis import sidecar
+from jaxsmooth.analysis.tsv import _STEM_EXTENSIONS, Run, _read_lines, _seconds
 from jaxsmooth.errors import UserError
 
 COLUMNS = ("idx", "label", "predict", "success", "distance", "time")
@@ -108,9 +110,9 @@ class DistanceRow:
 
 
 def is_attack_file(path: str) -> bool:
-    """Whether `path`'s first line is a ``# jaxsmooth attack`` header (False for anything unreadable)."""
-    header = first_header(path)
-    return header is not None and header[0] == "attack"
+    """Whether `path` is a jaxsmooth attack TSV (its sidecar, or a legacy first line, says so; False if unreadable)."""
+    found = sidecar.program_of(path)
+    return found is not None and found[0] == "attack"
 
 
 def model_label(settings: dict, path: str) -> str:
@@ -134,22 +136,16 @@ def read_attack(path: str, label: str | None = None) -> AttackRun:
 
 
 def _read_table(path: str, program: str, required, ints, floats, what: str):
-    """(settings, rows [(line number, fields)], columns, ignored line) of a ``# jaxsmooth PROGRAM {json}`` TSV.
+    """(settings, rows [(line number, fields)], columns, ignored line) of a jaxsmooth PROGRAM TSV (`sidecar`).
 
     Integer columns `ints`, float columns `floats` (``time`` as a timedelta),
     others str; a last line cut off by a killed job is ignored; any other bad
     row is a `UserError` naming the file and line.
     """
     lines, terminated = _read_lines(path)
-    match = _HEADER.match(lines[0][1])
-    if not match or match.group(1) != program:
-        raise UserError(path, f"does not start with '# jaxsmooth {program} {{...}}'; is it {what}?")
-    try:
-        settings = json.loads(match.group(2))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:1", f"the settings after '# jaxsmooth {program}' are not JSON: {e.msg}") from None
-    if not isinstance(settings, dict):
-        raise UserError(f"{path}:1", "the settings must be a JSON object")
+    found, settings = sidecar.read_settings(path)
+    if found != program:
+        raise UserError(path, f"has no jaxsmooth {program} settings ({sidecar.path_of(path)}); is it {what}?")
     body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
     if not body:
         raise UserError(path, f"has no header row ({' '.join(required)})")
@@ -349,9 +345,9 @@ class AccuracyRun:
 
 
 def is_accuracy_file(path: str) -> bool:
-    """Whether `path`'s first line is a ``# jaxsmooth attack-accuracy`` header (False for anything unreadable)."""
-    header = first_header(path)
-    return header is not None and header[0] == ACCURACY_PROGRAM
+    """Whether `path` is an attack-accuracy TSV (its sidecar, or a legacy first line, says so; False if unreadable)."""
+    found = sidecar.program_of(path)
+    return found is not None and found[0] == ACCURACY_PROGRAM
 
 
 def read_accuracy(path: str, label: str | None = None) -> AccuracyRun:

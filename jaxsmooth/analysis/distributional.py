@@ -1,8 +1,9 @@
 """The distributional-robustness certificate of nal Thm 1 / Thm 3 and its empirical worst case (nal §5.1, Fig. 2a).
 
-A distributional TSV, as ``python -m jaxsmooth.certify --mode distributional`` writes it (tab-separated)::
+A distributional TSV, as ``python -m jaxsmooth.certify --mode distributional`` writes it (tab-separated;
+settings such as ``{"mode": "distributional", "gammas": [1.0], "gamma_adv": [0.5, 2.0], "sigma": 0.25, ...}``
+in the sidecar ``FILE.tsv.json``, `jaxsmooth.analysis.sidecar`)::
 
-    # jaxsmooth certify {"mode": "distributional", "gammas": [1.0], "gamma_adv": [0.5, 2.0], "sigma": 0.25, ...}
     idx label kind gamma phi cost loss last_step time
 
 one row per example per gamma, the ``certificate`` rows (``--gamma``) first,
@@ -36,14 +37,14 @@ NumPy and matplotlib only: no JAX.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 
 from jaxsmooth.analysis import plotting
-from jaxsmooth.analysis.tsv import _HEADER, _STEM_EXTENSIONS, _read_lines, _seconds, first_header
+from jaxsmooth.analysis import sidecar
+from jaxsmooth.analysis.tsv import _STEM_EXTENSIONS, _read_lines, _seconds
 from jaxsmooth.errors import UserError
 
 MODE = "distributional"
@@ -129,14 +130,11 @@ class GammaSummary:
 
 
 def is_distributional_file(path: str) -> bool:
-    """Whether `path`'s first line is ``# jaxsmooth certify {"mode": "distributional", ...}``; False if unreadable."""
-    header = first_header(path)
-    if header is None or header[0] != "certify":
+    """Whether `path` is a certify TSV whose settings have ``"mode": "distributional"``; False if unreadable."""
+    found = sidecar.program_of(path)
+    if found is None or found[0] != "certify":
         return False
-    try:
-        settings = json.loads(header[1])
-    except json.JSONDecodeError:
-        return False
+    settings = found[1]
     return isinstance(settings, dict) and settings.get("mode") == MODE
 
 
@@ -144,10 +142,9 @@ def read_distributional(path: str, label: str | None = None) -> DistributionalRu
     """Parses one distributional TSV (module docstring); a last line cut short is ignored."""
     lines, terminated = _read_lines(path)
     if not is_distributional_file(path):
-        raise UserError(path, "is not a distributional certify TSV (first line '# jaxsmooth certify "
-                              '{"mode": "distributional", ...}\')')
-    match = _HEADER.match(lines[0][1])
-    settings = json.loads(match.group(2))
+        raise UserError(path, 'is not a distributional certify TSV (settings {"mode": "distributional", ...} in '
+                              f"{sidecar.path_of(path)})")
+    settings = sidecar.read_settings(path)[1]
     body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
     if not body:
         raise UserError(path, "has no header row (idx label kind gamma ...)")

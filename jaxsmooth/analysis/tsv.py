@@ -6,13 +6,13 @@ See `jaxsmooth.analysis` for the format. NumPy only: no JAX.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Sequence
 
 import numpy as np
 
+from jaxsmooth.analysis import sidecar
 from jaxsmooth.errors import UserError
 
 REQUIRED = {
@@ -25,8 +25,8 @@ MAX_RADII = 100  # table columns; a longer grid is almost always a typo in --ste
 
 _INT_COLUMNS = ("idx", "label", "predict", "correct", "count_A", "count_B", "topk_correct", "clean")
 _FLOAT_COLUMNS = ("radius", "pA_lower", "lbound_mc", "lbound_model", "topk_radius", "area_objective", "pvalue")
-_HEADER = re.compile(r"#\s*jaxsmooth\s+(\S+)\s*(.*)$")
 _TIMEDELTA = re.compile(r"(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
+_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?$")
 _STEM_EXTENSIONS = (".tsv", ".txt", ".tab")  # locuslab names files "sigma_0.25": keep ".25"
 
 
@@ -75,7 +75,10 @@ class Run:
 def read_run(path: str, label: str | None = None) -> Run:
     """Parses one certify or predict TSV (module docstring) into a `Run`."""
     lines, terminated = _read_lines(path)
-    settings = _settings(path, lines[0][1]) if lines[0][1].startswith("#") else {}
+    program, settings = sidecar.read_settings(path)
+    if program not in (None, "certify"):
+        raise UserError(path, f"was written by jaxsmooth {program}, not certify; analyze reads certify and "
+                              "predict TSVs")
     body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
     if not body:
         raise UserError(path, "has no header row (idx label predict ...); is it a certify TSV?")
@@ -210,35 +213,22 @@ def write_merged(shard_paths: Sequence[str], out: str) -> Run:
     if len(merged) != 1 or merged[0].settings.get("shards_merged") is None:
         raise UserError("--merge", "takes the shards of one run (files OUT.shard<p>of<P>.tsv of "
                                    "certify.parallel = examples)")
-    rows, header, comments = [], None, []
+    rows, header = [], None
     for run in runs:
         lines, _ = _read_lines(run.path)
-        body = [(n, line) for n, line in lines[1:] if line.strip()]
-        if header is None:
-            comments = [line for _, line in body if line.startswith("#")]
-        data = [(n, line) for n, line in body if not line.startswith("#")]
+        data = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
         header = data[0][1]
         rows += [line for n, line in data[1:] if line != header and n != run.ignored_line]
     rows.sort(key=lambda line: int(line.split("\t")[0]))
     settings = {k: v for k, v in merged[0].settings.items() if k not in SHARD_FIELDS}
     try:
         with open(out, "w") as f:
-            f.write("# jaxsmooth certify " + json.dumps(settings, sort_keys=True) + "\n")
-            f.writelines(line + "\n" for line in comments + [header] + rows)
+            f.writelines(line + "\n" for line in [header] + rows)
+        sidecar.write(out, "certify", settings, tuple(sidecar.read_notes(runs[0].path)))
     except OSError as e:
         raise UserError("--merge", f"cannot write {out}: {e.strerror}") from None
     return merged[0]
 
-
-def first_header(path: str) -> tuple[str, str] | None:
-    """(program, settings text) of a ``# jaxsmooth PROGRAM {...}`` first line; None if absent or unreadable."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-    except (OSError, UnicodeDecodeError):
-        return None
-    match = _HEADER.match(first.rstrip("\r\n"))
-    return (match.group(1), match.group(2)) if match else None
 
 
 def _read_lines(path: str) -> tuple[list[tuple[int, str]], bool]:
@@ -261,22 +251,6 @@ def _read_lines(path: str) -> tuple[list[tuple[int, str]], bool]:
         raise UserError(path, "is empty; expected a certify or predict TSV")
     return [(n + 1, line.rstrip("\r")) for n, line in enumerate(lines)], text.endswith("\n")
 
-
-def _settings(path: str, line: str) -> dict:
-    match = _HEADER.match(line)
-    if not match:
-        return {}  # a plain comment
-    program, text = match.groups()
-    if program != "certify":
-        raise UserError(path, f"was written by jaxsmooth {program}, not certify; analyze reads certify and "
-                              "predict TSVs")
-    try:
-        settings = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:1", f"the settings after '# jaxsmooth certify' are not JSON: {e.msg}") from None
-    if not isinstance(settings, dict):
-        raise UserError(f"{path}:1", "the settings after '# jaxsmooth certify' are not one JSON object")
-    return settings
 
 
 def _mode(path: str, settings: dict, header: list[str]) -> str:
@@ -329,13 +303,19 @@ def _column(path: str, rows, name: str, values: list[str]) -> np.ndarray:
         try:
             out.append(_parse(name, value))
         except ValueError:
-            kind = "an integer" if dtype is np.int64 else "a number" if name != "time" else "a time H:MM:SS[.ffffff]"
+            kind = "an integer" if dtype is np.int64 else "a number" if name != "time" else \
+                "a time H:MM:SS[.ffffff] or seconds"
             raise UserError(f"{path}:{n}", f"column {name}: {value!r} is not {kind}") from None
     return np.asarray(out, dtype)
 
 
 def _seconds(text: str) -> float:
-    """Seconds of a Python ``str(datetime.timedelta)``: ``[D day[s], ]H:MM:SS[.ffffff]``."""
+    """Seconds of a Python ``str(datetime.timedelta)`` (``[D day[s], ]H:MM:SS[.ffffff]``) or plain seconds (``15.4``).
+
+    locuslab/smoothing's certify.py has written both over its history.
+    """
+    if _PLAIN_SECONDS.match(text.strip()):
+        return float(text)
     match = _TIMEDELTA.match(text.strip())
     if not match:
         raise ValueError(text)
