@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping
 
@@ -36,6 +37,7 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a folder orbax is still writing
 
 
 class Checkpointer:
@@ -56,9 +58,12 @@ class Checkpointer:
     def __init__(self, workdir: str, *, save_every_steps: int = 1, keep: int = 2):
         self.workdir = workdir
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=save_every_steps, create=True, cleanup_tmp_directories=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every_steps, create=True)
         self._failed = False
+        if jax.process_index() == 0 and os.path.isdir(self.directory):  # saves cut short: never checkpoints
+            for name in os.listdir(self.directory):
+                if TMP_MARK in name:
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         try:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         except Exception as e:  # orbax reports unreadable folders with many types

@@ -228,7 +228,7 @@ def _holder() -> str:
 
 
 def lock(path: str, target: str, field: str, *, take: bool = True) -> None:
-    """Takes the exclusive lock file `path` until the `session` ends, or refuses with `UserError(field)` naming the holder.
+    """Takes the exclusive lock file `path` until the `session` ends, or refuses: `UserError(field)` naming the holder.
 
     Args:
       path: the lock file; its folder is made. It holds the holder's host, pid
@@ -362,7 +362,7 @@ def write_errors(field: str, path: str) -> Iterator[None]:
 
 
 def write_atomic(path: str, text: str, field: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename: a reader sees the old file or the whole new one."""
+    """Writes `text` to `path` through a temporary file and a rename: readers see the old file or the whole new one."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     with write_errors(field, path):

@@ -1,4 +1,4 @@
-"""The fault-injection suite (python -m jaxsmooth.bench faults), small: kills, a stop, a second copy, full disks, cuts."""
+"""The fault-injection suite (python -m jaxsmooth.bench faults), small: kills, a stop, a copy, full disks, cuts."""
 
 import json
 import os

@@ -173,8 +173,12 @@ def test_sharded_certification_resumes_after_a_kill(two_process_run, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_saved_step_and_the_run_resumes_bit_identical(
-        two_process_run, tmp_path):
+        two_process_run, tmp_path, monkeypatch):
     """JAX's preemption sync point: the notice of one process reaches the other; both save one step and exit 75."""
+    for name, value in (("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache")),  # the resumed run compiles nothing
+                        ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+                        ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
+        monkeypatch.setenv(name, value)
     workdir = str(tmp_path / "run")
     args = ["-m", "jaxsmooth.train", "--config", QUICKSTART, "--workdir", workdir, "--no-progress"] + SMALL
     job = _launch(tmp_path, "preempted", args, popen=True)

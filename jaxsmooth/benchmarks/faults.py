@@ -1,4 +1,4 @@
-"""``python -m jaxsmooth.bench faults``: the quick start and a digits certify under kills, stops, copies, full disks, cuts.
+"""``python -m jaxsmooth.bench faults``: the quick start and a digits certify under kills, stops, copies, full disks.
 
 `run_suite` runs the real CLIs as child processes: ``python -m jaxsmooth.train
 --config configs/quickstart.py`` (with the ``--config.*`` overrides given,
@@ -102,7 +102,8 @@ def main(args, overrides: list[str], argv: list[str]) -> int:
         why = _namespace_refusal()
         if why is None:
             env = dict(os.environ, **{_NAMESPACE_ENV: str(args.disk_mb)})
-            return subprocess.run(["unshare", "-rm", sys.executable, "-m", "jaxsmooth.bench"] + argv, env=env).returncode
+            command = ["unshare", "-rm", sys.executable, "-m", "jaxsmooth.bench"] + argv
+            return subprocess.run(command, env=env).returncode
         print(f"disk faults skipped: {why}", file=sys.stderr)
         counts["disk"] = 0
     scratch = _fresh_folders(args.workdir)
@@ -271,7 +272,8 @@ def _arrays(workdir: str, step: int) -> dict[str, np.ndarray]:
         tree = checkpoint.read_model(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step)), "checkpoint")
     except UserError:
         return {}
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
 def _metrics_lines(workdir: str) -> list[str]:
