@@ -240,8 +240,7 @@ def lock(path: str, target: str, field: str, *, take: bool = True) -> None:
     """
     refusal = None
     if take:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        f = open(path, "a+")
+        f = _open_lock_file(path, target, field)
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -269,6 +268,21 @@ def lock(path: str, target: str, field: str, *, take: bool = True) -> None:
             refusal = "another process of this job found its files in use by another job (see its error line)"
     if refusal is not None:
         raise UserError(field, refusal)
+
+
+def _open_lock_file(path: str, target: str, field: str):
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(field, f"cannot create the folder of {target}: a part of {folder} is a file, "
+                               "not a folder") from None
+    except OSError as e:
+        raise UserError(field, f"cannot create the folder {folder}: {e.strerror}") from None
+    try:
+        return open(path, "a+")
+    except OSError as e:
+        raise UserError(field, f"cannot write {path} beside {target}: {e.strerror}") from None
 
 
 def _release(f) -> None:

@@ -53,8 +53,12 @@ def test_plan_shares_faults_between_train_and_certify_and_never_starts_with_a_cu
 
 
 def test_compare_certify_counts_lost_twice_and_different_rows(tmp_path):
-    head = "# jaxsmooth certify {}\nidx\tlabel\tpredict\ttime\n"
-    (tmp_path / "ref.tsv").write_text(head + "0\t1\t1\t0:00:01\n1\t2\t2\t0:00:01\n2\t3\t3\t0:00:01\n")
-    (tmp_path / "got.tsv").write_text(head + "0\t1\t1\t0:00:09\n1\t2\t5\t0:00:01\n1\t2\t5\t0:00:01\n")
+    head = "idx\tlabel\tpredict\tlbound_mc\ttime\n"
+    (tmp_path / "ref.tsv").write_text(head + "0\t1\t1\t0.25\t1.5\n1\t2\t2\t0.5\t1.5\n2\t3\t3\t0.5\t1.5\n"
+                                      "3\t3\t3\t0.30000001\t1.5\n")
+    (tmp_path / "got.tsv").write_text(head + "0\t1\t1\t0.25\t9.5\n1\t2\t5\t0.5\t1.5\n1\t2\t5\t0.5\t1.5\n"
+                                      "3\t3\t3\t0.30000002\t1.5\n")  # 3: lbound_mc within float32 rounding
     assert faults.compare_certify(str(tmp_path / "got.tsv"), str(tmp_path / "ref.tsv")) == {
         "rows_lost": 1, "rows_twice": 1, "rows_different": 1}
+    (tmp_path / "got.tsv").write_text(head + "0\t1\t1\t0.2501\t1.5\n")
+    assert faults.compare_certify(str(tmp_path / "got.tsv"), str(tmp_path / "ref.tsv"))["rows_different"] == 1
