@@ -265,3 +265,24 @@ def test_sigterm_mid_row_stops_certify_with_whole_rows_and_it_resumes_to_the_sam
     # every row once, each equal but for time (and lbound_mc to float32 rounding: see faults.ROUNDED_COLUMNS)
     assert faults.compare_certify(str(stopped), str(full)) == {"rows_lost": 0, "rows_twice": 0, "rows_different": 0}
     assert [r[0] for r in tsv_rows(stopped)[1]] == [r[0] for r in tsv_rows(full)[1]]
+
+
+def test_sigterm_stops_attack_between_rows_with_one_line(trained, tmp_path, monkeypatch, capsys):
+    """The attack CLI's rows pass through the same stop: the rows before the signal whole, the one in flight dropped."""
+    from jaxsmooth.attacks import runner
+
+    def rows(attack_fn, params, model_state, split, todo, key, *, batch):
+        for i in todo:
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # while the third example is attacked
+            yield {"idx": int(i), "label": 1, "predict": 1, "success": 1, "distance": 0.5, "time": "0:00:01",
+                   "seconds": 1.0}
+
+    monkeypatch.setattr(runner, "run", rows)
+    out = tmp_path / "a.tsv"
+    code = attack.run(["--config", QUICKSTART, "--checkpoint", trained, "--out", str(out), "--attack", "ddn",
+                       "--max", "5", "--no-progress"] + SMALL)
+    assert code == 75
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stopped by SIGTERM after 2 rows of this run, each written whole to {out}; rerun the same command to resume"]
+    assert [r[0] for r in tsv_rows(out)[1]] == ["0", "1"]
