@@ -99,11 +99,19 @@ class Job:
 
 @dataclasses.dataclass
 class Fault:
-    """One injected fault: what, when, and which of its checks failed (none: it held)."""
+    """One injected fault: what, when, and which of its checks failed (none: it held).
+
+    where: how its moment was chosen, for the report: ``early`` (a random time
+    within the undisturbed run's start-up), ``mid-run`` / ``mid-row`` (after a
+    random number of new steps or rows), ``during a save`` (a checkpoint's
+    temporary folder seen, and left behind by the kill), ``just after a save``;
+    moment: what the job had done by then.
+    """
 
     kind: str
     job: str
     moment: str = ""
+    where: str = ""
     injected: bool = True
     failed: list[str] = dataclasses.field(default_factory=list)
     survived: bool = False
@@ -151,12 +159,11 @@ def kill(job: Job, rng: np.random.Generator) -> Fault:
     mode = modes[int(rng.choice(len(modes), p=[0.2, 0.5, 0.3] if len(modes) == 3 else [0.2, 0.8]))]
     fault = Fault("kill", job.kind)
     proc, _ = job.start()
-    before = job.progress()
     if mode == "startup":
         delay = rng.uniform(0, job.startup_s)
         t0 = time.monotonic()
-        wait(proc, lambda: time.monotonic() - t0 > delay or job.progress() > before)
-        fault.moment = "in start-up" if job.progress() == before else f"at {job.kind} progress {job.progress()}"
+        wait(proc, lambda: time.monotonic() - t0 > delay)
+        fault.where, fault.moment = "early", f"{time.monotonic() - t0:.2f} s after the start"
     else:
         target = _target(job, rng)
         wait(proc, lambda: job.progress() >= target)
@@ -166,14 +173,18 @@ def kill(job: Job, rng: np.random.Generator) -> Fault:
         else:
             time.sleep(rng.uniform(0, job.unit_s))
         now = job.progress()
-        fault.moment = (f"during a checkpoint save after step {now}" if mode == "save" else
-                        f"after step {now}" if job.kind == "train" else f"computing row {now + 1}")
+        fault.where = "during a save" if mode == "save" else _mid(job)
+        fault.moment = f"after step {now}" if job.kind == "train" else f"computing row {now + 1}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     fault.injected = proc.returncode == -signal.SIGKILL
     if mode == "save" and fault.injected and not glob.glob(tmp):
-        fault.moment = f"just after a checkpoint save, step {job.progress()}"  # the save had finished
+        fault.where = "just after a save"  # the save had finished
     return fault
+
+
+def _mid(job: Job) -> str:
+    return "mid-run" if job.kind == "train" else "mid-row"
 
 
 def term(job: Job, rng: np.random.Generator) -> Fault:
@@ -185,7 +196,7 @@ def term(job: Job, rng: np.random.Generator) -> Fault:
     time.sleep(rng.uniform(0, job.unit_s))
     proc.send_signal(signal.SIGTERM)
     proc.wait(TIMEOUT_S)
-    fault = Fault("term", job.kind, injected=proc.returncode != 0)
+    fault = Fault("term", job.kind, injected=proc.returncode != 0, where=_mid(job))
     if not fault.injected:
         return fault
     stops = [line for line in lines(log) if line.startswith("stopped")]
@@ -238,7 +249,7 @@ def disk(job: Job, rng: np.random.Generator, scratch: str) -> Fault:
     wait(proc, lambda: job.progress() >= target)
     ballast = os.path.join(scratch, "ballast")
     _fill(ballast)
-    fault = Fault("disk", job.kind, moment=f"disk full at progress {job.progress()}")
+    fault = Fault("disk", job.kind, moment=f"disk full at progress {job.progress()}", where=_mid(job))
     proc.wait(TIMEOUT_S)
     os.remove(ballast)
     fault.injected = proc.returncode != 0

@@ -112,11 +112,24 @@ def main(args, overrides: list[str], argv: list[str]) -> int:
     report = run_suite(args.workdir, counts, per_chain=args.per_chain, overrides=overrides,
                        certify_args=["--n", str(args.n), "--skip", str(args.skip), "--max", str(args.max)],
                        seed=args.seed, on_line=lambda line: print(line, file=sys.stderr, flush=True))
+    settings = report.settings
+    print(f"bench faults: quick start {settings['train_total']} steps ({' '.join(overrides) or 'as configured'}), "
+          f"digits certify {settings['certify_total']} rows ({' '.join(settings['certify_args'])}); seed "
+          f"{args.seed}, {args.per_chain} faults per chain; {settings['machine']}\n")
     print(markdown(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**dataclasses.asdict(report), "headline": report.headline()}, f, indent=2)
     return 0 if report.totals()[0] == report.totals()[1] and not report.unfinished_chains else 1
+
+
+def _machine() -> str:
+    import platform
+
+    import jax
+
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), python "
+            f"{platform.python_version()}, jax {jax.__version__}")
 
 
 def _namespace_refusal() -> str | None:
@@ -202,7 +215,7 @@ def run_suite(workdir: str, counts: dict[str, int], *, per_chain: int = 4, overr
     for ref in references.values():  # train first: certify reads its model
         _reference(ref)
     report = Report(faults=[], settings={"counts": counts, "per_chain": per_chain, "overrides": list(overrides),
-                                         "certify_args": list(certify_args), "seed": seed,
+                                         "certify_args": list(certify_args), "seed": seed, "machine": _machine(),
                                          **{f"{k}_total": j.total for k, j in references.items()}})
     on_line(f"references: train {references['train'].total} steps, certify {references['certify'].total} rows")
     for number, (kind, kinds) in enumerate(plan(counts, per_chain, rng)):
@@ -340,16 +353,6 @@ def compare_certify(got: str, reference: str) -> dict[str, int]:
             "rows_different": sum(1 for idx, fields in seen.items() if not _same_row(names, fields, theirs.get(idx)))}
 
 
-def _where(fault: Fault) -> str:
-    """The class of a fault's moment, for the table."""
-    for prefix, name in (("in start-up", "start-up"), ("during a checkpoint save", "during a save"),
-                         ("just after a checkpoint save", "just after a save"), ("computing row", "mid-row"),
-                         ("after step", "mid-run")):
-        if fault.moment.startswith(prefix):
-            return name
-    return ""
-
-
 def markdown(report: Report) -> str:
     """One table row per (fault, job): injected, survived, where; then the differences and the headline."""
     from collections import Counter
@@ -362,7 +365,7 @@ def markdown(report: Report) -> str:
             mine = [f for f in report.faults if f.kind == kind and f.job == job and f.injected]
             if not mine:
                 continue
-            where = Counter(_where(f) for f in mine if _where(f))
+            where = Counter(f.where for f in mine if f.where)
             lines.append(f"| {names[kind]} | {job} | {len(mine)} | {sum(f.survived for f in mine)} | "
                          + ", ".join(f"{n} {w}" for w, n in where.most_common()) + " |")
     skipped = sum(1 for f in report.faults if not f.injected)
