@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also time the JAX step compiled without jaxsmooth's XLA:CPU options")
     t.add_argument("--json", default="", help="write per-round timings here")
     c = sub.add_parser("certify", help="certification sampling samples/s")
-    c.add_argument("--model", required=True)
+    c.add_argument("--model", default="", help="the architecture (required unless --workdir names it)")
+    c.add_argument("--workdir", default="",
+                   help="also time this workdir's model (a training run's, or a converted PyTorch checkpoint's) "
+                        "beside the random-weight model of its architecture")
     c.add_argument("--n", type=int, default=10_000, help="samples per input")
     c.add_argument("--batch", type=int, default=1000, help="samples per forward pass (inputs x chunk)")
     c.add_argument("--inputs", type=int, default=1, help="inputs sampled together in each forward pass")
@@ -232,7 +235,23 @@ def _certify_table(report) -> str:
     return "\n".join(lines)
 
 
+def _workdir_model(args) -> dict:
+    """model.json of --workdir (empty without one), after filling in or checking --model against it."""
+    if not args.workdir:
+        if not args.model:
+            raise UserError("--model", "required (or --workdir, whose model.json names it)")
+        return {}
+    from jaxsmooth import checkpoint
+
+    found = checkpoint.read_json(os.path.join(args.workdir, checkpoint.MODEL_FILE), "--workdir")
+    if args.model and args.model != found.get("model"):
+        raise UserError("--model", f"{args.workdir} holds a {found.get('model')!r} model, not {args.model!r}")
+    args.model = found.get("model", "")
+    return found
+
+
 def _certify(args) -> int:
+    found = _workdir_model(args)
     dtypes = _check_common(args)
     if args.n <= 0:
         raise UserError("--n", f"must be > 0, got {args.n}")
@@ -251,8 +270,9 @@ def _certify(args) -> int:
 
     from jaxsmooth.benchmarks import certify as certify_bench
 
-    shape = certify_bench.input_shape_of(args.model)
-    settings = (f"{args.model}, input {'x'.join(map(str, shape))}, {certify_bench.num_classes_of(args.model)} "
+    shape = tuple(found.get("input_shape", ())) or certify_bench.input_shape_of(args.model)
+    num_classes = int(found.get("num_classes", 0)) or certify_bench.num_classes_of(args.model)
+    settings = (f"{args.model}, input {'x'.join(map(str, shape))}, {num_classes} "
                 f"classes, sigma {certify_bench.SIGMA}, batch {args.batch} ({args.inputs} input(s) x "
                 f"{args.batch // args.inputs} samples)")
     if args.memory:
@@ -265,7 +285,8 @@ def _certify(args) -> int:
         report = certify_bench.benchmark(args.model, args.n, batch=args.batch, inputs=args.inputs, dtypes=dtypes,
                                          rounds=args.rounds, with_torch=not args.no_torch, torch_batch=torch_batch,
                                          tuned_batch=args.tuned_batch, xla_options=xla_options,
-                                         torch_compile=args.torch_compile, on_round=lambda r: bar.update(1))
+                                         torch_compile=args.torch_compile, on_round=lambda r: bar.update(1),
+                                         workdir=args.workdir, input_shape=shape, num_classes=num_classes)
     torch_settings = ""
     if any(name.startswith("torch") for name in report.results):
         import torch
@@ -277,6 +298,11 @@ def _certify(args) -> int:
     print(f"certify sampling, {settings}, n {args.n:,} per input, {args.rounds} rounds; "
           f"{_machine()}{torch_settings}")
     print(_certify_table(report))
+    if args.workdir:
+        rates = {name: r.rate for name, r in report.results.items()}
+        print(f"workdir: {os.path.abspath(args.workdir)}" + "".join(
+            f"; jax {d} workdir / jax {d}: {rates[f'jax {d} workdir'] / rates[f'jax {d}']:.3f}"
+            for d in dtypes if f"jax {d} workdir" in rates))
     for name, options in report.options.items():
         kinds = options.get("xla_cpu_experimental_ynn_fusion_type", "").replace("LIBRARY_FUSION_TYPE_", "")
         print(f"{name}: XLA options {'YNN fusion ' + kinds.replace(',', '+') if kinds else 'XLA defaults'}")

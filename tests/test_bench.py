@@ -130,7 +130,9 @@ def test_forward_flops_are_the_hand_counts():
 
 
 @pytest.mark.parametrize("args, field", [
+    ([], "--model"),
     (["--model", "resnet21"], "--model"),
+    (["--workdir", "/nonexistent/run"], "--workdir"),
     (["--model", "cnn", "--n", "0"], "--n"),
     (["--model", "cnn", "--n", "-5"], "--n"),
     (["--model", "cnn", "--batch", "0"], "--batch"),

@@ -9,7 +9,11 @@ noisy forward passes per second. The contenders:
 - ``torch canonical``: Cohen et al.'s ``_sample_noise`` (locuslab/smoothing),
   `torch_reference.sample_counts_canonical`, one input at a time;
 - ``torch tuned f32`` / ``torch tuned bf16``: `torch_reference.make_tuned_sampler`
-  (inference_mode, channels_last, counts on the device; bf16 autocast).
+  (inference_mode, channels_last, counts on the device; bf16 autocast);
+- ``jax <dtype> workdir`` (with `workdir`): the engine on a workdir's model as
+  `jaxsmooth.load` reads it (a trained run, or a converted PyTorch checkpoint;
+  its config's compute dtype), beside the random-weight model of the same
+  architecture.
 
 Beside the rates: the model's forward FLOPs per sample (2 per multiply-add of
 its convolutions and matrix products) and the machine's matmul peak measured here, so a
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -71,14 +76,15 @@ XLA_OPTIONS = {"auto": "auto", "dot": parallel.CPU_COMPILER_OPTIONS, "eltwise": 
 
 def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dtype: str = "float32",
                   num_classes: int = 10, width: int = 0, xla_options: str = "auto",
-                  chosen: dict | None = None) -> Contender:
+                  chosen: dict | None = None, model: models.Model | None = None) -> Contender:
     """A warmed-up ``run()`` counting n samples of each of `inputs` inputs with `certification.Sampler`.
 
     The sampler runs forward batches of `batch` (= inputs x chunk) samples,
     compiled with `XLA_OPTIONS[xla_options]`; `chosen`, when given, receives
-    the options it was compiled with under the key "options".
+    the options it was compiled with under the key "options". `model`: this
+    BatchNorm-folded model instead of model `name` with random weights.
     """
-    model = models.fold_batch_norm(models.split(_module(name, input_shape, num_classes, dtype, width)))
+    model = model or models.fold_batch_norm(models.split(_module(name, input_shape, num_classes, dtype, width)))
     sampler = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
                                     num_classes=num_classes, inputs=inputs, chunk=batch // inputs,
                                     compiler_options=XLA_OPTIONS[xla_options])
@@ -93,6 +99,17 @@ def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dt
         sampler(x, index, SIGMA, n, key)  # returns host counts: blocks until done
 
     return run, n * inputs, setup_s
+
+
+def workdir_model(workdir: str) -> tuple[str, models.Model]:
+    """(contender label ``jax <dtype> workdir``, the BatchNorm-folded model) of `workdir`, read by `jaxsmooth.load`."""
+    import jaxsmooth
+    from jaxsmooth import checkpoint
+
+    loaded = jaxsmooth.load(workdir)
+    config = checkpoint.read_json(os.path.join(workdir, checkpoint.CONFIG_FILE), "--workdir")
+    dtype = config.get("model", {}).get("dtype", "float32")
+    return f"jax {dtype} workdir", models.Model(loaded.apply, loaded.params, loaded.model_state)
 
 
 def torch_contenders(name: str, n: int, inputs: int, input_shape, *, batch: int, tuned_batch: int = TUNED_BATCH,
@@ -219,16 +236,20 @@ class Report:
 def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_shape=None,
               dtypes=("float32",), rounds: int = 5, with_torch: bool = True, torch_batch: int | None = None,
               tuned_batch: int = TUNED_BATCH, matmul_size: int = 4096, xla_options=("auto",),
-              torch_compile: str = "", on_round: Callable[[int], None] | None = None) -> Report:
+              torch_compile: str = "", on_round: Callable[[int], None] | None = None, workdir: str = "",
+              num_classes: int | None = None) -> Report:
     """Interleaved medians of the jaxsmooth engine (per dtype) and the PyTorch references, FLOPs and peaks.
 
     Args:
       n: samples per input; each round every contender draws n * inputs.
       batch: the engine's forward batch (inputs x chunk); the canonical loop's too unless `torch_batch`.
       tuned_batch: the tuned PyTorch samplers' batch.
+      workdir: also ``jax <dtype> workdir``, the engine on this workdir's model (of architecture `name`),
+        compiled with the first of `xla_options`.
+      num_classes: default `num_classes_of(name)`.
     """
     input_shape = tuple(input_shape or input_shape_of(name))
-    num_classes = num_classes_of(name)
+    num_classes = num_classes or num_classes_of(name)
     contenders, options = {}, {}
     for d in dtypes:
         for o in xla_options:
@@ -237,6 +258,12 @@ def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_sh
             contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d, num_classes=num_classes,
                                               xla_options=o, chosen=chosen)
             options[label] = chosen["options"]
+    if workdir:
+        label, model = workdir_model(workdir)
+        chosen = {}
+        contenders[label] = jax_contender(name, n, batch, inputs, input_shape, num_classes=num_classes,
+                                          xla_options=xla_options[0], chosen=chosen, model=model)
+        options[label] = chosen["options"]
     if with_torch:
         contenders.update(torch_contenders(name, n, inputs, input_shape, batch=torch_batch or batch,
                                            tuned_batch=tuned_batch, num_classes=num_classes,
