@@ -46,7 +46,8 @@ class Checkpointer:
     A save writes into a temporary folder (``STEP.orbax-checkpoint-tmp``) that
     orbax renames to ``STEP`` once every file is written: a save cut by a kill
     or a full disk never looks like a checkpoint, and such leftovers are
-    removed when the next run opens the folder. A save that fails for want of
+    removed when the next run opens the folder (which assumes one writer per
+    workdir: ``python -m jaxsmooth.train`` holds its lock, `jobs.lock_workdir`). A save that fails for want of
     room raises `jobs.WriteFailed` (exit status 74) naming the last complete step.
 
     Args:
