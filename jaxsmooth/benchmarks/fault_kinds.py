@@ -44,8 +44,9 @@ class Job:
     """One command the suite starts again and again, and how far it has got.
 
     kind: ``train`` (`out` is the workdir) or ``certify`` (`out` is the TSV).
-    total: steps or rows at the end; startup_s, unit_s: the reference's time
-    to its first step or row, and per step or row.
+    total: steps or rows at the end; startup_s: how long a restart takes to
+    begin (a rerun of the finished reference, compilations cached); unit_s: the
+    reference's time per step or row.
     """
 
     kind: str
@@ -102,7 +103,7 @@ class Fault:
     """One injected fault: what, when, and which of its checks failed (none: it held).
 
     where: how its moment was chosen, for the report: ``early`` (a random time
-    within the undisturbed run's start-up), ``mid-run`` / ``mid-row`` (after a
+    within a restart's start-up, `Job.startup_s`), ``mid-run`` / ``mid-row`` (after a
     random number of new steps or rows), ``during a save`` (a checkpoint's
     temporary folder seen, and left behind by the kill), ``just after a save``;
     moment: what the job had done by then.
