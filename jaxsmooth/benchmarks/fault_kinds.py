@@ -72,6 +72,16 @@ class Job:
         steps = [json.loads(line)["step"] for line in lines if b'"loss"' in line]
         return steps[-1] if steps else 0
 
+    def advanced(self, resume: int, since_ns: int) -> bool:
+        """Whether this start has made a step or row of its own: progress past `resume` written after `since_ns`.
+
+        (Until a resumed run truncates its metrics, lines of the steps it will redo are still there.)
+        """
+        try:
+            return os.stat(self._watched()).st_mtime_ns > since_ns and self.progress() > resume
+        except FileNotFoundError:
+            return False
+
     def _watched(self) -> str:
         return os.path.join(self.out, "metrics.jsonl") if self.kind == "train" else self.out
 
@@ -103,7 +113,8 @@ class Fault:
     """One injected fault: what, when, and which of its checks failed (none: it held).
 
     where: how its moment was chosen, for the report: ``early`` (a random time
-    within a restart's start-up, `Job.startup_s`), ``mid-run`` / ``mid-row`` (after a
+    within a restart's start-up, `Job.startup_s`, or its first new step or row
+    if that comes first), ``mid-run`` / ``mid-row`` (after a
     random number of new steps or rows), ``during a save`` (a checkpoint's
     temporary folder seen, and left behind by the kill), ``just after a save``;
     moment: what the job had done by then.
@@ -159,11 +170,12 @@ def kill(job: Job, rng: np.random.Generator) -> Fault:
     modes = ["startup", "running", "save"] if job.kind == "train" else ["startup", "running"]
     mode = modes[int(rng.choice(len(modes), p=[0.2, 0.5, 0.3] if len(modes) == 3 else [0.2, 0.8]))]
     fault = Fault("kill", job.kind)
+    resume = max(job.checkpoints(), default=0) if job.kind == "train" else job.progress()
+    t0, started = time.monotonic(), time.time_ns()
     proc, _ = job.start()
-    if mode == "startup":
+    if mode == "startup":  # a random time in start-up, or the first new step or row if that comes first
         delay = rng.uniform(0, job.startup_s)
-        t0 = time.monotonic()
-        wait(proc, lambda: time.monotonic() - t0 > delay)
+        wait(proc, lambda: time.monotonic() - t0 > delay or job.advanced(resume, started))
         fault.where, fault.moment = "early", f"{time.monotonic() - t0:.2f} s after the start"
     else:
         target = _target(job, rng)
