@@ -374,8 +374,9 @@ def markdown(report: Report) -> str:
             lines.append(f"| {names[kind]} | {job} | {len(mine)} | {sum(f.survived for f in mine)} | "
                          + ", ".join(f"{n} {w}" for w, n in where.most_common()) + " |")
     skipped = sum(1 for f in report.faults if not f.injected)
-    lines += ["", f"{report.chains} chains, each run to the end and compared with an undisturbed run; "
-                  f"{skipped} planned faults not injected (the job had ended first); rows different "
-                  f"{report.rows_different}, metrics lines lost, twice or different {report.metrics_lines_different}, "
-                  f"chains whose last run failed {report.unfinished_chains}.", "", f"**{report.headline()}**"]
+    lines += ["", f"{report.chains} chains, each run to the end and compared with an undisturbed run; {skipped} "
+                  "planned faults not injected (the job had ended first, or had no older checkpoint or no row to "
+                  f"cut); rows different {report.rows_different}, metrics lines lost, twice or different "
+                  f"{report.metrics_lines_different}, chains whose last run failed {report.unfinished_chains}.", "",
+              f"**{report.headline()}**"]
     return "\n".join(lines) + "\n"
