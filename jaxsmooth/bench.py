@@ -90,9 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--n", type=int, default=100_000, help="CERTIFY's estimation samples")
     i.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     i.add_argument("--rounds", type=int, default=3, help="rounds; medians are over rounds")
-    from jaxsmooth.benchmarks import pipeline as pipeline_bench  # stdlib + numpy at import: cheap
+    from jaxsmooth.benchmarks import faults, pipeline as pipeline_bench  # stdlib + numpy at import: cheap
 
     pipeline_bench.add_parser(sub)
+    faults.add_parser(sub)
     return p
 
 
@@ -387,12 +388,18 @@ def _certify_memory(args, dtypes, settings: str) -> int:
 
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
-    if overrides:
-        raise UserError("config", "--config.FIELD=VALUE overrides apply to the paper reports "
-                                  f"(python -m jaxsmooth.report), not to micro-benchmarks; got {overrides[0]}")
     args = _parser().parse_args(rest)
+    if overrides and args.what != "faults":
+        raise UserError("config", "--config.FIELD=VALUE overrides apply to bench faults and the paper reports "
+                                  f"(python -m jaxsmooth.report), not to micro-benchmarks; got {overrides[0]}")
     return {"certify": _certify, "train": _train, "inference": _inference, "scaling": _scaling,
-            "pipeline": _pipeline}[args.what](args)
+            "pipeline": _pipeline, "faults": lambda a: _faults(a, overrides, list(argv))}[args.what](args)
+
+
+def _faults(args, overrides, argv) -> int:
+    from jaxsmooth.benchmarks import faults
+
+    return faults.main(args, overrides, argv)
 
 
 def _inference(args) -> int:

@@ -110,7 +110,7 @@ def _distributional(args, config) -> int:
     """``--mode distributional``: rows of `jaxsmooth.certification.distributional.run` into a resumable TSV."""
     import jax
 
-    from jaxsmooth import models, noise, parallel, trainer
+    from jaxsmooth import jobs, models, noise, parallel, trainer
     from jaxsmooth.certification import distributional, records
 
     gammas = _gammas(args.gamma, "gamma", True)
@@ -138,6 +138,7 @@ def _distributional(args, config) -> int:
                 "checkpoint_step", "model", "dataset", "split", "skip", "max")
     notes = ("phi, cost, loss: means over --num-draws fresh noise draws at the ascent's x_K (independent of "
                 "the ascent's draws); certificate(rho) = min over the certificate gammas of gamma rho + mean phi",)
+    jobs.lock_output(args.out, take=parallel.is_main_process())
     writer = records.TsvWriter(args.out, header, distributional.COLUMNS, enabled=parallel.is_main_process(),
                                identity_fields=identity, notes=notes,
                                rows_per_example=len(gammas) + len(gamma_adv))
@@ -155,8 +156,9 @@ def _distributional(args, config) -> int:
                disable=args.no_progress or not parallel.is_main_process())
     count = 0
     try:
-        for row in distributional.run(estimator, model.params, model.model_state, split, todo, gammas, gamma_adv,
-                                      key, batch=examples, lr=args.ascent_lr):
+        for row in jobs.until_stopped(distributional.run(estimator, model.params, model.model_state, split, todo,
+                                                         gammas, gamma_adv, key, batch=examples, lr=args.ascent_lr),
+                                      args.out):
             writer.write(row)
             count += 1
             if count % per_example == 0:
@@ -251,7 +253,7 @@ def main(argv: list[str]) -> int:
 
     import jax
 
-    from jaxsmooth import certification, checkpoint, models, noise, trainer
+    from jaxsmooth import certification, checkpoint, jobs, models, noise, trainer
     from jaxsmooth.certification import records
 
     settings = _settings(args)
@@ -290,6 +292,7 @@ def main(argv: list[str]) -> int:
               "xla_options": sampler.prepare(sigma, settings.n, key),
               **({"shard": shard.process, "shards": shard.processes} if shard.processes > 1 else {})}
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)
+    jobs.lock_output(shard.out, take=shard.writes)
     writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
                                identity_fields=records.IDENTITY_FIELDS + ("shard", "shards"))
     done = set(writer.done)
@@ -302,8 +305,8 @@ def main(argv: list[str]) -> int:
         pending = np.asarray(multihost_utils.broadcast_one_to_all(pending), bool)
     todo = np.asarray(indices[pending], np.int64)
 
-    rows = records.run(sampler, records.split_examples(split), todo, sigma, settings, key, mode=args.mode,
-                       clean_probabilities=clean)
+    rows = jobs.until_stopped(records.run(sampler, records.split_examples(split), todo, sigma, settings, key,
+                                          mode=args.mode, clean_probabilities=clean), shard.out)
     seconds, samples = _write_rows(rows, writer, total=len(indices), done=len(indices) - len(todo),
                                    quiet=args.no_progress or not parallel.is_main_process())
     if shard.writes:
@@ -409,7 +412,7 @@ def _shard_paths(out: str, processes: int) -> list[str]:
     return [shard_path(out, p, processes) for p in range(processes)]
 
 
-run = cli.main_wrapper(main)
+run = cli.main_wrapper(main, job=True)
 
 
 class _CallableModule(type(sys)):

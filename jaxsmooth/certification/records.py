@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from jaxsmooth import jobs
 from jaxsmooth.analysis import sidecar
 from jaxsmooth.certification import Sampler, Settings, certify_batch, predict_batch
 from jaxsmooth.errors import UserError
@@ -96,9 +97,10 @@ class TsvWriter:
             self.done = self._resume(header, notes)
         elif enabled:
             _make_folder(path)
-            sidecar.write(path, program, header, notes)
-            with open(path, "w") as f:
-                f.write("\t".join(cols) + "\n")
+            with jobs.write_errors("out", path):
+                sidecar.write(path, program, header, notes)
+                with open(path, "w") as f:
+                    f.write("\t".join(cols) + "\n")
         self._file = open(path, "a") if enabled else None
 
     def _resume(self, header: dict[str, Any], notes: tuple[str, ...]) -> list[int]:
@@ -130,14 +132,14 @@ class TsvWriter:
         if (cut or legacy) and self.enabled:
             if legacy:  # the earlier format: settings move to the sidecar, the table loses its comment lines
                 sidecar.write(self.path, self.program, old, tuple(sidecar.read_notes(self.path)) or notes)
-            _replace(self.path, "".join(kept))
+            with jobs.write_errors("out", self.path):
+                _replace(self.path, "".join(kept))
         done = [int(line.split("\t")[0]) for line in kept[1:]]
         return list(dict.fromkeys(done)) if self.rows_per_example > 1 else done
 
     def write(self, row: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write("\t".join(_format(row[c]) for c in self.cols) + "\n")
-            self._file.flush()
+        if self._file is not None:  # one write of the whole row, or none (a full disk)
+            jobs.append_line(self._file, "\t".join(_format(row[c]) for c in self.cols) + "\n", "out")
 
     def close(self) -> None:
         if self._file is not None:
