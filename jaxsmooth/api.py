@@ -16,6 +16,13 @@ are given; ``-1`` in ``predict`` is an abstention; ``n_used`` with
 from the key of `seed` and its index (``index[b]``, default b), exactly as
 the CLI draws example ``index[b]``'s: the same seed, index, settings and
 model give the same counts here and in a CLI's TSV, on any number of devices.
+
+``noise`` picks the smoothing noise: ``"lattice"`` (the discretised normal
+on the 1/255 grid, drawn exactly, whose certificates hold in floating point:
+`jaxsmooth.certification.lattice`; 8-bit inputs k/255 and a scalar sigma
+only), ``"gaussian"`` (x + sigma z in floating point, as Cohen et al.), or
+``"auto"`` (the default): lattice when every input is an 8-bit image and
+sigma a scalar, as for the CLI's data sources, else gaussian.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import jax
 import numpy as np
 
 from jaxsmooth import certification, checkpoint, models, noise
-from jaxsmooth.certification import records
+from jaxsmooth.certification import lattice, records
 from jaxsmooth.errors import UserError
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -61,8 +68,20 @@ def _inputs(x, index, labels, input_shape=None) -> tuple[np.ndarray, np.ndarray,
     return x, index, labels
 
 
+NOISES = ("auto", *certification.NOISES)
+
+
+def noise_kind(noise: str, x: np.ndarray, sigma) -> str:
+    """The engine's noise for `noise` ("auto": lattice for 8-bit inputs and a scalar sigma, else gaussian)."""
+    if noise not in NOISES:
+        raise UserError("noise", f"unknown {noise!r}; allowed: {', '.join(NOISES)}")
+    if noise != "auto":
+        return noise
+    return "lattice" if np.ndim(sigma) == 0 and lattice.off_grid(x) is None else "gaussian"
+
+
 def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings: certification.Settings, *,
-         mode: str, seed: int, batch: int, inputs: int, mesh, compiler_options) -> list[dict]:
+         mode: str, seed: int, batch: int, inputs: int, mesh, compiler_options, kind: str = "auto") -> list[dict]:
     """The rows of `records.run` for in-memory inputs (the one path behind every entry point here)."""
     if batch <= 0 or inputs <= 0 or batch % inputs:
         raise UserError("batch", f"must be > 0 and a multiple of inputs={inputs}, got {batch}")
@@ -75,7 +94,8 @@ def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings
     sigma = certification.check_sigma(sigma, x.shape[1:])
     sampler = certification.Sampler(apply, params, model_state, input_shape=x.shape[1:], num_classes=num_classes,
                                     inputs=min(inputs, len(x)), chunk=batch // inputs, mesh=mesh,
-                                    with_softmax=mode == "certify", compiler_options=compiler_options)
+                                    with_softmax=mode == "certify", compiler_options=compiler_options,
+                                    noise=noise_kind(kind, x, sigma))
     clean = certification.make_clean_probabilities(apply, params, model_state)
     position = {int(i): b for b, i in enumerate(index)}
 
@@ -117,8 +137,8 @@ def _settings(n0, n, alpha, candidate, topk, sequential, radii, tolerance) -> ce
 def certify(apply_fn: ApplyFn, variables: Any, x, *, sigma, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             seed: int = 0, labels=None, index=None, candidate: str = "selection", topk: int = 0, batch: int = 1000,
             inputs: int = 1, mesh: jax.sharding.Mesh | None = None, compiler_options="auto",
-            sequential: bool = False, radii=None, tolerance: float | None = None) -> list[dict]:
-    """CERTIFY (Cohen et al. 2019) of the classifier smoothed by N(0, sigma^2) noise at each input.
+            sequential: bool = False, radii=None, tolerance: float | None = None, noise: str = "auto") -> list[dict]:
+    """CERTIFY (Cohen et al. 2019) of the classifier smoothed by N(0, sigma^2) (or lattice) noise at each input.
 
     Args:
       apply_fn: ``apply_fn(variables, x) -> logits [B, K]``, any JAX function
@@ -137,18 +157,19 @@ def certify(apply_fn: ApplyFn, variables: Any, x, *, sigma, n0: int = 100, n: in
         `jaxsmooth.certification.sequential`); n is then each input's budget.
       radii: with sequential, decide certified or not at each of these radii (grid
         mode); None: the largest radius, stopped by `tolerance` (default 0.02).
+      noise: "auto", "lattice" or "gaussian" (module docstring).
     Returns:
       one row dict per input, in order (module docstring).
     """
     x, index, labels = _inputs(x, index, labels)
     settings = _settings(n0, n, alpha, candidate, topk, sequential, radii, tolerance)
     return _run(_engine_apply(apply_fn), variables, {}, x, index, labels, sigma, settings, mode="certify", seed=seed,
-                batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options)
+                batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
 
 
 def predict(apply_fn: ApplyFn, variables: Any, x, *, sigma, n: int = 100_000, alpha: float = 0.001, seed: int = 0,
             labels=None, index=None, batch: int = 1000, inputs: int = 1, mesh: jax.sharding.Mesh | None = None,
-            compiler_options="auto") -> list[dict]:
+            compiler_options="auto", noise: str = "auto") -> list[dict]:
     """PREDICT (Cohen et al. 2019): the top class of n noisy samples, or -1 when the binomial test fails at alpha.
 
     Arguments as `certify`; rows hold ``predict``, ``count_A``, ``count_B``,
@@ -161,7 +182,7 @@ def predict(apply_fn: ApplyFn, variables: Any, x, *, sigma, n: int = 100_000, al
     x, index, labels = _inputs(x, index, labels)
     settings = certification.Settings(n0=0, n=n, alpha=alpha)
     return _run(_engine_apply(apply_fn), variables, {}, x, index, labels, sigma, settings, mode="predict", seed=seed,
-                batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options)
+                batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,26 +216,28 @@ class SmoothedModel:
         return np.asarray(_jitted_logits(self.apply)(self.params, self.model_state, x))
 
     def predict(self, x, *, n: int = 100_000, alpha: float = 0.001, seed: int = 0, sigma=None, labels=None,
-                index=None, batch: int = 1000, inputs: int = 1, mesh=None, compiler_options="auto") -> list[dict]:
+                index=None, batch: int = 1000, inputs: int = 1, mesh=None, compiler_options="auto",
+                noise: str = "auto") -> list[dict]:
         """PREDICT at each input (`jaxsmooth.api.predict`); sigma defaults to the model's."""
         return self._run(x, index, labels, sigma, certification.Settings(n0=0, n=n, alpha=alpha), "predict", seed,
-                         batch, inputs, mesh, compiler_options)
+                         batch, inputs, mesh, compiler_options, noise)
 
     def certify(self, x, *, sigma=None, n0: int = 100, n: int = 100_000, alpha: float = 0.001, seed: int = 0,
                 labels=None, index=None, candidate: str = "selection", topk: int = 0, batch: int = 1000,
                 inputs: int = 1, mesh=None, compiler_options="auto", sequential: bool = False, radii=None,
-                tolerance: float | None = None) -> list[dict]:
+                tolerance: float | None = None, noise: str = "auto") -> list[dict]:
         """CERTIFY at each input (`jaxsmooth.api.certify`); sigma defaults to the model's."""
         settings = _settings(n0, n, alpha, candidate, topk, sequential, radii, tolerance)
-        return self._run(x, index, labels, sigma, settings, "certify", seed, batch, inputs, mesh, compiler_options)
+        return self._run(x, index, labels, sigma, settings, "certify", seed, batch, inputs, mesh, compiler_options,
+                         noise)
 
-    def _run(self, x, index, labels, sigma, settings, mode, seed, batch, inputs, mesh, compiler_options):
+    def _run(self, x, index, labels, sigma, settings, mode, seed, batch, inputs, mesh, compiler_options, noise):
         if mode == "predict" and not 0 < settings.alpha < 1:
             raise UserError("alpha", f"must be in (0, 1), got {settings.alpha}")
         x, index, labels = _inputs(x, index, labels, self.input_shape)
         return _run(self.apply, self.params, self.model_state, x, index, labels,
                     self.sigma if sigma is None else sigma, settings, mode=mode, seed=seed, batch=batch,
-                    inputs=inputs, mesh=mesh, compiler_options=compiler_options)
+                    inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
 
 
 _LOGITS: dict = {}

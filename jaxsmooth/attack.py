@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
 
     import jax
 
-    from jaxsmooth import noise, trainer
+    from jaxsmooth import jobs, noise, trainer
     from jaxsmooth.certification import records
 
     run, params, model_state, step = trainer.load_trained(config, args.checkpoint, step=args.step)
@@ -113,6 +113,7 @@ def main(argv: list[str]) -> int:
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, "checkpoint": args.checkpoint, "checkpoint_step": step,
               "devices": jax.device_count()}
+    jobs.lock_output(args.out)
     writer = records.TsvWriter(args.out, header, runner.COLUMNS, program=PROGRAM, identity_fields=IDENTITY_FIELDS,
                                notes=("distance: smallest ell_2 adversarial distance found; 0: adversarial "
                                          "before the attack; inf: the attack failed",))
@@ -128,7 +129,8 @@ def main(argv: list[str]) -> int:
     attacked = broken = 0
     seconds = 0.0
     try:
-        for row in runner.run(attack, params, model_state, split, todo, key, batch=args.batch):
+        for row in jobs.until_stopped(runner.run(attack, params, model_state, split, todo, key, batch=args.batch),
+                                      args.out):
             writer.write(row)
             attacked += 1
             broken += row["success"]
@@ -200,7 +202,7 @@ def _accuracy(args, config) -> int:
 
     import jax
 
-    from jaxsmooth import noise, trainer
+    from jaxsmooth import jobs, noise, trainer
     from jaxsmooth.certification import records
 
     run, params, model_state, step = trainer.load_trained(config, args.checkpoint, step=args.step)
@@ -214,6 +216,7 @@ def _accuracy(args, config) -> int:
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, "checkpoint": args.checkpoint, "checkpoint_step": step,
               "devices": jax.device_count()}
+    jobs.lock_output(args.out)
     writer = records.TsvWriter(args.out, header, runner.ACCURACY_COLUMNS, program=ACCURACY_PROGRAM,
                                identity_fields=ACCURACY_IDENTITY_FIELDS,
                                notes=("correct: the PGD point is classified correctly; correct_noisy: so is "
@@ -230,8 +233,8 @@ def _accuracy(args, config) -> int:
                disable=args.no_progress)
     written = 0
     try:
-        for row in runner.run_accuracy(accuracy, params, model_state, split, indices, radii, key, batch=args.batch,
-                                       done=done):
+        for row in jobs.until_stopped(runner.run_accuracy(accuracy, params, model_state, split, indices, radii, key,
+                                                          batch=args.batch, done=done), args.out):
             writer.write(row)
             written += 1
             bar.update(1)
@@ -254,7 +257,7 @@ def _done_pairs(path: str) -> set[tuple[int, float]]:
     return {(int(r[0]), float(r[2])) for r in rows[1:] if r and r[0]}
 
 
-run = cli.main_wrapper(main)
+run = cli.main_wrapper(main, job=True)
 
 if __name__ == "__main__":
     sys.exit(run())

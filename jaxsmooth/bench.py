@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 
 from jaxsmooth import cli
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--xla-options", default="auto",
                    help="comma-separated XLA:CPU option sets for the engine: auto (the faster of dot and eltwise, "
                         "timed on the first call), dot, eltwise, default (XLA's own); one contender each")
+    c.add_argument("--noise", default="gaussian",
+                   help="comma-separated noise kinds of the engine, one contender each: gaussian (x + sigma z), "
+                        "lattice (the exact discretised normal on the 8-bit grid); e.g. gaussian,lattice")
     c.add_argument("--memory", action="store_true",
                    help="instead: the engine's peak RSS at n = 10,000 and 1,000,000, each in a fresh process")
     c.add_argument("--json", default="", help="write per-round timings here")
@@ -86,11 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--n", type=int, default=100_000, help="CERTIFY's estimation samples")
     i.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     i.add_argument("--rounds", type=int, default=3, help="rounds; medians are over rounds")
-    from jaxsmooth.benchmarks import pipeline as pipeline_bench  # stdlib + numpy at import: cheap
+    from jaxsmooth.benchmarks import faults, pipeline as pipeline_bench  # stdlib + numpy at import: cheap
     from jaxsmooth.benchmarks import sequential as sequential_bench
 
     pipeline_bench.add_parser(sub)
     sequential_bench.add_parser(sub)
+    faults.add_parser(sub)
     return p
 
 
@@ -214,6 +219,20 @@ def _workdir_model(args) -> dict:
     return found
 
 
+def _noise_ratios(results, dtypes, xla_options) -> list[str]:
+    """One line per dtype and option set timed with both noises: lattice / gaussian samples/s."""
+    lines = []
+    for d in dtypes:
+        for o in xla_options:
+            suffix = f" ({o} options)" if len(xla_options) > 1 else ""
+            pair = [results.get(f"jax {d} {noise}{suffix}") for noise in ("lattice", "gaussian")]
+            if all(pair):
+                per_round = statistics.median(g / l for l, g in zip(pair[0].seconds, pair[1].seconds))
+                lines.append(f"jax {d}{suffix}: lattice / gaussian samples/s {pair[0].rate / pair[1].rate:.3f} "
+                             f"(ratio of medians), {per_round:.3f} (median of the rounds' ratios)")
+    return lines
+
+
 def _certify(args) -> int:
     found = _workdir_model(args)
     dtypes = _check_common(args)
@@ -231,6 +250,9 @@ def _certify(args) -> int:
     for o in xla_options:
         if o not in ("auto", "dot", "eltwise", "default"):
             raise UserError("--xla-options", f"unknown {o!r}; allowed: auto, dot, eltwise, default")
+    noises = tuple(args.noise.split(","))
+    if any(noise not in ("gaussian", "lattice") or noises.count(noise) > 1 for noise in noises):
+        raise UserError("--noise", f"{args.noise!r}: allowed gaussian, lattice, each once, comma-separated")
 
     from jaxsmooth.benchmarks import certify as certify_bench
 
@@ -250,7 +272,8 @@ def _certify(args) -> int:
                                          rounds=args.rounds, with_torch=not args.no_torch, torch_batch=torch_batch,
                                          tuned_batch=args.tuned_batch, xla_options=xla_options,
                                          torch_compile=args.torch_compile, on_round=lambda r: bar.update(1),
-                                         workdir=args.workdir, input_shape=shape, num_classes=num_classes)
+                                         workdir=args.workdir, input_shape=shape, num_classes=num_classes,
+                                         noises=noises)
     torch_settings = ""
     if any(name.startswith("torch") for name in report.results):
         import torch
@@ -262,10 +285,13 @@ def _certify(args) -> int:
     print(f"certify sampling, {settings}, n {args.n:,} per input, {args.rounds} rounds; "
           f"{_machine()}{torch_settings}")
     print(_certify_table(report))
+    for line in _noise_ratios(report.results, dtypes, xla_options):
+        print(line)
     if args.workdir:
         rates = {name: r.rate for name, r in report.results.items()}
+        engine = lambda d: rates.get(f"jax {d}", rates.get(f"jax {d} {noises[0]}"))  # noqa: E731
         print(f"workdir: {os.path.abspath(args.workdir)}" + "".join(
-            f"; jax {d} workdir / jax {d}: {rates[f'jax {d} workdir'] / rates[f'jax {d}']:.3f}"
+            f"; jax {d} workdir / jax {d}: {rates[f'jax {d} workdir'] / engine(d):.3f}"
             for d in dtypes if f"jax {d} workdir" in rates))
     for name, options in report.options.items():
         kinds = options.get("xla_cpu_experimental_ynn_fusion_type", "").replace("LIBRARY_FUSION_TYPE_", "")
@@ -365,15 +391,21 @@ def _certify_memory(args, dtypes, settings: str) -> int:
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
-    if overrides and args.what != "sequential":  # a suite over trained models, like the paper reports
-        raise UserError("config", "--config.FIELD=VALUE overrides apply to bench sequential and the paper reports "
-                                  f"(python -m jaxsmooth.report), not to micro-benchmarks; got {overrides[0]}")
+    if overrides and args.what not in ("sequential", "faults"):  # suites over trained models, like the paper reports
+        raise UserError("config", "--config.FIELD=VALUE overrides apply to bench sequential, bench faults and the "
+                                  f"paper reports (python -m jaxsmooth.report), not to micro-benchmarks; got {overrides[0]}")
     if args.what == "sequential":
         from jaxsmooth.benchmarks import sequential as sequential_bench
 
         return sequential_bench.main(args, overrides)
     return {"certify": _certify, "train": _train, "inference": _inference, "scaling": _scaling,
-            "pipeline": _pipeline}[args.what](args)
+            "pipeline": _pipeline, "faults": lambda a: _faults(a, overrides, list(argv))}[args.what](args)
+
+
+def _faults(args, overrides, argv) -> int:
+    from jaxsmooth.benchmarks import faults
+
+    return faults.main(args, overrides, argv)
 
 
 def _inference(args) -> int:

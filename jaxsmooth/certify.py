@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
                         "clean: top class of one clean forward pass (deterministic HeatSmoothing models)")
     p.add_argument("--topk", type=int, default=0, help="also certify the true class in the top k (0: off)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: the config's seed)")
+    p.add_argument("--noise", choices=("lattice", "gaussian"), default=None,
+                   help="lattice: the discretised normal on the 1/255 grid of 8-bit images, drawn exactly, whose "
+                        "certificates hold in floating point (Voracek & Hein 2023; see "
+                        "jaxsmooth.certification.lattice); gaussian: x + sigma z in floating point, as Cohen et al. "
+                        "(default: lattice for an isotropic --sigma in certify and predict, every data source being "
+                        "8-bit; gaussian for a per-pixel sigma and --mode distributional)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     q = p.add_argument_group("--sequential: stop each input as soon as its answer is known (docs/sequential.md)")
     q.add_argument("--sequential", action="store_true",
@@ -113,7 +119,7 @@ def _distributional(args, config) -> int:
     """``--mode distributional``: rows of `jaxsmooth.certification.distributional.run` into a resumable TSV."""
     import jax
 
-    from jaxsmooth import models, noise, parallel, trainer
+    from jaxsmooth import jobs, models, noise, parallel, trainer
     from jaxsmooth.certification import distributional, records
 
     gammas = _gammas(args.gamma, "gamma", True)
@@ -141,6 +147,7 @@ def _distributional(args, config) -> int:
                 "checkpoint_step", "model", "dataset", "split", "skip", "max")
     notes = ("phi, cost, loss: means over --num-draws fresh noise draws at the ascent's x_K (independent of "
                 "the ascent's draws); certificate(rho) = min over the certificate gammas of gamma rho + mean phi",)
+    jobs.lock_output(args.out, take=parallel.is_main_process())
     writer = records.TsvWriter(args.out, header, distributional.COLUMNS, enabled=parallel.is_main_process(),
                                identity_fields=identity, notes=notes,
                                rows_per_example=len(gammas) + len(gamma_adv))
@@ -158,8 +165,9 @@ def _distributional(args, config) -> int:
                disable=args.no_progress or not parallel.is_main_process())
     count = 0
     try:
-        for row in distributional.run(estimator, model.params, model.model_state, split, todo, gammas, gamma_adv,
-                                      key, batch=examples, lr=args.ascent_lr):
+        for row in jobs.until_stopped(distributional.run(estimator, model.params, model.model_state, split, todo,
+                                                         gammas, gamma_adv, key, batch=examples, lr=args.ascent_lr),
+                                      args.out):
             writer.write(row)
             count += 1
             if count % per_example == 0:
@@ -235,6 +243,17 @@ def _load_sigma(args, default: float, input_shape, learned=None) -> tuple[object
     return float(sigma), {"sigma": float(sigma), "anisotropic": False}
 
 
+def _noise(args) -> str:
+    """The noise kind: --noise, or lattice where it applies (isotropic sigma, certify/predict), else gaussian."""
+    isotropic = not (args.sigma_file or args.sigma_from)
+    if args.noise == "lattice" and args.mode == "distributional":
+        raise UserError("noise", "--mode distributional draws gaussian noise only; leave --noise out")
+    if args.noise == "lattice" and not isotropic:
+        raise UserError("noise", "lattice noise takes an isotropic --sigma, not --sigma-file or --sigma-from; "
+                                 "use --noise gaussian")
+    return args.noise or ("lattice" if isotropic and args.mode != "distributional" else "gaussian")
+
+
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
@@ -249,11 +268,12 @@ def main(argv: list[str]) -> int:
     from jaxsmooth.certification import sequential  # the flags checked before loading anything
 
     sequential_fields = sequential.flag_fields(args.sequential, args.radii, args.tolerance, args.mode, args.topk)
+    noise_kind = _noise(args)
     config = cli.load_config(args.config, overrides, _model_workdir(args))
     if args.mode == "distributional":
         return _distributional(args, config)
 
-    from jaxsmooth import certification, checkpoint, models, noise, trainer
+    from jaxsmooth import certification, checkpoint, jobs, models, noise, trainer
     from jaxsmooth.certification import batching, records
 
     settings = _settings(args, sequential_fields)
@@ -279,12 +299,12 @@ def main(argv: list[str]) -> int:
     sampler = certification.Sampler(model.apply, params, model_state, input_shape=dataset.input_shape,
                                     num_classes=dataset.num_classes, inputs=args.inputs,
                                     chunk=args.batch // args.inputs, mesh=shard.mesh, with_softmax=args.mode == "certify",
-                                    compiler_options=_xla_options(shard))
+                                    compiler_options=_xla_options(shard), noise=noise_kind)
     clean = certification.make_clean_probabilities(model.apply, params, model_state)
     key = noise.certify_key(noise.root_key(seed))
 
-    header = {"mode": args.mode, **sigma_info, "sigma_file": args.sigma_file, "n0": settings.n0, "n": settings.n,
-              "alpha": settings.alpha, "candidate": settings.candidate, "topk": settings.topk, "seed": seed,
+    header = {"mode": args.mode, "noise": noise_kind, **sigma_info, "sigma_file": args.sigma_file, "n0": settings.n0,
+              "n": settings.n, "alpha": settings.alpha, "candidate": settings.candidate, "topk": settings.topk, "seed": seed,
               "key": f"fold_in(key({seed}), certify stream)", "dtype": config.model.dtype,
               "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, "inputs": args.inputs, "checkpoint": args.checkpoint,
@@ -293,13 +313,14 @@ def main(argv: list[str]) -> int:
               **({"shard": shard.process, "shards": shard.processes} if shard.processes > 1 else {}),
               **(_sequential_header(settings, sigma) if settings.sequential else {})}
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)
+    jobs.lock_output(shard.out, take=shard.writes)
     writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
                                identity_fields=records.IDENTITY_FIELDS + ("shard", "shards"))
     todo = _todo(writer.done, indices, shard)
 
     usage = batching.Usage()
-    rows = records.run(sampler, records.split_examples(split), todo, sigma, settings, key, mode=args.mode,
-                       clean_probabilities=clean, usage=usage)
+    rows = jobs.until_stopped(records.run(sampler, records.split_examples(split), todo, sigma, settings, key,
+                                          mode=args.mode, clean_probabilities=clean, usage=usage), shard.out)
     seconds, samples = _write_rows(rows, writer, total=len(indices), done=len(indices) - len(todo),
                                    quiet=args.no_progress or not parallel.is_main_process())
     if shard.writes:
@@ -422,7 +443,7 @@ def _shard_paths(out: str, processes: int) -> list[str]:
     return [shard_path(out, p, processes) for p in range(processes)]
 
 
-run = cli.main_wrapper(main)
+run = cli.main_wrapper(main, job=True)
 
 
 class _CallableModule(type(sys)):

@@ -19,25 +19,36 @@ fit their config.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
-from typing import Any, Mapping
+import shutil
+import time
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxsmooth import jobs
 from jaxsmooth.errors import UserError, quiet_absl
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a folder orbax is still writing
 
 
 class Checkpointer:
     """Saves and restores the train state of one workdir.
+
+    A save writes into a temporary folder (``STEP.orbax-checkpoint-tmp``) that
+    orbax renames to ``STEP`` once every file is written: a save cut by a kill
+    or a full disk never looks like a checkpoint, and such leftovers are
+    removed when the next run opens the folder (which assumes one writer per
+    workdir: ``python -m jaxsmooth.train`` holds its lock, `jobs.lock_workdir`). A save that fails for want of
+    room raises `jobs.WriteFailed` (exit status 74) naming the last complete step.
 
     Args:
       workdir: the run's folder; checkpoints go to ``workdir/checkpoints``.
@@ -46,12 +57,18 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str, *, save_every_steps: int = 1, keep: int = 2):
+        self.workdir = workdir
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=save_every_steps, create=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every_steps, create=True)
+        self._failed = False
+        if jax.process_index() == 0 and os.path.isdir(self.directory):  # saves cut short: never checkpoints
+            for name in os.listdir(self.directory):
+                if TMP_MARK in name:
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         try:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         except Exception as e:  # orbax reports unreadable folders with many types
+            self._raise_write_failed(e)
             raise UserError("checkpoint", f"cannot open {self.directory}: {e}") from None
 
     def latest_step(self) -> int | None:
@@ -59,7 +76,11 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
         """Saves `state` at `step` (asynchronously) if the interval says so or `force`."""
-        return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        try:
+            return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        except Exception as e:  # an earlier asynchronous save may fail here
+            self._raise_write_failed(e)
+            raise
 
     def restore(self, step: int, like: Any) -> Any:
         """Restores the state saved at `step` with the structure, shapes and shardings of `like`."""
@@ -72,9 +93,71 @@ class Checkpointer:
             raise UserError("checkpoint", f"cannot read {where}: {first[:300]}; "
                             "delete that folder to resume from an earlier checkpoint") from None
 
+    def restore_latest(self, like: Any, on_unreadable: Callable[[int, str], None] | None = None) -> tuple[int, Any]:
+        """(step, state) of the newest checkpoint that reads, or (0, `like`) when there is none.
+
+        A newest checkpoint that does not read (a file cut by a crashed host)
+        while an older one does is moved to ``WORKDIR/unreadable_checkpoints/``
+        and `on_unreadable(step, folder)` is told; the run redoes its steps. When
+        no checkpoint reads, the newest one's `UserError` is raised and nothing moves.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        first_error = None
+        for i, step in enumerate(steps):
+            try:
+                state = self.restore(step, like)
+            except UserError as e:
+                first_error = first_error or e
+                continue
+            for bad in steps[:i]:
+                folder = self._move_aside(bad)
+                if on_unreadable is not None:
+                    on_unreadable(bad, folder)
+            if i:
+                self._manager.reload()
+            return step, state
+        if first_error is not None:
+            raise first_error
+        return 0, like
+
+    def _move_aside(self, step: int) -> str:
+        folder = os.path.join(self.workdir, "unreadable_checkpoints", f"{step}-{int(time.time())}")
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(folder), exist_ok=True)
+            os.replace(os.path.join(self.directory, str(step)), folder)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jaxsmooth: checkpoint {step} moved aside")
+        return folder
+
+    def wait(self) -> None:
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            self._raise_write_failed(e)
+            raise
+
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the save in flight and closes; after a failed save, quietly (its error is already raised)."""
+        try:
+            self.wait()
+        except Exception:
+            if not self._failed:
+                raise
+        finally:
+            with contextlib.suppress(Exception):
+                self._manager.close()
+
+    def _raise_write_failed(self, e: BaseException) -> None:
+        reason = jobs.write_error(e)
+        if reason is None:
+            return
+        self._failed = True
+        latest = self._manager.latest_step() if hasattr(self, "_manager") else None
+        raise jobs.WriteFailed("checkpoint", f"cannot write to {self.directory}: {reason}; the last complete "
+                               f"checkpoint is step {latest or 0}: free space and rerun the same command to resume "
+                               "from it") from None
 
 
 def read_model(step_dir: str, field: str) -> dict:
@@ -192,15 +275,9 @@ def read_learned_sigma(workdir: str, *, field: str = "sigma-from",
     return sigma, str(config.get("train", {}).get("init_from", "")), int(step)
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Writes JSON atomically: a reader never sees a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+def write_json(path: str, obj: Any, field: str = "workdir") -> None:
+    """Writes JSON atomically: a reader never sees a half-written file (`jobs.write_atomic`)."""
+    jobs.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", field)
 
 
 def read_json(path: str, field: str) -> Any:

@@ -7,10 +7,11 @@ with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Callable, Sequence
 
-from jaxsmooth import config as config_lib
+from jaxsmooth import config as config_lib, jobs
 from jaxsmooth.errors import UserError
 
 
@@ -76,16 +77,26 @@ def load_config(path: str | None, overrides: Sequence[str], workdir: str = ""):
     return config_lib.apply_overrides(config_lib.from_json(text), overrides)
 
 
-def main_wrapper(main: Callable[[list[str]], int]) -> Callable[[list[str] | None], int]:
-    """Runs `main`, turning a `UserError` into one ``error:`` line and exit status 2."""
+def main_wrapper(main: Callable[[list[str]], int], *, job: bool = False) -> Callable[[list[str] | None], int]:
+    """Runs `main`, turning a `UserError` into one ``error:`` line and exit status 2.
+
+    With `job` (train, certify, attack), `main` runs in a `jobs.session`: a
+    SIGTERM or SIGINT stops it after saving, with one line and exit status 75;
+    a failed write (full disk) is one ``error:`` line and status 74 (see
+    `jaxsmooth.jobs` for every status).
+    """
 
     def run(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         try:
-            return main(argv)
+            with jobs.session() if job else contextlib.nullcontext():
+                return main(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            return 2
+            return getattr(e, "exit_status", 2)
+        except jobs.Stopped as e:
+            print(e, file=sys.stderr)
+            return e.exit_status
         except KeyboardInterrupt:
             print("interrupted; rerun the same command to resume", file=sys.stderr)
             return 130

@@ -29,7 +29,9 @@ def main(argv: list[str]) -> int:
 
     cli.initialize_distributed(args)
     config = cli.load_config(args.config, overrides)
-    from jaxsmooth import trainer
+    from jaxsmooth import jobs, trainer
+
+    jobs.lock_workdir(args.workdir, take=parallel.is_main_process())
 
     progress = _Progress(enabled=not args.no_progress and parallel.is_main_process())
     try:
@@ -52,6 +54,11 @@ class _Progress:
         self.bar = None
 
     def __call__(self, event: dict) -> None:
+        from jaxsmooth import parallel
+
+        if event["event"] == "unreadable_checkpoint" and parallel.is_main_process():
+            print(f"warning: checkpoint: {event['step']} does not read (cut by a crash?); moved to "
+                  f"{event['moved_to']}, resuming from the checkpoint before it", file=sys.stderr)
         if not self.enabled:
             return
         from tqdm import tqdm
@@ -77,7 +84,7 @@ class _Progress:
             self.bar.close()
 
 
-run = cli.main_wrapper(main)
+run = cli.main_wrapper(main, job=True)
 
 if __name__ == "__main__":
     sys.exit(run())

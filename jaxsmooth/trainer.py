@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsmooth import checkpoint, compilation, config as config_lib, data, models, noise, objectives, parallel
+from jaxsmooth import checkpoint, compilation, config as config_lib, data, jobs, models, noise, objectives, parallel
 from jaxsmooth.data import grain_pipeline
 from jaxsmooth.errors import UserError
 
@@ -255,40 +255,45 @@ def _prepare_workdir(workdir: str, run: Run) -> None:
             raise UserError(field, f"{workdir} holds a run with {field}={config_lib.get(previous, field)!r}, "
                             f"not {config_lib.get(run.config, field)!r}; use a new --workdir to change it")
     if parallel.is_main_process():
-        os.makedirs(workdir, exist_ok=True)
-        with open(config_path, "w") as f:
-            f.write(config_lib.to_json(run.config) + "\n")
+        jobs.write_atomic(config_path, config_lib.to_json(run.config) + "\n", "workdir")
         checkpoint.write_json(os.path.join(workdir, checkpoint.MODEL_FILE),
                               checkpoint.model_metadata(run.config, run.dataset))
 
 
 class MetricsWriter:
-    """Appends JSON lines to ``metrics.jsonl`` (main process only)."""
+    """Appends JSON lines to ``metrics.jsonl`` (main process only).
 
-    def __init__(self, workdir: str, resume_step: int):
+    On resume, drops the lines of the steps to be redone: those after
+    `resume_step`, and when the run is over (`resume_step` == `total_steps`)
+    its final evaluation, which is redone.
+    """
+
+    def __init__(self, workdir: str, resume_step: int, total_steps: int | None = None):
         self.path = os.path.join(workdir, checkpoint.METRICS_FILE)
         self.enabled = parallel.is_main_process()
         if self.enabled and os.path.exists(self.path):
-            self._truncate_after(resume_step)
+            self._truncate_after(resume_step, resume_step == total_steps)
 
-    def _truncate_after(self, step: int) -> None:
-        # Rows logged after the checkpoint we resume from describe steps that will be redone.
-        with open(self.path) as f:
-            rows = [line for line in f if line.strip()]
-        kept = []
-        for line in rows:
+    def _truncate_after(self, step: int, finished: bool) -> None:
+        # The dropped lines are the file's tail, so one truncate drops them: a kill part way leaves the file as
+        # it was or as it should be.
+        with open(self.path, "rb") as f:
+            lines = f.readlines()
+        end = 0
+        for line in lines:
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
+                row = json.loads(line) if line.strip() else {}
+                if row.get("step", 0) > step or (finished and row.get("step") == step and "test_accuracy" in row):
+                    break
             except json.JSONDecodeError:
                 break  # a line cut by a kill: everything before it stays
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+            end += len(line)
+        os.truncate(self.path, end)
 
     def write(self, row: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+                jobs.append_line(f, json.dumps(row, sort_keys=True) + "\n", "metrics")
 
 
 def _mean_metrics(window: list[dict], first_step: int) -> dict[str, float]:
@@ -303,17 +308,24 @@ def _mean_metrics(window: list[dict], first_step: int) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
-def _start_state(run: Run, ckpt: checkpoint.Checkpointer) -> tuple[TrainState, int]:
-    """(state, step): the workdir's latest checkpoint, else step 0, from ``train.init_from``'s model with a teacher."""
-    start = ckpt.latest_step() or 0
-    params, model_state = run.model.params, run.model.model_state
-    if run.objective.teacher is not None and not start:
+def _start_state(run: Run, ckpt: checkpoint.Checkpointer, callback: Callback) -> tuple[TrainState, int]:
+    """(state, step): the workdir's newest readable checkpoint, else step 0, from ``train.init_from``'s model
+    with a teacher. A newest checkpoint that does not read is moved aside and reported to `callback`."""
+    has_teacher = run.objective.teacher is not None
+
+    def fresh(params, model_state):
+        teacher = (params, model_state) if has_teacher else None
+        # replicate() copies every leaf: the teacher does not alias the trained variables, which steps donate
+        return parallel.replicate(run.mesh, initial_state(run.objective, run.config, params, model_state,
+                                                          run.dataset.input_shape, run.tx, teacher))
+
+    start, state = ckpt.restore_latest(fresh(run.model.params, run.model.model_state), on_unreadable=lambda step,
+                                       folder: callback({"event": "unreadable_checkpoint", "step": step,
+                                                         "moved_to": folder}))
+    if has_teacher and not start:
         params, model_state, _ = restore_model(run.config.train.init_from, run, "train.init_from")
-    teacher = (params, model_state) if run.objective.teacher is not None else None
-    # replicate() copies every leaf: the teacher does not alias the trained variables, which steps donate
-    state = parallel.replicate(run.mesh, initial_state(run.objective, run.config, params, model_state,
-                                                       run.dataset.input_shape, run.tx, teacher))
-    return (ckpt.restore(start, state) if start else state), start
+        state = fresh(params, model_state)
+    return state, start
 
 
 def _compiled_steps(run: Run) -> tuple[Callable, Callable]:
@@ -365,8 +377,8 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     ckpt = checkpoint.Checkpointer(workdir, save_every_steps=tcfg.checkpoint_every_steps, keep=tcfg.keep_checkpoints)
     closers: list = []
     try:
-        state, start = _start_state(run, ckpt)
-        writer = MetricsWriter(workdir, start)
+        state, start = _start_state(run, ckpt, callback)
+        writer = MetricsWriter(workdir, start, run.total_steps)
         train_step, eval_step = _compiled_steps(run)
         reteach_every = _reteach_every_steps(run)
         root_key = parallel.replicate(run.mesh, run.root_key)
@@ -391,11 +403,15 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
             if reteach_every and done % reteach_every == 0 and done < run.total_steps:
                 state = state.replace(teacher=_frozen(state.params, state.model_state))  # f^{k+1} = v
             end_of_epoch = done % run.steps_per_epoch == 0
+            stop = jobs.stop_requested(done)  # SIGTERM: the same step on every process
             if done % tcfg.log_every_steps == 0 or done % tcfg.checkpoint_every_steps == 0 \
-                    or end_of_epoch or done == run.total_steps:
+                    or end_of_epoch or done == run.total_steps or stop:
                 _log_train(run, window, window_start, t_window, done, writer, callback)
                 window, window_start, t_window = [], done, time.perf_counter()
-            ckpt.save(done, state, force=done == run.total_steps)
+            ckpt.save(done, state, force=done == run.total_steps or stop)
+            if stop and done < run.total_steps:
+                raise jobs.Stopped(f"stopped {jobs.stop_reason()} at step {done} of {run.total_steps}; its "
+                                   f"checkpoint is {ckpt.directory}/{done}: rerun the same command to resume")
             epoch = done // run.steps_per_epoch
             if end_of_epoch and tcfg.eval_every_epochs and epoch % tcfg.eval_every_epochs == 0 \
                     and done != run.total_steps:

@@ -139,6 +139,8 @@ def test_forward_flops_are_the_hand_counts():
     (["--model", "cnn", "--batch", "1000", "--inputs", "3"], "--inputs"),
     (["--model", "cnn", "--inputs", "0"], "--inputs"),
     (["--model", "cnn", "--dtype", "float32,float16"], "--dtype"),
+    (["--model", "cnn", "--noise", "gaussian,uniform"], "--noise"),
+    (["--model", "cnn", "--noise", "lattice,lattice"], "--noise"),
 ])
 def test_bench_certify_rejects_bad_input_with_one_error_line(capsys, args, field):
     from jaxsmooth import bench

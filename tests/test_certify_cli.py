@@ -1,5 +1,6 @@
 """The certify CLI on a trained quick-start model: rows, resume after a kill, and one error line per bad input."""
 
+import argparse
 import json
 import re
 
@@ -93,6 +94,8 @@ def test_predict_mode_and_deterministic_candidate(workdir, tmp_path, capsys):
     (["--topk", "1"], "topk"),
     (["--inputs", "3"], "inputs"),
     (["--config.model.width=8"], "checkpoint: .* holds a model with width=4, not 8"),
+    (["--noise", "lattice", "--sigma-file", "s.npy"], "noise"),
+    (["--noise", "lattice", "--mode", "distributional", "--gamma", "1"], "noise"),
 ])
 def test_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
     assert _certify(workdir, tmp_path / "x.tsv", *extra) == 2
@@ -118,6 +121,28 @@ def test_bad_sigma_file_checkpoint_and_mismatched_out(workdir, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "error: out: " in err and "n=200" in err
     assert out.read_text() == before  # nothing lost
+
+
+def test_noise_kind_is_recorded_and_a_resume_refuses_another(workdir, tmp_path, capsys):
+    out = tmp_path / "n.tsv"
+    assert _certify(workdir, out, "--max", "2") == 0
+    assert sidecar_settings(out, "certify")["noise"] == "lattice"  # the default: the digits are 8-bit
+    before = out.read_bytes(), (tmp_path / "n.tsv.json").read_bytes()
+    assert _certify(workdir, out, "--max", "2", "--noise", "gaussian") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out: ") and "noise='lattice', not 'gaussian'" in err[0]
+    assert (out.read_bytes(), (tmp_path / "n.tsv.json").read_bytes()) == before  # nothing lost
+
+
+@pytest.mark.parametrize("mode, noise, sigma_file, sigma_from, expected", [
+    ("certify", None, "", "", "lattice"), ("predict", None, "", "", "lattice"),
+    ("certify", "gaussian", "", "", "gaussian"), ("predict", "lattice", "", "", "lattice"),
+    ("certify", None, "s.npy", "", "gaussian"), ("certify", None, "", "run", "gaussian"),
+    ("distributional", None, "", "", "gaussian"),
+])
+def test_default_noise_is_lattice_where_it_applies(mode, noise, sigma_file, sigma_from, expected):
+    args = argparse.Namespace(mode=mode, noise=noise, sigma_file=sigma_file, sigma_from=sigma_from)
+    assert certify._noise(args) == expected
 
 
 def test_pandas_reads_certify_and_predict_files_as_cohen_analyze_does(workdir, tmp_path):

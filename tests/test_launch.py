@@ -1,6 +1,7 @@
 """launch/ scripts: usage without arguments, and the command each hands to its cluster tool (stubbed on PATH)."""
 
 import os
+import signal
 import stat
 import subprocess
 
@@ -52,3 +53,31 @@ def test_tpu_pod_runs_the_same_command_on_every_worker(tmp_path):
     words = subprocess.run(["bash", "-c", 'printf "%s\\n" ' + remote.split("JAXSMOOTH_DISTRIBUTED=1 ", 1)[1]],
                            capture_output=True, text=True).stdout.splitlines()
     assert words == cmd
+
+
+@pytest.mark.parametrize("status, requeued", [(75, True), (0, False), (2, False), (74, False)])
+def test_slurm_requeues_a_job_that_stopped_after_saving(tmp_path, status, requeued):
+    """Exit status 75 (jaxsmooth.jobs: stopped by SIGTERM after saving) requeues the job; any other is final."""
+    (tmp_path / "srun").write_text(f"#!/usr/bin/env bash\nexit {status}\n")
+    (tmp_path / "srun").chmod(0o755)
+    scontrol = _stub(tmp_path, "scontrol")
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_ID="4242")
+    out = subprocess.run([os.path.join(LAUNCH, "slurm.sbatch"), "python", "-m", "jaxsmooth.train"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == status
+    assert (scontrol.read_text().splitlines() if scontrol.exists() else []) == (["requeue", "4242"] if requeued else [])
+
+
+def test_slurm_script_outlives_a_preemption_signal_to_requeue(tmp_path):
+    """SLURM signals the batch script and the job step together: the script waits for the step's 75, then requeues."""
+    (tmp_path / "srun").write_text("#!/usr/bin/env bash\ntrap 'exit 75' TERM\necho started\nsleep 30 & wait\n")
+    (tmp_path / "srun").chmod(0o755)
+    scontrol = _stub(tmp_path, "scontrol")
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_ID="7")
+    job = subprocess.Popen([os.path.join(LAUNCH, "slurm.sbatch"), "python", "-m", "jaxsmooth.certify"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert job.stdout.readline().strip() == "started"
+    os.killpg(job.pid, signal.SIGTERM)
+    assert job.wait(timeout=30) == 75
+    assert scontrol.read_text().splitlines() == ["requeue", "7"]
+    assert "waiting for the job to save" in job.stderr.read()

@@ -196,6 +196,35 @@ def test_sharded_certification_resumes_after_a_kill(two_process_run, tmp_path):
     _assert_same_rows(merged, uninterrupted)
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step_and_the_run_resumes_bit_identical(
+        two_process_run, tmp_path, monkeypatch):
+    """JAX's preemption sync point: the notice of one process reaches the other; both save one step and exit 75."""
+    for name, value in (("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache")),  # the resumed run compiles nothing
+                        ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+                        ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
+        monkeypatch.setenv(name, value)
+    workdir = str(tmp_path / "run")
+    args = ["-m", "jaxsmooth.train", "--config", QUICKSTART, "--workdir", workdir, "--no-progress"] + SMALL
+    job = _launch(tmp_path, "preempted", args, popen=True)
+    deadline = time.monotonic() + 300
+    while not os.path.exists(os.path.join(workdir, "jaxsmooth.lock")):  # process 0 is past initialize()
+        assert job.poll() is None and time.monotonic() < deadline, "the job ended before it could be signalled"
+        time.sleep(0.05)
+    second = subprocess.run(["pgrep", "-s", str(job.pid), "-f", "--", "process-id 1"], capture_output=True, text=True)
+    os.kill(int(second.stdout.split()[0]), signal.SIGTERM)  # one host's preemption notice
+    assert job.wait(timeout=300) == 75
+    logs = [open(tmp_path / "logs_preempted" / f"process_{p}.log").read() for p in range(2)]
+    stops = [[line for line in log.splitlines() if line.startswith("stopped ")] for log in logs]
+    assert stops[0] == stops[1] and len(stops[0]) == 1, stops
+    step = int(stops[0][0].split(" at step ")[1].split()[0])
+    assert step < 1437 // 64 and step in checkpoint.Checkpointer(workdir)._manager.all_steps()
+    _launch(tmp_path, "resumed", args)
+    total = 1437 // 64
+    final = lambda w: checkpoint.read_model(os.path.join(w, "checkpoints", str(total)), "checkpoint")["params"]
+    chex.assert_trees_all_equal(final(workdir), final(two_process_run[0]))
+
+
 # ---- bad input: one clear error each ------------------------------------------------------------------------
 
 

@@ -90,9 +90,10 @@ def test_non_finite_loss_names_the_step(tmp_path):
 
 
 def test_unreadable_checkpoint(tmp_path):
+    """No checkpoint reads: one error, and nothing is moved aside (an older readable one would be resumed from)."""
     workdir = str(tmp_path / "run")
     trainer.train_and_evaluate(quick_config(), workdir)
-    for folder, _, files in os.walk(os.path.join(workdir, "checkpoints", str(1437 // 64))):
+    for folder, _, files in os.walk(os.path.join(workdir, "checkpoints")):
         for name in files:
             with open(os.path.join(folder, name), "wb") as f:
                 f.write(b"\x00garbage")
@@ -100,6 +101,7 @@ def test_unreadable_checkpoint(tmp_path):
         trainer.train_and_evaluate(quick_config(), workdir)
     assert info.value.field == "checkpoint"
     assert "cannot read" in info.value.message
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", str(1437 // 64)]
 
 
 def test_train_step_compiles_once_and_updates_state():

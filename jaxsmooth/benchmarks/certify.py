@@ -15,6 +15,9 @@ noisy forward passes per second. The contenders:
   its config's compute dtype), beside the random-weight model of the same
   architecture.
 
+With ``noises=("gaussian", "lattice")`` the engine runs once per noise
+kind (``jax float32 gaussian``, ``jax float32 lattice``), side by side.
+
 Beside the rates: the model's forward FLOPs per sample (2 per multiply-add of
 its convolutions and matrix products) and the machine's matmul peak measured here, so a
 rate reads as a fraction of what the chip can do; and `memory`, which runs the
@@ -59,8 +62,9 @@ def _module(name: str, input_shape, num_classes: int, dtype: str = "float32", wi
 
 
 def random_inputs(inputs: int, input_shape) -> np.ndarray:
-    """[inputs, H, W, C] float32 uniform in [0, 1], fixed seed."""
-    return np.random.default_rng(0).uniform(size=(inputs, *input_shape)).astype(np.float32)
+    """[inputs, H, W, C] float32 8-bit images k/255, k uniform in 0..255, fixed seed (lattice noise needs the grid)."""
+    levels = np.random.default_rng(0).integers(0, 256, size=(inputs, *input_shape))
+    return np.divide(levels, 255, dtype=np.float32)
 
 
 def peak_rss_bytes() -> int:
@@ -76,18 +80,20 @@ XLA_OPTIONS = {"auto": "auto", "dot": compilation.CPU_COMPILER_OPTIONS, "eltwise
 
 def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dtype: str = "float32",
                   num_classes: int = 10, width: int = 0, xla_options: str = "auto",
-                  chosen: dict | None = None, model: models.Model | None = None) -> Contender:
+                  chosen: dict | None = None, model: models.Model | None = None,
+                  noise: str = "gaussian") -> Contender:
     """A warmed-up ``run()`` counting n samples of each of `inputs` inputs with `certification.Sampler`.
 
-    The sampler runs forward batches of `batch` (= inputs x chunk) samples,
-    compiled with `XLA_OPTIONS[xla_options]`; `chosen`, when given, receives
-    the options it was compiled with under the key "options". `model`: this
+    The sampler runs forward batches of `batch` (= inputs x chunk) samples
+    with `noise` ("gaussian" or "lattice"), compiled with
+    `XLA_OPTIONS[xla_options]`; `chosen`, when given, receives the options it
+    was compiled with under the key "options". `model`: this
     BatchNorm-folded model instead of model `name` with random weights.
     """
     model = model or models.fold_batch_norm(models.split(_module(name, input_shape, num_classes, dtype, width)))
     sampler = certification.Sampler(model.apply, model.params, model.model_state, input_shape=input_shape,
                                     num_classes=num_classes, inputs=inputs, chunk=batch // inputs,
-                                    compiler_options=XLA_OPTIONS[xla_options])
+                                    compiler_options=XLA_OPTIONS[xla_options], noise=noise)
     x, index, key = random_inputs(inputs, input_shape), np.arange(inputs), jax.random.key(0)
     t0 = time.perf_counter()
     sampler(x, index, SIGMA, 1, key)  # n is a run-time argument: this compiles and runs one chunk
@@ -237,32 +243,35 @@ def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_sh
               dtypes=("float32",), rounds: int = 5, with_torch: bool = True, torch_batch: int | None = None,
               tuned_batch: int = TUNED_BATCH, matmul_size: int = 4096, xla_options=("auto",),
               torch_compile: str = "", on_round: Callable[[int], None] | None = None, workdir: str = "",
-              num_classes: int | None = None) -> Report:
-    """Interleaved medians of the jaxsmooth engine (per dtype) and the PyTorch references, FLOPs and peaks.
+              num_classes: int | None = None, noises=("gaussian",)) -> Report:
+    """Interleaved medians of the jaxsmooth engine (per dtype and noise) and the PyTorch references, FLOPs and peaks.
 
     Args:
       n: samples per input; each round every contender draws n * inputs.
       batch: the engine's forward batch (inputs x chunk); the canonical loop's too unless `torch_batch`.
       tuned_batch: the tuned PyTorch samplers' batch.
       workdir: also ``jax <dtype> workdir``, the engine on this workdir's model (of architecture `name`),
-        compiled with the first of `xla_options`.
+        compiled with the first of `xla_options`, with the first of `noises`.
       num_classes: default `num_classes_of(name)`.
+      noises: the engine's noise kinds, one contender each ("gaussian", "lattice").
     """
     input_shape = tuple(input_shape or input_shape_of(name))
     num_classes = num_classes or num_classes_of(name)
     contenders, options = {}, {}
     for d in dtypes:
         for o in xla_options:
-            label = f"jax {d}" + (f" ({o} options)" if len(xla_options) > 1 else "")
-            chosen: dict = {}
-            contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d, num_classes=num_classes,
-                                              xla_options=o, chosen=chosen)
-            options[label] = chosen["options"]
+            for noise in noises:
+                label = (f"jax {d}" + (f" {noise}" if tuple(noises) != ("gaussian",) else "")
+                         + (f" ({o} options)" if len(xla_options) > 1 else ""))
+                chosen: dict = {}
+                contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d,
+                                                  num_classes=num_classes, xla_options=o, chosen=chosen, noise=noise)
+                options[label] = chosen["options"]
     if workdir:
         label, model = workdir_model(workdir)
         chosen = {}
         contenders[label] = jax_contender(name, n, batch, inputs, input_shape, num_classes=num_classes,
-                                          xla_options=xla_options[0], chosen=chosen, model=model)
+                                          xla_options=xla_options[0], chosen=chosen, model=model, noise=noises[0])
         options[label] = chosen["options"]
     if with_torch:
         contenders.update(torch_contenders(name, n, inputs, input_shape, batch=torch_batch or batch,

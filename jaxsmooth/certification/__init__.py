@@ -15,18 +15,18 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxsmooth.certification import bounds, sequential as sequential_stats
+from jaxsmooth.certification import bounds, lattice, sequential as sequential_stats
 from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, certified_area, certify,
                                             check_settings, clopper_pearson_lower, clopper_pearson_upper,
                                             l_bound, predict, smallest_certifying_n, topk_radius)
-from jaxsmooth.certification.engine import (Counts, Sampler, Segments, check_sigma, make_clean_probabilities,
-                                            sample_counts)
+from jaxsmooth.certification.engine import (NOISES, Counts, Sampler, Segments, check_sigma,
+                                            make_clean_probabilities, sample_counts)
 
 __all__ = [
-    "ABSTAIN", "Certificate", "Counts", "Prediction", "Sampler", "Segments", "Settings", "bounds", "certified_area",
-    "certify", "certify_batch", "check_settings", "check_sigma", "clopper_pearson_lower", "clopper_pearson_upper", "l_bound",
-    "make_clean_probabilities", "predict", "predict_batch", "sample_counts", "smallest_certifying_n", "stream_keys",
-    "topk_radius",
+    "ABSTAIN", "Certificate", "Counts", "NOISES", "Prediction", "Sampler", "Segments", "Settings", "bounds",
+    "certified_area", "certify", "certify_batch", "check_settings", "check_sigma", "clopper_pearson_lower",
+    "clopper_pearson_upper", "l_bound", "lattice", "make_clean_probabilities", "predict", "predict_batch",
+    "sample_counts", "smallest_certifying_n", "stream_keys", "topk_radius",
 ]
 
 CANDIDATES = ("selection", "clean")
@@ -122,6 +122,10 @@ def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, set
       labels: [B] true labels (needed for top-k).
       clean_probabilities: one clean forward pass's softmax (candidate "clean",
         and the L-bound on the model's own softmax).
+    With lattice noise, pA_lower is the Clopper-Pearson bound minus the
+    sampler's `Sampler.total_variation` (see `lattice`), and the radius is
+    certified for the 8-bit images within it.
+
     Returns:
       one dict per example: predict, radius, pA_lower, count_A, count_B,
       lbound_mc, lbound_model (when clean_probabilities is given), and
@@ -137,9 +141,10 @@ def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, set
     else:
         candidates = np.argmax(sampler(x, index, sigma, settings.n0, keys["selection"]).counts, -1)
     estimated = sampler(x, index, sigma, settings.n, keys["estimation"])
+    tv = sampler.total_variation(sigma)
     rows = []
     for b in range(x.shape[0]):
-        cert = certify(int(candidates[b]), estimated.counts[b], settings.alpha, sigma_arr)
+        cert = certify(int(candidates[b]), estimated.counts[b], settings.alpha, sigma_arr, tv=tv)
         row = {"predict": cert.label, "radius": cert.radius, "pA_lower": cert.pa_lower,
                "count_A": cert.count_a, "count_B": cert.count_b}
         if estimated.mean_softmax is not None:
@@ -148,7 +153,7 @@ def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, set
             row["lbound_model"] = float(l_bound(clean[b], sigma_arr))
         if settings.topk:
             row["topk_radius"] = topk_radius(int(labels[b]), estimated.counts[b], settings.topk, settings.alpha,
-                                             float(np.min(sigma_arr)))
+                                             float(np.min(sigma_arr)), tv=tv)
         if sigma_arr.ndim:
             row["area_objective"] = certified_area(cert.pa_lower, sigma_arr)
         rows.append(row)
@@ -161,7 +166,9 @@ def predict_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, n: 
 
     With `clean_probabilities`, each row also holds ``clean``: the class of one
     noise-free forward pass (a deterministic model's own prediction), to be
-    compared with PREDICT's (the agreement study of ``analyze``).
+    compared with PREDICT's (the agreement study of ``analyze``). With
+    lattice noise the answer differs from the lattice-smoothed classifier's
+    with probability at most alpha + n tau (tau: `Sampler.total_variation`).
     """
     counts = sampler(x, index, sigma, n, stream_keys(key)["predict"]).counts
     clean = np.argmax(clean_probabilities(x), -1) if clean_probabilities is not None else None

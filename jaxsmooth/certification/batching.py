@@ -96,7 +96,8 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
     usage = Usage() if usage is None else usage
     sigma_arr = np.asarray(sigma, np.float64)
     schedule = settings.schedule(float(np.min(sigma_arr)))
-    decided, certified_radius = stopping_rule(settings, schedule, sigma_arr)
+    tv = sampler.total_variation(sigma)
+    decided, certified_radius = stopping_rule(settings, schedule, sigma_arr, tv)
     pending, ready, active = deque(int(i) for i in indices), deque(), []
     while pending or ready or active:
         while len(active) < sampler.inputs and (ready or pending):
@@ -106,22 +107,26 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
             active.append(ready.popleft())
         for item in _estimate(sampler, active, sigma, schedule, decided, keys["estimation"], usage):
             active.remove(item)
-            yield _row(item, certified_radius(item.state.lower), sigma_arr)
+            yield _row(item, certified_radius(item.state.lower), sigma_arr, tv)
 
 
-def stopping_rule(settings, schedule: sequential.Schedule, sigma) -> tuple[Callable, Callable]:
-    """(decided(state) -> bool, radius(L) -> the reported radius, -inf to abstain) of the settings' mode."""
+def stopping_rule(settings, schedule: sequential.Schedule, sigma, tv: float = 0.0) -> tuple[Callable, Callable]:
+    """(decided(state) -> bool, radius(L) -> the reported radius, -inf to abstain) of the settings' mode.
+
+    tv: the noise draw's total variation from the ideal (`Sampler.total_variation`, lattice noise): the
+    certificate's bound is L - tv, as for fixed n (`bounds.certify`).
+    """
     sigma_min = float(np.min(sigma))
     if settings.radii is None:
         return (lambda state: sequential.max_radius_decided(state, schedule, sigma_min, settings.tolerance),
-                lambda lower: sequential.radius(lower, sigma_min))
+                lambda lower: sequential.radius(lower - tv, sigma_min))
     radii = (0.0, *settings.radii)
-    levels = sequential.thresholds(radii, sigma_min)
+    levels = tuple(t + tv for t in sequential.thresholds(radii, sigma_min))
     return (lambda state: sequential.grid_decided(state, schedule, levels),
             lambda lower: sequential.grid_radius(lower, radii, levels))
 
 
-def replay(counts: np.ndarray, positions, candidate: int, selection: int, settings, sigma) -> dict:
+def replay(counts: np.ndarray, positions, candidate: int, selection: int, settings, sigma, tv: float = 0.0) -> dict:
     """The row `run` gives an input, from its estimation counts recorded at fixed stream positions.
 
     The counts of a stream's first N samples do not depend on how they were
@@ -133,7 +138,7 @@ def replay(counts: np.ndarray, positions, candidate: int, selection: int, settin
     """
     sigma_arr = np.asarray(sigma, np.float64)
     schedule = settings.schedule(float(np.min(sigma_arr)))
-    decided, certified_radius = stopping_rule(settings, schedule, sigma_arr)
+    decided, certified_radius = stopping_rule(settings, schedule, sigma_arr, tv)
     where = {int(p): j for j, p in enumerate(positions)}
     item = _Input(-1, np.zeros(0), None, int(candidate), selection, np.zeros(counts.shape[1], np.int64), None, None)
     for look in schedule.looks:
@@ -141,7 +146,7 @@ def replay(counts: np.ndarray, positions, candidate: int, selection: int, settin
         item.state = sequential.observe(item.state, int(item.counts[candidate]), schedule)
         if decided(item.state):
             break
-    return _row(item, certified_radius(item.state.lower), sigma_arr)
+    return _row(item, certified_radius(item.state.lower), sigma_arr, tv)
 
 
 def _select(sampler, load, batch, sigma, settings, keys, clean_probabilities, usage) -> list[_Input]:
@@ -230,9 +235,9 @@ def _estimate(sampler, active, sigma, schedule, decided, key, usage) -> list[_In
     return done
 
 
-def _row(item: _Input, r: float, sigma_arr) -> dict:
+def _row(item: _Input, r: float, sigma_arr, tv: float) -> dict:
     """The TSV fields of a finished input with certified radius r (-inf: abstain): `certify_batch`'s and n_used."""
-    lower = item.state.lower
+    lower = item.state.lower - tv
     others = np.delete(item.counts, item.candidate)
     row = {"index": item.index, "label": item.label, "predict": item.candidate if r >= 0 else ABSTAIN,
            "radius": max(r, 0.0), "pA_lower": lower, "count_A": int(item.counts[item.candidate]),

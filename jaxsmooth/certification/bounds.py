@@ -110,7 +110,7 @@ class Certificate(NamedTuple):
     count_b: int  # largest estimation count of another class
 
 
-def certify(candidate: int, counts: np.ndarray, alpha: float, sigma) -> Certificate:
+def certify(candidate: int, counts: np.ndarray, alpha: float, sigma, *, tv: float = 0.0) -> Certificate:
     """CERTIFY's second half: bound P[f(x + eta) = candidate] from n fresh samples and turn it into a radius.
 
     Args:
@@ -120,15 +120,18 @@ def certify(candidate: int, counts: np.ndarray, alpha: float, sigma) -> Certific
       alpha: failure probability of this one certificate.
       sigma: scalar, or the per-pixel sigma array (the radius is then the
         inscribed ell_2 radius min(sigma) * Phi^-1(p_A lower)).
+      tv: a bound on the total variation between the noise the counts were
+        drawn with and the smoothing distribution certified (lattice noise:
+        `lattice.total_variation`); p_A's lower bound is lowered by it.
     """
     counts = np.asarray(counts, np.int64)
     n = int(counts.sum())
     count_a = int(counts[candidate])
     others = np.delete(counts, candidate)
     count_b = int(others.max()) if others.size else 0
-    pa = float(clopper_pearson_lower(count_a, n, alpha))
+    pa = float(clopper_pearson_lower(count_a, n, alpha)) - tv
     if pa < 0.5:
-        return Certificate(ABSTAIN, 0.0, pa, count_a, count_b)
+        return Certificate(ABSTAIN, 0.0, max(pa, 0.0), count_a, count_b)
     scale = float(np.min(sigma))
     return Certificate(int(candidate), scale * float(stats.norm.ppf(pa)), pa, count_a, count_b)
 
@@ -171,7 +174,7 @@ def l_bound(probabilities, sigma: float) -> np.ndarray:
 # Top-k (Jia et al. 2020)
 
 
-def topk_radius(label: int, counts: np.ndarray, k: int, alpha: float, sigma: float) -> float:
+def topk_radius(label: int, counts: np.ndarray, k: int, alpha: float, sigma: float, *, tv: float = 0.0) -> float:
     """The radius within which `label` is certified to stay among the top k classes of the smoothed classifier.
 
     Jia et al. 2020, Theorem 1: `label` stays in the top k at x + delta when,
@@ -182,15 +185,16 @@ def topk_radius(label: int, counts: np.ndarray, k: int, alpha: float, sigma: flo
     with S_t the t classes ranked k-t+1 .. k among the others by their upper
     bounds. The K bounds hold simultaneously at level alpha (Bonferroni:
     alpha / K each). Returns 0 when not certified; k = 1 gives
-    sigma / 2 * (Phi^-1(p_A lower) - Phi^-1(p_B upper)).
+    sigma / 2 * (Phi^-1(p_A lower) - Phi^-1(p_B upper)). `tv` (as in
+    `certify`) lowers each lower bound and raises each upper bound.
     """
     counts = np.asarray(counts, np.int64)
     num_classes, n = counts.size, int(counts.sum())
     if k >= num_classes:
         return math.inf
     level = alpha / num_classes
-    pl = float(clopper_pearson_lower(counts[label], n, level))
-    others = np.sort(clopper_pearson_upper(np.delete(counts, label), n, level))[::-1]
+    pl = float(clopper_pearson_lower(counts[label], n, level)) - tv
+    others = np.sort(clopper_pearson_upper(np.delete(counts, label), n, level) + tv)[::-1]
     if pl <= 0:
         return 0.0
     best = 0.0

@@ -1,4 +1,4 @@
-"""The Monte Carlo sampling engine: class counts of f(x + eta), eta ~ N(0, diag(sigma^2)).
+"""The Monte Carlo sampling engine: class counts of f(x + eta), eta ~ N(0, diag(sigma^2)) or lattice noise.
 
 One jitted computation per (model, batch shape): a ``lax.fori_loop`` over
 fixed-size chunks of noise drawn on the device, so memory does not grow with
@@ -7,8 +7,11 @@ the ``data`` axis) and the counts summed with ``psum``.
 
 Sample j of the example with global index i uses the noise
 
-    z_ij = normal(fold_in(fold_in(key, i), j)),
+    z_ij = normal(fold_in(fold_in(key, i), j))
 
+(``noise="gaussian"``), or the discretised normal on the 1/255 grid drawn
+from the bits of that same key (``noise="lattice"``, 8-bit inputs only: see
+`jaxsmooth.certification.lattice` for the draw and its certificate),
 so the counts depend on the key, the example indices and the sample
 positions only: the same on one CPU and on a pod, for any chunk size and any
 number of inputs per call. A call counts, for each input slot b, the samples
@@ -37,6 +40,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxsmooth import compilation, parallel
+from jaxsmooth.certification import lattice
 from jaxsmooth.errors import UserError
 
 
@@ -63,19 +67,29 @@ def check_sigma(sigma, input_shape) -> np.ndarray:
     return s
 
 
-def _noise(key: jax.Array, index: jax.Array, first: jax.Array, chunk: int, shape, dtype) -> jax.Array:
-    """[B, chunk, *shape] standard normal noise of samples first .. first + chunk - 1 of each example."""
-
-    def one_example(k):
-        return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(k, j), shape, dtype))(
-            first + jnp.arange(chunk, dtype=jnp.int32))
-
-    return jax.vmap(one_example)(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index))
+NOISES = ("gaussian", "lattice")
 
 
-def _slot_noise(key: jax.Array, index: jax.Array, first: jax.Array, chunk: int, shape, dtype) -> jax.Array:
-    """`_noise` with a first sample of its own for each example: first [B] -> [B, chunk, *shape]."""
-    return jax.vmap(lambda i, f: _noise(key, i[None], f, chunk, shape, dtype)[0])(index, first)
+def _sample_keys(key: jax.Array, index: jax.Array, first: jax.Array, chunk: int) -> jax.Array:
+    """[B, chunk] keys fold_in(fold_in(key, index[b]), first[b] + s) of samples first[b] .. first[b] + chunk - 1."""
+    samples = first[:, None] + jnp.arange(chunk, dtype=jnp.int32)
+    per_example = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+    return jax.vmap(lambda k, js: jax.vmap(lambda j: jax.random.fold_in(k, j))(js))(per_example, samples)
+
+
+def _noise(noise: str, x: jax.Array, scale: Any, key: jax.Array, index: jax.Array, first: jax.Array,
+           chunk: int, shape) -> jax.Array:
+    """[B, chunk, *shape] noisy inputs of samples first[b] .. first[b] + chunk - 1 of each example x [B, *shape].
+
+    gaussian: x + sigma z, z ~ N(0, I), `scale` = sigma (scalar or per-pixel);
+    lattice: x + m / 255 as an exact integer sum, m the discretised normal
+    (`lattice.draw`), `scale` = `lattice.table(sigma).arrays`.
+    """
+    keys = _sample_keys(key, index, first, chunk)
+    if noise == "lattice":
+        return lattice.perturb(x, lattice.draw(keys, shape, scale))
+    z = jax.vmap(jax.vmap(lambda k: jax.random.normal(k, shape, x.dtype)))(keys)
+    return x[:, None] + scale * z
 
 
 class Sampler:
@@ -91,6 +105,9 @@ class Sampler:
         runs forward batches of ``inputs * chunk``.
       mesh: devices to spread the chunks over (default: all).
       with_softmax: also return the mean softmax vector of the samples.
+      noise: "gaussian" (x + sigma z in floating point, Cohen et al.) or
+        "lattice" (the discretised normal on the 1/255 grid, exact; 8-bit
+        inputs and a scalar sigma only: `jaxsmooth.certification.lattice`).
       compiler_options: XLA:CPU options: "auto" (time each of jaxsmooth's option
         sets, `compilation.CPU_COMPILER_OPTIONS` and `compilation.CPU_ELEMENTWISE_OPTIONS`,
         on one loop step of the first call and keep the fastest), a dict of
@@ -100,7 +117,9 @@ class Sampler:
 
     def __init__(self, apply: Callable, params: Any, model_state: Any, *, input_shape, num_classes: int,
                  inputs: int = 1, chunk: int = 1000, mesh: jax.sharding.Mesh | None = None,
-                 with_softmax: bool = False, compiler_options: str | dict | None = None):
+                 with_softmax: bool = False, compiler_options: str | dict | None = None, noise: str = "gaussian"):
+        if noise not in NOISES:
+            raise UserError("noise", f"unknown {noise!r}; allowed: {', '.join(NOISES)}")
         if inputs <= 0:
             raise UserError("inputs", f"must be > 0, got {inputs}")
         if chunk <= 0:
@@ -109,6 +128,8 @@ class Sampler:
         self.input_shape = tuple(input_shape)
         self.num_classes = int(num_classes)
         self.inputs, self.chunk, self.with_softmax = int(inputs), int(chunk), bool(with_softmax)
+        self.noise = noise
+        self._scale_shapes = None  # lattice: the table shapes compiled for (they grow with sigma)
         self._variables = parallel.replicate(self.mesh, (params, model_state))
         if not (compiler_options is None or compiler_options == "auto" or isinstance(compiler_options, dict)):
             raise ValueError(f"compiler_options must be None, 'auto' or a dict, got {compiler_options!r}")
@@ -130,6 +151,7 @@ class Sampler:
     def _build(self, apply: Callable) -> Callable:
         devices = self.mesh.size
         chunk, num_classes, shape, with_softmax = self.chunk, self.num_classes, self.input_shape, self.with_softmax
+        noise = self.noise
 
         def per_device(variables, x, index, start, m, cuts, sigma, key):
             params, model_state = variables
@@ -140,8 +162,7 @@ class Sampler:
             def body(step, carry):
                 counts, probs = carry
                 offset = (step * devices + d) * chunk  # of these samples within [start_b, start_b + m_b)
-                z = _slot_noise(key, index, start + offset, chunk, shape, x.dtype)
-                noisy = (x[:, None] + sigma * z).reshape((b * chunk, *shape))
+                noisy = _noise(noise, x, sigma, key, index, start + offset, chunk, shape).reshape((b * chunk, *shape))
                 logits, _ = apply(params, model_state, noisy, train=False)
                 logits = logits.reshape((b, chunk, num_classes))
                 position = offset + jnp.arange(chunk)
@@ -176,6 +197,27 @@ class Sampler:
         compiled, self.chosen_options = compilation.compile_fastest(self._run, *args, candidates=[options], repeats=0)
         return compiled
 
+    def _scale(self, x: np.ndarray, sigma) -> Any:
+        """What the noise draw reads: sigma (gaussian), or the lattice tables of sigma after checking x is 8-bit."""
+        if self.noise == "gaussian":
+            return check_sigma(sigma, self.input_shape)
+        if check_sigma(sigma, self.input_shape).ndim:
+            raise UserError("sigma", "lattice noise takes a scalar sigma, not a per-pixel one")
+        lattice.check_inputs(x)
+        arrays = lattice.table(float(sigma)).arrays
+        shapes = jax.tree.map(np.shape, arrays)
+        if shapes != self._scale_shapes:  # a sigma with larger tables: compile again
+            self._compiled, self._scale_shapes = {}, shapes
+        return arrays
+
+    def total_variation(self, sigma) -> float:
+        """tau: how far (in total variation) one example's drawn noise may be from the ideal; 0 for gaussian.
+
+        Lattice noise: `lattice.total_variation`. The certificates subtract it
+        from p_A's lower bound (`bounds.certify`).
+        """
+        return lattice.total_variation(float(sigma), self.input_shape) if self.noise == "lattice" else 0.0
+
     def _device_args(self, x, index, start, m, cuts, sigma, key: jax.Array) -> tuple:
         """The executable's arguments, every slot padded to `inputs` (a padded slot counts no sample: m = 0)."""
         pad = self.inputs - x.shape[0]
@@ -183,10 +225,10 @@ class Sampler:
         def padded(a, dtype):
             return np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]).astype(dtype)
 
+        xs = padded(np.asarray(x, np.float32), np.float32)
         return (self._variables, *parallel.replicate(self.mesh, (
-            padded(np.asarray(x, np.float32), np.float32), padded(np.asarray(index), np.int32),
-            padded(start, np.int32), padded(m, np.int32), padded(np.clip(cuts, 0, 2**31 - 1), np.int32),
-            check_sigma(sigma, self.input_shape))), parallel.replicate(self.mesh, key))
+            xs, padded(np.asarray(index), np.int32), padded(start, np.int32), padded(m, np.int32),
+            padded(np.clip(cuts, 0, 2**31 - 1), np.int32), self._scale(xs, sigma))), parallel.replicate(self.mesh, key))
 
     def prepare(self, sigma, n: int, key: jax.Array, cuts: int = 0) -> dict:
         """Compiles now, for calls with this sigma's shape and `cuts` cut positions per slot, and returns the XLA
@@ -213,7 +255,7 @@ class Sampler:
         Args:
           x: [B, *input_shape] float32 host array, B <= inputs.
           index: [B] global example indices (they pick the noise).
-          sigma: scalar or per-pixel array of the input's shape.
+          sigma: scalar or per-pixel array of the input's shape (lattice noise: scalar).
           start: [B] (or a scalar for all) first sample position of each slot, >= 0.
           m: [B] (or a scalar) samples of each slot, >= 0 (0: the slot idles).
           key: the stream key (selection and estimation use different keys).
@@ -245,7 +287,7 @@ class Sampler:
         Args:
           x: [B, *input_shape] float32 host array, B <= inputs.
           index: [B] global example indices (they pick the noise).
-          sigma: scalar or per-pixel array of the input's shape.
+          sigma: scalar or per-pixel array of the input's shape (lattice noise: scalar).
           n: samples per example (an int, or [B] per example), >= 1.
           key: the stream key (selection and estimation use different keys).
           start: the first sample's position in each example's stream (an int or [B]): the
@@ -262,7 +304,7 @@ class Sampler:
 
 def sample_counts(apply: Callable, variables: tuple[Any, Any], x, sigma, n: int, chunk: int, key: jax.Array, *,
                   num_classes: int, index=None, mesh: jax.sharding.Mesh | None = None,
-                  with_softmax: bool = False) -> Counts:
+                  with_softmax: bool = False, noise: str = "gaussian") -> Counts:
     """One-off form of `Sampler`: counts of n noisy samples for every example of x.
 
     Args:
@@ -273,7 +315,7 @@ def sample_counts(apply: Callable, variables: tuple[Any, Any], x, sigma, n: int,
     x = np.asarray(x, np.float32)
     index = np.arange(x.shape[0]) if index is None else np.asarray(index)
     sampler = Sampler(apply, *variables, input_shape=x.shape[1:], num_classes=num_classes, inputs=x.shape[0],
-                      chunk=chunk, mesh=mesh, with_softmax=with_softmax)
+                      chunk=chunk, mesh=mesh, with_softmax=with_softmax, noise=noise)
     return sampler(x, index, sigma, n, key)
 
 

@@ -23,14 +23,17 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from jaxsmooth import jobs
 from jaxsmooth.analysis import sidecar
 from jaxsmooth.certification import Sampler, Settings, batching, certify_batch, predict_batch, stream_keys
 from jaxsmooth.errors import UserError
 
 # Settings whose change makes an existing file's rows incomparable with new ones.
-IDENTITY_FIELDS = ("mode", "sigma", "sigma_file", "sigma_from", "sigma_from_step", "n0", "n", "alpha", "candidate", "topk", "seed", "dtype",
-                   "checkpoint_step", "model", "dataset", "split", "skip", "max", "batch", "inputs", "sequential",
-                   "radii", "tolerance")
+IDENTITY_FIELDS = ("mode", "noise", "sigma", "sigma_file", "sigma_from", "sigma_from_step", "n0", "n", "alpha",
+                   "candidate", "topk", "seed", "dtype", "checkpoint_step", "model", "dataset", "split", "skip", "max",
+                   "batch", "inputs", "sequential", "radii", "tolerance")
+# What a file written before a field existed used.
+IDENTITY_DEFAULTS = {"noise": "gaussian"}
 
 
 def columns(mode: str, settings: Settings, *, anisotropic: bool, model_lbound: bool) -> list[str]:
@@ -99,9 +102,10 @@ class TsvWriter:
             self.done = self._resume(header, notes)
         elif enabled:
             _make_folder(path)
-            sidecar.write(path, program, header, notes)
-            with open(path, "w") as f:
-                f.write("\t".join(cols) + "\n")
+            with jobs.write_errors("out", path):
+                sidecar.write(path, program, header, notes)
+                with open(path, "w") as f:
+                    f.write("\t".join(cols) + "\n")
         self._file = open(path, "a") if enabled else None
 
     def _resume(self, header: dict[str, Any], notes: tuple[str, ...]) -> list[int]:
@@ -117,8 +121,9 @@ class TsvWriter:
                                    f"{sidecar.path_of(self.path)} is missing or names another program); "
                                    "choose another --out")
         for field in self.identity_fields:
-            if old.get(field) != header.get(field):
-                raise UserError("out", f"{self.path} was written with {field}={old.get(field)!r}, not "
+            was = old.get(field, IDENTITY_DEFAULTS.get(field))
+            if was != header.get(field):
+                raise UserError("out", f"{self.path} was written with {field}={was!r}, not "
                                        f"{header.get(field)!r}; choose another --out to change it")
         legacy = sidecar.is_legacy(self.path)
         with open(self.path) as f:
@@ -132,14 +137,14 @@ class TsvWriter:
         if (cut or legacy) and self.enabled:
             if legacy:  # the earlier format: settings move to the sidecar, the table loses its comment lines
                 sidecar.write(self.path, self.program, old, tuple(sidecar.read_notes(self.path)) or notes)
-            _replace(self.path, "".join(kept))
+            with jobs.write_errors("out", self.path):
+                _replace(self.path, "".join(kept))
         done = [int(line.split("\t")[0]) for line in kept[1:]]
         return list(dict.fromkeys(done)) if self.rows_per_example > 1 else done
 
     def write(self, row: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write("\t".join(_format(row[c]) for c in self.cols) + "\n")
-            self._file.flush()
+        if self._file is not None:  # one write of the whole row, or none (a full disk)
+            jobs.append_line(self._file, "\t".join(_format(row[c]) for c in self.cols) + "\n", "out")
 
     def close(self) -> None:
         if self._file is not None:
