@@ -71,8 +71,9 @@ NOISES = ("gaussian", "lattice")
 
 
 def _sample_keys(key: jax.Array, index: jax.Array, first: jax.Array, chunk: int) -> jax.Array:
-    """[B, chunk] keys fold_in(fold_in(key, index[b]), first[b] + s) of samples first[b] .. first[b] + chunk - 1."""
-    samples = first[:, None] + jnp.arange(chunk, dtype=jnp.int32)
+    """[B, chunk] keys fold_in(fold_in(key, index[b]), first[b] + s) of samples first[b] .. first[b] + chunk - 1
+    (first: [B], or a scalar for all)."""
+    samples = jnp.broadcast_to(first, index.shape)[:, None] + jnp.arange(chunk, dtype=jnp.int32)
     per_example = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
     return jax.vmap(lambda k, js: jax.vmap(lambda j: jax.random.fold_in(k, j))(js))(per_example, samples)
 
