@@ -14,7 +14,7 @@ from jaxsmooth import certify, cli, data, parallel, trainer
 from jaxsmooth.errors import UserError
 
 from conftest import ROOT
-from helpers import QUICKSTART, SMALL, train_small, tsv_rows
+from helpers import QUICKSTART, SMALL, sidecar_settings, train_small, tsv_rows
 
 FAST = ["--n0", "20", "--n", "300", "--alpha", "0.01", "--batch", "100", "--no-progress"]
 
@@ -48,7 +48,10 @@ def test_loaded_model_gives_the_cli_rows_and_the_trained_logits(workdir, tmp_pat
         out = tmp_path / f"{mode}.tsv"
         assert certify.run(["--checkpoint", workdir, "--out", str(out), "--skip", "25", "--max", "100",
                             "--mode", mode] + FAST) == 0  # no --config: the workdir's own
-        kwargs = dict(n=300, alpha=0.01, seed=config.seed, labels=labels, index=idx, batch=100)
+        # the XLA options the CLI chose by timing ("auto"), passed back as a resumed run does: the same executable
+        options = sidecar_settings(out, "certify")["xla_options"]
+        kwargs = dict(n=300, alpha=0.01, seed=config.seed, labels=labels, index=idx, batch=100,
+                      compiler_options=options)
         rows = model.certify(x, n0=20, **kwargs) if mode == "certify" else model.predict(x, **kwargs)
         theirs = _tsv_dicts(out)
         assert [set(r) for r in rows] == [set(r) for r in theirs]
