@@ -35,11 +35,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from jaxsmooth import cli
+from jaxsmooth import cli, jobs
 from jaxsmooth.errors import UserError
 
 PARALLEL_MODES = ("samples", "examples")
@@ -256,7 +256,22 @@ def _noise(args) -> str:
 
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
-    args = _parser().parse_args(rest)
+    return _main(_parser().parse_args(rest), overrides)
+
+
+def write(*, overrides: Sequence[str] = (), **options) -> int:
+    """``python -m jaxsmooth.certify`` from Python: writes (or resumes) the TSV ``out`` as the CLI would.
+
+    `options` are the CLI's flags by name (``--no-progress``:
+    ``no_progress=True``; see `cli.keyword_arguments`), `overrides` its
+    ``--config.FIELD=VALUE`` overrides without the prefix. Returns 0; a bad
+    option raises `UserError`, a stop (SIGTERM) `jobs.Stopped`.
+    """
+    with jobs.session():
+        return _main(cli.keyword_arguments(_parser(), options), list(overrides))
+
+
+def _main(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxsmooth import parallel
 
     cli.initialize_distributed(args)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from jaxsmooth import config as config_lib, jobs
 from jaxsmooth.errors import UserError
@@ -58,6 +58,41 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
             rest.append(arg)
         i += 1
     return rest, overrides
+
+
+def keyword_arguments(parser: argparse.ArgumentParser, options: Mapping[str, Any]) -> argparse.Namespace:
+    """A CLI's parsed arguments from Python keywords, as its flags would give them.
+
+    `options` names flags by their argparse names (``--sigma-from``:
+    ``sigma_from``); the others keep their defaults. A list or tuple for a
+    comma-separated flag (``radii=[0.25, 0.5]``) is joined with commas, and a
+    string for a typed flag is converted by its type. An unknown name, a
+    missing required flag or a value outside a flag's choices is one
+    `UserError` naming it.
+    """
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    unknown = sorted(set(options) - set(actions))
+    if unknown:
+        raise UserError(unknown[0], f"is not an option of {parser.prog}; its options: {', '.join(sorted(actions))}")
+    values = {}
+    for dest, action in actions.items():
+        if dest not in options:
+            if action.required:
+                raise UserError(dest, f"is required by {parser.prog}")
+            values[dest] = action.default
+            continue
+        value = options[dest]
+        if isinstance(value, (list, tuple)) and not isinstance(action.default, list):
+            value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        if isinstance(value, str) and action.type not in (None, str):
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError) as e:
+                raise UserError(dest, f"{value!r}: {e}") from None
+        if action.choices is not None and value not in action.choices:
+            raise UserError(dest, f"must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+        values[dest] = value
+    return argparse.Namespace(**values)
 
 
 def load_config(path: str | None, overrides: Sequence[str], workdir: str = ""):

@@ -101,3 +101,26 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     resumed = subprocess.run(_train_cmd(killed, *args), env=_env(), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     chex.assert_trees_all_close(saved_params(killed, total), saved_params(whole, total), atol=0, rtol=0)
+
+
+def test_keyword_arguments_equal_the_parsed_flags_and_refuse_bad_names():
+    from jaxsmooth import attack, certify, cli
+    from jaxsmooth.errors import UserError
+
+    argv = ["--checkpoint", "w", "--out", "o.tsv", "--n", "500", "--sigma-from", "s", "--radii", "0.25,0.5",
+            "--sequential", "--noise", "gaussian"]
+    parsed = certify._parser().parse_args(argv)
+    given = cli.keyword_arguments(certify._parser(), dict(checkpoint="w", out="o.tsv", n="500", sigma_from="s",
+                                                          radii=[0.25, 0.5], sequential=True, noise="gaussian"))
+    assert vars(given) == vars(parsed)
+    assert cli.keyword_arguments(certify._parser(), dict(out="o.tsv", n=500)).n == 500
+    for options, field in [(dict(out="o.tsv", sigma_form="s"), "sigma_form"),  # a misspelt flag
+                           (dict(checkpoint="w"), "out"),  # required
+                           (dict(out="o.tsv", noise="uniform"), "noise"),  # outside its choices
+                           (dict(out="o.tsv", n="many"), "n")]:  # not its type
+        with pytest.raises(UserError) as e:
+            cli.keyword_arguments(certify._parser(), options)
+        assert e.value.field == field
+    with pytest.raises(UserError) as e:
+        attack.write(out="o.tsv")  # refused before anything is read or written
+    assert e.value.field == "checkpoint" and not os.path.exists("o.tsv")

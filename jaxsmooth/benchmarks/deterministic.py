@@ -101,17 +101,15 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
         say(f"train {name} ({path})")
         summary = train_timed(path, extra, run_dir, name, times, times_path)
         # gaussian noise: the report's published figures (and the files it resumes) were made with it
-        common = ["--config", path, "--checkpoint", run_dir, "--skip", str(skip), "--max", str(maximum),
-                  "--batch", str(batch), "--noise", "gaussian", "--no-progress"] + [f"--config.{o}" for o in extra]
+        common = dict(config=path, checkpoint=run_dir, skip=skip, max=maximum, batch=batch, noise="gaussian",
+                      no_progress=True, overrides=extra)
         cert_tsv = os.path.join(workdir, f"{name}_certify.tsv")
         say(f"certify {name} (n = {n})")
-        candidate = ["--candidate", "clean"] if name in DETERMINISTIC else []
-        _check(certify.run(common + ["--out", cert_tsv, "--n", str(n), "--n0", str(n0), "--alpha", str(alpha)]
-                           + candidate), "certify", name)
+        certify.write(**common, out=cert_tsv, n=n, n0=n0, alpha=alpha,
+                      candidate="clean" if name in DETERMINISTIC else "selection")
         predict_tsv = os.path.join(workdir, f"{name}_predict.tsv")
         say(f"predict {name} (n = 100)")
-        _check(certify.run(common + ["--out", predict_tsv, "--mode", "predict", "--n", "100", "--alpha",
-                                     str(alpha)]), "predict", name)
+        certify.write(**common, out=predict_tsv, mode="predict", n=100, alpha=alpha)
         cert = analysis.read_run(cert_tsv, name)
         lbound = None if name == "standard" else lbound_stats(cert, "lbound_mc" if name == "gaussian"
                                                               else "lbound_model")
@@ -140,11 +138,6 @@ def train_timed(config_path: str, overrides: Sequence[str], run_dir: str, name: 
 def load_times(workdir: str) -> tuple[dict, str]:
     path = os.path.join(workdir, "times.json")
     return (json.load(open(path)) if os.path.exists(path) else {}), path
-
-
-def _check(code: int, stage: str, name: str) -> None:
-    if code != 0:
-        raise UserError(stage, f"the {stage} stage of run {name} failed (exit code {code}); its error is above")
 
 
 def markdown(rows: Sequence[Row]) -> str:

@@ -78,12 +78,9 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
         summary = train_timed(path, extra, run_dir, name, times, times_path)
         out = os.path.join(workdir, f"{name}_accuracy.tsv")
         say(f"attack {name} (PGD at radii {','.join(f'{r:g}' for r in radii)})")
-        code = attack.run(["--mode", "accuracy", "--config", path, "--checkpoint", run_dir, "--out", out,
-                           "--radii", ",".join(f"{r:g}" for r in radii), "--skip", str(skip), "--max", str(maximum),
-                           "--no-progress"] + (["--test-noise-sigma", f"{test_noise_sigma:g}"] if test_noise_sigma else [])
-                          + [f"--config.{o}" for o in extra])
-        if code != 0:
-            raise UserError("attack", f"the attack of run {name} failed (exit code {code}); its error is above")
+        attack.write(mode="accuracy", config=path, checkpoint=run_dir, out=out, radii=list(radii), skip=skip,
+                     max=maximum, no_progress=True, overrides=extra,
+                     **({"test_noise_sigma": test_noise_sigma} if test_noise_sigma else {}))
         rows.append(Row(name, summary["test_accuracy"], attack_analysis.read_accuracy(out, name), times[name]))
     return rows
 

@@ -238,9 +238,8 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
     base_dir = os.path.join(workdir, "gaussian")
     say(f"train gaussian ({os.path.basename(base_path)} {' '.join(base_own)})")
     train_timed(base_path, base_extra, base_dir, "gaussian", times, times_path)
-    common = ["--config", base_path, "--checkpoint", base_dir, "--skip", str(skip), "--max", str(maximum),
-              "--n", str(n), "--n0", str(n0), "--alpha", str(alpha), "--batch", str(batch), "--no-progress"]
-    common += [f"--config.{o}" for o in base_extra]
+    common = dict(config=base_path, checkpoint=base_dir, skip=skip, max=maximum, n=n, n0=n0, alpha=alpha,
+                  batch=batch, no_progress=True, overrides=base_extra)
     cells, sigmas = [], {}  # (tsv, label, train seconds, sigma mean)
     for init in (list(sweep) or [None]):
         name, iso = ("sigma", "isotropic") if init is None else (f"sigma_{init:g}", f"isotropic_{init:g}")
@@ -253,7 +252,7 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
         sigmas[name] = sigma
         tsv = os.path.join(workdir, f"{name}_certify.tsv")
         say(f"certify {name} (learned sigma, mean {sigma.mean():.4g}; n = {n})")
-        _check(certify.run(common + ["--sigma-from", run_dir, "--out", tsv]), name)
+        certify.write(**common, sigma_from=run_dir, out=tsv)
         cells.append((tsv, name, times[name], float(sigma.mean())))
         # the isotropic sigma of the same mean, and of the same sum log sigma (the geometric mean: the same
         # largest certifiable area, as the paper's "isotropic classifier that can certify up to the same area")
@@ -263,7 +262,7 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
             np.save(npy, np.full(sigma.shape, value, np.float32))
             iso_tsv = os.path.join(workdir, f"{label}_certify.tsv")
             say(f"certify {label} (constant sigma {value:.4g}; n = {n})")
-            _check(certify.run(common + ["--sigma-file", npy, "--out", iso_tsv]), label)
+            certify.write(**common, sigma_file=npy, out=iso_tsv)
             cells.append((iso_tsv, label, times["gaussian"], float(np.float32(value))))
     runs = [analysis.read_run(tsv, label) for tsv, label, _, _ in cells]
     areas = default_areas(runs) if areas is None else np.asarray(areas, np.float64)
@@ -286,8 +285,3 @@ def write_figures(report: Report, workdir: str, title: str = "") -> list[str]:
 def _check_suite(suite: str) -> None:
     if suite not in SUITES:
         raise UserError("--suite", f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
-
-
-def _check(code: int, name: str) -> None:
-    if code != 0:
-        raise UserError("certify", f"the certification of {name} failed (exit code {code}); its error is above")
