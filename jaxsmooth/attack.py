@@ -29,11 +29,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Sequence
 
 import numpy as np
 
-from jaxsmooth import cli, jobs
+from jaxsmooth import cli
 from jaxsmooth.errors import UserError
 
 PROGRAM = "attack"  # the sidecar's program name (jaxsmooth.analysis.sidecar)
@@ -83,18 +82,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     return _main(_parser().parse_args(rest), overrides)
-
-
-def write(*, overrides: Sequence[str] = (), **options) -> int:
-    """``python -m jaxsmooth.attack`` from Python: writes (or resumes) the TSV ``out`` as the CLI would.
-
-    `options` are the CLI's flags by name (``--no-progress``:
-    ``no_progress=True``; see `cli.keyword_arguments`), `overrides` its
-    ``--config.FIELD=VALUE`` overrides without the prefix. Returns 0; a bad
-    option raises `UserError`, a stop (SIGTERM) `jobs.Stopped`.
-    """
-    with jobs.session():
-        return _main(cli.keyword_arguments(_parser(), options), list(overrides))
 
 
 def _main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -274,6 +261,7 @@ def _done_pairs(path: str) -> set[tuple[int, float]]:
 
 
 run = cli.main_wrapper(main, job=True)
+write = cli.keyword_entry("attack", _parser, _main)
 
 if __name__ == "__main__":
     sys.exit(run())

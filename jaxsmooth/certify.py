@@ -35,11 +35,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from jaxsmooth import cli, jobs
+from jaxsmooth import cli
 from jaxsmooth.errors import UserError
 
 PARALLEL_MODES = ("samples", "examples")
@@ -259,18 +259,6 @@ def main(argv: list[str]) -> int:
     return _main(_parser().parse_args(rest), overrides)
 
 
-def write(*, overrides: Sequence[str] = (), **options) -> int:
-    """``python -m jaxsmooth.certify`` from Python: writes (or resumes) the TSV ``out`` as the CLI would.
-
-    `options` are the CLI's flags by name (``--no-progress``:
-    ``no_progress=True``; see `cli.keyword_arguments`), `overrides` its
-    ``--config.FIELD=VALUE`` overrides without the prefix. Returns 0; a bad
-    option raises `UserError`, a stop (SIGTERM) `jobs.Stopped`.
-    """
-    with jobs.session():
-        return _main(cli.keyword_arguments(_parser(), options), list(overrides))
-
-
 def _main(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxsmooth import parallel
 
@@ -459,6 +447,7 @@ def _shard_paths(out: str, processes: int) -> list[str]:
 
 
 run = cli.main_wrapper(main, job=True)
+write = cli.keyword_entry("certify", _parser, _main)
 
 
 class _CallableModule(type(sys)):

@@ -95,6 +95,25 @@ def keyword_arguments(parser: argparse.ArgumentParser, options: Mapping[str, Any
     return argparse.Namespace(**values)
 
 
+def keyword_entry(program: str, parser: Callable[[], argparse.ArgumentParser],
+                  run: Callable[[argparse.Namespace, list[str]], int]) -> Callable[..., int]:
+    """A job CLI's ``write(*, overrides=(), **options)``: ``python -m jaxsmooth.<program>`` from Python."""
+
+    def write(*, overrides: Sequence[str] = (), **options) -> int:
+        with jobs.session():
+            return run(keyword_arguments(parser(), options), list(overrides))
+
+    write.__doc__ = f"""``python -m jaxsmooth.{program}`` from Python: writes (or resumes) the TSV ``out`` as the CLI would.
+
+    `options` are the CLI's flags by name (``--no-progress``:
+    ``no_progress=True``; see `cli.keyword_arguments`), `overrides` its
+    ``--config.FIELD=VALUE`` overrides without the prefix. Returns 0; a bad
+    option raises `UserError`, a stop (SIGTERM) `jobs.Stopped`.
+    """
+    write.__qualname__ = write.__name__ = "write"
+    return write
+
+
 def load_config(path: str | None, overrides: Sequence[str], workdir: str = ""):
     """The config file `path` with `overrides`; without `path`, the config.json `workdir` was made with."""
     if path:

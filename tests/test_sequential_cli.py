@@ -14,7 +14,7 @@ from conftest import ROOT
 from helpers import sidecar_settings, train_small, tsv_rows
 
 FAST = ["--n0", "20", "--alpha", "0.01", "--batch", "100", "--inputs", "5", "--no-progress"]
-DOCS = os.path.join(ROOT, "docs", "sequential.md")
+PAGES = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "docs", "sequential.md")]
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +73,21 @@ def test_bad_sequential_input_is_one_line_and_writes_nothing(workdir, tmp_path, 
     assert not out.exists() and not (tmp_path / "x.tsv.json").exists()
 
 
-def _docs_commands():
-    """The `python -m jaxsmooth.X` lines of docs/sequential.md, as argument lists (program, args)."""
-    with open(DOCS) as f:
+def _docs_commands(page):
+    """The `python -m jaxsmooth.X` lines of a page, as argument lists (program, args)."""
+    with open(page) as f:
         text = f.read()
     lines = re.findall(r"^python -m jaxsmooth\.(\w+) (.*)$", text, re.M)
     return [(program, shlex.split(args)) for program, args in lines]
 
 
-def test_docs_quick_start_on_a_few_digits(workdir, tmp_path, capsys):
-    """The quick start's certify and analyze lines on the first 100 test digits: the sequential rows are drawn from
-    the fixed run's stream, its class is the fixed run's, and it spends fewer samples."""
-    quick = [(p, a) for p, a in _docs_commands() if "workdirs/quickstart" in " ".join(a) and p != "train"]
+@pytest.mark.parametrize("page", PAGES, ids=os.path.basename)
+def test_docs_quick_start_on_a_few_digits(workdir, tmp_path, capsys, page):
+    """The sequential example's certify and analyze lines (README, docs/sequential.md) on the first 100 test digits:
+    the sequential rows are drawn from the fixed run's stream, its class is the fixed run's, and it spends fewer
+    samples."""
+    quick = [(p, a) for p, a in _docs_commands(page)
+             if any(name in " ".join(a) for name in ("quickstart/sequential.tsv", "quickstart/fixed.tsv"))]
     assert [p for p, _ in quick] == ["certify", "certify", "analyze"]
     folder = tmp_path / "q"
     swap = lambda args: [a.replace("workdirs/quickstart", str(folder)) for a in args]  # noqa: E731
