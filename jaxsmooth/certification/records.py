@@ -121,10 +121,10 @@ class TsvWriter:
                                    f"{sidecar.path_of(self.path)} is missing or names another program); "
                                    "choose another --out")
         for field in self.identity_fields:
-            was = old.get(field, IDENTITY_DEFAULTS.get(field))
-            if was != header.get(field):
-                raise UserError("out", f"{self.path} was written with {field}={was!r}, not "
-                                       f"{header.get(field)!r}; choose another --out to change it")
+            was, now = (h.get(field, IDENTITY_DEFAULTS.get(field)) for h in (old, header))
+            if was != now:
+                raise UserError("out", f"{self.path} was written with {field}={was!r}, not {now!r}; choose "
+                                       "another --out to change it")
         legacy = sidecar.is_legacy(self.path)
         with open(self.path) as f:
             lines = [line for line in f.read().splitlines(keepends=True) if not line.startswith("#")]
