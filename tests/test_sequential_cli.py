@@ -76,7 +76,7 @@ def test_bad_sequential_input_is_one_line_and_writes_nothing(workdir, tmp_path, 
 def _docs_commands(page):
     """The `python -m jaxsmooth.X` lines of a page, as argument lists (program, args)."""
     with open(page) as f:
-        text = f.read()
+        text = re.sub(r"\\\n\s*", " ", f.read())  # continued lines joined
     lines = re.findall(r"^python -m jaxsmooth\.(\w+) (.*)$", text, re.M)
     return [(program, shlex.split(args)) for program, args in lines]
 
