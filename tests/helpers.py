@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxsmooth import config as config_lib
@@ -65,3 +66,18 @@ def saved_params(workdir: str, step: int):
     """The parameters saved in a workdir's checkpoint at `step`, as host arrays (no target tree)."""
     path = os.path.join(workdir, "checkpoints", str(step), "default")
     return ocp.StandardCheckpointer().restore(os.path.abspath(path))["params"]
+
+
+def counts_across_layouts(make_sampler, x, index, sigma, n, key, layouts):
+    """Counts of n samples of each input under every (devices, inputs per call, chunk) layout, asserted equal to
+    each other (the stream depends on the key, the indices and n only); the counts."""
+    reference = None
+    for n_devices, inputs, chunk in layouts:
+        sampler = make_sampler(n_devices, inputs, chunk)
+        counts = np.concatenate([sampler(x[i:i + inputs], index[i:i + inputs], sigma, n, key).counts
+                                 for i in range(0, len(x), inputs)])
+        assert counts.sum(1).tolist() == [n] * len(x)
+        if reference is None:
+            reference = counts
+        np.testing.assert_array_equal(counts, reference)
+    return reference

@@ -9,6 +9,8 @@ from scipy import stats
 from jaxsmooth import certification as C, parallel
 from jaxsmooth.errors import UserError
 
+from helpers import counts_across_layouts
+
 D = 10  # input dimension of the linear test models: inputs are (2, 5, 1)
 SHAPE = (2, 5, 1)
 
@@ -135,15 +137,9 @@ def test_counts_are_equal_across_devices_chunks_and_grouping(linear, devices):
     x = np.random.default_rng(1).normal(size=(5, *SHAPE)).astype(np.float32) * 0.2
     index = np.array([3, 17, 4, 100, 9])
     key = jax.random.key(42)
-    reference = None
-    for n_devices, inputs, chunk in [(1, 5, 64), (8, 5, 64), (8, 5, 7), (3, 2, 50), (1, 1, 1000)]:
-        sampler = _sampler(linear_apply, linear, inputs, chunk, mesh=parallel.make_mesh(devices[:n_devices]))
-        counts = np.concatenate([sampler(x[i:i + inputs], index[i:i + inputs], 0.5, 3001, key).counts
-                                 for i in range(0, 5, inputs)])
-        assert counts.sum(1).tolist() == [3001] * 5
-        if reference is None:
-            reference = counts
-        np.testing.assert_array_equal(counts, reference)
+    reference = counts_across_layouts(lambda n_devices, inputs, chunk: _sampler(
+        linear_apply, linear, inputs, chunk, mesh=parallel.make_mesh(devices[:n_devices])), x, index, 0.5, 3001, key,
+        [(1, 5, 64), (8, 5, 64), (8, 5, 7), (3, 2, 50), (1, 1, 1000)])
     other = _sampler(linear_apply, linear, 5, 64)(x, index, 0.5, 3001, jax.random.key(43)).counts
     assert not np.array_equal(other, reference)
 

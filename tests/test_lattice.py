@@ -15,6 +15,8 @@ from jaxsmooth import api, certification as C, parallel
 from jaxsmooth.certification import engine, lattice, records
 from jaxsmooth.errors import UserError
 
+from helpers import counts_across_layouts
+
 SHAPE = (2, 5, 1)
 D = 10
 
@@ -168,16 +170,10 @@ def test_counts_are_equal_across_devices_chunks_and_grouping(devices):
     params = {"w": w, "b": np.float32(-0.5 * w.sum())}
     x = grid_points(5, rng).reshape(5, *SHAPE)
     index, key = np.array([3, 17, 4, 100, 379]), jax.random.key(0)
-    reference = None
-    for n_devices, inputs, chunk in [(1, 5, 64), (8, 5, 7), (3, 2, 50)]:
-        sampler = C.Sampler(linear_apply, params, {}, input_shape=SHAPE, num_classes=2, inputs=inputs, chunk=chunk,
-                            mesh=parallel.make_mesh(devices[:n_devices]), noise="lattice")
-        counts = np.concatenate([sampler(x[i:i + inputs], index[i:i + inputs], 0.5, 3001, key).counts
-                                 for i in range(0, 5, inputs)])
-        assert counts.sum(1).tolist() == [3001] * 5
-        if reference is None:
-            reference = counts
-        np.testing.assert_array_equal(counts, reference)
+    counts_across_layouts(lambda n_devices, inputs, chunk: C.Sampler(
+        linear_apply, params, {}, input_shape=SHAPE, num_classes=2, inputs=inputs, chunk=chunk,
+        mesh=parallel.make_mesh(devices[:n_devices]), noise="lattice"), x, index, 0.5, 3001, key,
+        [(1, 5, 64), (8, 5, 7), (3, 2, 50)])
 
 
 def test_inputs_off_the_grid_and_per_pixel_sigma_are_refused():
