@@ -114,16 +114,22 @@ def _nal(args, overrides) -> int:
                                 radii=_radii(args.radii), skip=args.skip, maximum=args.max,
                                 runs=args.runs.split(","), test_noise_sigma=args.test_noise_sigma,
                                 on_stage=_say)
-    table = nal_report.markdown(rows)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
+    _publish(nal_report.markdown(rows), [args.markdown], f"nal report, suite {args.suite}",
+             f"ell_2 PGD, 20 steps; --skip {args.skip} --max {args.max}")
+    return 0
+
+
+def _publish(table: str, paths: list[str], title: str, settings: str) -> None:
+    """Writes a report's markdown table to each of `paths` (empty ones skipped) and prints it under a line naming
+    the report, the device, jax's version and the settings."""
     import jax
 
-    print(f"nal report, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
-          f"ell_2 PGD, 20 steps; --skip {args.skip} --max {args.max}")
+    for path in paths:
+        if path:
+            with open(path, "w") as f:
+                f.write(table)
+    print(f"{title}, {jax.devices()[0].device_kind}, jax {jax.__version__}; {settings}")
     print(table, end="")
-    return 0
 
 
 def _deterministic(args, overrides) -> int:
@@ -133,15 +139,8 @@ def _deterministic(args, overrides) -> int:
     rows = deterministic.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
                                    skip=args.skip, maximum=args.max, n=args.n, batch=args.batch, radii=radii,
                                    runs=args.runs.split(","), on_stage=_say)
-    table = deterministic.markdown(rows)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
-    import jax
-
-    print(f"deterministic smoothing, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
-          f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
-    print(table, end="")
+    _publish(deterministic.markdown(rows), [args.markdown], f"deterministic smoothing, suite {args.suite}",
+             f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
     return 0
 
 
@@ -170,15 +169,9 @@ def _sigma(args, overrides) -> int:
             extra_figures.append(os.path.join(args.workdir, "sweep.png"))
             sigma_analysis.sweep_figure(acc, area, [p.run for p in points], kept,
                                         title=f"{args.suite}: sigma sweep, blanket filter").savefig(extra_figures[-1])
-    for path in ([os.path.join(args.workdir, "sigma_report.md")] + ([args.markdown] if args.markdown else [])):
-        with open(path, "w") as f:
-            f.write(table)
+    _publish(table, [os.path.join(args.workdir, "sigma_report.md"), args.markdown],
+             f"non-uniform smoothing, suite {args.suite}", f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
     figures = sigma_report.write_figures(report, args.workdir, title=f"{args.suite}: learned vs isotropic sigma")
-    import jax
-
-    print(f"non-uniform smoothing, suite {args.suite}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
-          f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
-    print(table, end="")
     print("figures: " + " ".join(figures + extra_figures))
     return 0
 
