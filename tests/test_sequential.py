@@ -75,8 +75,9 @@ def test_an_all_votes_input_clears_the_top_radius_at_the_targeted_look():
         k += 1
     n = schedule.looks[state.look]
     assert S.grid_radius(state.lower, (0.0, *radii), levels) == 0.75
-    assert n == S.all_votes_look(stats.norm.cdf(3), S.GRID_TARGET * 0.001)  # (0.0005)^(1/n) >= Phi(3)
-    assert n < 6000 and 0.0005 ** (1 / (n - 1)) < stats.norm.cdf(3) <= 0.0005 ** (1 / n)
+    level = S.GRID_TARGET * 0.001
+    assert n == S.all_votes_look(stats.norm.cdf(3), level)  # level^(1/n) >= Phi(3)
+    assert n < 6000 and level ** (1 / (n - 1)) < stats.norm.cdf(3) <= level ** (1 / n)
 
 
 def _exact_error(p, schedule, alphas, threshold):
@@ -112,7 +113,7 @@ def test_observe_keeps_the_running_extremes_and_decides_out_of_reach():
     low = S.observe(state, schedule.looks[1] // 2, schedule)  # a bad stretch: the bounds keep their extremes
     assert low.lower == state.lower and low.upper < state.upper
     assert low.upper == pytest.approx(float(C.clopper_pearson_upper(schedule.looks[1] // 2, schedule.looks[1],
-                                                                    S.FUTILITY)))
+                                                                    schedule.futility)))
     levels = S.thresholds((0.0, 1.0), 1.0)
     assert S.grid_decided(low, schedule, levels)  # 1/2 cleared already; Phi(1) out of reach at p <= ~0.6
     assert S.grid_radius(low.lower, (0.0, 1.0), levels) == 0.0

@@ -1,5 +1,6 @@
 """certify --sequential on a trained quick-start model: the fixed run's stream, resume, errors, analyze, the docs."""
 
+import json
 import os
 import re
 import shlex
@@ -51,6 +52,28 @@ def test_a_killed_run_resumes_and_an_unreachable_radius_is_said_once(workdir, tm
     assert _rows(cut, exact=False) == _rows(full, exact=False)
     for i, row in _rows(cut).items():
         assert row["lbound_mc"] == pytest.approx(_rows(full)[i]["lbound_mc"], rel=1e-5)
+
+
+def test_a_file_of_another_schedule_is_refused_and_one_from_before_futility_was_recorded_resumes(workdir, tmp_path,
+                                                                                                 capsys):
+    """The looks, their levels and the futility level are part of a sequential file's identity."""
+    grid, radius = tmp_path / "grid.tsv", tmp_path / "max.tsv"
+    common = ["--skip", "20", "--max", "40", "--n", "3000", "--sequential"]
+    assert _certify(workdir, grid, *common, "--radii", "0.25") == 0
+    assert _certify(workdir, radius, *common) == 0
+    capsys.readouterr()
+    for path, edit in ((grid, lambda s: s.pop("futility")),  # a grid file of the earlier schedule: futility 0.01
+                       (radius, lambda s: s.pop("futility"))):  # a max-radius file of then: the same 0.01
+        side = json.loads((tmp_path / (path.name + ".json")).read_text())
+        edit(side["settings"])
+        (tmp_path / (path.name + ".json")).write_text(json.dumps(side))
+    before = grid.read_text()
+    assert _certify(workdir, grid, *common, "--radii", "0.25") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: out: {grid} was written with futility=0.01, not 0.05; choose another --out to change it"]
+    assert grid.read_text() == before
+    assert _certify(workdir, radius, *common) == 0  # max-radius: futility 0.01 then and now
+    assert "0 this run" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, field", [

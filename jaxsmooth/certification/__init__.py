@@ -92,7 +92,8 @@ class Settings:
         return {"sequential": "grid" if self.radii is not None else "max-radius",
                 "radii": None if self.radii is None else list(self.radii),
                 "tolerance": self.tolerance if self.radii is None else None,
-                "looks": list(schedule.looks), "look_alphas": list(schedule.alphas)}, note
+                "looks": list(schedule.looks), "look_alphas": list(schedule.alphas),
+                "futility": schedule.futility}, note
 
     def schedule(self, sigma_min: float) -> sequential_stats.Schedule:
         """The sequential test's looks and levels (`sequential.make_schedule`) at the budget n and alpha.

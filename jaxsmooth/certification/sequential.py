@@ -37,7 +37,8 @@ Phi^-1(L_tau): no larger.
 
 The stopping rules below only decide when to stop. Deciding "not certified"
 is never wrong, so they may use any statistic: they use running-minimum
-Clopper-Pearson upper bounds at a level `futility`, which costs power (a
+Clopper-Pearson upper bounds at a level `futility` (0.05 in grid mode, 0.01
+for max-radius), which costs power (a
 certificate the budget would have given, missed), never soundness.
 
 The naive procedure, Clopper-Pearson at level alpha recomputed at every look
@@ -59,12 +60,14 @@ from jaxsmooth.certification.bounds import clopper_pearson_lower, clopper_pearso
 from jaxsmooth.errors import UserError
 
 FIRST_LOOK = 100  # estimation samples at the first look
-# Grid mode: looks 1.4x apart; alpha: 0.5 at the targeted look, 0.3 at the budget, 0.2 over the geometric looks.
-GRID_RATIO, GRID_FINAL, GRID_TARGET = 1.4, 0.3, 0.5
+# Grid mode: looks 1.2x apart; alpha: 0.4 at the targeted look, 0.1 at the budget, 0.5 over the geometric looks.
+# Most of the samples an accurate model costs go to inputs whose p_A lies a little above or below a threshold; they
+# stop at geometric looks past the targeted one, so those looks get most of alpha, close together. Few inputs
+# reach the budget once the upper bounds at level 0.05 drop the thresholds they cannot clear.
+GRID_RATIO, GRID_FINAL, GRID_TARGET, GRID_FUTILITY = 1.2, 0.1, 0.4, 0.05
 # Max-radius mode: a confident input's radius grows with every sample, so it runs long whatever the rule; fewer
 # looks (2x apart) leave more alpha to each. alpha: 0.5 at the budget, 0.5 over the geometric looks.
-MAX_RATIO, MAX_FINAL = 2.0, 0.5
-FUTILITY = 0.01  # level of the upper bounds that declare a radius out of reach (power only, never soundness)
+MAX_RATIO, MAX_FINAL, MAX_FUTILITY = 2.0, 0.5, 0.01
 DEFAULT_TOLERANCE = 0.02
 
 
@@ -79,7 +82,7 @@ class Schedule:
 
     looks: tuple[int, ...]
     alphas: tuple[float, ...]
-    futility: float = FUTILITY
+    futility: float = MAX_FUTILITY
 
     @property
     def budget(self) -> int:
@@ -114,7 +117,7 @@ def all_votes_look(threshold: float, level: float) -> float:
 
 def make_schedule(budget: int, alpha: float, *, thresholds: Sequence[float] = (), first: int = FIRST_LOOK,
                   ratio: float | None = None, final_share: float | None = None, target_share: float = GRID_TARGET,
-                  futility: float = FUTILITY) -> Schedule:
+                  futility: float | None = None) -> Schedule:
     """Geometric looks first, first * ratio, ... below `budget`, a look at the budget, and in grid mode a targeted look.
 
     Grid mode (`thresholds` given: the probabilities p_A must clear, one per
@@ -122,15 +125,15 @@ def make_schedule(budget: int, alpha: float, *, thresholds: Sequence[float] = ()
     vote for its candidate first clears the largest threshold reachable
     within the budget at level target_share * alpha. On an accurate model
     most inputs are such inputs; they stop there, not at the next geometric
-    look. `final_share` of alpha goes to the budget, so that an input that
-    needs every sample is tested nearly at alpha, as a fixed-n run is; the
-    rest is split equally over the geometric looks. Defaults: ratio 1.4,
-    shares 0.5 (target) and 0.3 (final). Max-radius mode: ratio 2, final
-    share 0.5, no targeted look.
+    look. `final_share` of alpha goes to the budget; the rest is split
+    equally over the geometric looks. Defaults: ratio 1.2, shares 0.4
+    (target) and 0.1 (final), futility 0.05. Max-radius mode: ratio 2,
+    final share 0.5, no targeted look, futility 0.01.
     """
     grid = bool(thresholds)
     ratio = (GRID_RATIO if grid else MAX_RATIO) if ratio is None else ratio
     final_share = (GRID_FINAL if grid else MAX_FINAL) if final_share is None else final_share
+    futility = (GRID_FUTILITY if grid else MAX_FUTILITY) if futility is None else futility
     geometric, n = [], float(first)
     while round(n) < budget:
         if not geometric or round(n) > geometric[-1]:
