@@ -188,3 +188,34 @@ def test_bench_sequential_bad_input_is_one_line(tmp_path, capsys, extra, field):
     assert not (tmp_path / "b").exists()
     assert bench.run(["scaling", "--config.seed=1"]) == 2  # overrides: bench sequential's (and the reports') only
     assert capsys.readouterr().err.startswith("error: config: --config.FIELD=VALUE overrides apply to bench sequential")
+
+
+def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(workdir, tmp_path, capsys):
+    """On a few digits: the grid rows replayed from the recorded streams equal the real run's, the fixed-n rows at the
+    budget are certify's, and each TSV's settings hold the looks and futility level of its own mode."""
+    out = tmp_path / "b"
+    args = ["sequential", "--checkpoints", workdir, "--sigmas", "0.25", "--workdir", str(out), "--skip", "60",
+            "--max", "360", "--n0", "20", "--n", "3000", "--alpha", "0.01", "--fixed", "1000", "--tolerances", "0.1",
+            "--timing-images", "1", "--timing-tolerances", "0.1", "--batch", "100", "--inputs", "5"]
+    assert bench.run(args) == 0
+    report = capsys.readouterr().out
+    assert "grid rows replayed from the streams equal the real run's: 6/6" in report
+    grid = sidecar_settings(out / "sigma0.25_grid.tsv", "certify")
+    radius = sidecar_settings(out / "sigma0.25_max_0.1.tsv", "certify")
+    settings = certification.Settings(n0=20, n=3000, alpha=0.01, sequential=True, radii=(0.25, 0.5, 0.75))
+    for saved, s in ((grid, settings), (radius, certification.Settings(n0=20, n=3000, alpha=0.01, sequential=True,
+                                                                        tolerance=0.1))):
+        schedule = s.schedule(0.25)
+        assert (saved["looks"], saved["look_alphas"], saved["futility"]) == (list(schedule.looks),
+                                                                               list(schedule.alphas),
+                                                                               schedule.futility)
+    assert (grid["futility"], radius["futility"]) == (0.05, 0.01)
+    assert certify.run(["--checkpoint", workdir, "--out", str(tmp_path / "fixed.tsv"), "--skip", "60", "--max", "360",
+                        "--n0", "20", "--n", "3000", "--alpha", "0.01", "--batch", "100", "--inputs", "5",
+                        "--noise", "gaussian", "--no-progress"]) == 0
+    fixed = _rows(tmp_path / "fixed.tsv")
+    replayed = _rows(out / "sigma0.25_fixed_3000.tsv", exact=False)
+    assert replayed.keys() == fixed.keys() and len(fixed) == 6
+    for i, row in replayed.items():
+        assert {k: row[k] for k in ("predict", "count_A", "count_B", "radius")} == \
+               {k: fixed[i][k] for k in ("predict", "count_A", "count_B", "radius")}

@@ -186,7 +186,7 @@ def _grid(s: Setup) -> None:
     from jaxsmooth.certification import batching, records
 
     path = os.path.join(s.args.workdir, f"{s.model.label}_grid.tsv")
-    header = {**s.header, "sequential": "grid", "radii": list(s.model.radii)}
+    header = {**s.header, **s.settings.sequential_header(s.model.sigma)[0]}
     writer = records.TsvWriter(path, header, COLUMNS + ["n_used"])
     done = set(writer.done)
     todo = np.asarray([i for i in s.indices if int(i) not in done], np.int64)

@@ -116,10 +116,11 @@ def _model_report(workdir, model, fixed, tolerances, settings, timing) -> tuple[
         _write_tsv(os.path.join(workdir, f"{model.label}_fixed_{m}.tsv"), runs[f"fixed n={m:,}"],
                    {**header, "n": m}, note)
     for tol in tolerances:
-        rows = replayed_rows(stream, dataclasses.replace(grid_settings, radii=None, tolerance=tol), model.sigma)
+        max_settings = dataclasses.replace(grid_settings, radii=None, tolerance=tol)
+        rows = replayed_rows(stream, max_settings, model.sigma)
         runs[f"max-radius {tol:g}"] = rows
         _write_tsv(os.path.join(workdir, f"{model.label}_max_{tol:g}.tsv"), rows,
-                   {**header, "n": n, "sequential": "max-radius", "tolerance": tol}, note)
+                   {**header, "n": n, **max_settings.sequential_header(model.sigma)[0]}, note)
     replay = replayed_rows(stream, grid_settings, model.sigma)
     real = [grid[int(i)] for i in stream["idx"]]
     equal = sum(all(_same(a[k], b[k]) for k in SAME) for a, b in zip(replay, real))
