@@ -179,6 +179,7 @@ def test_samples_table_takes_the_fixed_run_of_the_same_images(tmp_path, capsys):
     (["--sigmas", "0.25,0.5"], "--sigmas"),
     (["--fixed", "10,200000"], "--fixed"),
     (["--radii-sigma", "1,x"], "--radii-sigma"),
+    (["--retime", "grid,fast"], "--retime"),
 ])
 def test_bench_sequential_bad_input_is_one_line(tmp_path, capsys, extra, field):
     args = ["sequential", "--checkpoints", str(tmp_path / "run"), "--sigmas", "0.25", "--workdir", str(tmp_path / "b")]
@@ -210,6 +211,17 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(wo
                                                                                list(schedule.alphas),
                                                                                schedule.futility)
     assert (grid["futility"], radius["futility"]) == (0.05, 0.01)
+    with open(out / "timing.json") as f:
+        before = json.load(f)["sigma0.25"]
+    assert bench.run(args + ["--retime", "grid"]) == 0  # the grid timed again, the other modes kept
+    capsys.readouterr()
+    with open(out / "timing.json") as f:
+        after = json.load(f)["sigma0.25"]
+    assert after.keys() == before.keys() == {"fixed n=3,000", "max-radius 0.1", "grid"}
+    assert {k: after[k] for k in ("fixed n=3,000", "max-radius 0.1")} == \
+           {k: before[k] for k in ("fixed n=3,000", "max-radius 0.1")}
+    timed = _rows(out / "sigma0.25_grid.tsv", exact=False)[0]["n_used"]  # the timing image: the first one, idx 0
+    assert after["grid"]["samples"] == before["grid"]["samples"] == timed
     assert certify.run(["--checkpoint", workdir, "--out", str(tmp_path / "fixed.tsv"), "--skip", "60", "--max", "360",
                         "--n0", "20", "--n", "3000", "--alpha", "0.01", "--batch", "100", "--inputs", "5",
                         "--noise", "gaussian", "--no-progress"]) == 0

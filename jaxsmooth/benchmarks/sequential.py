@@ -22,7 +22,8 @@ For each model (a workdir and its sigma), on the same test images:
 One pass of n samples per image thus gives every mode's certificates.
 Everything resumes: the grid TSVs after their last row, the recorded
 streams after their last batch of images; ``--report-only`` tabulates what
-is there. Outputs in ``--workdir``: TSVs per mode (``LABEL_grid.tsv``,
+is there, and ``--retime MODES`` times those modes again, keeping the
+others' figures. Outputs in ``--workdir``: TSVs per mode (``LABEL_grid.tsv``,
 ``LABEL_fixed_N.tsv``, ``LABEL_max_TOL.tsv``, readable by ``analyze``), the
 recorded counts (``LABEL_stream.npz``), ``timing.json``, ``report.md``,
 ``tradeoff.png`` and ``LABEL_n_used.png``.
@@ -43,6 +44,7 @@ import numpy as np
 from jaxsmooth.errors import UserError
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "count_A", "count_B"]
+MODES = ("fixed", "max-radius", "grid")  # the timed modes: the first word of each timing.json entry
 
 
 def add_parser(subparsers) -> Any:
@@ -64,6 +66,8 @@ def add_parser(subparsers) -> Any:
     p.add_argument("--timing-images", type=int, default=4, help="images of the wall-clock runs")
     p.add_argument("--timing-tolerances", default="0.02,0.1", help="max-radius tolerances timed")
     p.add_argument("--rounds", type=int, default=1, help="wall-clock rounds; medians are over rounds")
+    p.add_argument("--retime", default="", help="comma-separated modes (fixed, max-radius, grid) to time again; "
+                                                "timing.json keeps the others")
     p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     p.add_argument("--inputs", type=int, default=10, help="inputs (slots) per forward pass")
     p.add_argument("--seed", type=int, default=0)
@@ -108,6 +112,9 @@ def main(args, overrides) -> int:
     models = _models(args)
     tolerances = _floats(args.tolerances, "--tolerances")
     fixed = sorted({int(n) for n in _floats(args.fixed, "--fixed")} | {args.n})
+    retime = [m for m in args.retime.split(",") if m]
+    if any(m not in MODES for m in retime):
+        raise UserError("--retime", f"modes are {', '.join(MODES)}; got {args.retime!r}")
     if fixed[0] <= 0 or fixed[-1] > args.n:
         raise UserError("--fixed", f"each fixed n must be in [1, --n {args.n}], got {args.fixed!r}")
     os.makedirs(args.workdir, exist_ok=True)
@@ -116,10 +123,17 @@ def main(args, overrides) -> int:
             setup = _setup(args, overrides, model, tolerances, fixed)
             _grid(setup)
         timing_path = os.path.join(args.workdir, "timing.json")
-        if not os.path.exists(timing_path):
-            timing = _timing(args, overrides, models, _floats(args.timing_tolerances, "--timing-tolerances"), fixed)
-            with open(timing_path, "w") as f:
+        kept = {}
+        if os.path.exists(timing_path):
+            with open(timing_path) as f:
+                kept = json.load(f)
+        if not kept or retime:
+            timing = _timing(args, overrides, models, _floats(args.timing_tolerances, "--timing-tolerances"), fixed,
+                             retime if kept else MODES)
+            timing = {label: {**kept.get(label, {}), **runs} for label, runs in timing.items()}
+            with open(timing_path + ".tmp", "w") as f:
                 json.dump(timing, f, indent=1)
+            os.replace(timing_path + ".tmp", timing_path)
         recorders = [_record(_setup(args, overrides, model, tolerances, fixed)) for model in models]
         while recorders:  # the models take turns, a batch of images each
             recorders = [r for r in recorders if next(r, None) is not None]
@@ -207,8 +221,8 @@ def _tsv_row(row: dict) -> dict:
             "time": f"{row.get('seconds', 0.0):.6f}"}
 
 
-def _timing(args, overrides, models, tolerances, fixed) -> dict:
-    """Wall-clock images/s of every mode, on the same few images, in turn, `rounds` times; medians."""
+def _timing(args, overrides, models, tolerances, fixed, modes) -> dict:
+    """Wall-clock images/s of each of `modes`, on the same few images, in turn, `rounds` times; medians."""
     out = {}
     for model in models:
         s = _setup(args, overrides, model, tolerances, fixed)
@@ -219,6 +233,7 @@ def _timing(args, overrides, models, tolerances, fixed) -> dict:
             settings = dataclasses.replace(s.settings, radii=None, tolerance=tol)
             runs[f"max-radius {tol:g}"] = _sequential_runner(s, pick, settings)
         runs["grid"] = _sequential_runner(s, pick, s.settings)
+        runs = {name: run for name, run in runs.items() if name.split()[0] in modes}
         _warm(s, x, pick)
         seconds = {name: [] for name in runs}
         for _ in range(args.rounds):
