@@ -42,6 +42,12 @@ min_gamma gamma rho + E[phi_gamma] at ``--rho`` budgets, nal eq. 3/7), and
 
     python -m jaxsmooth.analyze dist.tsv --rho 0,2,4,8 --plot fig2a.png
 
+``--common`` compares the runs on the examples they all have, for example
+a sequential run against a fixed-n run that has reached part of the same
+images::
+
+    python -m jaxsmooth.analyze grid.tsv fixed.tsv --radii 0,0.25,0.5,0.75 --common
+
 The shards of a run certified over several processes with
 ``--config.certify.parallel=examples`` (``OUT.shard<p>of<P>.tsv``) are
 merged into one run (one row of the table); ``--merge OUT.tsv`` also writes
@@ -92,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", default=None, metavar="OUT.tsv",
                    help="write the shards of one run (certify.parallel = examples: OUT.shard<p>of<P>.tsv) as one "
                         "TSV, rows in idx order; the table is printed as well")
+    p.add_argument("--common", action="store_true", default=None,
+                   help="compare the runs on the examples (idx) they all have, leaving out the rest")
     p.add_argument("--samples-plot", default=None, metavar="FILE.png",
                    help="sequential runs (an n_used column): plot samples used against pA_lower")
     p.add_argument("--lbound", default=None, help="attack files: the certify files' L-bound column, model or mc "
@@ -134,7 +142,7 @@ def _save_figure(fig, path: str, flag: str) -> None:
 
 
 def _attack_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "plot", "area_plot", "merge", "samples_plot"):
+    for flag in ("common", "radii", "max_radius", "step", "latex", "plot", "area_plot", "merge", "samples_plot"):
         if getattr(args, flag) is not None:
             name = "--" + flag.replace("_", "-")
             raise UserError(name, "is for certify files; with attack files use --markdown, --curve, --lbound")
@@ -170,7 +178,7 @@ def _attack_main(args, labels) -> int:
 
 
 def _accuracy_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho", "merge",
+    for flag in ("common", "radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho", "merge",
                  "samples_plot"):
         if getattr(args, flag) is not None:
             raise UserError("--" + flag.replace("_", "-"), "is not for accuracy files; with them use --markdown, --plot")
@@ -188,7 +196,7 @@ def _accuracy_main(args, labels) -> int:
 
 
 def _distributional_main(args, labels) -> int:
-    for flag in ("radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "merge",
+    for flag in ("common", "radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "merge",
                  "samples_plot"):
         if getattr(args, flag) is not None:
             name = "--" + flag.replace("_", "-")
@@ -240,6 +248,8 @@ def main(argv: list[str]) -> int:
         print(f"merged {merged.settings['shards_merged']} shards, {merged.num_examples} examples, into {args.merge}",
               file=sys.stderr)
     runs = analysis.read_runs(args.runs, labels)
+    if args.common:
+        runs = analysis.common_images(runs)
     grid = analysis.radius_grid(runs, radii, max_radius, step)
     summaries = [analysis.summarize(run, grid) for run in runs]
     markdown = analysis.markdown_table(summaries)

@@ -139,8 +139,8 @@ def test_docs_quick_start_on_a_few_digits(workdir, tmp_path, capsys, page):
     assert run.columns["n_used"].dtype == np.int64
 
 
-def _write(path, n, idx, n_used=None, candidate="selection"):
-    """A certify TSV with settings n, n0 = 100 and the given rows (n_used: a sequential run's)."""
+def _write(path, n, idx, n_used=None, candidate="selection", radius=None):
+    """A certify TSV with settings n, n0 = 100 and the given rows (n_used: a sequential run's; radius: 0.5 each)."""
 
     header = {"mode": "certify", "n": n, "n0": 100, "alpha": 0.001, "candidate": candidate}
     if n_used is not None:
@@ -149,7 +149,7 @@ def _write(path, n, idx, n_used=None, candidate="selection"):
     cols = cols + (["n_used"] if n_used is not None else [])
     writer = records.TsvWriter(str(path), header, cols)
     for j, i in enumerate(idx):
-        writer.write({"idx": i, "label": 1, "predict": 1, "radius": 0.5, "correct": 1, "time": "0", "pA_lower": 0.9,
+        writer.write({"idx": i, "label": 1, "predict": 1, "radius": 0.5 if radius is None else radius[j], "correct": 1, "time": "0", "pA_lower": 0.9,
                       "count_A": 9, "count_B": 1, "lbound_mc": 0.1, **({} if n_used is None else {"n_used": n_used[j]})})
     writer.close()
 
@@ -173,6 +173,34 @@ def test_samples_table_takes_the_fixed_run_of_the_same_images(tmp_path, capsys):
     assert analyze.run([str(tmp_path / "fixed_big.tsv"), "--samples-plot", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --samples-plot: no run has an n_used column")
+
+
+def _cells(text):
+    """The cells of a markdown table's rows, bold marks dropped."""
+    return [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]
+
+
+def _accuracy_rows(out):
+    text = out if isinstance(out, str) else out.readouterr().out
+    return [row[:3] for row in _cells(text) if row[0] in ("seq", "fixed") and len(row) == 6]
+
+
+def test_analyze_common_compares_runs_on_the_images_they_share(tmp_path, capsys):
+    _write(tmp_path / "seq.tsv", 10_000, [0, 20, 40], n_used=[300, 700, 10_100])
+    _write(tmp_path / "fixed.tsv", 10_000, [80, 20, 0, 60], radius=[0.1, 0.1, 0.5, 0.1])
+    files = [str(tmp_path / "seq.tsv"), str(tmp_path / "fixed.tsv"), "--radii", "0.25"]
+    assert analyze.run(files) == 0
+    assert _accuracy_rows(capsys) == [["seq", "3", "1.000"], ["fixed", "4", "0.250"]]  # run, n, r = 0.25
+    assert analyze.run(files + ["--common"]) == 0
+    table = capsys.readouterr().out
+    assert _accuracy_rows(table) == [["seq", "2", "1.000"], ["fixed", "2", "0.500"]]
+    (samples,) = [row for row in _cells(table) if row[:2] == ["seq", "2"] and len(row) > 6]
+    assert samples[2:4] == ["500", "500"]  # mean and median n_used of images 0 and 20
+    _write(tmp_path / "other.tsv", 10_000, [100, 120])
+    assert analyze.run([str(tmp_path / "seq.tsv"), str(tmp_path / "other.tsv"), "--common"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --common: the runs share no example"), err
 
 
 @pytest.mark.parametrize("extra, field", [

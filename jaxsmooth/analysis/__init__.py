@@ -60,8 +60,8 @@ from jaxsmooth.analysis.distributional import (DistributionalRun, GammaSummary, 
                                                is_distributional_file, read_distributional, rho_grid,
                                                summarize_distributional)
 from jaxsmooth.analysis import plotting
-from jaxsmooth.analysis.tsv import (DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, Run, merge_shards, read_run, read_runs,
-                                    shard_path, write_merged)
+from jaxsmooth.analysis.tsv import (DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, Run, common_images, merge_shards,
+                                    read_run, read_runs, shard_path, write_merged)
 from jaxsmooth.errors import UserError
 
 __all__ = [
@@ -72,8 +72,8 @@ __all__ = [
     "summarize_distributional",
     "DEFAULT_STEP", "MAX_RADII", "MODES", "REQUIRED", "Run", "Summary", "abstain_rate", "agreement", "area_accuracy",
     "area_figure", "area_grid", "average_certified_radius", "certified_accuracy", "certified_accuracy_figure",
-    "clean_accuracy", "latex_table", "markdown_table", "merge_shards", "radius_grid", "read_run", "read_runs",
-    "shard_path", "single_pass_accuracy", "summarize", "topk_certified_accuracy", "write_merged",
+    "clean_accuracy", "common_images", "latex_table", "markdown_table", "merge_shards", "radius_grid", "read_run",
+    "read_runs", "shard_path", "single_pass_accuracy", "summarize", "topk_certified_accuracy", "write_merged",
 ]
 
 

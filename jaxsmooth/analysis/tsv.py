@@ -129,6 +129,23 @@ def read_runs(paths: Sequence[str], labels: Sequence[str] | None = None) -> list
     return runs
 
 
+def common_images(runs: Sequence[Run]) -> list[Run]:
+    """Each run restricted to the examples (idx) that every run has, rows in the order each run had them.
+
+    For comparing runs that reached different images, such as a long fixed-n
+    run still under way and a sequential run of the same selection.
+    """
+    shared = set(runs[0].columns["idx"].tolist())
+    for run in runs[1:]:
+        shared &= set(run.columns["idx"].tolist())
+    if not shared:
+        raise UserError("--common", f"the runs share no example ({', '.join(run.path for run in runs)})")
+    out = []
+    for run in runs:
+        keep = np.isin(run.columns["idx"], list(shared))
+        out.append(dataclasses.replace(run, columns={k: v[keep] for k, v in run.columns.items()}))
+    return out
+
 
 _SHARD_NAME = re.compile(r"^(?P<stem>.*)\.shard(?P<shard>\d+)of(?P<shards>\d+)(?P<ext>\.[^.]*)?$")
 # Header fields in which the shards of one run differ (each process times its own XLA options).
