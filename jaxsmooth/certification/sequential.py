@@ -38,8 +38,8 @@ Phi^-1(L_tau): no larger.
 The stopping rules below only decide when to stop. Deciding "not certified"
 is never wrong, so they may use any statistic: they use running-minimum
 Clopper-Pearson upper bounds at a level `futility` (0.05 in grid mode, 0.01
-for max-radius), which costs power (a
-certificate the budget would have given, missed), never soundness.
+for max-radius), which costs power (a certificate the budget would have
+given, missed), never soundness.
 
 The naive procedure, Clopper-Pearson at level alpha recomputed at every look
 and stopped at the first success, is the same with every alpha_k = alpha:
