@@ -149,8 +149,9 @@ def _write(path, n, idx, n_used=None, candidate="selection", radius=None):
     cols = cols + (["n_used"] if n_used is not None else [])
     writer = records.TsvWriter(str(path), header, cols)
     for j, i in enumerate(idx):
-        writer.write({"idx": i, "label": 1, "predict": 1, "radius": 0.5 if radius is None else radius[j], "correct": 1, "time": "0", "pA_lower": 0.9,
-                      "count_A": 9, "count_B": 1, "lbound_mc": 0.1, **({} if n_used is None else {"n_used": n_used[j]})})
+        row = {"idx": i, "label": 1, "predict": 1, "radius": 0.5 if radius is None else radius[j], "correct": 1,
+               "time": "0", "pA_lower": 0.9, "count_A": 9, "count_B": 1, "lbound_mc": 0.1}
+        writer.write({**row, **({} if n_used is None else {"n_used": n_used[j]})})
     writer.close()
 
 
