@@ -206,7 +206,8 @@ def test_certificate_lowers_pa_by_the_total_variation():
 
 def test_resumed_file_refuses_another_noise_and_reads_earlier_files_as_gaussian(tmp_path):
     cols = ["idx", "label"]
-    header = {field: None for field in records.IDENTITY_FIELDS} | {"mode": "certify"}
+    header = {field: None for field in records.IDENTITY_FIELDS if field not in records.IDENTITY_DEFAULTS}
+    header |= {"mode": "certify"}
     path = str(tmp_path / "old.tsv")
     with open(path, "w") as f:  # the earlier format, written before the noise field existed
         f.write('# jaxsmooth certify {"mode": "certify"}\n' + "idx\tlabel\n0\t1\n")
