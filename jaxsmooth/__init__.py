@@ -3,25 +3,22 @@
 The Python API (`jaxsmooth.api`)::
 
     jaxsmooth.load(workdir) -> SmoothedModel        # .logits(x), .predict(x, ...), .certify(x, ...)
-    jaxsmooth.certify(apply_fn, variables, x, sigma=..., ...) -> rows
-    jaxsmooth.predict(apply_fn, variables, x, sigma=..., ...) -> rows
+    jaxsmooth.api.certify(apply_fn, variables, x, sigma=..., ...) -> rows
+    jaxsmooth.api.predict(apply_fn, variables, x, sigma=..., ...) -> rows
 
 The command-line programs are ``python -m jaxsmooth.train | certify |
-attack | analyze | convert | bench``. ``jaxsmooth.certify`` is both: the CLI's
-module, and called as a function, `jaxsmooth.api.certify`. Nothing here
-imports JAX until it is used, so the CLIs report bad arguments at once.
+attack | analyze | convert | bench | report``; each module's ``write(...)``
+(certify, attack) runs the same job from Python. Nothing here imports JAX
+until it is used, so the CLIs report bad arguments at once.
 """
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name in ("load", "predict", "SmoothedModel"):
-        from jaxsmooth import api
-
-        return getattr(api, name)
-    if name == "certify":
+    if name in ("load", "SmoothedModel", "api"):
         import importlib
 
-        return importlib.import_module("jaxsmooth.certify")  # a callable module: jaxsmooth.api.certify
+        api = importlib.import_module("jaxsmooth.api")
+        return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'jaxsmooth' has no attribute {name!r}")

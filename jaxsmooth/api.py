@@ -1,12 +1,13 @@
 """The Python API: certify or predict with any JAX classifier, or with a model read from a workdir.
 
     import jaxsmooth
+    from jaxsmooth import api
 
     model = jaxsmooth.load("workdirs/quickstart")      # a training run's or a converted checkpoint's workdir
     logits = model.logits(x)                            # x: [B, H, W, C] floats in [0, 1]
     rows = model.certify(x, n0=100, n=100_000, alpha=0.001, labels=y)
 
-    rows = jaxsmooth.certify(apply_fn, variables, x, sigma=0.25)   # any (variables, x) -> logits
+    rows = api.certify(apply_fn, variables, x, sigma=0.25)   # any (variables, x) -> logits
 
 Each call returns one dict per input: the row ``python -m jaxsmooth.certify``
 writes for it (``idx``, ``predict``, ``radius``, ``pA_lower``, ``count_A``,
@@ -17,26 +18,28 @@ from the key of `seed` and its index (``index[b]``, default b), exactly as
 the CLI draws example ``index[b]``'s: the same seed, index, settings and
 model give the same counts here and in a CLI's TSV, on any number of devices.
 
-``noise`` picks the smoothing noise: ``"lattice"`` (the discretised normal
-on the 1/255 grid, drawn exactly, whose certificates hold in floating point:
-`jaxsmooth.certification.lattice`; 8-bit inputs k/255 and a scalar sigma
-only), ``"gaussian"`` (x + sigma z in floating point, as Cohen et al.), or
-``"auto"`` (the default): lattice when every input is an 8-bit image and
-sigma a scalar, as for the CLI's data sources, else gaussian.
+``noise`` picks the smoothing noise, a registered noise kind
+(`jaxsmooth.certification.noises`): ``"lattice"`` (the discretised normal
+on the 1/255 grid, drawn exactly, whose certificates hold in floating point;
+8-bit inputs k/255 and a scalar sigma only), ``"gaussian"`` (x + sigma z in
+floating point, as Cohen et al.), one the caller registered, or ``"auto"``
+(the default): the first registered kind that applies, so lattice when every
+input is an 8-bit image and sigma a scalar, as for the CLI's data sources,
+else gaussian. A workdir's model takes images as floats in [0, 1]: values
+outside (a forgotten ``/ 255``) are refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from jaxsmooth import certification, checkpoint, models, noise
-from jaxsmooth.certification import lattice, records
+from jaxsmooth import certification, loader, noise
+from jaxsmooth.certification import noises, records
 from jaxsmooth.errors import UserError
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -58,6 +61,9 @@ def _inputs(x, index, labels, input_shape=None) -> tuple[np.ndarray, np.ndarray,
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
         raise UserError("x", f"inputs must have the model's shape {tuple(input_shape)}, got {tuple(x.shape[1:])} "
                              f"(x: [B, H, W, C] floats in [0, 1])")
+    if input_shape is not None and x.size and not (float(np.min(x)) >= -1e-3 and float(np.max(x)) <= 1 + 1e-3):
+        raise UserError("x", f"a workdir's model takes images as floats in [0, 1], got values in "
+                             f"[{float(np.min(x)):g}, {float(np.max(x)):g}] (8-bit images: divide by 255)")
     index = np.arange(len(x)) if index is None else np.asarray(index, np.int64)
     if index.shape != (len(x),) or len(np.unique(index)) != len(x) or np.any(index < 0):
         raise UserError("index", f"must be {len(x)} distinct example indices >= 0, one per input")
@@ -66,18 +72,6 @@ def _inputs(x, index, labels, input_shape=None) -> tuple[np.ndarray, np.ndarray,
         if labels.shape != (len(x),):
             raise UserError("labels", f"must be one label per input, shape ({len(x)},), got {labels.shape}")
     return x, index, labels
-
-
-NOISES = ("auto", *certification.NOISES)
-
-
-def noise_kind(noise: str, x: np.ndarray, sigma) -> str:
-    """The engine's noise for `noise` ("auto": lattice for 8-bit inputs and a scalar sigma, else gaussian)."""
-    if noise not in NOISES:
-        raise UserError("noise", f"unknown {noise!r}; allowed: {', '.join(NOISES)}")
-    if noise != "auto":
-        return noise
-    return "lattice" if np.ndim(sigma) == 0 and lattice.off_grid(x) is None else "gaussian"
 
 
 def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings: certification.Settings, *,
@@ -95,7 +89,7 @@ def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings
     sampler = certification.Sampler(apply, params, model_state, input_shape=x.shape[1:], num_classes=num_classes,
                                     inputs=min(inputs, len(x)), chunk=batch // inputs, mesh=mesh,
                                     with_softmax=mode == "certify", compiler_options=compiler_options,
-                                    noise=noise_kind(kind, x, sigma))
+                                    noise=noises.choose(kind, sigma, x).name)
     clean = certification.make_clean_probabilities(apply, params, model_state)
     position = {int(i): b for b, i in enumerate(index)}
 
@@ -106,32 +100,12 @@ def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings
     key = noise.certify_key(noise.root_key(seed))
     sigma = float(sigma) if sigma.ndim == 0 else sigma
     if settings.sequential and settings.radii:
-        from jaxsmooth.certification import sequential
-
-        sigma_min = float(np.min(sigma))
-        note = sequential.out_of_reach_note(settings.radii, settings.schedule(sigma_min), sigma_min, settings.alpha)
+        note = settings.sequential_header(sampler.radius_rule(sigma))[1]
         if note:
             warnings.warn(note, stacklevel=3)
     rows = records.run(sampler, examples, index, sigma, settings, key, mode=mode, clean_probabilities=clean)
     rows = sorted(rows, key=lambda row: position[row["idx"]])  # a sequential run yields rows as inputs finish
     return [{k: v for k, v in row.items() if k not in ("seconds", "samples")} for row in rows]
-
-
-def _settings(n0, n, alpha, candidate, topk, sequential, radii, tolerance) -> certification.Settings:
-    """CERTIFY's settings; sequential ones (`certification.sequential`) when asked for."""
-    from jaxsmooth.certification import sequential as sequential_stats
-
-    fields = dict(n0=n0, n=n, alpha=alpha, candidate=candidate, topk=topk)
-    if not sequential:
-        for name, value in (("radii", radii), ("tolerance", tolerance)):
-            if value is not None:
-                raise UserError(name, "is for a sequential test; pass sequential=True too")
-        return certification.Settings(**fields)
-    if radii is not None and tolerance is not None:
-        raise UserError("tolerance", "stops the max-radius mode; with radii every listed radius is decided")
-    extra = {} if tolerance is None else {"tolerance": tolerance}
-    return certification.Settings(**fields, sequential=True, **extra,
-                                  radii=None if radii is None else sequential_stats.check_radii(radii))
 
 
 def certify(apply_fn: ApplyFn, variables: Any, x, *, sigma, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
@@ -157,12 +131,13 @@ def certify(apply_fn: ApplyFn, variables: Any, x, *, sigma, n0: int = 100, n: in
         `jaxsmooth.certification.sequential`); n is then each input's budget.
       radii: with sequential, decide certified or not at each of these radii (grid
         mode); None: the largest radius, stopped by `tolerance` (default 0.02).
-      noise: "auto", "lattice" or "gaussian" (module docstring).
+      noise: "auto" or a registered noise kind: "lattice", "gaussian", ... (module docstring).
     Returns:
       one row dict per input, in order (module docstring).
     """
     x, index, labels = _inputs(x, index, labels)
-    settings = _settings(n0, n, alpha, candidate, topk, sequential, radii, tolerance)
+    settings = certification.make_settings(n0=n0, n=n, alpha=alpha, candidate=candidate, topk=topk,
+                                           sequential=sequential, radii=radii, tolerance=tolerance)
     return _run(_engine_apply(apply_fn), variables, {}, x, index, labels, sigma, settings, mode="certify", seed=seed,
                 batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
 
@@ -175,40 +150,17 @@ def predict(apply_fn: ApplyFn, variables: Any, x, *, sigma, n: int = 100_000, al
     Arguments as `certify`; rows hold ``predict``, ``count_A``, ``count_B``,
     ``pvalue``, ``clean`` (the class of one clean forward pass) and ``time``.
     """
-    if not 0 < alpha < 1:
-        raise UserError("alpha", f"must be in (0, 1), got {alpha}")
-    if n <= 0:
-        raise UserError("n", f"must be > 0, got {n}")
+    settings = certification.make_settings("predict", n=n, alpha=alpha)
     x, index, labels = _inputs(x, index, labels)
-    settings = certification.Settings(n0=0, n=n, alpha=alpha)
     return _run(_engine_apply(apply_fn), variables, {}, x, index, labels, sigma, settings, mode="predict", seed=seed,
                 batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
 
 
 @dataclasses.dataclass(frozen=True)
-class SmoothedModel:
-    """A classifier read from a workdir, with the noise level it was trained (or published) for.
-
-    Attributes:
-      apply: ``apply(params, model_state, x, *, train)`` of `jaxsmooth.models`
-        (BatchNorm folded: inference only).
-      params, model_state: its variables, host arrays.
-      sigma: the smoothing noise: the run's ``objective.sigma``, or the
-        per-pixel sigma a ``sigma`` run learned ([H, W, C]).
-      input_shape: (H, W, C); num_classes: K.
-      info: the workdir's model.json (model, dataset, mean/std, ...).
-      workdir, step: where it was read from.
-    """
-
-    apply: Callable
-    params: Any
-    model_state: Any
-    sigma: Any
-    input_shape: tuple
-    num_classes: int
-    info: dict
-    workdir: str
-    step: int
+class SmoothedModel(loader.LoadedModel):
+    """A classifier read from a workdir (`jaxsmooth.loader.LoadedModel`, BatchNorm folded: inference only), with
+    the noise level it certifies with (``sigma``: the run's, or the per-pixel sigma a ``sigma`` run learned), and
+    PREDICT and CERTIFY of its smoothed classifier."""
 
     def logits(self, x) -> np.ndarray:
         """[B, K] float32 logits of one clean forward pass; x: [B, H, W, C] floats in [0, 1]."""
@@ -219,21 +171,21 @@ class SmoothedModel:
                 index=None, batch: int = 1000, inputs: int = 1, mesh=None, compiler_options="auto",
                 noise: str = "auto") -> list[dict]:
         """PREDICT at each input (`jaxsmooth.api.predict`); sigma defaults to the model's."""
-        return self._run(x, index, labels, sigma, certification.Settings(n0=0, n=n, alpha=alpha), "predict", seed,
-                         batch, inputs, mesh, compiler_options, noise)
+        settings = certification.make_settings("predict", n=n, alpha=alpha)
+        return self._run(x, index, labels, sigma, settings, "predict", seed, batch, inputs, mesh, compiler_options,
+                         noise)
 
     def certify(self, x, *, sigma=None, n0: int = 100, n: int = 100_000, alpha: float = 0.001, seed: int = 0,
                 labels=None, index=None, candidate: str = "selection", topk: int = 0, batch: int = 1000,
                 inputs: int = 1, mesh=None, compiler_options="auto", sequential: bool = False, radii=None,
                 tolerance: float | None = None, noise: str = "auto") -> list[dict]:
         """CERTIFY at each input (`jaxsmooth.api.certify`); sigma defaults to the model's."""
-        settings = _settings(n0, n, alpha, candidate, topk, sequential, radii, tolerance)
+        settings = certification.make_settings(n0=n0, n=n, alpha=alpha, candidate=candidate, topk=topk,
+                                               sequential=sequential, radii=radii, tolerance=tolerance)
         return self._run(x, index, labels, sigma, settings, "certify", seed, batch, inputs, mesh, compiler_options,
                          noise)
 
     def _run(self, x, index, labels, sigma, settings, mode, seed, batch, inputs, mesh, compiler_options, noise):
-        if mode == "predict" and not 0 < settings.alpha < 1:
-            raise UserError("alpha", f"must be in (0, 1), got {settings.alpha}")
         x, index, labels = _inputs(x, index, labels, self.input_shape)
         return _run(self.apply, self.params, self.model_state, x, index, labels,
                     self.sigma if sigma is None else sigma, settings, mode=mode, seed=seed, batch=batch,
@@ -249,34 +201,16 @@ def _jitted_logits(apply: Callable) -> Callable:
     return _LOGITS[apply]
 
 
-def load(workdir: str, *, step: int | None = None) -> SmoothedModel:
+def load(workdir: str, *, step: int | None = None, wrapper: str | None = None) -> SmoothedModel:
     """The smoothed classifier of a workdir: a training run's, or one `jaxsmooth.convert` wrote.
 
-    The model is rebuilt from ``model.json`` (architecture, input, classes,
-    normalisation) and ``config.json`` (compute dtype), its variables read
-    from the checkpoint at `step` (default: the latest), and BatchNorm
-    folded. A ``sigma`` run gives its frozen base classifier
-    (``train.init_from``) with the per-pixel sigma it learned.
+    Read by the one loader (`jaxsmooth.loader.load_model`): the model from
+    ``model.json`` and the checkpoint at `step` (default: the latest), in
+    config.json's compute dtype, BatchNorm folded, with the sigma it certifies
+    with. `wrapper`: the workdir of a model wrapper (`jaxsmooth.models.wrappers`)
+    to put in front of it: the smoothed classifier of classifier(wrapper(x)).
     """
-    info = checkpoint.read_json(os.path.join(workdir, checkpoint.MODEL_FILE), "workdir")
-    if info.get("objective") == "sigma":
-        sigma, base, sigma_step = checkpoint.read_learned_sigma(workdir, field="workdir", step=step)
-        return dataclasses.replace(load(base), sigma=sigma, workdir=workdir, step=sigma_step)
-    config = checkpoint.read_json(os.path.join(workdir, checkpoint.CONFIG_FILE), "workdir")
-    try:
-        name, arguments = info["model"], dict(
-            num_classes=int(info["num_classes"]), input_shape=tuple(info["input_shape"]), mean=tuple(info["mean"]),
-            std=tuple(info["std"]), activation=info.get("activation", "relu"),
-            dtype=config.get("model", {}).get("dtype", "float32"), width=int(info.get("width", 0)))
-        sigma = float(info["sigma"])
-    except KeyError as e:
-        raise UserError("workdir", f"{workdir}/{checkpoint.MODEL_FILE} lacks the entry {e}") from None
-    from flax import nnx
-
-    abstract = models.split(nnx.eval_shape(lambda: models.create(name, **arguments)))
-    params, model_state, step = checkpoint.read_variables(workdir, (abstract.params, abstract.model_state),
-                                                          "workdir", step)
-    model = models.fold_batch_norm(models.Model(abstract.apply, params, model_state))
-    return SmoothedModel(apply=model.apply, params=model.params, model_state=model.model_state,
-                         sigma=sigma, input_shape=tuple(info["input_shape"]),
-                         num_classes=int(info["num_classes"]), info=info, workdir=workdir, step=step)
+    model = loader.load_model(workdir, step, field="workdir")
+    if wrapper:
+        model = loader.wrap(model, loader.load_model(wrapper, field="wrapper"))
+    return SmoothedModel(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)})

@@ -47,8 +47,11 @@ IDENTITY_FIELDS = ("attack", "smoothed", "sigma", "num_noise", "loss", "topk", "
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxsmooth.attack", description=__doc__.split("\n\n")[1])
     cli.add_config_arguments(p, required=False)
-    p.add_argument("--checkpoint", required=True, help="the training run's --workdir")
+    p.add_argument("--checkpoint", required=True, help="the workdir of the classifier: a training run's --workdir "
+                                                       "or a converted one")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--wrapper", default="", help="the workdir of a model wrapper (a denoiser) put in front of the "
+                                                 "classifier: the attack is on classifier(wrapper(x))")
     p.add_argument("--out", required=True, help="output TSV (resumed when it exists)")
     p.add_argument("--mode", choices=("distance", "accuracy"), default="distance",
                    help="distance: the smallest adversarial distance per example (default); accuracy: the "
@@ -84,22 +87,40 @@ def main(argv: list[str]) -> int:
     return _main(_parser().parse_args(rest), overrides)
 
 
-def _main(args: argparse.Namespace, overrides: list[str]) -> int:
-    config = cli.load_config(args.config, overrides, args.checkpoint)
+def _load(args, overrides):
+    """(config, model, dataset): the model as trained (BatchNorm not folded: attacks differentiate it)."""
+    from jaxsmooth import checkpoint, loader
 
+    if not args.config:  # the workdir's own config.json: say first when the workdir itself is wrong
+        checkpoint.checkpoint_folder(args.checkpoint, "checkpoint", args.step)
+    config = cli.load_config(args.config, overrides, args.checkpoint)
+    model, dataset = loader.load_with_data(config, args.checkpoint, args.step, wrapper=args.wrapper,
+                                           fold_batch_norm=False)
+    return config, model, dataset
+
+
+def _model_sigma(model, flag: str) -> float:
+    """The scalar sigma the model certifies with, the default of `flag`."""
+    if np.ndim(model.sigma):
+        raise UserError(flag, f"{model.workdir} certifies with a per-pixel sigma; give --{flag}")
+    return float(model.sigma)
+
+
+def _main(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxsmooth.attacks import runner
 
     if args.mode == "accuracy":
-        return _accuracy(args, config)
-    sigma, settings = _distance_settings(args, config)
+        return _accuracy(args, overrides)
+    _distance_settings(args, None)  # the flags alone, before anything is loaded
 
     import jax
 
-    from jaxsmooth import jobs, noise, trainer
+    from jaxsmooth import jobs, noise
     from jaxsmooth.certification import records
 
-    run, params, model_state, step = trainer.load_trained(config, args.checkpoint, step=args.step)
-    dataset = run.dataset
+    config, model, dataset = _load(args, overrides)
+    sigma, settings = _distance_settings(args, model)
+    params, model_state = model.params, model.model_state
     if settings.topk >= dataset.num_classes:
         raise UserError("topk", f"must be < the number of classes {dataset.num_classes}, got {settings.topk}")
     split = dataset.test if args.split == "test" else dataset.train
@@ -112,17 +133,16 @@ def _main(args: argparse.Namespace, overrides: list[str]) -> int:
               "max_epsilon": settings.max_epsilon if settings.attack == "pgd" else None,
               "rounds": settings.rounds if settings.attack == "pgd" else None,
               "init_epsilon": settings.init_epsilon if settings.attack == "ddn" else None, "seed": seed,
-              "key": f"fold_in(key({seed}), attack stream)", "dtype": config.model.dtype,
-              "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
-              "max": args.max, "batch": args.batch, "checkpoint": args.checkpoint, "checkpoint_step": step,
-              "devices": jax.device_count()}
+              "key": f"fold_in(key({seed}), attack stream)", "dtype": model.dtype,
+              "model": model.info["model"], "dataset": config.data.name, "split": args.split, "skip": args.skip,
+              "max": args.max, "batch": args.batch, **model.settings(), "devices": jax.device_count()}
     jobs.lock_output(args.out)
     writer = records.TsvWriter(args.out, header, runner.COLUMNS, program=PROGRAM, identity_fields=IDENTITY_FIELDS,
                                notes=("distance: smallest ell_2 adversarial distance found; 0: adversarial "
                                          "before the attack; inf: the attack failed",))
     done = set(writer.done)
     todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
-    attack = runner.make_attack(run.model.apply, settings)
+    attack = runner.make_attack(model.apply, settings)
     key = noise.attack_key(noise.root_key(seed))
 
     from tqdm import tqdm
@@ -155,8 +175,9 @@ def _main(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def _distance_settings(args, config):
-    """(sigma or None, `runner.Settings`) of the distance mode, refusing the accuracy mode's flags."""
+def _distance_settings(args, model):
+    """(sigma or None, `runner.Settings`) of the distance mode, refusing the accuracy mode's flags; before the model
+    is loaded (`model` None), the flags alone."""
     from jaxsmooth.attacks import runner
 
     if args.radii is not None:
@@ -169,7 +190,9 @@ def _distance_settings(args, config):
         raise UserError("batch", f"must be > 0, got {args.batch}")
     if not args.smoothed and args.sigma is not None:
         raise UserError("sigma", "is the smoothed form's noise level; add --smoothed or drop --sigma")
-    sigma = (config.objective.sigma if args.sigma is None else args.sigma) if args.smoothed else None
+    sigma = args.sigma if args.smoothed else None
+    if args.smoothed and sigma is None and model is not None:
+        sigma = _model_sigma(model, "sigma")
     return sigma, runner.Settings(attack=args.attack, sigma=sigma, num_noise=args.num_noise, loss=args.loss,
                                   topk=args.topk, steps=args.steps, max_epsilon=args.max_epsilon,
                                   rounds=args.rounds, init_epsilon=args.init_epsilon).check()
@@ -187,7 +210,7 @@ def _radii(text: str | None) -> tuple[float, ...]:
     return runner.check_radii(values)
 
 
-def _accuracy(args, config) -> int:
+def _accuracy(args, overrides) -> int:
     """--mode accuracy (module docstring)."""
     from jaxsmooth.attacks import runner
 
@@ -200,25 +223,27 @@ def _accuracy(args, config) -> int:
                                   "test-time noise of std --test-noise-sigma")
     if args.batch <= 0:
         raise UserError("batch", f"must be > 0, got {args.batch}")
-    sigma = config.objective.sigma if args.test_noise_sigma is None else args.test_noise_sigma
-    runner.check_accuracy_settings(args.steps, sigma)
+    if args.test_noise_sigma is not None:
+        runner.check_accuracy_settings(args.steps, args.test_noise_sigma)
 
     import jax
 
-    from jaxsmooth import jobs, noise, trainer
+    from jaxsmooth import jobs, noise
     from jaxsmooth.certification import records
 
-    run, params, model_state, step = trainer.load_trained(config, args.checkpoint, step=args.step)
-    split = run.dataset.test if args.split == "test" else run.dataset.train
+    config, model, dataset = _load(args, overrides)
+    sigma = _model_sigma(model, "test-noise-sigma") if args.test_noise_sigma is None else args.test_noise_sigma
+    runner.check_accuracy_settings(args.steps, sigma)
+    params, model_state = model.params, model.model_state
+    split = dataset.test if args.split == "test" else dataset.train
     indices = records.example_indices(len(split), args.skip, args.max)
     seed = config.seed if args.seed is None else args.seed
     header = {"mode": "accuracy", "attack": "pgd", "radii": list(radii), "steps": args.steps,
               "step_size": "2 * radius / steps", "loss": "ce", "test_noise_sigma": float(sigma),
               "test_noise": "one draw per example, the same at every radius", "seed": seed,
-              "key": f"fold_in(key({seed}), attack stream)", "dtype": config.model.dtype,
-              "model": config.model.name, "dataset": config.data.name, "split": args.split, "skip": args.skip,
-              "max": args.max, "batch": args.batch, "checkpoint": args.checkpoint, "checkpoint_step": step,
-              "devices": jax.device_count()}
+              "key": f"fold_in(key({seed}), attack stream)", "dtype": model.dtype,
+              "model": model.info["model"], "dataset": config.data.name, "split": args.split, "skip": args.skip,
+              "max": args.max, "batch": args.batch, **model.settings(), "devices": jax.device_count()}
     jobs.lock_output(args.out)
     writer = records.TsvWriter(args.out, header, runner.ACCURACY_COLUMNS, program=ACCURACY_PROGRAM,
                                identity_fields=ACCURACY_IDENTITY_FIELDS,
@@ -226,7 +251,7 @@ def _accuracy(args, config) -> int:
                                          "that point plus one N(0, test_noise_sigma^2 I) draw",))
     done = _done_pairs(args.out)  # the writer has checked the settings and dropped a cut last row
     total = len(indices) * len(radii)
-    accuracy = runner.make_accuracy(run.model.apply, test_noise_sigma=sigma, steps=args.steps)
+    accuracy = runner.make_accuracy(model.apply, test_noise_sigma=sigma, steps=args.steps)
     key = noise.attack_key(noise.root_key(seed))
 
     from tqdm import tqdm

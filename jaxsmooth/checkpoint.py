@@ -11,10 +11,11 @@ A workdir holds::
 process calls it together in a multi-host run. The one reader of a workdir
 for everything else (certify, attack, the Python API, `train.init_from`):
 `checkpoint_steps` / `checkpoint_folder` (which saved steps there are),
-`read_variables` (a model's parameters as host arrays, each process by
-itself), `read_learned_sigma` (the per-pixel sigma of a ``sigma`` run), and
-`check_model_metadata`, how certify/attack refuse a checkpoint that does not
-fit their config.
+`read_model` and `read_variables` (a model's parameters as host arrays, each
+process by itself), `write_workdir` (a workdir no training run made), and
+`check_model_metadata` (how ``train.init_from`` refuses a model that does not
+fit the run). `jaxsmooth.loader.load_model` builds on them: the one loader
+of a workdir's model.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from typing import Any, Callable, Mapping
 
@@ -209,6 +211,20 @@ def checkpoint_folder(workdir: str, field: str, step: int | None = None) -> tupl
     return os.path.join(workdir, CHECKPOINT_DIR, str(step)), step
 
 
+def lookup(like: Any, tree: Any) -> Any:
+    """`like`'s structure with each leaf read from the raw saved `tree` (`read_model`) at the same path, as a
+    host array. Raises KeyError or TypeError for a path `tree` lacks."""
+
+    def get(path, _):
+        node = tree
+        for entry in path:
+            key = getattr(entry, "key", getattr(entry, "idx", None))
+            node = node[key] if key in node else node[str(key)]
+        return np.asarray(node)
+
+    return jax.tree_util.tree_map_with_path(get, like)
+
+
 def read_variables(workdir: str, like: tuple[Any, Any], field: str, step: int | None = None) -> tuple[Any, Any, int]:
     """(params, model_state, step): host arrays of a checkpoint of `workdir`, in the structure of `like`.
 
@@ -218,61 +234,50 @@ def read_variables(workdir: str, like: tuple[Any, Any], field: str, step: int | 
     """
     folder, step = checkpoint_folder(workdir, field, step)
     raw = read_model(folder, field)
-
-    def lookup(tree, prefix):
-        def get(path, _):
-            node = raw[prefix]
-            for entry in path:
-                key = getattr(entry, "key", getattr(entry, "idx", None))
-                node = node[key] if key in node else node[str(key)]
-            return np.asarray(node)
-        return jax.tree_util.tree_map_with_path(get, tree)
-
     try:
-        return lookup(like[0], "params"), lookup(like[1], "model_state"), step
+        return lookup(like[0], raw["params"]), lookup(like[1], raw["model_state"]), step
     except (KeyError, TypeError) as e:
         raise UserError(field, f"{workdir}'s checkpoint lacks model variable {e}") from None
 
 
-def read_learned_sigma(workdir: str, *, field: str = "sigma-from",
-                       step: int | None = None) -> tuple[np.ndarray, str, int]:
-    """The per-pixel sigma = exp(log_sigma) learned by a ``sigma`` run (non_uniform Alg. 1), on the host.
+def write_workdir(workdir: str, metadata: dict, params: Any, model_state: Any, config=None, field: str = "workdir",
+                  step: int = 0) -> None:
+    """A workdir of a model that no training run made (a converted checkpoint, a wrapper): model.json
+    (`metadata`), config.json (`config`, when given) and the variables as the orbax checkpoint of `step`.
 
-    Args:
-      workdir: the ``sigma`` run's --workdir.
-      step: that checkpoint instead of the latest.
-    Returns:
-      (sigma [H, W, C] float32, the run's train.init_from (its frozen base
-      classifier), the step read). Raises `UserError` naming `field` when the
-      workdir is not a ``sigma`` run, holds no checkpoint, or its sigma is not
-      finite and positive everywhere.
+    Everything is written into a hidden sibling folder that is then renamed
+    to `workdir`, which must not exist or be empty: a kill leaves either no
+    workdir or a whole one. The one loader (`jaxsmooth.loader.load_model`)
+    reads it like a training run's.
     """
-    if not workdir or not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
-        raise UserError(field, f"{workdir!r} holds no checkpoints; give the --workdir of a `sigma` training run")
-    found = read_json(os.path.join(workdir, MODEL_FILE), field)
-    if found.get("objective") != "sigma":
-        raise UserError(field, f"{workdir} holds a {found.get('objective')!r} run, not a 'sigma' one "
-                               "(a per-pixel sigma learned by objectives/sigma.py)")
-    steps = checkpoint_steps(workdir)
-    if step is None and steps:
-        step = steps[-1]
-    if step not in steps:
-        raise UserError(field, f"{workdir} holds no checkpoint" + (f" of step {step}" if step is not None else "s yet"))
-    raw = read_model(os.path.join(workdir, CHECKPOINT_DIR, str(step)), field)
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+        raise UserError(field, f"{workdir} exists and is not an empty folder; give a new one")
+    parent = os.path.dirname(workdir)
     try:
-        log_sigma = np.asarray(raw["params"]["log_sigma"], np.float64)
-    except (KeyError, TypeError):
-        raise UserError(field, f"{workdir}'s checkpoint holds no params/log_sigma") from None
-    shape = tuple(found.get("input_shape", ()))
-    if log_sigma.shape != shape:
-        raise UserError(field, f"{workdir}'s log_sigma has shape {log_sigma.shape}, not its input's {shape}")
-    with np.errstate(over="ignore"):
-        sigma = np.exp(log_sigma).astype(np.float32)
-    if not np.all(np.isfinite(sigma) & (sigma > 0)):
-        raise UserError(field, f"{workdir}'s sigma = exp(log_sigma) is not finite and > 0 everywhere "
-                               f"(min {np.min(sigma)}, max {np.max(sigma)})")
-    config = read_json(os.path.join(workdir, CONFIG_FILE), field)
-    return sigma, str(config.get("train", {}).get("init_from", "")), int(step)
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(field, f"cannot create {parent}: {e.strerror or e}") from None
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(workdir)}.write-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # as os.makedirs would have made it (mkdtemp's is private)
+    try:
+        saver = Checkpointer(tmp, keep=1)
+        saver.save(step, {"step": np.int32(step), "params": params, "model_state": model_state}, force=True)
+        saver.close()
+        if config is not None:
+            from jaxsmooth import config as config_lib
+
+            with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+                f.write(config_lib.to_json(config) + "\n")
+        write_json(os.path.join(tmp, MODEL_FILE), metadata)
+        if os.path.isdir(workdir):
+            os.rmdir(workdir)  # empty, checked above
+        os.rename(tmp, workdir)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str, obj: Any, field: str = "workdir") -> None:
@@ -306,11 +311,20 @@ def model_metadata(config, dataset) -> dict[str, Any]:
     }
 
 
+MODEL_FIELDS = ("model", "activation", "width", "input_shape", "num_classes")  # what makes two models the same
+
+
 def check_model_metadata(workdir: str, expected: Mapping[str, Any], field: str = "checkpoint",
-                         fields: tuple[str, ...] = ("model", "activation", "width", "input_shape", "num_classes")) -> dict:
+                         fields: tuple[str, ...] = MODEL_FIELDS) -> dict:
     """Reads ``model.json`` of `workdir` and refuses it, naming `field` and the entry, where `fields` differ."""
     found = read_json(os.path.join(workdir, MODEL_FILE), field)
+    refuse_other_model(found, workdir, expected, field, fields)
+    return found
+
+
+def refuse_other_model(found: Mapping[str, Any], workdir: str, expected: Mapping[str, Any], field: str = "checkpoint",
+                       fields: tuple[str, ...] = MODEL_FIELDS) -> None:
+    """A `UserError` naming `field` and the first entry of `fields` where model.json `found` differs from `expected`."""
     for name in fields:
         if name in expected and found.get(name) != expected[name]:
             raise UserError(field, f"{workdir} holds a model with {name}={found.get(name)!r}, not {expected[name]!r}")
-    return found

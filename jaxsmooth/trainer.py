@@ -478,24 +478,3 @@ def restore_model(workdir: str, run: Run, field: str, step: int | None = None) -
     params, model_state, step = checkpoint.read_variables(workdir, (run.model.params, run.model.model_state), field,
                                                           step)
     return (*parallel.replicate(run.mesh, (params, model_state)), step)
-
-
-def load_trained(config, workdir: str, *, step: int | None = None,
-                 mesh: jax.sharding.Mesh | None = None) -> tuple[Run, Any, Any, int]:
-    """The model of a finished (or interrupted) training run, for certification and attacks.
-
-    Refuses a workdir whose ``model.json`` describes another model or input
-    than `config` does, naming the field, and a workdir without checkpoints.
-    Reads the model only: any objective's or optimizer's checkpoint will do.
-    The model normalises its input with the mean/std its model.json records
-    (those it was trained with, or a converted checkpoint's own).
-
-    Returns:
-      (run, params, model_state, step restored).
-    """
-    run = build_run(config, mesh)
-    info = checkpoint.check_model_metadata(workdir, checkpoint.model_metadata(run.config, run.dataset), "checkpoint")
-    if "mean" in info and "std" in info:
-        run = dataclasses.replace(run, model=_build_model(config, run.dataset, info["mean"], info["std"]))
-    params, model_state, step = restore_model(workdir, run, "checkpoint", step)
-    return run, params, model_state, step

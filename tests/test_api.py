@@ -1,4 +1,4 @@
-"""The Python API: jaxsmooth.load / certify / predict give the CLI's rows, for any JAX classifier."""
+"""The Python API: jaxsmooth.load and jaxsmooth.api.certify / predict give the CLI's rows, for any JAX classifier."""
 
 import os
 import re
@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import jaxsmooth
-from jaxsmooth import certify, cli, data, parallel, trainer
+from jaxsmooth import certify, cli, data, loader, parallel
 from jaxsmooth.errors import UserError
 
 from conftest import ROOT
@@ -41,8 +41,8 @@ def test_loaded_model_gives_the_cli_rows_and_the_trained_logits(workdir, tmp_pat
     idx = np.array([0, 25, 50, 75])
     images, labels = data.load("digits").test.get(idx)
     x = images / 255
-    run, params, model_state, _ = trainer.load_trained(config, workdir)
-    expected, _ = run.model.apply(params, model_state, x.astype(np.float32), train=False)  # BatchNorm not folded
+    raw = loader.load_model(workdir, fold_batch_norm=False)
+    expected, _ = raw.apply(raw.params, raw.model_state, x.astype(np.float32), train=False)  # BatchNorm not folded
     np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-5)
     for mode in ("certify", "predict"):
         out = tmp_path / f"{mode}.tsv"
@@ -80,7 +80,7 @@ def test_any_jax_classifier_linen_nnx_and_jnp_gives_the_same_certificates():
         "jnp": (lambda w, v: v.reshape(len(v), -1) @ w[0] + w[1], (kernel, bias)),
     }
     settings = dict(sigma=0.5, n0=50, n=2000, alpha=0.001, seed=3, batch=200, compiler_options=None)
-    results = {name: jaxsmooth.certify(f, v, x, **settings) for name, (f, v) in contenders.items()}
+    results = {name: jaxsmooth.api.certify(f, v, x, **settings) for name, (f, v) in contenders.items()}
     counts = {name: [(r["predict"], r["count_A"], r["count_B"]) for r in rows] for name, rows in results.items()}
     assert counts["linen"] == counts["nnx"] == counts["jnp"]
     # the smoothed class of a linear map is the argmax of one clean pass when the margin is wide: here it is not
@@ -96,9 +96,9 @@ def test_counts_are_the_same_on_one_and_on_eight_devices(devices):
     x = np.asarray(jax.random.uniform(jax.random.key(2), (2, 3)))
     w = np.asarray(jax.random.normal(jax.random.key(3), (3, 4)))
     f = lambda v, z: z @ v  # noqa: E731
-    one = jaxsmooth.predict(f, w, x, sigma=1.0, n=3000, batch=100, mesh=parallel.make_mesh(devices[:1]),
+    one = jaxsmooth.api.predict(f, w, x, sigma=1.0, n=3000, batch=100, mesh=parallel.make_mesh(devices[:1]),
                             compiler_options=None)
-    eight = jaxsmooth.predict(f, w, x, sigma=1.0, n=3000, batch=100, mesh=parallel.make_mesh(devices),
+    eight = jaxsmooth.api.predict(f, w, x, sigma=1.0, n=3000, batch=100, mesh=parallel.make_mesh(devices),
                               compiler_options=None)
     assert [(r["count_A"], r["count_B"]) for r in one] == [(r["count_A"], r["count_B"]) for r in eight]
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, attack, cli, data, noise, train, trainer
+from jaxsmooth import analysis, attack, cli, data, loader, noise, train
 from jaxsmooth.analysis import attacks as attack_analysis
 from jaxsmooth.attacks import accuracy_under_pgd, make_accuracy, runner
 from jaxsmooth.errors import UserError
@@ -139,10 +139,10 @@ def test_cli_rows_table_and_resume(workdir, tmp_path, capsys):
         (160, 0.5)]
     assert all(r[3] in ("0", "1") and r[4] in ("0", "1") for r in rows)
     # radius 0: the clean prediction
-    run, params, model_state, _ = trainer.load_trained(config, workdir)
+    model = loader.load_model(workdir, fold_batch_norm=False)
     idx = np.asarray([0, 40, 80, 120, 160])
     images, labels = data.load(config.data.name).test.get(idx)
-    logits, _ = run.model.apply(params, model_state, np.asarray(images, np.float32) / 255, train=False)
+    logits, _ = model.apply(model.params, model.model_state, np.asarray(images, np.float32) / 255, train=False)
     clean = {int(i): int(c) for i, c in zip(idx, np.argmax(logits, -1) == labels)}
     assert {int(r[0]): int(r[3]) for r in rows if float(r[2]) == 0.0} == clean
     # the printed summary and table

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, analyze, attack, cli, data, trainer
+from jaxsmooth import analysis, analyze, attack, cli, data, loader
 from jaxsmooth.errors import UserError
 
 from helpers import QUICKSTART, SMALL, copy_sidecar, sidecar_settings, train_small, tsv_rows
@@ -31,9 +31,9 @@ def _attack(workdir, out, *extra):
 
 def _clean_predictions(workdir, idx):
     config = cli.load_config(QUICKSTART, [s.removeprefix("--config.") for s in SMALL])
-    run, params, model_state, _ = trainer.load_trained(config, workdir)
+    model = loader.load_model(workdir, fold_batch_norm=False)
     images, _ = data.load(config.data.name).test.get(np.asarray(idx))
-    logits, _ = run.model.apply(params, model_state, np.asarray(images, np.float32) / 255, train=False)
+    logits, _ = model.apply(model.params, model.model_state, np.asarray(images, np.float32) / 255, train=False)
     return np.argmax(logits, -1).tolist()
 
 

@@ -1,6 +1,5 @@
 """The certify CLI on a trained quick-start model: rows, resume after a kill, and one error line per bad input."""
 
-import argparse
 import json
 import re
 
@@ -8,7 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxsmooth import analysis, certify, cli, data, trainer
+from jaxsmooth import analysis, certify, cli, data, loader
+from jaxsmooth.certification import noises
+from jaxsmooth.errors import UserError
 
 from helpers import QUICKSTART, SMALL, copy_sidecar, sidecar_settings, train_small, tsv_rows
 
@@ -71,10 +72,10 @@ def test_predict_mode_and_deterministic_candidate(workdir, tmp_path, capsys):
         assert (int(r[2]) == -1) == (p > 0.01)
     # "clean": one noise-free forward pass of the trained model, computed here independently
     config = cli.load_config(QUICKSTART, [s.removeprefix("--config.") for s in SMALL])
-    run, params, model_state, _ = trainer.load_trained(config, workdir)
+    model = loader.load_model(workdir, fold_batch_norm=False)
     idx = [int(r[0]) for r in rows]
     images, _ = data.load(config.data.name).test.get(np.asarray(idx))
-    logits, _ = run.model.apply(params, model_state, np.asarray(images, np.float32) / 255, train=False)
+    logits, _ = model.apply(model.params, model.model_state, np.asarray(images, np.float32) / 255, train=False)
     assert [int(r[8]) for r in rows] == np.argmax(logits, -1).tolist()
     summary = analysis.summarize(analysis.read_run(str(out)), [0.0])
     assert summary.agreement == np.mean([r[8] == r[2] for r in rows])
@@ -134,15 +135,24 @@ def test_noise_kind_is_recorded_and_a_resume_refuses_another(workdir, tmp_path, 
     assert (out.read_bytes(), (tmp_path / "n.tsv.json").read_bytes()) == before  # nothing lost
 
 
-@pytest.mark.parametrize("mode, noise, sigma_file, sigma_from, expected", [
-    ("certify", None, "", "", "lattice"), ("predict", None, "", "", "lattice"),
-    ("certify", "gaussian", "", "", "gaussian"), ("predict", "lattice", "", "", "lattice"),
-    ("certify", None, "s.npy", "", "gaussian"), ("certify", None, "", "run", "gaussian"),
-    ("distributional", None, "", "", "gaussian"),
+@pytest.mark.parametrize("noise, sigma, x, expected", [
+    (None, 0.25, None, "lattice"), ("auto", 0.25, None, "lattice"), ("gaussian", 0.25, None, "gaussian"),
+    ("lattice", 0.25, None, "lattice"), (None, np.full((8, 8, 1), 0.25), None, "gaussian"),
+    (None, 0.25, np.full((1, 8, 8, 1), 0.5), "gaussian"), (None, 0.25, np.full((1, 8, 8, 1), 128 / 255), "lattice"),
 ])
-def test_default_noise_is_lattice_where_it_applies(mode, noise, sigma_file, sigma_from, expected):
-    args = argparse.Namespace(mode=mode, noise=noise, sigma_file=sigma_file, sigma_from=sigma_from)
-    assert certify._noise(args) == expected
+def test_default_noise_is_lattice_where_it_applies(noise, sigma, x, expected):
+    """The first registered kind that applies: lattice for a scalar sigma and 8-bit inputs (x None: the data
+    sources'), gaussian for a per-pixel sigma or other inputs; a named kind as named."""
+    assert noises.choose(noise, sigma, x).name == expected
+
+
+def test_a_named_noise_that_does_not_take_the_sigma_is_refused_naming_noise():
+    with pytest.raises(UserError) as e:
+        noises.choose("lattice", np.full((8, 8, 1), 0.25))
+    assert e.value.field == "noise" and "scalar sigma" in e.value.message
+    with pytest.raises(UserError) as e:
+        noises.choose("uniform", 0.25)
+    assert e.value.field == "noise" and "lattice, gaussian" in e.value.message
 
 
 def test_pandas_reads_certify_and_predict_files_as_cohen_analyze_does(workdir, tmp_path):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, analyze, certify, cli, models, noise, train, trainer
+from jaxsmooth import analysis, analyze, certify, cli, loader, noise, train
 from jaxsmooth.certification import distributional
 
 from conftest import ROOT
@@ -95,10 +95,9 @@ def test_empirical_worst_case_lies_under_the_certificate_on_digits(workdir):
     # (mean rho_test, mean loss) is under gamma rho + E[phi_gamma] for every certificate gamma, hence under their min.
     # Paired per example: mean_i (loss_i - gamma cost_i - phi_i) <= 3 standard errors.
     config = cli.load_config(QUICKSTART, [s.removeprefix("--config.") for s in SMALL])
-    run, params, model_state, _ = trainer.load_trained(config, workdir)
-    model = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))
+    model, dataset = loader.load_with_data(config, workdir)  # BatchNorm folded, as certify runs it
     idx = np.arange(0, 360, 4)
-    images, labels = run.dataset.test.get(idx)
+    images, labels = dataset.test.get(idx)
     x = np.asarray(images, np.float32) / 255
     estimator = distributional.make_estimator(model.apply, sigma=0.25, num_draws=16, steps=20)
     key = noise.certify_key(noise.root_key(0))

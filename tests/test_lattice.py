@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 import jaxsmooth
-from jaxsmooth import api, certification as C, parallel
-from jaxsmooth.certification import engine, lattice, records
+from jaxsmooth import certification as C, parallel
+from jaxsmooth.certification import engine, lattice, noises, records
 from jaxsmooth.errors import UserError
 
 from helpers import counts_across_layouts
@@ -119,8 +119,8 @@ def test_two_stage_search_is_exactly_the_tables_law():
 def test_chi_square_of_ten_million_draws_accepts_sigma_and_rejects_two_percent_off():
     """The sampler's own noise function, 10^7 draws of m at sigma 0.25, against (1) at sigma and at sigma x 1.02^+-1."""
     sigma, examples, chunk, pixels = 0.25, 10, 1000, 1000
-    draw = jax.jit(lambda x, arrays, key, index: engine._noise("lattice", x, arrays, key, index, jnp.int32(0), chunk,
-                                                               (pixels,)))
+    kind = noises.get("lattice")
+    draw = jax.jit(lambda x, arrays, key, index: engine.noisy_inputs(kind, x, arrays, key, index, jnp.int32(0), chunk))
     noisy = draw(jnp.zeros((examples, pixels)), lattice.table(sigma).arrays, jax.random.key(7),
                  jnp.arange(examples, dtype=jnp.int32))
     m = np.rint(np.asarray(noisy, np.float64) * 255).astype(np.int64).ravel()
@@ -158,8 +158,8 @@ def test_second_stage_in_the_sampler_is_exact_and_chunk_invariant():
     expected = np.vectorize(m_of)(u, v)
     x = np.zeros((1, *SHAPE), np.float32)
     for chunk in (n, 300):
-        noise = jax.jit(lambda first, chunk=chunk: engine._noise("lattice", jnp.asarray(x), t.arrays, key,
-                                                                  jnp.array([index]), first, chunk, SHAPE))
+        noise = jax.jit(lambda first, chunk=chunk: engine.noisy_inputs(noises.get("lattice"), jnp.asarray(x), t.arrays,
+                                                                        key, jnp.array([index]), first, chunk))
         got = np.concatenate([np.asarray(noise(jnp.int32(f)))[0] for f in range(0, n, chunk)])[:n]
         np.testing.assert_array_equal(np.rint(got.astype(np.float64) * 255).astype(np.int64), expected)
 
@@ -190,7 +190,7 @@ def test_inputs_off_the_grid_and_per_pixel_sigma_are_refused():
     assert e.value.field == "sigma" and "scalar" in str(e.value)
     with pytest.raises(UserError) as e:
         C.Sampler(linear_apply, {}, {}, input_shape=SHAPE, num_classes=2, noise="uniform")
-    assert e.value.field == "noise" and "gaussian, lattice" in str(e.value)
+    assert e.value.field == "noise" and "lattice, gaussian" in str(e.value)
 
 
 def test_certificate_lowers_pa_by_the_total_variation():
@@ -224,15 +224,15 @@ def test_resumed_file_refuses_another_noise_and_reads_earlier_files_as_gaussian(
 
 def test_api_noise_auto_is_lattice_for_8bit_inputs_and_a_scalar_sigma():
     grid = np.divide(np.arange(40).reshape(4, *SHAPE), 255, dtype=np.float32)
-    assert api.noise_kind("auto", grid, 0.25) == "lattice"
-    assert api.noise_kind("auto", grid + np.float32(1e-3), 0.25) == "gaussian"
-    assert api.noise_kind("auto", grid, np.full(SHAPE, 0.25)) == "gaussian"
-    assert api.noise_kind("gaussian", grid, 0.25) == "gaussian"
+    assert noises.choose("auto", 0.25, grid).name == "lattice"
+    assert noises.choose("auto", 0.25, grid + np.float32(1e-3)).name == "gaussian"
+    assert noises.choose("auto", np.full(SHAPE, 0.25), grid).name == "gaussian"
+    assert noises.choose("gaussian", 0.25, grid).name == "gaussian"
     logits = lambda p, x: linear_apply(p, {}, x)[0]  # noqa: E731
     params = {"w": np.ones(D, np.float32), "b": np.float32(0)}
     for noise, x, field in [("uniform", grid, "noise"), ("lattice", grid + np.float32(1e-3), "x")]:
         with pytest.raises(UserError) as e:
-            jaxsmooth.certify(logits, params, x, sigma=0.25, n0=10, n=100, noise=noise, compiler_options=None)
+            jaxsmooth.api.certify(logits, params, x, sigma=0.25, n0=10, n=100, noise=noise, compiler_options=None)
         assert e.value.field == field
 
 
@@ -299,7 +299,7 @@ def test_continuous_noise_certifies_a_radius_that_a_lattice_point_violates_and_l
 def _lattice_certificates(params, xs, sigma, alpha, seed):
     """CERTIFY through the public API, 50 inputs per forward pass of 50 x 20 samples."""
     logits = lambda p, x: linear_apply(p, {}, x)[0]  # noqa: E731
-    return jaxsmooth.certify(logits, params, xs.reshape(-1, *SHAPE), sigma=sigma, n0=50, n=1000, alpha=alpha,
+    return jaxsmooth.api.certify(logits, params, xs.reshape(-1, *SHAPE), sigma=sigma, n0=50, n=1000, alpha=alpha,
                              seed=seed, batch=1000, inputs=50, compiler_options=None, noise="lattice")
 
 

@@ -59,7 +59,7 @@ def _points(p1, sigma, rng):
 @pytest.mark.parametrize("budget, alpha, radii", [(100_000, 0.001, (0.25, 0.5, 0.75)), (100_000, 0.001, None),
                                                   (1000, 0.1, (0.5,)), (50, 0.05, None), (20_000, 0.01, (9.0,))])
 def test_schedule_spends_alpha_once_and_ends_at_the_budget(budget, alpha, radii):
-    schedule = C.Settings(n=budget, alpha=alpha, sequential=True, radii=radii).schedule(0.25)
+    schedule = C.Settings(n=budget, alpha=alpha, sequential=True, radii=radii).schedule(C.gaussian_rule(0.25))
     looks = np.array(schedule.looks)
     assert looks[-1] == budget and np.all(np.diff(looks) > 0) and looks[0] >= 1
     assert sum(schedule.alphas) == pytest.approx(alpha, rel=1e-12) and min(schedule.alphas) > 0
@@ -67,8 +67,8 @@ def test_schedule_spends_alpha_once_and_ends_at_the_budget(budget, alpha, radii)
 
 def test_an_all_votes_input_clears_the_top_radius_at_the_targeted_look():
     sigma, radii = 0.25, (0.25, 0.5, 0.75)
-    schedule = C.Settings(n=100_000, alpha=0.001, sequential=True, radii=radii).schedule(sigma)
-    levels = S.thresholds((0.0, *radii), sigma)
+    schedule = C.Settings(n=100_000, alpha=0.001, sequential=True, radii=radii).schedule(C.gaussian_rule(sigma))
+    levels = S.thresholds((0.0, *radii), C.gaussian_rule(sigma))
     state, k = S.START, 0
     while not S.grid_decided(state, schedule, levels):
         state = S.observe(state, schedule.looks[k], schedule)
@@ -99,7 +99,7 @@ def _exact_error(p, schedule, alphas, threshold):
 def test_the_worst_stopping_rule_errs_at_most_alpha_and_the_naive_one_far_more(radii):
     """The proof's union bound, computed exactly: just below each threshold, ours <= alpha, naive >= 2 alpha."""
     alpha = 0.1
-    schedule = C.Settings(n=2000, alpha=alpha, sequential=True, radii=radii).schedule(1.0)
+    schedule = C.Settings(n=2000, alpha=alpha, sequential=True, radii=radii).schedule(C.gaussian_rule(1.0))
     for r in (0.0, 0.5, 1.0, 1.5):
         t = stats.norm.cdf(r)
         ours = _exact_error(t - 1e-9, schedule, schedule.alphas, t)
@@ -108,16 +108,16 @@ def test_the_worst_stopping_rule_errs_at_most_alpha_and_the_naive_one_far_more(r
 
 
 def test_observe_keeps_the_running_extremes_and_decides_out_of_reach():
-    schedule = S.make_schedule(1000, 0.05, thresholds=S.thresholds((0.0, 1.0), 1.0))
+    schedule = S.make_schedule(1000, 0.05, thresholds=S.thresholds((0.0, 1.0), C.gaussian_rule(1.0)))
     state = S.observe(S.START, schedule.looks[0] - 2, schedule)
     low = S.observe(state, schedule.looks[1] // 2, schedule)  # a bad stretch: the bounds keep their extremes
     assert low.lower == state.lower and low.upper < state.upper
     assert low.upper == pytest.approx(float(C.clopper_pearson_upper(schedule.looks[1] // 2, schedule.looks[1],
                                                                     schedule.futility)))
-    levels = S.thresholds((0.0, 1.0), 1.0)
+    levels = S.thresholds((0.0, 1.0), C.gaussian_rule(1.0))
     assert S.grid_decided(low, schedule, levels)  # 1/2 cleared already; Phi(1) out of reach at p <= ~0.6
     assert S.grid_radius(low.lower, (0.0, 1.0), levels) == 0.0
-    assert S.unreachable((0.5, 3.0), schedule, 1.0) == [3.0]  # 0.05^(1/1000) < Phi(3)
+    assert S.unreachable((0.5, 3.0), schedule, C.gaussian_rule(1.0)) == [3.0]  # 0.05^(1/1000) < Phi(3)
 
 
 @pytest.mark.parametrize("text, needle", [("0.25,-1", "-1.0 is not a radius"), ("0.5,x", "'x' is not a number"),
@@ -128,11 +128,18 @@ def test_bad_radii_and_tolerance_name_their_field(text, needle):
     assert e.value.field == "radii" and needle in str(e.value)
     for tolerance in (0.0, 1.0, -0.1, 2):
         with pytest.raises(UserError) as e:
-            C.Settings(sequential=True, tolerance=tolerance).check(10)
+            C.make_settings(sequential=True, tolerance=tolerance)
         assert e.value.field == "tolerance"
-    with pytest.raises(UserError) as e:
-        C.Settings(radii=(0.5,)).check(10)
-    assert e.value.field == "radii"
+    for fields, field in [(dict(radii=(0.5,)), "radii"), (dict(tolerance=0.1), "tolerance"),
+                          (dict(sequential=True, radii="0.5", tolerance=0.1), "tolerance"),
+                          (dict(sequential=True, topk=2), "topk"), (dict(sequential=True, radii=text), "radii")]:
+        with pytest.raises(UserError) as e:
+            C.make_settings(**fields)
+        assert e.value.field == field
+    for fields in (dict(sequential=True), dict(radii=(0.5,)), dict(topk=2)):
+        with pytest.raises(UserError) as e:
+            C.make_settings("predict", **fields)
+        assert e.value.field == next(iter(fields)) and "not predict" in e.value.message
     assert S.parse_radii("0.5,0.25,0.5") == (0.25, 0.5)
 
 
@@ -213,9 +220,9 @@ def test_continuous_batching_keeps_the_slots_busy():
 ALPHA, BUDGET, RADII, TRIALS = 0.1, 1000, (0.25, 0.5, 0.75), 5000
 
 
-def _naive_schedule(self, sigma_min):
+def _naive_schedule(self, rule):
     """The naive procedure: the same looks, each tested at the full alpha."""
-    schedule = S.make_schedule(self.n, self.alpha, thresholds=S.thresholds(self.radii or (), sigma_min))
+    schedule = S.make_schedule(self.n, self.alpha, thresholds=S.thresholds(self.radii or (), rule))
     return dataclasses.replace(schedule, alphas=(self.alpha,) * len(schedule.looks))
 
 
@@ -262,7 +269,7 @@ def test_wrong_certificates_stay_within_alpha_under_optional_stopping(anisotropi
                   compiler_options=None)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        rows = jaxsmooth.certify(linear, PARAMS, x, **kwargs)
+        rows = jaxsmooth.api.certify(linear, PARAMS, x, **kwargs)
     assert [str(w.message)[:24] for w in said] == ([] if radii is None else ["radius 5 out of reach at"])
     wrong = _wrong(rows, truth, p_true, sigma)
     assert wrong.mean() <= _quantile(TRIALS)
@@ -277,6 +284,6 @@ def test_wrong_certificates_stay_within_alpha_under_optional_stopping(anisotropi
     some = np.flatnonzero(below)[:1250]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the far radius again
-        naive = jaxsmooth.certify(linear, PARAMS, x[some], index=some, **kwargs)
+        naive = jaxsmooth.api.certify(linear, PARAMS, x[some], index=some, **kwargs)
     naive = _wrong(naive, truth[some], p_true[some], sigma)
     assert naive.mean() > _quantile(len(some)), naive.mean()

@@ -235,7 +235,7 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(wo
     settings = certification.Settings(n0=20, n=3000, alpha=0.01, sequential=True, radii=(0.25, 0.5, 0.75))
     for saved, s in ((grid, settings), (radius, certification.Settings(n0=20, n=3000, alpha=0.01, sequential=True,
                                                                         tolerance=0.1))):
-        schedule = s.schedule(0.25)
+        schedule = s.schedule(certification.gaussian_rule(0.25))
         assert (saved["looks"], saved["look_alphas"], saved["futility"]) == (list(schedule.looks),
                                                                                list(schedule.alphas),
                                                                                schedule.futility)

@@ -4,6 +4,7 @@ that it learns where a classifier does not look, and one error per bad input."""
 import argparse
 import math
 import os
+import types
 
 import chex
 import jax
@@ -14,11 +15,11 @@ import orbax.checkpoint as ocp
 import pytest
 from scipy import stats
 
-from jaxsmooth import certification as C, certify, checkpoint, config as config_lib, objectives, trainer
+from jaxsmooth import certification as C, certify, checkpoint, config as config_lib, loader, objectives, trainer
 from jaxsmooth.errors import UserError
 from jaxsmooth.objectives import sigma as sigma_objective
 
-from helpers import quick_config, sidecar_settings
+from helpers import quick_config, sidecar_settings, tsv_rows
 
 SHAPE = (2, 5, 1)
 D = 10
@@ -317,42 +318,51 @@ def _fake_sigma_run(path, log_sigma, input_shape=(8, 8, 1), objective="sigma"):
     return str(path)
 
 
-def test_learned_sigma_loads_and_bad_ones_are_refused(tmp_path):
-    good = np.log(np.linspace(0.1, 0.9, 64).reshape(8, 8, 1))
-    sigma, init_from, step = checkpoint.read_learned_sigma(_fake_sigma_run(tmp_path / "good", good))
-    np.testing.assert_allclose(sigma, np.exp(good), rtol=1e-6)
-    assert init_from == "/base" and step == 3
+def test_learned_sigma_is_what_the_loader_certifies_with_and_bad_ones_are_refused(tmp_path):
+    info, teacher = {"input_shape": [8, 8, 1], "objective": "sigma"}, ({"w": np.ones(2, np.float32)}, {})
+    good = np.log(np.linspace(0.1, 0.9, 64).reshape(8, 8, 1)).astype(np.float32)
+    params, _, sigma = sigma_objective.certified(info, {"log_sigma": good}, {}, teacher)
+    assert params is teacher[0] and sigma.dtype == np.float32
+    np.testing.assert_array_equal(sigma, np.exp(good.astype(np.float64)).astype(np.float32))  # exp in float64
     zero = good.copy()
     zero[0, 0, 0] = -np.inf  # sigma = 0
-    cases = [(_fake_sigma_run(tmp_path / "zero", zero), "finite and > 0"),
-             (_fake_sigma_run(tmp_path / "inf", np.full((8, 8, 1), 1e4)), "finite and > 0"),
-             (_fake_sigma_run(tmp_path / "shape", np.zeros((4, 4, 1)), (8, 8, 1)), "shape (4, 4, 1)"),
-             (_fake_sigma_run(tmp_path / "gauss", good, objective="gaussian"), "not a 'sigma' one"),
-             (str(tmp_path / "missing"), "holds no checkpoints")]
-    for path, needle in cases:
+    cases = [({"log_sigma": zero}, teacher, "finite and > 0"),
+             ({"log_sigma": np.full((8, 8, 1), 1e4, np.float32)}, teacher, "finite and > 0"),
+             ({"log_sigma": np.zeros((4, 4, 1), np.float32)}, teacher, "shape (4, 4, 1)"),
+             ({"w": good}, teacher, "no params/log_sigma"), ({"log_sigma": good}, None, "no frozen classifier")]
+    for saved, frozen, needle in cases:
         with pytest.raises(UserError) as e:
-            checkpoint.read_learned_sigma(path)
+            sigma_objective.certified(info, saved, {}, frozen)
+        assert e.value.field == "checkpoint" and needle in str(e.value), str(e.value)
+    # through the loader, the error names the caller's field and the workdir
+    path = _fake_sigma_run(tmp_path / "no_teacher", good)
+    for workdir, needle in [(path, f"{path}: checkpoint: holds no frozen classifier"),
+                            (str(tmp_path / "missing"), "holds no checkpoints")]:
+        with pytest.raises(UserError) as e:
+            loader.load_model(workdir, field="sigma-from")
         assert e.value.field == "sigma-from" and needle in str(e.value), str(e.value)
 
 
 def test_sigma_of_the_wrong_shape_or_non_positive_is_refused_by_certify(tmp_path):
     shape = (8, 8, 1)
     args = lambda **kw: argparse.Namespace(**{"sigma": None, "sigma_file": "", "sigma_from": "", **kw})  # noqa: E731
+    model = lambda sigma: types.SimpleNamespace(input_shape=shape, sigma=sigma, workdir="w", step=3)  # noqa: E731
     for name, value, needle in [("shape", np.ones((4, 4, 1)), "input's shape"), ("zero", np.zeros(shape), "> 0"),
                                 ("neg", -np.ones(shape), "> 0"), ("scalar", np.float32(0.5), "per-pixel")]:
         np.save(tmp_path / f"{name}.npy", value)
         with pytest.raises(UserError) as e:
-            certify._load_sigma(args(sigma_file=str(tmp_path / f"{name}.npy")), 0.25, shape)
+            certify._sigma(args(sigma_file=str(tmp_path / f"{name}.npy")), model(0.25))
         assert e.value.field == "sigma-file" and needle in str(e.value), str(e.value)
         with pytest.raises(UserError) as e:
-            certify._load_sigma(args(sigma_from="w"), 0.25, shape, (np.asarray(value, np.float32), 3))
+            certify._sigma(args(sigma_from="w"), model(np.asarray(value, np.float32)))
         assert e.value.field == "sigma-from" and needle in str(e.value), str(e.value)
-    sigma, info = certify._load_sigma(args(sigma_from="w"), 0.25, shape, (np.full(shape, 0.5, np.float32), 3))
+    sigma, info = certify._sigma(args(sigma_from="w"), model(np.full(shape, 0.5, np.float32)))
     chex.assert_shape(sigma, shape)
     assert info["anisotropic"] and info["sigma_from"] == "w" and info["sigma_from_step"] == 3
+    assert certify._sigma(args(), model(0.25)) == (0.25, {"sigma": 0.25, "anisotropic": False, "sigma_file": ""})
     with pytest.raises(UserError) as e:
-        certify._sigma_sources(argparse.Namespace(sigma=0.5, sigma_file="", sigma_from="w", checkpoint="c",
-                                                  mode="certify"))
+        certify._check_flags(argparse.Namespace(sigma=0.5, sigma_file="", sigma_from="w", checkpoint="c",
+                                                mode="certify", gamma=None, gamma_adv="", noise=None))
     assert e.value.field == "sigma-from"
 
 
@@ -375,9 +385,10 @@ def test_trainer_learns_sigma_of_a_frozen_model_and_certify_uses_it(tmp_path, ca
     small_sigma = ["--config.model.width=8", "--config.train.num_epochs=1", "--config.train.eval_every_epochs=0",
                    f"--config.train.init_from={base}"]
     assert train.run(["--config", sigma_cfg, "--workdir", run_dir, "--no-progress"] + small_sigma) == 0
-    sigma, init_from, step = checkpoint.read_learned_sigma(run_dir)
+    learned = loader.load_model(run_dir)
+    sigma, step = learned.sigma, learned.step
     chex.assert_shape(sigma, (8, 8, 1))
-    assert init_from == base and step == 1437 // 64
+    assert learned.config.train.init_from == base and step == 1437 // 64
     assert not np.allclose(sigma, 0.25)  # it moved from the initial constant
     # the base model is untouched: the sigma run's frozen teacher equals the base checkpoint
     raw = checkpoint.read_model(os.path.join(run_dir, "checkpoints", str(step)), "x")
@@ -392,7 +403,11 @@ def test_trainer_learns_sigma_of_a_frozen_model_and_certify_uses_it(tmp_path, ca
     header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
     assert "area_objective" in header and len(rows) == 3
     assert sidecar_settings(out, "certify")["sigma_from"] == run_dir
-    for bad, field in [(["--sigma", "0.5"], "sigma-from"), (["--checkpoint", run_dir], "checkpoint")]:
-        assert certify.run(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(tmp_path / "y.tsv")]
-                           + small_sigma + fast + bad) == 2
-        assert capsys.readouterr().err.startswith(f"error: {field}: ")
+    assert certify.run(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(tmp_path / "y.tsv")]
+                       + small_sigma + fast + ["--sigma", "0.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: sigma-from: ")
+    # the sigma run's workdir alone certifies its frozen classifier with the sigma it learned: the same rows
+    same = tmp_path / "same.tsv"
+    assert certify.run(["--checkpoint", run_dir, "--out", str(same)] + fast) == 0
+    untimed = lambda rows: [r[:5] + r[6:] for r in rows]  # noqa: E731  (column 5: time)
+    assert tsv_rows(same)[0] == header and untimed(tsv_rows(same)[1]) == untimed(rows)

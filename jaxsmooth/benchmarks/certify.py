@@ -45,6 +45,7 @@ from jaxsmooth.benchmarks import flops
 from jaxsmooth.benchmarks.train import input_shape_of
 
 SIGMA = 0.25
+DEFAULT_NOISES = (certification.noises.GAUSSIAN.name,)  # the engine's contender, labelled without its noise
 TUNED_BATCH = 250  # B=1000 is 2x slower than 250 for torch on a 2-core CPU (ANCHORS.md)
 MEMORY_NS = (10_000, 1_000_000)  # the acceptance: peak memory at 1e6 within 10% of that at 1e4
 
@@ -243,7 +244,7 @@ def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_sh
               dtypes=("float32",), rounds: int = 5, with_torch: bool = True, torch_batch: int | None = None,
               tuned_batch: int = TUNED_BATCH, matmul_size: int = 4096, xla_options=("auto",),
               torch_compile: str = "", on_round: Callable[[int], None] | None = None, workdir: str = "",
-              num_classes: int | None = None, noises=("gaussian",)) -> Report:
+              num_classes: int | None = None, noises=None) -> Report:
     """Interleaved medians of the jaxsmooth engine (per dtype and noise) and the PyTorch references, FLOPs and peaks.
 
     Args:
@@ -253,15 +254,17 @@ def benchmark(name: str, n: int, *, batch: int = 1000, inputs: int = 1, input_sh
       workdir: also ``jax <dtype> workdir``, the engine on this workdir's model (of architecture `name`),
         compiled with the first of `xla_options`, with the first of `noises`.
       num_classes: default `num_classes_of(name)`.
-      noises: the engine's noise kinds, one contender each ("gaussian", "lattice").
+      noises: the engine's noise kinds (`jaxsmooth.certification.noises`), one contender each; their names are in
+        the contenders' labels unless they are `DEFAULT_NOISES` (default).
     """
     input_shape = tuple(input_shape or input_shape_of(name))
     num_classes = num_classes or num_classes_of(name)
+    noises = DEFAULT_NOISES if noises is None else tuple(noises)
     contenders, options = {}, {}
     for d in dtypes:
         for o in xla_options:
             for noise in noises:
-                label = (f"jax {d}" + (f" {noise}" if tuple(noises) != ("gaussian",) else "")
+                label = (f"jax {d}" + (f" {noise}" if tuple(noises) != DEFAULT_NOISES else "")
                          + (f" ({o} options)" if len(xla_options) > 1 else ""))
                 chosen: dict = {}
                 contenders[label] = jax_contender(name, n, batch, inputs, input_shape, dtype=d,

@@ -162,20 +162,20 @@ _SAMPLERS: dict = {}  # one compiled engine per model for the whole run
 
 def _setup(args, overrides, model: Model, tolerances, fixed) -> Setup:
     """The model, its data and engine, and the grid settings."""
-    from jaxsmooth import certification, cli, models, noise, trainer
+    from jaxsmooth import certification, cli, loader, noise
     from jaxsmooth.certification import records
 
     config = cli.load_config(args.config or None, overrides, model.workdir)
     if model.label not in _SAMPLERS:
-        run, params, model_state, step = trainer.load_trained(config, model.workdir)
-        folded = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))
-        sampler = certification.Sampler(folded.apply, folded.params, folded.model_state,
-                                        input_shape=run.dataset.input_shape, num_classes=run.dataset.num_classes,
+        loaded, dataset = loader.load_with_data(config, model.workdir)
+        sampler = certification.Sampler(loaded.apply, loaded.params, loaded.model_state,
+                                        input_shape=loaded.input_shape, num_classes=loaded.num_classes,
                                         inputs=args.inputs, chunk=args.batch // args.inputs, compiler_options="auto")
-        _SAMPLERS[model.label] = (sampler, run.dataset.test, step)
+        _SAMPLERS[model.label] = (sampler, dataset.test, loaded.step)
     sampler, split, step = _SAMPLERS[model.label]
     indices = records.example_indices(len(split), args.skip, args.max)
-    settings = certification.Settings(n0=args.n0, n=args.n, alpha=args.alpha, sequential=True, radii=model.radii)
+    settings = certification.make_settings(n0=args.n0, n=args.n, alpha=args.alpha, sequential=True,
+                                           radii=model.radii)
     settings.check(sampler.num_classes)
     header = {"mode": "certify", "sigma": model.sigma, "anisotropic": False, "n0": args.n0, "n": args.n,
               "alpha": args.alpha, "candidate": "selection", "topk": 0, "seed": args.seed, "dtype": config.model.dtype,
@@ -200,7 +200,7 @@ def _grid(s: Setup) -> None:
     from jaxsmooth.certification import batching, records
 
     path = os.path.join(s.args.workdir, f"{s.model.label}_grid.tsv")
-    header = {**s.header, **s.settings.sequential_header(s.model.sigma)[0]}
+    header = {**s.header, **s.settings.sequential_header(s.sampler.radius_rule(s.model.sigma))[0]}
     writer = records.TsvWriter(path, header, COLUMNS + ["n_used"])
     done = set(writer.done)
     todo = np.asarray([i for i in s.indices if int(i) not in done], np.int64)
@@ -284,8 +284,10 @@ def _sequential_runner(s: Setup, pick, settings):
 
 def positions(settings, sigma: float, fixed) -> list[int]:
     """Every stream position whose counts a replay needs: both schedules' looks and each fixed n."""
-    grid = settings.schedule(sigma).looks
-    maximum = dataclasses.replace(settings, radii=None).schedule(sigma).looks
+    from jaxsmooth.certification import gaussian_rule
+
+    grid = settings.schedule(gaussian_rule(sigma)).looks
+    maximum = dataclasses.replace(settings, radii=None).schedule(gaussian_rule(sigma)).looks
     return sorted(set(grid) | set(maximum) | set(fixed))
 
 

@@ -120,7 +120,7 @@ def _model_report(workdir, model, fixed, tolerances, settings, timing) -> tuple[
         rows = replayed_rows(stream, max_settings, model.sigma)
         runs[f"max-radius {tol:g}"] = rows
         _write_tsv(os.path.join(workdir, f"{model.label}_max_{tol:g}.tsv"), rows,
-                   {**header, "n": n, **max_settings.sequential_header(model.sigma)[0]}, note)
+                   {**header, "n": n, **max_settings.sequential_header(certification.gaussian_rule(model.sigma))[0]}, note)
     replay = replayed_rows(stream, grid_settings, model.sigma)
     real = [grid[int(i)] for i in stream["idx"]]
     equal = sum(all(_same(a[k], b[k]) for k in SAME) for a, b in zip(replay, real))

@@ -227,7 +227,7 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
       areas: [A] area thresholds of the table (None: `default_areas` of all rows).
       overrides: ``FIELD=VALUE`` for every run; sigma_overrides: for the sigma runs only (after `overrides`).
     """
-    from jaxsmooth import certify, checkpoint
+    from jaxsmooth import certify, loader
 
     _check_suite(suite)
     say = on_stage or (lambda line: None)
@@ -248,7 +248,7 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
         say(f"train {name} ({os.path.basename(sigma_config(repo_root, suite))} {' '.join(own)})")
         train_timed(sigma_config(repo_root, suite), own + list(overrides) + list(sigma_overrides), run_dir, name,
                     times, times_path)
-        sigma, _, _ = checkpoint.read_learned_sigma(run_dir)
+        sigma = loader.load_model(run_dir).sigma  # what the run certifies with: its learned per-pixel sigma
         sigmas[name] = sigma
         tsv = os.path.join(workdir, f"{name}_certify.tsv")
         say(f"certify {name} (learned sigma, mean {sigma.mean():.4g}; n = {n})")

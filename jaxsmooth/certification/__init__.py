@@ -16,16 +16,17 @@ import jax
 import numpy as np
 
 from jaxsmooth.certification import bounds, lattice, sequential as sequential_stats
-from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, certified_area, certify,
+from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, RadiusRule, certified_area, certify,
                                             check_settings, clopper_pearson_lower, clopper_pearson_upper,
-                                            l_bound, predict, smallest_certifying_n, topk_radius)
-from jaxsmooth.certification.engine import (NOISES, Counts, Sampler, Segments, check_sigma,
-                                            make_clean_probabilities, sample_counts)
+                                            gaussian_rule, l_bound, predict, smallest_certifying_n, topk_radius)
+from jaxsmooth.certification.engine import (Counts, Sampler, Segments, check_sigma, make_clean_probabilities,
+                                            sample_counts)
 
 __all__ = [
-    "ABSTAIN", "Certificate", "Counts", "NOISES", "Prediction", "Sampler", "Segments", "Settings", "bounds",
+    "ABSTAIN", "Certificate", "Counts", "Prediction", "RadiusRule", "Sampler", "Segments", "Settings", "bounds",
     "certified_area", "certify", "certify_batch", "check_settings", "check_sigma", "clopper_pearson_lower",
-    "clopper_pearson_upper", "l_bound", "lattice", "make_clean_probabilities", "predict", "predict_batch",
+    "clopper_pearson_upper", "gaussian_rule", "l_bound", "lattice", "make_clean_probabilities", "make_settings", "predict",
+    "predict_batch",
     "sample_counts", "smallest_certifying_n", "stream_keys", "topk_radius",
 ]
 
@@ -59,50 +60,78 @@ class Settings:
     tolerance: float = sequential_stats.DEFAULT_TOLERANCE
 
     def check(self, num_classes: int) -> None:
+        """What only the model can tell: top-k within its classes (the rest is checked by `make_settings`)."""
         from jaxsmooth.errors import UserError
 
-        if self.candidate not in CANDIDATES:
-            raise UserError("candidate", f"unknown {self.candidate!r}; allowed: {', '.join(CANDIDATES)}")
         if self.topk < 0 or self.topk == 1 or self.topk >= num_classes:
             raise UserError("topk", f"must be 0 (off) or in [2, {num_classes - 1}], got {self.topk}")
-        self.check_sequential()
-        check_settings(self.n0, self.n, self.alpha, needs_selection=self.candidate == "selection")
 
-    def check_sequential(self) -> None:
-        """--radii and --tolerance only with --sequential; radii >= 0; tolerance in (0, 1); no top-k."""
-        from jaxsmooth.errors import UserError
-
-        if not self.sequential:
-            if self.radii is not None:
-                raise UserError("radii", "lists the radii of a sequential test; give --sequential too")
-            if self.tolerance != sequential_stats.DEFAULT_TOLERANCE:
-                raise UserError("tolerance", "stops a sequential test; give --sequential too")
-            return
-        sequential_stats.check_tolerance(self.tolerance)
-        if self.radii is not None:
-            sequential_stats.check_radii(self.radii)
-        if self.topk:
-            raise UserError("topk", "is not available with --sequential; certify the top k with a fixed n")
-
-    def sequential_header(self, sigma_min: float) -> tuple[dict, str | None]:
+    def sequential_header(self, rule: bounds.RadiusRule) -> tuple[dict, str | None]:
         """A sequential run's settings fields (its mode, radii or tolerance, looks and their levels), and the line
-        that says which listed radii are out of reach (None: all can be reached)."""
-        schedule = self.schedule(sigma_min)
-        note = sequential_stats.out_of_reach_note(self.radii or (), schedule, sigma_min, self.alpha)
+        that says which listed radii are out of reach (None: all can be reached); `rule`: the noise kind's
+        radius rule at sigma (`bounds.gaussian_rule` for Cohen et al.'s)."""
+        schedule = self.schedule(rule)
+        note = sequential_stats.out_of_reach_note(self.radii or (), schedule, rule, self.alpha)
         return {"sequential": "grid" if self.radii is not None else "max-radius",
                 "radii": None if self.radii is None else list(self.radii),
                 "tolerance": self.tolerance if self.radii is None else None,
                 "looks": list(schedule.looks), "look_alphas": list(schedule.alphas),
                 "futility": schedule.futility}, note
 
-    def schedule(self, sigma_min: float) -> sequential_stats.Schedule:
+    def schedule(self, rule: bounds.RadiusRule) -> sequential_stats.Schedule:
         """The sequential test's looks and levels (`sequential.make_schedule`) at the budget n and alpha.
 
-        Grid mode targets the all-votes look of its largest radius at
-        min(sigma); max-radius mode has geometric looks only.
+        Grid mode targets the all-votes look of its largest radius under the
+        radius `rule`; max-radius mode has geometric looks only.
         """
-        levels = sequential_stats.thresholds(self.radii or (), sigma_min)
+        levels = sequential_stats.thresholds(self.radii or (), rule)
         return sequential_stats.make_schedule(self.n, self.alpha, thresholds=levels)
+
+
+MODES = ("certify", "predict")
+
+
+def make_settings(mode: str = "certify", *, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+                  candidate: str = "selection", topk: int = 0, sequential: bool = False, radii=None,
+                  tolerance: float | None = None) -> Settings:
+    """The `Settings` of a certify or predict run, every rule between the fields checked here once.
+
+    The CLI and the Python API both build their settings here; a `UserError`
+    names the field (mode, n0, n, alpha, candidate, topk, sequential, radii,
+    tolerance). radii: a sequence of radii, or their text ``"R1,R2,..."``.
+    PREDICT uses n and alpha only: a candidate, top-k or sequential setting is refused there.
+    """
+    from jaxsmooth.errors import UserError
+
+    if mode not in MODES:
+        raise UserError("mode", f"unknown {mode!r}; allowed: {', '.join(MODES)}")
+    if mode == "predict":
+        for name, value in (("sequential", sequential), ("radii", radii), ("tolerance", tolerance), ("topk", topk)):
+            if value:
+                raise UserError(name, "is for mode certify, not predict")
+        if not 0 < alpha < 1:
+            raise UserError("alpha", f"must be in (0, 1), got {alpha}")
+        if n <= 0:
+            raise UserError("n", f"must be > 0, got {n}")
+        return Settings(n0=0, n=n, alpha=alpha, candidate="selection", topk=0)
+    if candidate not in CANDIDATES:
+        raise UserError("candidate", f"unknown {candidate!r}; allowed: {', '.join(CANDIDATES)}")
+    check_settings(n0, n, alpha, needs_selection=candidate == "selection")
+    fields = dict(n0=n0, n=n, alpha=alpha, candidate=candidate, topk=topk)
+    if not sequential:
+        for name, value in (("radii", radii), ("tolerance", tolerance)):
+            if value is not None:
+                raise UserError(name, "is for a sequential test; turn sequential on too (--sequential)")
+        return Settings(**fields)
+    if topk:
+        raise UserError("topk", "is not available with a sequential test; certify the top k with a fixed n")
+    if radii is not None and tolerance is not None:
+        raise UserError("tolerance", "stops the max-radius mode; with radii every listed radius is decided")
+    if isinstance(radii, str):
+        radii = sequential_stats.parse_radii(radii)
+    extra = {} if tolerance is None else {"tolerance": sequential_stats.check_tolerance(tolerance)}
+    return Settings(**fields, sequential=True, radii=None if radii is None else sequential_stats.check_radii(radii),
+                    **extra)
 
 
 def stream_keys(key: jax.Array) -> dict[str, jax.Array]:
@@ -142,10 +171,10 @@ def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, set
     else:
         candidates = np.argmax(sampler(x, index, sigma, settings.n0, keys["selection"]).counts, -1)
     estimated = sampler(x, index, sigma, settings.n, keys["estimation"])
-    tv = sampler.total_variation(sigma)
+    tv, rule = sampler.total_variation(sigma), sampler.radius_rule(sigma)
     rows = []
     for b in range(x.shape[0]):
-        cert = certify(int(candidates[b]), estimated.counts[b], settings.alpha, sigma_arr, tv=tv)
+        cert = certify(int(candidates[b]), estimated.counts[b], settings.alpha, sigma_arr, tv=tv, rule=rule)
         row = {"predict": cert.label, "radius": cert.radius, "pA_lower": cert.pa_lower,
                "count_A": cert.count_a, "count_B": cert.count_b}
         if estimated.mean_softmax is not None:

@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from jaxsmooth.certification import sequential
-from jaxsmooth.certification.bounds import ABSTAIN, certified_area, l_bound
+from jaxsmooth.certification.bounds import ABSTAIN, certified_area, gaussian_rule, l_bound
 from jaxsmooth.certification.engine import Sampler
 
 CUTS = 4  # looks one slot may pass in one call (a static shape: one executable)
@@ -95,9 +95,10 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
     """
     usage = Usage() if usage is None else usage
     sigma_arr = np.asarray(sigma, np.float64)
-    schedule = settings.schedule(float(np.min(sigma_arr)))
+    rule = sampler.radius_rule(sigma)
+    schedule = settings.schedule(rule)
     tv = sampler.total_variation(sigma)
-    decided, certified_radius = stopping_rule(settings, schedule, sigma_arr, tv)
+    decided, certified_radius = stopping_rule(settings, schedule, rule, tv)
     pending, ready, active = deque(int(i) for i in indices), deque(), []
     while pending or ready or active:
         while len(active) < sampler.inputs and (ready or pending):
@@ -110,23 +111,24 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
             yield _row(item, certified_radius(item.state.lower), sigma_arr, tv)
 
 
-def stopping_rule(settings, schedule: sequential.Schedule, sigma, tv: float = 0.0) -> tuple[Callable, Callable]:
+def stopping_rule(settings, schedule: sequential.Schedule, rule, tv: float = 0.0) -> tuple[Callable, Callable]:
     """(decided(state) -> bool, radius(L) -> the reported radius, -inf to abstain) of the settings' mode.
 
-    tv: the noise draw's total variation from the ideal (`Sampler.total_variation`, lattice noise): the
-    certificate's bound is L - tv, as for fixed n (`bounds.certify`).
+    rule: the noise kind's radius rule (`bounds.RadiusRule`); tv: the noise draw's total variation from the
+    ideal (`Sampler.total_variation`, lattice noise): the certificate's bound is L - tv, as for fixed n
+    (`bounds.certify`).
     """
-    sigma_min = float(np.min(sigma))
     if settings.radii is None:
-        return (lambda state: sequential.max_radius_decided(state, schedule, sigma_min, settings.tolerance),
-                lambda lower: sequential.radius(lower - tv, sigma_min))
+        return (lambda state: sequential.max_radius_decided(state, schedule, rule, settings.tolerance),
+                lambda lower: sequential.radius(lower - tv, rule))
     radii = (0.0, *settings.radii)
-    levels = tuple(t + tv for t in sequential.thresholds(radii, sigma_min))
+    levels = tuple(t + tv for t in sequential.thresholds(radii, rule))
     return (lambda state: sequential.grid_decided(state, schedule, levels),
             lambda lower: sequential.grid_radius(lower, radii, levels))
 
 
-def replay(counts: np.ndarray, positions, candidate: int, selection: int, settings, sigma, tv: float = 0.0) -> dict:
+def replay(counts: np.ndarray, positions, candidate: int, selection: int, settings, sigma, tv: float = 0.0,
+           rule=None) -> dict:
     """The row `run` gives an input, from its estimation counts recorded at fixed stream positions.
 
     The counts of a stream's first N samples do not depend on how they were
@@ -135,10 +137,12 @@ def replay(counts: np.ndarray, positions, candidate: int, selection: int, settin
     counts: [len(positions), K] counts of samples [0, position)) can replay
     any sequential run of those settings: the same looks, states, stop and
     row as `run`, without drawing again. time and lbound_mc are not replayed.
+    rule: the noise kind's radius rule (default: Cohen et al.'s at sigma).
     """
     sigma_arr = np.asarray(sigma, np.float64)
-    schedule = settings.schedule(float(np.min(sigma_arr)))
-    decided, certified_radius = stopping_rule(settings, schedule, sigma_arr, tv)
+    rule = gaussian_rule(sigma_arr) if rule is None else rule
+    schedule = settings.schedule(rule)
+    decided, certified_radius = stopping_rule(settings, schedule, rule, tv)
     where = {int(p): j for j, p in enumerate(positions)}
     item = _Input(-1, np.zeros(0), None, int(candidate), selection, np.zeros(counts.shape[1], np.int64), None, None)
     for look in schedule.looks:

@@ -12,8 +12,9 @@ test set.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 from scipy import optimize, stats
@@ -102,6 +103,34 @@ def predict(counts: np.ndarray, alpha: float) -> Prediction:
     return Prediction(int(order[0]) if pvalue <= alpha else ABSTAIN, a, b, pvalue)
 
 
+class RadiusRule(NamedTuple):
+    """How a lower bound on p_A becomes a certified radius at one noise level, and back (a noise kind's rule).
+
+    radius: p_A lower bound in [1/2, 1] -> the certified radius (>= 0).
+    threshold: radius r >= 0 -> the smallest p_A lower bound that certifies it (its inverse).
+    sigma: the noise level it is for (the smallest, for a per-pixel sigma), for messages.
+    norm: the norm of the radius.
+    """
+
+    radius: Callable[[float], float]
+    threshold: Callable[[float], float]
+    sigma: float
+    norm: str = "ell_2"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def probit(p: float) -> float:
+    """Phi^-1(p), cached: sequential runs ask for the same few values again and again."""
+    return float(stats.norm.ppf(p))
+
+
+def gaussian_rule(sigma) -> RadiusRule:
+    """Cohen et al. 2019, Thm 1: R = sigma Phi^-1(p_A lower), and p = Phi(R / sigma); with a per-pixel sigma, the
+    inscribed ell_2 radius min(sigma) Phi^-1(p_A lower) of non_uniform Thm 3.1's ellipsoid."""
+    s = float(np.min(sigma))
+    return RadiusRule(lambda p: s * probit(float(p)), lambda r: float(stats.norm.cdf(r / s)), s)
+
+
 class Certificate(NamedTuple):
     label: int  # the candidate class, or ABSTAIN
     radius: float  # certified ell_2 radius (the inscribed one for a per-pixel sigma); 0 on abstain
@@ -110,7 +139,8 @@ class Certificate(NamedTuple):
     count_b: int  # largest estimation count of another class
 
 
-def certify(candidate: int, counts: np.ndarray, alpha: float, sigma, *, tv: float = 0.0) -> Certificate:
+def certify(candidate: int, counts: np.ndarray, alpha: float, sigma, *, tv: float = 0.0,
+            rule: RadiusRule | None = None) -> Certificate:
     """CERTIFY's second half: bound P[f(x + eta) = candidate] from n fresh samples and turn it into a radius.
 
     Args:
@@ -123,6 +153,7 @@ def certify(candidate: int, counts: np.ndarray, alpha: float, sigma, *, tv: floa
       tv: a bound on the total variation between the noise the counts were
         drawn with and the smoothing distribution certified (lattice noise:
         `lattice.total_variation`); p_A's lower bound is lowered by it.
+      rule: the noise kind's radius rule (default: Cohen et al.'s at sigma, `gaussian_rule`).
     """
     counts = np.asarray(counts, np.int64)
     n = int(counts.sum())
@@ -132,8 +163,8 @@ def certify(candidate: int, counts: np.ndarray, alpha: float, sigma, *, tv: floa
     pa = float(clopper_pearson_lower(count_a, n, alpha)) - tv
     if pa < 0.5:
         return Certificate(ABSTAIN, 0.0, max(pa, 0.0), count_a, count_b)
-    scale = float(np.min(sigma))
-    return Certificate(int(candidate), scale * float(stats.norm.ppf(pa)), pa, count_a, count_b)
+    rule = gaussian_rule(sigma) if rule is None else rule
+    return Certificate(int(candidate), rule.radius(pa), pa, count_a, count_b)
 
 
 # --------------------------------------------------------------------------

@@ -47,6 +47,7 @@ gamma and the step size are traced, so new gammas do not recompile.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from typing import Any, Callable, Iterator
@@ -62,7 +63,7 @@ from jaxsmooth.objectives import nal
 
 __all__ = ["ASCENT_STREAM", "COLUMNS", "FRESH_STREAM", "certificate", "check", "default_lr", "epsilon_from_rho",
            "ascend", "estimate_batch", "estimate_points",
-           "make_estimator", "run"]
+           "make_estimator", "open_distributional", "DistributionalRequest", "run"]
 
 ASCENT_STREAM = 0xA5C  # the ascent's draws z_j
 FRESH_STREAM = 0xF7E5  # the fresh draws z'_j of phi, cost and loss
@@ -222,3 +223,70 @@ def run(estimator: Callable, params, model_state, split, indices: np.ndarray, ga
                 yield {"idx": int(i), "label": int(label), "kind": kind, "gamma": gamma,
                        **{name: float(out[name][b]) for name in ("phi", "cost", "loss", "last_step")},
                        "time": str(datetime.timedelta(seconds=seconds)), "seconds": seconds}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributionalRequest:
+    """What ``certify --mode distributional`` estimates (module docstring) and where it writes it.
+
+    gammas: the certificate's penalties; gamma_adv: the empirical worst case's; examples: examples per
+    jitted call; split, skip, max: the examples; names: the data set's name for the settings.
+    """
+
+    out: str
+    gammas: tuple
+    gamma_adv: tuple
+    sigma: float
+    seed: int
+    num_draws: int = 32
+    ascent_steps: int = 20
+    ascent_lr: float = 0.0
+    examples: int = 1
+    split: str = "test"
+    skip: int = 1
+    max: int = -1
+    names: dict = dataclasses.field(default_factory=dict)
+
+
+IDENTITY = ("mode", "gammas", "gamma_adv", "sigma", "num_draws", "ascent_steps", "ascent_lr", "seed", "dtype",
+            "checkpoint_step", "model", "dataset", "split", "skip", "max")
+NOTES = ("phi, cost, loss: means over --num-draws fresh noise draws at the ascent's x_K (independent of the "
+         "ascent's draws); certificate(rho) = min over the certificate gammas of gamma rho + mean phi",)
+
+
+def open_distributional(model, dataset, request: DistributionalRequest):
+    """Opens `request.out` for the distributional certificate of `model` on `dataset`, resuming it if it exists.
+
+    Returns a `jaxsmooth.certification.dataset.Job` whose rows come one per example per gamma, in order.
+    """
+    from jaxsmooth import jobs, parallel
+    from jaxsmooth.certification import dataset as dataset_job, records
+
+    check(request.gammas, num_draws=request.num_draws, steps=request.ascent_steps, lr=request.ascent_lr,
+          sigma=request.sigma)
+    if request.examples < 1:
+        raise UserError("examples", f"must be >= 1 (0: from --batch), got {request.examples}")
+    split = dataset_job.split_of(dataset, request.split)
+    indices = records.example_indices(len(split), request.skip, request.max)
+    seed = request.seed
+    header = {"mode": "distributional", "gammas": list(request.gammas), "gamma_adv": list(request.gamma_adv),
+              "sigma": request.sigma, "num_draws": request.num_draws, "ascent_steps": request.ascent_steps,
+              "ascent_lr": request.ascent_lr, "cost": "||x + z - x0||_2^2", "loss": "cross-entropy", "seed": seed,
+              "key": f"fold_in(key({seed}), certify stream); ascent and fresh draws from two sub-streams",
+              "dtype": model.dtype, "model": model.info.get("model"), **request.names, "split": request.split,
+              "skip": request.skip, "max": request.max, "examples": request.examples, **model.settings(),
+              "devices": jax.device_count()}
+    writes = parallel.is_main_process()
+    jobs.lock_output(request.out, take=writes)
+    writer = records.TsvWriter(request.out, header, COLUMNS, enabled=writes, identity_fields=IDENTITY, notes=NOTES,
+                               rows_per_example=len(request.gammas) + len(request.gamma_adv))
+    done = set(writer.done)
+    todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
+    estimator = make_estimator(model.apply, sigma=request.sigma, num_draws=request.num_draws,
+                               steps=request.ascent_steps)
+    key = noise.certify_key(noise.root_key(seed))
+    rows = run(estimator, model.params, model.model_state, split, todo, request.gammas, request.gamma_adv, key,
+               batch=request.examples, lr=request.ascent_lr)
+    shard = dataset_job.Shard(request.out, 0, 1, None, writes)
+    return dataset_job.Job(rows=rows, writer=writer, total=len(indices), done=len(indices) - len(todo), shard=shard,
+                           usage=None, rows_per_example=len(request.gammas) + len(request.gamma_adv))

@@ -40,7 +40,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxsmooth import compilation, parallel
-from jaxsmooth.certification import lattice
+from jaxsmooth.certification import bounds, noises
 from jaxsmooth.errors import UserError
 
 
@@ -67,9 +67,6 @@ def check_sigma(sigma, input_shape) -> np.ndarray:
     return s
 
 
-NOISES = ("gaussian", "lattice")
-
-
 def _sample_keys(key: jax.Array, index: jax.Array, first: jax.Array, chunk: int) -> jax.Array:
     """[B, chunk] keys fold_in(fold_in(key, index[b]), first[b] + s) of samples first[b] .. first[b] + chunk - 1
     (first: [B], or a scalar for all)."""
@@ -78,19 +75,11 @@ def _sample_keys(key: jax.Array, index: jax.Array, first: jax.Array, chunk: int)
     return jax.vmap(lambda k, js: jax.vmap(lambda j: jax.random.fold_in(k, j))(js))(per_example, samples)
 
 
-def _noise(noise: str, x: jax.Array, scale: Any, key: jax.Array, index: jax.Array, first: jax.Array,
-           chunk: int, shape) -> jax.Array:
-    """[B, chunk, *shape] noisy inputs of samples first[b] .. first[b] + chunk - 1 of each example x [B, *shape].
-
-    gaussian: x + sigma z, z ~ N(0, I), `scale` = sigma (scalar or per-pixel);
-    lattice: x + m / 255 as an exact integer sum, m the discretised normal
-    (`lattice.draw`), `scale` = `lattice.table(sigma).arrays`.
-    """
-    keys = _sample_keys(key, index, first, chunk)
-    if noise == "lattice":
-        return lattice.perturb(x, lattice.draw(keys, shape, scale))
-    z = jax.vmap(jax.vmap(lambda k: jax.random.normal(k, shape, x.dtype)))(keys)
-    return x[:, None] + scale * z
+def noisy_inputs(kind: noises.NoiseKind, x: jax.Array, scale: Any, key: jax.Array, index: jax.Array,
+                 first: jax.Array, chunk: int) -> jax.Array:
+    """[B, chunk, *S] noisy inputs of samples first[b] .. first[b] + chunk - 1 of each example x [B, *S]: the noise
+    kind's draw from the samples' keys (`_sample_keys`); scale: what the draw reads (`NoiseKind.scale`)."""
+    return kind.perturb(x, _sample_keys(key, index, first, chunk), scale)
 
 
 class Sampler:
@@ -106,9 +95,10 @@ class Sampler:
         runs forward batches of ``inputs * chunk``.
       mesh: devices to spread the chunks over (default: all).
       with_softmax: also return the mean softmax vector of the samples.
-      noise: "gaussian" (x + sigma z in floating point, Cohen et al.) or
-        "lattice" (the discretised normal on the 1/255 grid, exact; 8-bit
-        inputs and a scalar sigma only: `jaxsmooth.certification.lattice`).
+      noise: the name of a registered noise kind (`jaxsmooth.certification.noises`):
+        "gaussian" (x + sigma z in floating point, Cohen et al.), "lattice"
+        (the discretised normal on the 1/255 grid, exact; 8-bit inputs and a
+        scalar sigma only), or one registered by the caller.
       compiler_options: XLA:CPU options: "auto" (time each of jaxsmooth's option
         sets, `compilation.CPU_COMPILER_OPTIONS` and `compilation.CPU_ELEMENTWISE_OPTIONS`,
         on one loop step of the first call and keep the fastest), a dict of
@@ -119,18 +109,17 @@ class Sampler:
     def __init__(self, apply: Callable, params: Any, model_state: Any, *, input_shape, num_classes: int,
                  inputs: int = 1, chunk: int = 1000, mesh: jax.sharding.Mesh | None = None,
                  with_softmax: bool = False, compiler_options: str | dict | None = None, noise: str = "gaussian"):
-        if noise not in NOISES:
-            raise UserError("noise", f"unknown {noise!r}; allowed: {', '.join(NOISES)}")
+        self.kind = noises.get(noise)
         if inputs <= 0:
             raise UserError("inputs", f"must be > 0, got {inputs}")
         if chunk <= 0:
-            raise UserError("batch", f"must be > 0, got {chunk}")
+            raise UserError("chunk", f"must be > 0, got {chunk}")
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.input_shape = tuple(input_shape)
         self.num_classes = int(num_classes)
         self.inputs, self.chunk, self.with_softmax = int(inputs), int(chunk), bool(with_softmax)
         self.noise = noise
-        self._scale_shapes = None  # lattice: the table shapes compiled for (they grow with sigma)
+        self._scale_shapes = None  # the shapes of what the draw reads, compiled for (lattice tables grow with sigma)
         self._variables = parallel.replicate(self.mesh, (params, model_state))
         if not (compiler_options is None or compiler_options == "auto" or isinstance(compiler_options, dict)):
             raise ValueError(f"compiler_options must be None, 'auto' or a dict, got {compiler_options!r}")
@@ -152,7 +141,7 @@ class Sampler:
     def _build(self, apply: Callable) -> Callable:
         devices = self.mesh.size
         chunk, num_classes, shape, with_softmax = self.chunk, self.num_classes, self.input_shape, self.with_softmax
-        noise = self.noise
+        kind = self.kind
 
         def per_device(variables, x, index, start, m, cuts, sigma, key):
             params, model_state = variables
@@ -163,7 +152,7 @@ class Sampler:
             def body(step, carry):
                 counts, probs = carry
                 offset = (step * devices + d) * chunk  # of these samples within [start_b, start_b + m_b)
-                noisy = _noise(noise, x, sigma, key, index, start + offset, chunk, shape).reshape((b * chunk, *shape))
+                noisy = noisy_inputs(kind, x, sigma, key, index, start + offset, chunk).reshape((b * chunk, *shape))
                 logits, _ = apply(params, model_state, noisy, train=False)
                 logits = logits.reshape((b, chunk, num_classes))
                 position = offset + jnp.arange(chunk)
@@ -199,25 +188,24 @@ class Sampler:
         return compiled
 
     def _scale(self, x: np.ndarray, sigma) -> Any:
-        """What the noise draw reads: sigma (gaussian), or the lattice tables of sigma after checking x is 8-bit."""
-        if self.noise == "gaussian":
-            return check_sigma(sigma, self.input_shape)
-        if check_sigma(sigma, self.input_shape).ndim:
-            raise UserError("sigma", "lattice noise takes a scalar sigma, not a per-pixel one")
-        lattice.check_inputs(x)
-        arrays = lattice.table(float(sigma)).arrays
-        shapes = jax.tree.map(np.shape, arrays)
-        if shapes != self._scale_shapes:  # a sigma with larger tables: compile again
+        """What the noise draw reads (`NoiseKind.scale`), after checking sigma and the inputs; compiles again when
+        its shapes change."""
+        self.kind.check_inputs(x)
+        scale = self.kind.scale(check_sigma(sigma, self.input_shape), self.input_shape)
+        shapes = jax.tree.map(np.shape, scale)
+        if shapes != self._scale_shapes:
             self._compiled, self._scale_shapes = {}, shapes
-        return arrays
+        return scale
 
     def total_variation(self, sigma) -> float:
-        """tau: how far (in total variation) one example's drawn noise may be from the ideal; 0 for gaussian.
+        """tau: how far (in total variation) one example's drawn noise may be from the smoothing distribution
+        certified (`NoiseKind.total_variation`; 0 for gaussian). The certificates subtract it from p_A's lower
+        bound (`bounds.certify`)."""
+        return self.kind.total_variation(sigma, self.input_shape)
 
-        Lattice noise: `lattice.total_variation`. The certificates subtract it
-        from p_A's lower bound (`bounds.certify`).
-        """
-        return lattice.total_variation(float(sigma), self.input_shape) if self.noise == "lattice" else 0.0
+    def radius_rule(self, sigma) -> bounds.RadiusRule:
+        """The noise kind's radius rule at sigma (`NoiseKind.rule`)."""
+        return self.kind.rule(sigma)
 
     def _device_args(self, x, index, start, m, cuts, sigma, key: jax.Array) -> tuple:
         """The executable's arguments, every slot padded to `inputs` (a padded slot counts no sample: m = 0)."""

@@ -54,9 +54,8 @@ import math
 from typing import NamedTuple, Sequence
 
 import numpy as np
-from scipy import stats
 
-from jaxsmooth.certification.bounds import clopper_pearson_lower, clopper_pearson_upper
+from jaxsmooth.certification.bounds import RadiusRule, clopper_pearson_lower, clopper_pearson_upper
 from jaxsmooth.errors import UserError
 
 FIRST_LOOK = 100  # estimation samples at the first look
@@ -172,19 +171,16 @@ def observe(state: State, count: int, schedule: Schedule) -> State:
     return State(k, max(state.lower, lower), min(state.upper, upper))
 
 
-def radius(p_lower: float, sigma_min: float) -> float:
-    """sigma_min Phi^-1(p_lower), -inf below 1/2 (not even a prediction)."""
-    return sigma_min * _probit(float(p_lower)) if p_lower >= 0.5 else -math.inf
+def radius(p_lower: float, rule: RadiusRule) -> float:
+    """The noise kind's radius of p_lower (`bounds.RadiusRule`; Cohen et al.'s sigma_min Phi^-1(p_lower)), -inf
+    below 1/2 (not even a prediction)."""
+    return rule.radius(float(p_lower)) if p_lower >= 0.5 else -math.inf
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _probit(p: float) -> float:
-    return float(stats.norm.ppf(p))
-
-
-def thresholds(radii: Sequence[float], sigma_min: float) -> tuple[float, ...]:
-    """Phi(r / sigma_min) for each radius r: the p_A lower bound that certifies it (1/2 for r = 0, a prediction)."""
-    return tuple(float(stats.norm.cdf(r / sigma_min)) for r in radii)
+def thresholds(radii: Sequence[float], rule: RadiusRule) -> tuple[float, ...]:
+    """The p_A lower bound that certifies each radius r (Phi(r / sigma_min) for Cohen et al.'s rule; 1/2 for r = 0,
+    a prediction)."""
+    return tuple(rule.threshold(r) for r in radii)
 
 
 def grid_decided(state: State, schedule: Schedule, levels: Sequence[float]) -> bool:
@@ -200,7 +196,7 @@ def grid_decided(state: State, schedule: Schedule, levels: Sequence[float]) -> b
     return all(state.lower >= t or best < t for t in levels)
 
 
-def max_radius_decided(state: State, schedule: Schedule, sigma_min: float, tolerance: float) -> bool:
+def max_radius_decided(state: State, schedule: Schedule, rule: RadiusRule, tolerance: float) -> bool:
     """Max-radius mode: stop when the radius still to gain within the budget is under `tolerance` of the reachable one.
 
     reachable = radius(best lower bound of a later look at the running upper
@@ -210,8 +206,8 @@ def max_radius_decided(state: State, schedule: Schedule, sigma_min: float, toler
     """
     if state.look >= len(schedule.looks) - 1:
         return True
-    now = max(radius(state.lower, sigma_min), 0.0)
-    best = radius(schedule.best_lower(state.upper, state.look), sigma_min)
+    now = max(radius(state.lower, rule), 0.0)
+    best = radius(schedule.best_lower(state.upper, state.look), rule)
     return best <= 0.0 or best - now <= tolerance * best
 
 
@@ -222,20 +218,20 @@ def grid_radius(lower: float, radii: Sequence[float], levels: Sequence[float]) -
     return max(certified) if certified else -math.inf
 
 
-def unreachable(radii: Sequence[float], schedule: Schedule, sigma_min: float) -> list[float]:
+def unreachable(radii: Sequence[float], schedule: Schedule, rule: RadiusRule) -> list[float]:
     """The radii no input can be certified at within the budget (not even if every sample votes for it)."""
     best = schedule.best_lower(1.0)
-    return [r for r, t in zip(radii, thresholds(radii, sigma_min)) if best < t]
+    return [r for r, t in zip(radii, thresholds(radii, rule)) if best < t]
 
 
-def out_of_reach_note(radii: Sequence[float], schedule: Schedule, sigma_min: float, alpha: float) -> str | None:
+def out_of_reach_note(radii: Sequence[float], schedule: Schedule, rule: RadiusRule, alpha: float) -> str | None:
     """The one line that says which listed radii the budget cannot reach (`unreachable`); None when all can."""
-    far = unreachable(radii, schedule, sigma_min)
+    far = unreachable(radii, schedule, rule)
     if not far:
         return None
-    best = radius(schedule.best_lower(1.0), sigma_min)
+    best = radius(schedule.best_lower(1.0), rule)
     listed = ",".join(f"{r:g}" for r in far)
-    return (f"radi{'i' if len(far) > 1 else 'us'} {listed} out of reach at sigma {sigma_min:g}, alpha {alpha:g} and "
+    return (f"radi{'i' if len(far) > 1 else 'us'} {listed} out of reach at sigma {rule.sigma:g}, alpha {alpha:g} and "
             f"a budget of n={schedule.budget} (at most {best:.4f}): never certified")
 
 
@@ -259,32 +255,6 @@ def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
         if not (isinstance(r, (int, float, np.floating, np.integer)) and math.isfinite(r) and r >= 0):
             raise UserError("radii", f"{r} is not a radius; radii are finite numbers >= 0")
     return tuple(sorted({float(r) for r in radii}))
-
-
-def flag_fields(sequential: bool, radii: str | None, tolerance: float | None, mode: str, topk: int) -> dict:
-    """The `certification.Settings` fields of certify's --sequential, --radii and --tolerance, checked.
-
-    A `UserError` naming the flag for: --radii or --tolerance without
-    --sequential, --sequential outside --mode certify, a bad radius, a
-    tolerance outside (0, 1) or with --radii, --topk with --sequential.
-    """
-    if not sequential:
-        for flag, value in (("radii", radii), ("tolerance", tolerance)):
-            if value is not None:
-                raise UserError(flag, f"is for a sequential test; add --sequential (or drop --{flag})")
-        return {"sequential": False}
-    if mode != "certify":
-        raise UserError("sequential", f"is for --mode certify, not --mode {mode}")
-    if topk:
-        raise UserError("topk", "is not available with --sequential; certify the top k with a fixed n")
-    fields = {"sequential": True}
-    if radii is not None:
-        fields["radii"] = parse_radii(radii)
-    if tolerance is not None:
-        if radii is not None:
-            raise UserError("tolerance", "stops the max-radius mode; with --radii every listed radius is decided")
-        fields["tolerance"] = check_tolerance(tolerance)
-    return fields
 
 
 def check_tolerance(tolerance: float) -> float:

@@ -139,18 +139,32 @@ def fold_batch_norm(model: Model) -> Model:
     """An inference-only copy of `model` with every BatchNorm folded into the convolution before it.
 
     The same function in eval mode (up to float rounding) with one
-    elementwise pass less per BatchNorm: what certification and attacks run,
-    thousands of forward passes on fixed parameters. Calling it with
-    ``train=True`` raises. A model without BatchNorm comes back unchanged.
+    elementwise pass less per BatchNorm: what certification runs, thousands
+    of forward passes on fixed parameters. Calling it with ``train=True``
+    raises.
+
+    The model interface for folding: each module that applies a BatchNorm to
+    a convolution's output says so with ``batch_norm_pairs() -> [(conv,
+    bn), ...]`` (`layers.Conv`, `layers.BatchNorm`). A model whose
+    BatchNorm layers are not all named by such pairs is refused (a
+    `ModelError`), never silently left unfolded. A model without BatchNorm,
+    or an apply that is not a split nnx module (a plain function), comes back
+    unchanged: there is nothing to fold.
     """
+    if not isinstance(model.apply, Apply):
+        return model
     module = nnx.merge(model.apply.graphdef, model.params, model.model_state)
+    norms = [m for _, m in nnx.iter_modules(module) if isinstance(m, nnx.BatchNorm)]
     pairs = [pair for _, m in nnx.iter_modules(module) if hasattr(m, "batch_norm_pairs")
              for pair in m.batch_norm_pairs()]
-    if not pairs:
-        return model
+    unpaired = [type(m).__name__ for m in norms if not any(bn is m for _, bn in pairs)]
+    if unpaired:
+        raise ModelError("model", f"{type(module).__name__} has {len(unpaired)} BatchNorm layer(s) that no "
+                                  "batch_norm_pairs() names; each module applying a BatchNorm to a convolution's "
+                                  "output must list (conv, bn) in batch_norm_pairs() to be folded")
     for conv, bn in pairs:
         layers.fold_into_conv(conv, bn)
-    return split(module)
+    return split(module) if pairs else model
 
 
 def num_params(params) -> int:

@@ -75,6 +75,14 @@ def constant_sigma(config: Config, params, model_state, teacher):
     return params, model_state, config.objective.sigma
 
 
+def recorded_sigma(info: Mapping[str, Any], params, model_state, teacher):
+    """The default `Objective.certified`: the saved model itself, with the sigma its model.json records."""
+    del teacher
+    if "sigma" not in info:
+        raise UserError("model.json", "lacks the entry 'sigma' (the noise level the model certifies with)")
+    return params, model_state, float(info["sigma"])
+
+
 def _no_check(config: Config) -> None:
     del config
 
@@ -100,6 +108,12 @@ class Objective:
       smoothed: ``(config, params, model_state, teacher) -> (params,
         model_state, sigma)``: the smoothed classifier a train state stands for
         (sigma a scalar or [H, W, C]). Default: the model with ``objective.sigma``.
+      certified: ``(info, params, model_state, teacher) -> (params,
+        model_state, sigma)``: the same on a saved checkpoint, on the host:
+        what the loader (`jaxsmooth.loader.load_model`) returns for a workdir
+        of this objective (info: its model.json; the checkpoint's host arrays;
+        teacher None without one). Default: the saved model with the sigma
+        model.json records.
       evaluation: extra test-split figures, or None.
       num_epochs: ``(config) -> epochs`` of a run when it is not ``train.num_epochs``.
       renamed: config fields of earlier versions -> this objective's field
@@ -114,6 +128,7 @@ class Objective:
     teacher: Teacher | None = None
     initial_variables: Callable = model_variables
     smoothed: Callable = constant_sigma
+    certified: Callable = recorded_sigma
     evaluation: Evaluation | None = None
     num_epochs: Callable[[Config], int] | None = None
     renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)

@@ -39,9 +39,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.scipy.special import ndtri
 
 from jaxsmooth import noise
+from jaxsmooth.errors import UserError
 from jaxsmooth.objectives.base import Evaluation, Objective, Teacher, check_positive, require_teacher
 
 P_MARGIN = 1e-3  # examples with p_hat <= 1/2 + P_MARGIN are left out of the mean
@@ -58,6 +60,30 @@ def smoothed(config, params, model_state, teacher):
     """The frozen classifier (the teacher) smoothed with the learned per-pixel sigma = exp(log_sigma)."""
     del config, model_state
     return (*teacher, jnp.exp(params["log_sigma"]))
+
+
+def certified(info, params, model_state, teacher):
+    """`smoothed` on a saved checkpoint's host arrays: the frozen classifier saved with the run (its teacher) and
+    sigma = exp(log_sigma), computed in float64 and rounded to float32 (non_uniform Alg. 1's output).
+
+    Raises `UserError` (on ``checkpoint``) when the checkpoint holds no teacher or no ``log_sigma`` of the input's
+    shape, or when sigma is not finite and > 0 everywhere.
+    """
+    del model_state
+    if teacher is None:
+        raise UserError("checkpoint", "holds no frozen classifier (teacher) beside its learned sigma")
+    if not isinstance(params, dict) or "log_sigma" not in params:
+        raise UserError("checkpoint", "holds no params/log_sigma")
+    log_sigma = np.asarray(params["log_sigma"], np.float64)
+    shape = tuple(info.get("input_shape", ()))
+    if log_sigma.shape != shape:
+        raise UserError("checkpoint", f"its log_sigma has shape {log_sigma.shape}, not its input's {shape}")
+    with np.errstate(over="ignore"):
+        sigma = np.exp(log_sigma).astype(np.float32)
+    if not np.all(np.isfinite(sigma) & (sigma > 0)):
+        raise UserError("checkpoint", f"its sigma = exp(log_sigma) is not finite and > 0 everywhere "
+                                      f"(min {np.min(sigma)}, max {np.max(sigma)})")
+    return teacher[0], teacher[1], sigma
 
 
 def certified_area_objective(log_sigma: jax.Array, logits: jax.Array, labels: jax.Array):
@@ -191,6 +217,7 @@ OBJECTIVE = Objective(
     teacher=Teacher(),
     initial_variables=lambda config, params, model_state, input_shape: initial_variables(config, input_shape),
     smoothed=smoothed,
+    certified=certified,
     evaluation=AREA_EVALUATION,
     renamed={"objective.num_noise": "sigma.num_noise"},
 )
