@@ -240,6 +240,14 @@ def read_variables(workdir: str, like: tuple[Any, Any], field: str, step: int | 
         raise UserError(field, f"{workdir}'s checkpoint lacks model variable {e}") from None
 
 
+def check_new_workdir(workdir: str, field: str = "workdir") -> str:
+    """The absolute path of `workdir`, which must not exist or be an empty folder (else a `UserError` on `field`)."""
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+        raise UserError(field, f"{workdir} exists and is not an empty folder; give a new one")
+    return workdir
+
+
 def write_workdir(workdir: str, metadata: dict, params: Any, model_state: Any, config=None, field: str = "workdir",
                   step: int = 0) -> None:
     """A workdir of a model that no training run made (a converted checkpoint, a wrapper): model.json
@@ -250,9 +258,7 @@ def write_workdir(workdir: str, metadata: dict, params: Any, model_state: Any, c
     workdir or a whole one. The one loader (`jaxsmooth.loader.load_model`)
     reads it like a training run's.
     """
-    workdir = os.path.abspath(workdir)
-    if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-        raise UserError(field, f"{workdir} exists and is not an empty folder; give a new one")
+    workdir = check_new_workdir(workdir, field)
     parent = os.path.dirname(workdir)
     try:
         os.makedirs(parent, exist_ok=True)

@@ -28,9 +28,7 @@ import argparse
 import hashlib
 import os
 import re
-import shutil
 import sys
-import tempfile
 import types
 from typing import Any, NamedTuple
 
@@ -134,44 +132,6 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _empty_workdir(workdir: str) -> str:
-    workdir = os.path.abspath(workdir)
-    if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-        raise UserError("--workdir", f"{workdir} exists and is not an empty folder; give a new one")
-    parent = os.path.dirname(workdir)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise UserError("--workdir", f"cannot create {parent}: {e.strerror or e}") from None
-    return workdir
-
-
-def _write(workdir: str, config, metadata: dict, model) -> None:
-    """config.json, model.json and checkpoints/0 into a hidden sibling folder, then renamed to `workdir`.
-
-    A kill leaves either no `workdir` or a whole one.
-    """
-    from jaxsmooth import checkpoint, config as config_lib
-
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(workdir), prefix=f".{os.path.basename(workdir)}.convert-")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # as os.makedirs would have made it (mkdtemp's is private)
-    try:
-        saver = checkpoint.Checkpointer(tmp, keep=1)
-        saver.save(0, {"step": np.int32(0), "params": model.params, "model_state": model.model_state}, force=True)
-        saver.close()
-        with open(os.path.join(tmp, checkpoint.CONFIG_FILE), "w") as f:
-            f.write(config_lib.to_json(config) + "\n")
-        checkpoint.write_json(os.path.join(tmp, checkpoint.MODEL_FILE), metadata)
-        if os.path.isdir(workdir):
-            os.rmdir(workdir)  # empty, checked by `_empty_workdir`
-        os.rename(tmp, workdir)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def run_config(model: str, data: DataSet, sigma: float):
     """The config a jaxsmooth run training this model would have: gaussian objective at `sigma`."""
     from jaxsmooth import config as config_lib
@@ -206,12 +166,14 @@ def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | Non
     dataset = dataset or arch.dataset
     if dataset not in DATASETS:
         raise UserError("--dataset", f"unknown data set {dataset!r}; allowed: {', '.join(DATASETS)}")
-    workdir = _empty_workdir(workdir)
+    from jaxsmooth import checkpoint
+
+    checkpoint.check_new_workdir(workdir, "--workdir")  # before reading the PyTorch file
     state, meta = read_torch(torch_path)
     if isinstance(meta.get("arch"), str) and meta["arch"] != arch_name:
         raise UserError("--arch", f"{torch_path} holds a {meta['arch']!r} model, not {arch_name!r}")
     sigma = choose_sigma(named_sigmas(torch_path, meta), sigma, torch_path)
-    from jaxsmooth import checkpoint, models  # imports JAX: after the checks of the arguments
+    from jaxsmooth import models  # imports JAX: after the checks of the arguments
 
     data = DATASETS[dataset]
     model, prefix, normalization = torch_layout.map_state(
@@ -225,7 +187,7 @@ def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | Non
                           "prefix": prefix, "num_params": models.num_params(model.params)}
     if isinstance(meta.get("epoch"), int):
         metadata["source"]["epoch"] = meta["epoch"]
-    _write(workdir, config, metadata, model)
+    checkpoint.write_workdir(workdir, metadata, model.params, model.model_state, config, field="--workdir")
     return metadata
 
 
