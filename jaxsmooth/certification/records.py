@@ -31,7 +31,8 @@ from jaxsmooth.errors import UserError
 # Settings whose change makes an existing file's rows incomparable with new ones.
 IDENTITY_FIELDS = ("mode", "noise", "sigma", "sigma_file", "sigma_from", "sigma_from_step", "n0", "n", "alpha",
                    "candidate", "topk", "seed", "dtype", "checkpoint_step", "model", "dataset", "split", "skip", "max",
-                   "batch", "inputs", "sequential", "radii", "tolerance", "futility", "looks", "look_alphas")
+                   "batch", "inputs", "sequential", "radii", "tolerance", "futility", "looks", "look_alphas",
+                   "wrapper", "wrapper_step", "wrapper_kind")
 # What a file written before a field existed used (sequential files before futility was recorded: 0.01 in both modes).
 IDENTITY_DEFAULTS = {"noise": "gaussian", "futility": 0.01}
 
