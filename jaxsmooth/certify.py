@@ -149,15 +149,15 @@ def _sigma(args, model) -> tuple[object, dict]:
         sigma, extra = source.sigma, {"sigma_from": args.sigma_from, "sigma_from_step": source.step}
     else:
         sigma = model.sigma
-    field = "sigma-file" if args.sigma_file else "sigma-from" if args.sigma_from else "sigma"
+    flag = "sigma-file" if args.sigma_file else "sigma-from" if args.sigma_from else None
     try:
         sigma = certification.check_sigma(sigma, model.input_shape)
     except UserError as e:
-        raise UserError(field, e.message) from None
+        raise UserError(flag or e.field, e.message) from None
     if sigma.ndim == 0:
-        if field != "sigma":
-            raise UserError(field, f"must be a per-pixel array of the input's shape {tuple(model.input_shape)}, "
-                                   f"got a scalar sigma {float(sigma):g} (use --sigma)")
+        if flag:
+            raise UserError(flag, f"must be a per-pixel array of the input's shape {tuple(model.input_shape)}, "
+                                  f"got a scalar sigma {float(sigma):g} (use --sigma)")
         return float(sigma), {"sigma": float(sigma), "anisotropic": False, "sigma_file": ""}
     return sigma, {"sigma": float(sigma.min()), "sigma_max": float(sigma.max()), "sigma_mean": float(sigma.mean()),
                    "anisotropic": True, "sigma_file": args.sigma_file, **extra}
