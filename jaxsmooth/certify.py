@@ -119,7 +119,7 @@ def _distributional(args, config) -> int:
     """``--mode distributional``: rows of `jaxsmooth.certification.distributional.run` into a resumable TSV."""
     import jax
 
-    from jaxsmooth import jobs, models, noise, parallel, trainer
+    from jaxsmooth import jobs, models, noise, parallel, results, trainer
     from jaxsmooth.certification import distributional, records
 
     gammas = _gammas(args.gamma, "gamma", True)
@@ -143,14 +143,8 @@ def _distributional(args, config) -> int:
               "dtype": config.model.dtype, "model": config.model.name, "dataset": config.data.name,
               "split": args.split, "skip": args.skip, "max": args.max, "examples": examples,
               "checkpoint": args.checkpoint, "checkpoint_step": step, "devices": jax.device_count()}
-    identity = ("mode", "gammas", "gamma_adv", "sigma", "num_draws", "ascent_steps", "ascent_lr", "seed", "dtype",
-                "checkpoint_step", "model", "dataset", "split", "skip", "max")
-    notes = ("phi, cost, loss: means over --num-draws fresh noise draws at the ascent's x_K (independent of "
-                "the ascent's draws); certificate(rho) = min over the certificate gammas of gamma rho + mean phi",)
     jobs.lock_output(args.out, take=parallel.is_main_process())
-    writer = records.TsvWriter(args.out, header, distributional.COLUMNS, enabled=parallel.is_main_process(),
-                               identity_fields=identity, notes=notes,
-                               rows_per_example=len(gammas) + len(gamma_adv))
+    writer = results.Writer(args.out, results.DISTRIBUTIONAL, header, enabled=parallel.is_main_process())
     done = set(writer.done)
     todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
     model = models.fold_batch_norm(models.Model(run.model.apply, params, model_state))
@@ -276,7 +270,7 @@ def _main(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.mode == "distributional":
         return _distributional(args, config)
 
-    from jaxsmooth import certification, checkpoint, jobs, models, noise, trainer
+    from jaxsmooth import certification, checkpoint, jobs, models, noise, results, trainer
     from jaxsmooth.certification import batching, records
 
     settings = _settings(args, sequential_fields)
@@ -317,8 +311,7 @@ def _main(args: argparse.Namespace, overrides: list[str]) -> int:
               **(_sequential_header(settings, sigma) if settings.sequential else {})}
     cols = records.columns(args.mode, settings, anisotropic=sigma_info["anisotropic"], model_lbound=True)
     jobs.lock_output(shard.out, take=shard.writes)
-    writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
-                               identity_fields=records.IDENTITY_FIELDS + ("shard", "shards"))
+    writer = results.Writer(shard.out, results.SCHEMAS[args.mode], header, cols, enabled=shard.writes)
     todo = _todo(writer.done, indices, shard)
 
     usage = batching.Usage()
@@ -360,7 +353,7 @@ def _xla_options(shard: "_Shard") -> str | dict:
     import jax
 
     from jaxsmooth import compilation
-    from jaxsmooth.analysis import sidecar
+    from jaxsmooth.results import sidecar
 
     found = sidecar.program_of(shard.out) if os.path.exists(shard.out) else None
     recorded = found[1].get("xla_options") if found else None

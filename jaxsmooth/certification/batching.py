@@ -37,8 +37,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from jaxsmooth.certification import sequential
-from jaxsmooth.certification.bounds import ABSTAIN, certified_area, l_bound
+from jaxsmooth.certification.bounds import ABSTAIN
 from jaxsmooth.certification.engine import Sampler
+from jaxsmooth.results import Outcome
 
 CUTS = 4  # looks one slot may pass in one call (a static shape: one executable)
 MAX_STEPS = 64  # loop steps per call at most: calls stay short for progress and resumption
@@ -78,8 +79,8 @@ class _Input:
 
 
 def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, *,
-        clean_probabilities: Callable | None = None, usage: Usage | None = None) -> Iterator[dict]:
-    """Sequential CERTIFY of the examples `indices`, yielding one row per input as soon as its test stops.
+        clean_probabilities: Callable | None = None, usage: Usage | None = None) -> Iterator[Outcome]:
+    """Sequential CERTIFY of the examples `indices`, yielding one `results.Outcome` per input as soon as its test stops.
 
     Args:
       sampler: its slots (`inputs`) and loop step (`step_samples`) set the batching.
@@ -90,8 +91,9 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
       clean_probabilities: one clean forward pass's softmax (candidate "clean"; the model's L-bound).
       usage: filled with the slot counts of every call.
     Yields:
-      in the order inputs finish: index, label, predict, radius, pA_lower, count_A, count_B, n_used,
-      seconds, and lbound_mc / lbound_model / area_objective as `certify_batch` gives them.
+      in the order inputs finish, each input's outcome (`results.CERTIFY.row` makes its row): as
+      `certify_batch`'s, with n_used (selection included) and seconds (its share of the calls it took
+      part in).
     """
     usage = Usage() if usage is None else usage
     sigma_arr = np.asarray(sigma, np.float64)
@@ -107,7 +109,7 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
             active.append(ready.popleft())
         for item in _estimate(sampler, active, sigma, schedule, decided, keys["estimation"], usage):
             active.remove(item)
-            yield _row(item, certified_radius(item.state.lower), sigma_arr, tv)
+            yield _outcome(item, certified_radius(item.state.lower), sigma, tv)
 
 
 def stopping_rule(settings, schedule: sequential.Schedule, sigma, tv: float = 0.0) -> tuple[Callable, Callable]:
@@ -126,15 +128,17 @@ def stopping_rule(settings, schedule: sequential.Schedule, sigma, tv: float = 0.
             lambda lower: sequential.grid_radius(lower, radii, levels))
 
 
-def replay(counts: np.ndarray, positions, candidate: int, selection: int, settings, sigma, tv: float = 0.0) -> dict:
-    """The row `run` gives an input, from its estimation counts recorded at fixed stream positions.
+def replay(counts: np.ndarray, positions, candidate: int, selection: int, settings, sigma,
+           tv: float = 0.0) -> Outcome:
+    """The outcome `run` gives an input, from its estimation counts recorded at fixed stream positions.
 
     The counts of a stream's first N samples do not depend on how they were
     drawn (`engine`), so a fixed-n run that records them at every look of a
     schedule (`positions` must hold the schedule's looks, increasing;
     counts: [len(positions), K] counts of samples [0, position)) can replay
     any sequential run of those settings: the same looks, states, stop and
-    row as `run`, without drawing again. time and lbound_mc are not replayed.
+    outcome as `run`, without drawing again. Its index (-1), label (None),
+    seconds (0) and mean softmax (None) are not replayed.
     """
     sigma_arr = np.asarray(sigma, np.float64)
     schedule = settings.schedule(float(np.min(sigma_arr)))
@@ -146,7 +150,7 @@ def replay(counts: np.ndarray, positions, candidate: int, selection: int, settin
         item.state = sequential.observe(item.state, int(item.counts[candidate]), schedule)
         if decided(item.state):
             break
-    return _row(item, certified_radius(item.state.lower), sigma_arr, tv)
+    return _outcome(item, certified_radius(item.state.lower), sigma, tv)
 
 
 def _select(sampler, load, batch, sigma, settings, keys, clean_probabilities, usage) -> list[_Input]:
@@ -235,18 +239,11 @@ def _estimate(sampler, active, sigma, schedule, decided, key, usage) -> list[_In
     return done
 
 
-def _row(item: _Input, r: float, sigma_arr, tv: float) -> dict:
-    """The TSV fields of a finished input with certified radius r (-inf: abstain): `certify_batch`'s and n_used."""
-    lower = item.state.lower - tv
+def _outcome(item: _Input, r: float, sigma, tv: float) -> Outcome:
+    """The `results.Outcome` of a finished input with certified radius r (-inf: abstain), as `certify_batch`'s."""
     others = np.delete(item.counts, item.candidate)
-    row = {"index": item.index, "label": item.label, "predict": item.candidate if r >= 0 else ABSTAIN,
-           "radius": max(r, 0.0), "pA_lower": lower, "count_A": int(item.counts[item.candidate]),
-           "count_B": int(others.max()) if others.size else 0, "n_used": item.selection + item.consumed,
-           "seconds": item.seconds}
-    if item.softmax is not None:
-        row["lbound_mc"] = float(l_bound(item.softmax / max(item.consumed, 1), sigma_arr))
-    if item.clean is not None:
-        row["lbound_model"] = float(l_bound(item.clean, sigma_arr))
-    if sigma_arr.ndim:
-        row["area_objective"] = certified_area(lower, sigma_arr)
-    return row
+    n_used = item.selection + item.consumed
+    return Outcome(item.index, item.label, item.candidate if r >= 0 else ABSTAIN, int(item.counts[item.candidate]),
+                   int(others.max()) if others.size else 0, sigma, item.seconds, n_used,
+                   pa_lower=item.state.lower - tv, radius=max(r, 0.0), n_used=n_used, clean=item.clean,
+                   mean_softmax=None if item.softmax is None else item.softmax / max(item.consumed, 1))

@@ -60,7 +60,7 @@ from jaxsmooth.analysis.distributional import certificate, epsilon_from_rho
 from jaxsmooth.errors import UserError
 from jaxsmooth.objectives import nal
 
-__all__ = ["ASCENT_STREAM", "COLUMNS", "FRESH_STREAM", "certificate", "check", "default_lr", "epsilon_from_rho",
+__all__ = ["ASCENT_STREAM", "FRESH_STREAM", "certificate", "check", "default_lr", "epsilon_from_rho",
            "ascend", "estimate_batch", "estimate_points",
            "make_estimator", "run"]
 
@@ -192,9 +192,6 @@ def estimate_batch(estimator: Callable, params, model_state, x0, labels, index, 
     out = estimator(params, model_state, x0, labels, index, jnp.float32(gamma),
                     jnp.float32(lr or default_lr(gamma)), key)
     return {name: np.asarray(value, np.float64)[:b] for name, value in out.items()}
-
-
-COLUMNS = ["idx", "label", "kind", "gamma", "phi", "cost", "loss", "last_step", "time"]
 
 
 def run(estimator: Callable, params, model_state, split, indices: np.ndarray, gammas, gamma_adv, key: jax.Array,
