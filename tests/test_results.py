@@ -1,4 +1,4 @@
-"""jaxsmooth.results: one schema per result file; a column added to it is written by both certify paths and read back."""
+"""jaxsmooth.results: one schema per result file; a column added to it is written by both certify paths, read back."""
 
 import datetime
 import math

@@ -55,7 +55,7 @@ import numpy as np
 
 from jaxsmooth.analysis.attacks import (DistanceRow, attack_curve_figure, attacked_fraction, distance_rows,
                                         distance_table, is_attack_file, lbound_distances, median_and_mean,
-                                        model_label, read_attack)
+                                        read_attack)
 from jaxsmooth.analysis.distributional import (GammaSummary, certificate, certificate_of, complete_examples,
                                                distributional_figure, distributional_markdown, epsilon_from_rho,
                                                gammas_of, is_distributional_file, read_distributional, rho_grid,
@@ -64,7 +64,7 @@ from jaxsmooth.analysis import plotting
 from jaxsmooth.analysis.tsv import (DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, common_images, merge_shards, read_run,
                                     read_runs, shard_path, write_merged)
 from jaxsmooth.errors import UserError
-from jaxsmooth.results import Table
+from jaxsmooth.results import Table, model_label
 
 __all__ = [
     "DistanceRow", "attack_curve_figure", "attacked_fraction", "distance_rows", "distance_table",

@@ -60,7 +60,7 @@ import numpy as np
 from jaxsmooth import results
 from jaxsmooth.analysis import plotting
 from jaxsmooth.errors import UserError
-from jaxsmooth.results import ATTACKS, Table, model_label
+from jaxsmooth.results import ATTACKS, Table
 
 LBOUND_COLUMNS = ("lbound_model", "lbound_mc")
 

@@ -84,10 +84,6 @@ def _area(o: Outcome) -> float:
     return _bounds().certified_area(o.pa_lower, np.asarray(o.sigma, np.float64))
 
 
-def _time(o: Outcome) -> str:
-    return str(datetime.timedelta(seconds=o.seconds))
-
-
 ALPHA_NOTE = ("alpha holds per example (each row's certificate fails with probability <= alpha), "
               "not jointly over the rows")
 # Settings whose change makes an existing file's rows incomparable with new ones.
@@ -98,19 +94,23 @@ CERTIFY_IDENTITY = ("mode", "noise", "sigma", "sigma_file", "sigma_from", "sigma
 # What a file written before a field existed used (sequential files before futility was recorded: 0.01 in both modes).
 CERTIFY_DEFAULTS = {"noise": "gaussian", "futility": 0.01}
 
+# The columns certify and predict rows share.
+IDX = Column("idx", INT, lambda o: o.index, required=True)
+LABEL = Column("label", INT, lambda o: o.label, when="label", required=True)
+PREDICTION = Column("predict", INT, lambda o: o.predict, required=True, check=CLASS)
+CORRECT = Column("correct", INT, lambda o: int(o.predict == o.label), when="label", required=True, check=BINARY)
+ELAPSED = Column("time", TIME, lambda o: str(datetime.timedelta(seconds=o.seconds)), required=True)
+COUNT_A, COUNT_B = Column("count_A", INT, lambda o: o.count_a), Column("count_B", INT, lambda o: o.count_b)
+
 CERTIFY = Schema(
     kind="certify", program="certify", mode="certify", what="a certify TSV", foreign=True,
     identity=CERTIFY_IDENTITY, defaults=CERTIFY_DEFAULTS, notes=(ALPHA_NOTE,),
     columns=(  # locuslab/smoothing's six first, so that its analysis scripts read our files
-        Column("idx", INT, lambda o: o.index, required=True),
-        Column("label", INT, lambda o: o.label, when="label", required=True),
-        Column("predict", INT, lambda o: o.predict, required=True, check=CLASS),
+        IDX, LABEL, PREDICTION,
         Column("radius", FLOAT, lambda o: o.radius, required=True, check=RADIUS),
-        Column("correct", INT, lambda o: int(o.predict == o.label), when="label", required=True, check=BINARY),
-        Column("time", TIME, _time, required=True),
+        CORRECT, ELAPSED,
         Column("pA_lower", FLOAT, lambda o: o.pa_lower),
-        Column("count_A", INT, lambda o: o.count_a),
-        Column("count_B", INT, lambda o: o.count_b),
+        COUNT_A, COUNT_B,
         Column("lbound_mc", FLOAT, lambda o: _lbound(o.mean_softmax, o.sigma), when="softmax"),
         Column("lbound_model", FLOAT, lambda o: _lbound(o.clean, o.sigma), when="clean"),
         Column("topk_radius", FLOAT, lambda o: o.topk_radius, when="topk", check=RADIUS),
@@ -123,13 +123,7 @@ PREDICT = Schema(
     kind="predict", program="certify", mode="predict", what="a predict TSV", foreign=True,
     identity=CERTIFY_IDENTITY, defaults=CERTIFY_DEFAULTS, notes=(ALPHA_NOTE,),
     columns=(
-        Column("idx", INT, lambda o: o.index, required=True),
-        Column("label", INT, lambda o: o.label, when="label", required=True),
-        Column("predict", INT, lambda o: o.predict, required=True, check=CLASS),
-        Column("correct", INT, lambda o: int(o.predict == o.label), when="label", required=True, check=BINARY),
-        Column("time", TIME, _time, required=True),
-        Column("count_A", INT, lambda o: o.count_a),
-        Column("count_B", INT, lambda o: o.count_b),
+        IDX, LABEL, PREDICTION, CORRECT, ELAPSED, COUNT_A, COUNT_B,
         Column("pvalue", FLOAT, lambda o: o.pvalue),
         Column("clean", INT, lambda o: int(np.argmax(o.clean)), when="clean"),  # one noise-free pass's class
     ))

@@ -59,7 +59,8 @@ class Table:
         return int(np.unique(self.columns["idx"]).size)
 
 
-def is_cut(fields: list[str], width: int, terminated: bool, readable: Callable[[list[str]], bool] | None = None) -> bool:
+def is_cut(fields: list[str], width: int, terminated: bool,
+           readable: Callable[[list[str]], bool] | None = None) -> bool:
     """Whether a table's last line (its `fields`) is a row cut off by a killed job.
 
     Rows are written whole with their newline (`jobs.append_line`), so only
