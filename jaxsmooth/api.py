@@ -83,13 +83,13 @@ def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings
         raise UserError("topk", "the top-k certificate needs the true labels (labels=...)")
     num_classes = int(jax.eval_shape(lambda v, s, a: apply(v, s, a, train=False)[0], params, model_state,
                                      jax.ShapeDtypeStruct((1, *x.shape[1:]), np.float32)).shape[-1])
-    if mode == "certify":
-        settings.check(num_classes)
     sigma = certification.check_sigma(sigma, x.shape[1:])
     sampler = certification.Sampler(apply, params, model_state, input_shape=x.shape[1:], num_classes=num_classes,
                                     inputs=min(inputs, len(x)), chunk=batch // inputs, mesh=mesh,
                                     with_softmax=mode == "certify", compiler_options=compiler_options,
                                     noise=noises.choose(kind, sigma, x).name)
+    if mode == "certify":
+        settings.check(num_classes, sampler.kind)
     clean = certification.make_clean_probabilities(apply, params, model_state)
     position = {int(i): b for b, i in enumerate(index)}
 

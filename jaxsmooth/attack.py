@@ -35,14 +35,6 @@ import numpy as np
 from jaxsmooth import cli
 from jaxsmooth.errors import UserError
 
-PROGRAM = "attack"  # the sidecar's program name (jaxsmooth.analysis.sidecar)
-ACCURACY_PROGRAM = "attack-accuracy"
-# Settings whose change makes an existing file's rows incomparable with new ones.
-ACCURACY_IDENTITY_FIELDS = ("mode", "attack", "radii", "steps", "test_noise_sigma", "seed", "dtype",
-                            "checkpoint_step", "model", "dataset", "split", "skip", "max")
-IDENTITY_FIELDS = ("attack", "smoothed", "sigma", "num_noise", "loss", "topk", "steps", "max_epsilon", "rounds",
-                   "init_epsilon", "seed", "dtype", "checkpoint_step", "model", "dataset", "split", "skip", "max")
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxsmooth.attack", description=__doc__.split("\n\n")[1])
@@ -115,7 +107,7 @@ def _main(args: argparse.Namespace, overrides: list[str]) -> int:
 
     import jax
 
-    from jaxsmooth import jobs, noise
+    from jaxsmooth import jobs, noise, results
     from jaxsmooth.certification import records
 
     config, model, dataset = _load(args, overrides)
@@ -137,9 +129,7 @@ def _main(args: argparse.Namespace, overrides: list[str]) -> int:
               "model": model.info["model"], "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, **model.settings(), "devices": jax.device_count()}
     jobs.lock_output(args.out)
-    writer = records.TsvWriter(args.out, header, runner.COLUMNS, program=PROGRAM, identity_fields=IDENTITY_FIELDS,
-                               notes=("distance: smallest ell_2 adversarial distance found; 0: adversarial "
-                                         "before the attack; inf: the attack failed",))
+    writer = results.Writer(args.out, results.ATTACK, header)
     done = set(writer.done)
     todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
     attack = runner.make_attack(model.apply, settings)
@@ -228,7 +218,7 @@ def _accuracy(args, overrides) -> int:
 
     import jax
 
-    from jaxsmooth import jobs, noise
+    from jaxsmooth import jobs, noise, results
     from jaxsmooth.certification import records
 
     config, model, dataset = _load(args, overrides)
@@ -245,10 +235,7 @@ def _accuracy(args, overrides) -> int:
               "model": model.info["model"], "dataset": config.data.name, "split": args.split, "skip": args.skip,
               "max": args.max, "batch": args.batch, **model.settings(), "devices": jax.device_count()}
     jobs.lock_output(args.out)
-    writer = records.TsvWriter(args.out, header, runner.ACCURACY_COLUMNS, program=ACCURACY_PROGRAM,
-                               identity_fields=ACCURACY_IDENTITY_FIELDS,
-                               notes=("correct: the PGD point is classified correctly; correct_noisy: so is "
-                                         "that point plus one N(0, test_noise_sigma^2 I) draw",))
+    writer = results.Writer(args.out, results.ACCURACY, header)
     done = _done_pairs(args.out)  # the writer has checked the settings and dropped a cut last row
     total = len(indices) * len(radii)
     accuracy = runner.make_accuracy(model.apply, test_noise_sigma=sigma, steps=args.steps)
@@ -279,7 +266,7 @@ def _accuracy(args, overrides) -> int:
 
 
 def _done_pairs(path: str) -> set[tuple[int, float]]:
-    """The (idx, radius) pairs of the rows of an accuracy TSV whose cut last row `TsvWriter` has dropped."""
+    """The (idx, radius) pairs of the rows of an accuracy TSV whose cut last row `results.Writer` has dropped."""
     with open(path) as f:
         rows = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
     return {(int(r[0]), float(r[2])) for r in rows[1:] if r and r[0]}

@@ -144,10 +144,10 @@ def test_both_locuslab_time_formats_give_pandas_certified_accuracy(tmp_path, sty
 
 
 def test_our_files_read_by_pandas_have_no_comment_lines(tmp_path):
-    from jaxsmooth.certification import records
+    from jaxsmooth import results
 
     path = tmp_path / "ours.tsv"
-    writer = records.TsvWriter(str(path), SETTINGS, CERTIFY)
+    writer = results.Writer(str(path), results.CERTIFY, SETTINGS, CERTIFY)
     for row in _certify_rows():
         writer.write(dict(zip(CERTIFY, row)))
     writer.close()
@@ -197,7 +197,7 @@ def test_topk_columns(tmp_path):
     path = write_tsv(tmp_path / "top5.tsv", CERTIFY + ["topk_radius", "topk_correct"],
                      _certify_rows(extra=lambda i: [topk[i][0], topk[i][1]]), settings={**SETTINGS, "topk": 5})
     run = analysis.read_run(path)
-    assert run.topk == 5
+    assert analysis.topk_of(run) == 5
     np.testing.assert_array_equal(analysis.topk_certified_accuracy(run, [0, 0.25, 0.5, 1.0, 2.0, 2.25]),
                                   np.array([7, 5, 4, 2, 1, 0]) / N)
     assert analysis.average_certified_radius(run, topk=True) == pytest.approx(5.33 / N)
@@ -215,7 +215,7 @@ def test_anisotropic_area_accuracy(tmp_path):
     path = write_tsv(tmp_path / "aniso.tsv", CERTIFY + ["area_objective"], _certify_rows(rows, lambda i: [area[i]]),
                      settings={**SETTINGS, "anisotropic": True})
     run = analysis.read_run(path)
-    assert run.anisotropic
+    assert analysis.is_anisotropic(run)
     np.testing.assert_array_equal(analysis.area_accuracy(run, [-1e9, -10, 0, 3, 3.0001, 10, 11]),
                                   np.array([3, 3, 2, 2, 1, 1, 0]) / 6)
     grid = analysis.area_grid([run])

@@ -215,7 +215,7 @@ def accuracy_files(tmp_path):
 def test_accuracy_table(accuracy_files):
     runs = [attack_analysis.read_accuracy(p) for p in accuracy_files]
     assert runs[1].ignored_line == 8 and runs[1].columns["idx"].tolist() == [0, 1, 0, 1]
-    radii, clean, noisy, n = runs[0].accuracy()
+    radii, clean, noisy, n = attack_analysis.accuracy_by_radius(runs[0])
     assert radii.tolist() == [0.0, 0.5, 1.0] and clean.tolist() == [0.75, 0.5, 0.25]
     assert noisy.tolist() == [0.5, 0.5, 0.75] and n.tolist() == [4, 4, 4]
     table = attack_analysis.accuracy_table(runs).splitlines()
@@ -278,7 +278,7 @@ def test_nal_matches_gaussian_under_pgd_at_the_largest_radii(tmp_path):
             subprocess.run([sys.executable, "-m", module, "--config", config, "--no-progress", *args], check=True,
                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         runs[name] = attack_analysis.read_accuracy(out)
-    accuracy = {name: run.accuracy() for name, run in runs.items()}
+    accuracy = {name: attack_analysis.accuracy_by_radius(run) for name, run in runs.items()}
     for name, (radii, clean, noisy, n) in accuracy.items():
         assert radii.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0] and n.tolist() == [360] * 5, name
         assert clean[0] >= 0.9, (name, clean)

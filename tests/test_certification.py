@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxsmooth import certification as C, parallel
+from jaxsmooth import certification as C, parallel, results
 from jaxsmooth.errors import UserError
 
 from helpers import counts_across_layouts
@@ -221,8 +221,9 @@ def _certified_rows(linear, xs, sigma, alpha, seed):
     out = []
     for start in range(0, len(xs), 50):
         x = xs[start:start + 50]
-        rows = C.certify_batch(sampler, x.reshape(-1, *SHAPE), np.arange(start, start + 50), sigma, settings,
-                               jax.random.key(seed))
+        rows = [results.CERTIFY.row(o) for o in C.certify_batch(sampler, x.reshape(-1, *SHAPE),
+                                                                  np.arange(start, start + 50), sigma, settings,
+                                                                  jax.random.key(seed))]
         out += [(row, m) for row, m in zip(rows, x.astype(np.float64) @ w + b) if row["predict"] != C.ABSTAIN]
     return out
 
@@ -252,7 +253,7 @@ def test_certified_radius_is_tight_with_many_samples(linear):
     sampler = _sampler(linear_apply, linear, int(keep.sum()), 1000)
     rows = C.certify_batch(sampler, xs[keep].reshape(-1, *SHAPE), np.flatnonzero(keep), sigma,
                            C.Settings(n0=100, n=100_000, alpha=0.001), jax.random.key(3))
-    ratio = np.array([r["radius"] for r in rows]) / exact[keep]
+    ratio = np.array([o.radius for o in rows]) / exact[keep]
     assert keep.sum() >= 8
     assert abs(np.median(ratio) - 1) < 0.05, ratio
     assert np.all(ratio <= 1.0)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, analyze, certify, cli, loader, noise, train
+from jaxsmooth import analysis, analyze, certify, cli, loader, noise, results, train
 from jaxsmooth.certification import distributional
 
 from conftest import ROOT
@@ -202,7 +202,7 @@ ROWS = [
 def _write(path, rows=ROWS, tail=""):
     with open(path, "w") as f:
         f.write("# jaxsmooth certify " + json.dumps(SETTINGS) + "\n# a comment\n")
-        f.write("\t".join(distributional.COLUMNS) + "\n")
+        f.write("\t".join(results.DISTRIBUTIONAL.header()) + "\n")
         for idx, kind, gamma, phi, cost, loss in rows:
             f.write("\t".join(str(v) for v in (idx, 7, kind, gamma, phi, cost, loss, 0.001,
                                                datetime.timedelta(seconds=0.5))) + "\n")

@@ -14,7 +14,7 @@ import chex
 import jax
 import pytest
 
-from jaxsmooth import attack, certify, checkpoint, cli, jobs, train, trainer
+from jaxsmooth import attack, certify, checkpoint, cli, jobs, results, train, trainer
 from jaxsmooth.benchmarks import faults
 from jaxsmooth.certification import records
 from jaxsmooth.errors import UserError
@@ -110,7 +110,7 @@ def _failing_write(monkeypatch, calls_before_failure: int):
 def test_a_row_that_does_not_fit_is_cut_back_to_the_last_whole_row(tmp_path, monkeypatch):
     path = str(tmp_path / "c.tsv")
     cols = ["idx", "label"]
-    writer = records.TsvWriter(path, {"n": 1}, cols)
+    writer = results.Writer(path, results.CERTIFY, {"n": 1}, cols)
     writer.write({"idx": 0, "label": 3})
     before = open(path).read()
     _failing_write(monkeypatch, 0)
@@ -122,7 +122,7 @@ def test_a_row_that_does_not_fit_is_cut_back_to_the_last_whole_row(tmp_path, mon
     assert open(path).read() == before  # the half row is gone
     writer.write({"idx": 1, "label": 4})  # room again: the file goes on
     writer.close()
-    assert records.TsvWriter(path, {"n": 1}, cols).done == [0, 1]
+    assert results.Writer(path, results.CERTIFY, {"n": 1}, cols).done == [0, 1]
 
 
 def test_a_metrics_line_that_does_not_fit_is_cut_back(tmp_path, monkeypatch):

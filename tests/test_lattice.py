@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 import jaxsmooth
-from jaxsmooth import certification as C, parallel
-from jaxsmooth.certification import engine, lattice, noises, records
+from jaxsmooth import certification as C, parallel, results
+from jaxsmooth.certification import engine, lattice, noises
 from jaxsmooth.errors import UserError
 
 from helpers import counts_across_layouts
@@ -206,19 +206,19 @@ def test_certificate_lowers_pa_by_the_total_variation():
 
 def test_resumed_file_refuses_another_noise_and_reads_earlier_files_as_gaussian(tmp_path):
     cols = ["idx", "label"]
-    header = {field: None for field in records.IDENTITY_FIELDS if field not in records.IDENTITY_DEFAULTS}
+    header = {field: None for field in results.CERTIFY.identity if field not in results.CERTIFY.defaults}
     header |= {"mode": "certify"}
     path = str(tmp_path / "old.tsv")
     with open(path, "w") as f:  # the earlier format, written before the noise field existed
         f.write('# jaxsmooth certify {"mode": "certify"}\n' + "idx\tlabel\n0\t1\n")
-    assert records.TsvWriter(path, header | {"noise": "gaussian"}, cols, enabled=False).done == [0]
+    assert results.Writer(path, results.CERTIFY, header | {"noise": "gaussian"}, cols, enabled=False).done == [0]
     with pytest.raises(UserError) as e:
-        records.TsvWriter(path, header | {"noise": "lattice"}, cols, enabled=False)
+        results.Writer(path, results.CERTIFY, header | {"noise": "lattice"}, cols, enabled=False)
     assert e.value.field == "out" and "noise='gaussian', not 'lattice'" in str(e.value)
     path = str(tmp_path / "new.tsv")
-    records.TsvWriter(path, header | {"noise": "lattice"}, cols).close()
+    results.Writer(path, results.CERTIFY, header | {"noise": "lattice"}, cols).close()
     with pytest.raises(UserError) as e:
-        records.TsvWriter(path, header | {"noise": "gaussian"}, cols)
+        results.Writer(path, results.CERTIFY, header | {"noise": "gaussian"}, cols)
     assert "noise='lattice', not 'gaussian'" in str(e.value)
 
 
@@ -279,13 +279,13 @@ def test_continuous_noise_certifies_a_radius_that_a_lattice_point_violates_and_l
         certificates[noise] = (cert, counts)
     cert, at_x1 = certificates["gaussian"]
     # continuous noise: class 0 certified beyond x1, where the smoothed classifier (as it runs) says class 1
-    assert cert["predict"] == 0 and cert["count_A"] == settings.n and cert["radius"] > distance > 0.78
+    assert cert.predict == 0 and cert.count_a == settings.n and cert.radius > distance > 0.78
     assert C.clopper_pearson_upper(at_x1[0], check_n, check_alpha) < 0.5
     # lattice noise: whatever it certifies at x0 holds at x1
     cert, at_x1 = certificates["lattice"]
-    if cert["predict"] != C.ABSTAIN and cert["radius"] > distance:
-        assert C.clopper_pearson_lower(at_x1[cert["predict"]], check_n, check_alpha) > 0.5
-    assert cert["predict"] != 0  # class 0 at x0 was the float artefact
+    if cert.predict != C.ABSTAIN and cert.radius > distance:
+        assert C.clopper_pearson_lower(at_x1[cert.predict], check_n, check_alpha) > 0.5
+    assert cert.predict != 0  # class 0 at x0 was the float artefact
 
 
 # --------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _affine_workdir(path, a, b, **extra) -> str:
 def _threshold(params, x):
     """Class 1 iff the first pixel exceeds 0.5: under U[-lam, lam] noise, p_1 = clip((x0 + lam - 0.5) / 2 lam)."""
     first = x.reshape(x.shape[0], -1)[:, 0] - params["t"]
-    return jnp.stack([-first, first], -1)
+    return jnp.stack([-first, first, jnp.full_like(first, -10.0)], -1)  # a third class that never wins
 
 
 def test_a_registered_noise_kind_draws_its_noise_and_certifies_with_its_own_radius_rule(registered):
@@ -102,6 +102,10 @@ def test_a_registered_noise_kind_draws_its_noise_and_certifies_with_its_own_radi
     radii = (0.1, 0.2, 0.4)
     grid = jaxsmooth.api.certify(_threshold, {"t": np.float32(0.5)}, x, sigma=lam, n0=100, n=n, alpha=alpha,
                                  noise="uniform", batch=500, compiler_options=None, sequential=True, radii=radii)
+    with pytest.raises(UserError) as e:  # top-k (Jia et al.) is a Gaussian certificate too
+        jaxsmooth.api.certify(_threshold, {"t": np.float32(0.5)}, x, sigma=lam, n0=100, n=1000, noise="uniform",
+                              labels=np.zeros(len(x), np.int64), topk=2, compiler_options=None)
+    assert e.value.field == "topk" and "uniform" in e.value.message
     for row in grid:
         cleared = [r for r in (0.0, *radii) if row["pA_lower"] >= 0.5 + r / (2 * lam)]
         assert row["radius"] == (max(cleared) if cleared else 0.0)
@@ -117,6 +121,7 @@ def test_a_registered_wrapper_and_noise_kind_certify_through_the_cli_and_the_api
     settings = sidecar_settings(out, "certify")
     assert (settings["noise"], settings["wrapper"], settings["wrapper_kind"]) == ("uniform", wrapper, "affine")
     header, rows = tsv_rows(out)
+    assert "lbound_mc" not in header and "lbound_model" not in header  # L-bounds are Gaussian theorems
     # the API's wrapped model gives the CLI's rows
     model = jaxsmooth.load(classifier, wrapper=wrapper)
     idx = np.array([int(r[0]) for r in rows])

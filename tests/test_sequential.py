@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 
 import jaxsmooth
-from jaxsmooth import certification as C, parallel
+from jaxsmooth import certification as C, parallel, results
 from jaxsmooth.certification import batching, sequential as S
 from jaxsmooth.errors import UserError
 
@@ -171,9 +171,10 @@ def test_a_stream_continues_where_it_stopped_on_1_and_8_devices(devices):
 
 
 def _run(sampler, x, settings, sigma, seed=0, usage=None):
-    rows = batching.run(sampler, lambda idx: (x[idx], np.ones(len(idx), np.int64)), np.arange(len(x)), sigma,
-                        settings, C.stream_keys(jax.random.key(seed)), usage=usage)
-    return sorted(rows, key=lambda r: r["index"])
+    """The certify rows of a sequential run over x (labels 1), in index order."""
+    outcomes = batching.run(sampler, lambda idx: (x[idx], np.ones(len(idx), np.int64)), np.arange(len(x)), sigma,
+                            settings, C.stream_keys(jax.random.key(seed)), usage=usage)
+    return [results.CERTIFY.row(o) for o in sorted(outcomes, key=lambda o: o.index)]
 
 
 def test_sequential_counts_are_the_fixed_runs_first_samples(devices):
@@ -186,15 +187,15 @@ def test_sequential_counts_are_the_fixed_runs_first_samples(devices):
     for count, inputs, chunk in [(1, 5, 50), (8, 12, 7)]:
         sampler = C.Sampler(engine_linear, PARAMS, {}, input_shape=SHAPE, num_classes=2, inputs=inputs, chunk=chunk,
                             mesh=parallel.make_mesh(devices[:count]))
-        these = [{k: v for k, v in r.items() if k != "seconds"} for r in _run(sampler, x, settings, 0.5)]
+        these = [{k: v for k, v in r.items() if k != "time"} for r in _run(sampler, x, settings, 0.5)]
         assert rows is None or these == rows  # the same rows, whatever the slots and devices
         rows = these
     fixed = C.Sampler(engine_linear, PARAMS, {}, input_shape=SHAPE, num_classes=2, inputs=1, chunk=100)
     used = {r["n_used"] - 20 for r in rows}
     assert len(used) > 2 and max(used) <= 3000  # inputs stopped at several looks
     for r in rows:
-        candidate = int(np.argmax(fixed(x[[r["index"]]], [r["index"]], 0.5, 20, keys["selection"]).counts[0]))
-        counts = fixed(x[[r["index"]]], [r["index"]], 0.5, r["n_used"] - 20, keys["estimation"]).counts[0]
+        candidate = int(np.argmax(fixed(x[[r["idx"]]], [r["idx"]], 0.5, 20, keys["selection"]).counts[0]))
+        counts = fixed(x[[r["idx"]]], [r["idx"]], 0.5, r["n_used"] - 20, keys["estimation"]).counts[0]
         assert (r["count_A"], r["count_B"]) == (counts[candidate], counts[1 - candidate])
         if r["predict"] != -1:
             assert r["predict"] == candidate

@@ -8,7 +8,7 @@ import shlex
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, analyze, bench, certification, certify
+from jaxsmooth import analysis, analyze, bench, certification, certify, results
 from jaxsmooth.certification import records
 
 from conftest import ROOT
@@ -145,9 +145,9 @@ def _write(path, n, idx, n_used=None, candidate="selection", radius=None):
     header = {"mode": "certify", "n": n, "n0": 100, "alpha": 0.001, "candidate": candidate}
     if n_used is not None:
         header["sequential"] = "grid"
-    cols = records.columns("certify", certification.Settings(), anisotropic=False, model_lbound=False)
-    cols = cols + (["n_used"] if n_used is not None else [])
-    writer = records.TsvWriter(str(path), header, cols)
+    cols = records.columns("certify", certification.Settings(sequential=n_used is not None), anisotropic=False,
+                           model_lbound=False)
+    writer = results.Writer(str(path), results.CERTIFY, header, cols)
     for j, i in enumerate(idx):
         row = {"idx": i, "label": 1, "predict": 1, "radius": 0.5 if radius is None else radius[j], "correct": 1,
                "time": "0", "pA_lower": 0.9, "count_A": 9, "count_B": 1, "lbound_mc": 0.1}

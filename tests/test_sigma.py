@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from scipy import stats
 
-from jaxsmooth import certification as C, certify, checkpoint, config as config_lib, loader, objectives, trainer
+from jaxsmooth import certification as C, certify, checkpoint, config as config_lib, loader, objectives, results, trainer
 from jaxsmooth.errors import UserError
 from jaxsmooth.objectives import sigma as sigma_objective
 
@@ -99,7 +99,8 @@ def test_certified_area_is_sound_and_tight_on_a_linear_classifier(linear):
     settings = C.Settings(n0=50, n=1000, alpha=alpha)
     violations = certified = 0
     for k in range(keys):
-        rows = C.certify_batch(sampler, x, np.arange(points), sigma, settings, jax.random.key(100 + k))
+        rows = map(results.CERTIFY.row, C.certify_batch(sampler, x, np.arange(points), sigma, settings,
+                                                        jax.random.key(100 + k)))
         for i, row in enumerate(rows):
             area = row["area_objective"]
             if row["predict"] == C.ABSTAIN:
@@ -119,8 +120,8 @@ def test_certified_area_is_sound_and_tight_on_a_linear_classifier(linear):
     xt, exact_t = x[tight][:6], exact[tight][:6]
     sampler = C.Sampler(linear_apply, linear["params"], {}, input_shape=SHAPE, num_classes=2, inputs=len(xt),
                         chunk=2500)
-    rows = C.certify_batch(sampler, xt, np.arange(len(xt)), sigma, C.Settings(n0=100, n=100_000, alpha=0.001),
-                           jax.random.key(7))
+    rows = map(results.CERTIFY.row, C.certify_batch(sampler, xt, np.arange(len(xt)), sigma,
+                                                    C.Settings(n0=100, n=100_000, alpha=0.001), jax.random.key(7)))
     areas = np.array([r["area_objective"] for r in rows])
     assert np.all(areas <= exact_t)
     assert np.median(np.abs(areas - exact_t) / np.abs(exact_t)) < 0.05, (areas, exact_t)

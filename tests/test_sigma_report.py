@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxsmooth import report
-from jaxsmooth.analysis import Run
+from jaxsmooth.results import CERTIFY, Table
 from jaxsmooth.analysis import sigma as sigma_analysis
 from jaxsmooth.benchmarks import sigma_report
 from jaxsmooth.errors import UserError
@@ -75,7 +75,7 @@ def _run(label, correct, area, radius):
             "predict": np.where(np.isfinite(area), 0, -1), "correct": np.asarray(correct, np.int64),
             "radius": np.asarray(radius, np.float64), "area_objective": np.asarray(area, np.float64),
             "time": np.zeros(len(correct))}
-    return Run(path=f"{label}.tsv", label=label, mode="certify", settings={"anisotropic": True}, columns=cols)
+    return Table(path=f"{label}.tsv", label=label, schema=CERTIFY, settings={"anisotropic": True}, columns=cols)
 
 
 def test_rows_and_markdown_on_hand_built_runs():

@@ -9,13 +9,14 @@ Cohen et al. (2019, Sec. 4 and their ``analyze.py``)::
     abstain rate            = mean_i [predict_i = -1]
     clean accuracy          = mean_i correct_i   (= certified accuracy at r = 0)
 
-A certify TSV (tab-separated; ``[...]`` columns are optional; its settings,
-such as ``{"mode": "certify", "sigma": 0.25, "n": 100000, "alpha": 0.001, ...}``,
-in the sidecar ``FILE.tsv.json``, see `jaxsmooth.analysis.sidecar`)::
+A certify TSV (`results.CERTIFY`: tab-separated; ``[...]`` columns are
+optional; its settings, such as ``{"mode": "certify", "sigma": 0.25, "n":
+100000, "alpha": 0.001, ...}``, in the sidecar ``FILE.tsv.json``)::
 
     idx label predict radius correct time [pA_lower count_A count_B lbound_mc lbound_model]
         [topk_radius topk_correct]   ("topk": k > 1)
         [area_objective]             ("anisotropic": true; radius is then the inscribed ell_2 radius)
+        [n_used]                     ("sequential")
 
 Files of the earlier format (settings on a ``# jaxsmooth certify {...}``
 first line, ``#`` comment lines) are read too. A locuslab file has no
@@ -52,32 +53,50 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxsmooth.analysis.attacks import (AttackRun, DistanceRow, attack_curve_figure, attacked_fraction,
-                                        distance_rows, distance_table, is_attack_file, lbound_distances,
-                                        median_and_mean, model_label, read_attack)
-from jaxsmooth.analysis.distributional import (DistributionalRun, GammaSummary, certificate, certificate_of,
+from jaxsmooth.analysis.attacks import (DistanceRow, attack_curve_figure, attacked_fraction, distance_rows,
+                                        distance_table, is_attack_file, lbound_distances, median_and_mean,
+                                        read_attack)
+from jaxsmooth.analysis.distributional import (GammaSummary, certificate, certificate_of, complete_examples,
                                                distributional_figure, distributional_markdown, epsilon_from_rho,
-                                               is_distributional_file, read_distributional, rho_grid,
+                                               gammas_of, is_distributional_file, read_distributional, rho_grid,
                                                summarize_distributional)
 from jaxsmooth.analysis import plotting
-from jaxsmooth.analysis.tsv import (DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, Run, common_images, merge_shards,
-                                    read_run, read_runs, shard_path, write_merged)
+from jaxsmooth.analysis.tsv import (DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, common_images, merge_shards, read_run,
+                                    read_runs, shard_path, write_merged)
 from jaxsmooth.errors import UserError
+from jaxsmooth.results import Table, model_label
 
 __all__ = [
-    "AttackRun", "DistanceRow", "attack_curve_figure", "attacked_fraction", "distance_rows", "distance_table",
+    "DistanceRow", "attack_curve_figure", "attacked_fraction", "distance_rows", "distance_table",
     "is_attack_file", "lbound_distances", "median_and_mean", "model_label", "read_attack",
-    "DistributionalRun", "GammaSummary", "certificate", "certificate_of", "distributional_figure",
-    "distributional_markdown", "epsilon_from_rho", "is_distributional_file", "read_distributional", "rho_grid",
-    "summarize_distributional",
-    "DEFAULT_STEP", "MAX_RADII", "MODES", "REQUIRED", "Run", "Summary", "abstain_rate", "agreement", "area_accuracy",
-    "area_figure", "area_grid", "average_certified_radius", "certified_accuracy", "certified_accuracy_figure",
-    "clean_accuracy", "common_images", "latex_table", "markdown_table", "merge_shards", "radius_grid", "read_run",
-    "read_runs", "shard_path", "single_pass_accuracy", "summarize", "topk_certified_accuracy", "write_merged",
+    "GammaSummary", "certificate", "certificate_of", "complete_examples", "distributional_figure",
+    "distributional_markdown", "epsilon_from_rho", "gammas_of", "is_distributional_file", "read_distributional",
+    "rho_grid", "summarize_distributional",
+    "DEFAULT_STEP", "MAX_RADII", "MODES", "REQUIRED", "Summary", "Table", "abstain_rate", "agreement",
+    "area_accuracy", "area_figure", "area_grid", "average_certified_radius", "certified_accuracy",
+    "certified_accuracy_figure", "clean_accuracy", "common_images", "has_topk", "is_anisotropic", "latex_table",
+    "markdown_table", "merge_shards", "radius_grid", "read_run", "read_runs", "shard_path", "single_pass_accuracy",
+    "summarize", "topk_certified_accuracy", "topk_of", "write_merged",
 ]
 
 
-def certified_accuracy(run: Run, radii) -> np.ndarray:
+def has_topk(run: Table) -> bool:
+    """Whether a certify run has the top-k certificate's columns."""
+    return "topk_radius" in run.columns
+
+
+def topk_of(run: Table) -> int:
+    """k of the top-k certificate (settings ``"topk"``); 0 when unknown or absent."""
+    k = run.settings.get("topk", 0) if has_topk(run) else 0
+    return k if isinstance(k, int) else 0
+
+
+def is_anisotropic(run: Table) -> bool:
+    """Whether a certify run has a per-pixel sigma's certified-area column."""
+    return "area_objective" in run.columns
+
+
+def certified_accuracy(run: Table, radii) -> np.ndarray:
     """Fraction of examples with correct = 1 and radius >= r (Cohen et al. Sec. 4).
 
     Args:
@@ -89,12 +108,12 @@ def certified_accuracy(run: Run, radii) -> np.ndarray:
     return _fraction_at_least(_get(run, "radius"), _get(run, "correct"), radii)
 
 
-def topk_certified_accuracy(run: Run, radii) -> np.ndarray:
+def topk_certified_accuracy(run: Table, radii) -> np.ndarray:
     """Like `certified_accuracy` with the top-k columns: topk_correct = 1 and topk_radius >= r. [R] -> [R]."""
     return _fraction_at_least(_get(run, "topk_radius"), _get(run, "topk_correct"), radii)
 
 
-def area_accuracy(run: Run, areas) -> np.ndarray:
+def area_accuracy(run: Table, areas) -> np.ndarray:
     """Fraction of examples with correct = 1 and certified-area objective >= a.
 
     The objective is sum_i log sigma_i + D log Phi^-1(p_A lower) (non_uniform
@@ -110,33 +129,33 @@ def area_accuracy(run: Run, areas) -> np.ndarray:
     return _fraction_at_least(_get(run, "area_objective"), _get(run, "correct"), areas)
 
 
-def average_certified_radius(run: Run, topk: bool = False) -> float:
+def average_certified_radius(run: Table, topk: bool = False) -> float:
     """ACR = mean over examples of radius * correct (0 for abstentions and errors)."""
     radius, correct = (("topk_radius", "topk_correct") if topk else ("radius", "correct"))
     return float(np.mean(np.where(_get(run, correct) == 1, _get(run, radius), 0.0)))
 
 
-def agreement(run: Run) -> float:
+def agreement(run: Table) -> float:
     """Fraction of examples whose one clean forward pass (``clean``) equals PREDICT's class; abstaining disagrees."""
     return float(np.mean(_get(run, "clean") == _get(run, "predict")))
 
 
-def single_pass_accuracy(run: Run) -> float:
+def single_pass_accuracy(run: Table) -> float:
     """Fraction of examples whose one clean forward pass (``clean``) is the true label."""
     return float(np.mean(_get(run, "clean") == _get(run, "label")))
 
 
-def abstain_rate(run: Run) -> float:
+def abstain_rate(run: Table) -> float:
     """Fraction of examples where the smoothed classifier abstains (predict = -1)."""
     return float(np.mean(run.columns["predict"] == -1))
 
 
-def clean_accuracy(run: Run) -> float:
+def clean_accuracy(run: Table) -> float:
     """Fraction correct: the smoothed classifier's accuracy (certify: certified accuracy at r = 0)."""
     return float(np.mean(run.columns["correct"] == 1))
 
 
-def radius_grid(runs: Sequence[Run], radii: Sequence[float] | None = None, max_radius: float | None = None,
+def radius_grid(runs: Sequence[Table], radii: Sequence[float] | None = None, max_radius: float | None = None,
                 step: float | None = None) -> np.ndarray:
     """The radii of the table's columns: `radii` as given, or 0, step, ..., max_radius.
 
@@ -173,14 +192,14 @@ def radius_grid(runs: Sequence[Run], radii: Sequence[float] | None = None, max_r
     return np.round(np.arange(count) * step, 12)  # 0.1 * 3 is 0.30000000000000004
 
 
-def area_grid(runs: Sequence[Run], num: int = 400) -> np.ndarray:
+def area_grid(runs: Sequence[Table], num: int = 400) -> np.ndarray:
     """[num] areas spanning the finite area objectives of the correct examples of the anisotropic runs.
 
     The grid starts at the smallest of them, or at Tukey's far-out fence
     Q1 - 3 IQR when far-out low areas (p_A lower near 1/2, where
     D log Phi^-1 dives) would squeeze the rest into a corner of the plot.
     """
-    values = np.concatenate([r.columns["area_objective"][r.columns["correct"] == 1] for r in runs if r.anisotropic]
+    values = np.concatenate([r.columns["area_objective"][r.columns["correct"] == 1] for r in runs if is_anisotropic(r)]
                             or [np.zeros(0)])
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -225,7 +244,7 @@ class Summary:
     single_pass_accuracy: float | None = None
 
 
-def summarize(run: Run, radii) -> Summary:
+def summarize(run: Table, radii) -> Summary:
     """Certified accuracy at `radii` ([R]), ACR, abstain rate and clean accuracy of one run."""
     if run.mode == "predict":
         agree = dict(agreement=agreement(run), single_pass_accuracy=single_pass_accuracy(run)) \
@@ -234,8 +253,8 @@ def summarize(run: Run, radii) -> Summary:
                        np.zeros(0), np.zeros(0), math.nan, **agree)
     radii = np.asarray(radii, np.float64)
     topk = {}
-    if run.has_topk:
-        topk = dict(topk=run.topk, topk_certified_accuracy=topk_certified_accuracy(run, radii),
+    if has_topk(run):
+        topk = dict(topk=topk_of(run), topk_certified_accuracy=topk_certified_accuracy(run, radii),
                     topk_acr=average_certified_radius(run, topk=True),
                     topk_clean_accuracy=float(np.mean(run.columns["topk_correct"] == 1)))
     return Summary(run.label, run.mode, run.num_examples, clean_accuracy(run), abstain_rate(run), radii,
@@ -268,7 +287,7 @@ def latex_table(summaries: Sequence[Summary], digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def certified_accuracy_figure(runs: Sequence[Run], max_radius: float | None = None, num_points: int = 1001,
+def certified_accuracy_figure(runs: Sequence[Table], max_radius: float | None = None, num_points: int = 1001,
                               figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
     """Certified accuracy vs radius, one curve per run (top-k dashed), as a matplotlib Figure (Agg, no pyplot).
 
@@ -287,21 +306,21 @@ def certified_accuracy_figure(runs: Sequence[Run], max_radius: float | None = No
     ax = fig.subplots()
     for run in runs:
         (line,) = ax.plot(x, certified_accuracy(run, x), drawstyle="steps-post", label=run.label)
-        if run.has_topk:
+        if has_topk(run):
             ax.plot(x, topk_certified_accuracy(run, x), drawstyle="steps-post", linestyle="--",
-                    color=line.get_color(), label=f"{run.label}, top-{run.topk or 'k'}")
+                    color=line.get_color(), label=f"{run.label}, top-{topk_of(run) or 'k'}")
     return plotting.finish(fig, ax, xlabel=r"$\ell_2$ radius", ylabel="certified accuracy", title=title,
                            xlim=(0.0, max_radius or 1.0))
 
 
-def area_figure(runs: Sequence[Run], areas=None, figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
+def area_figure(runs: Sequence[Table], areas=None, figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
     """Certified accuracy vs the certified-area objective for the anisotropic runs, as a matplotlib Figure.
 
     Runs without an ``area_objective`` column are left out; none at all is an error.
     """
     from matplotlib.figure import Figure
 
-    aniso = [r for r in runs if r.mode == "certify" and r.anisotropic]
+    aniso = [r for r in runs if r.mode == "certify" and is_anisotropic(r)]
     if not aniso:
         raise UserError("--area-plot", "no run has an area_objective column (only anisotropic certify runs do): "
                         + ", ".join(r.path for r in runs))
@@ -322,12 +341,12 @@ def _fraction_at_least(values: np.ndarray, correct: np.ndarray, thresholds) -> n
     return count / values.size
 
 
-def _largest_certified(run: Run) -> float:
-    pairs = [("radius", "correct")] + ([("topk_radius", "topk_correct")] if run.has_topk else [])
+def _largest_certified(run: Table) -> float:
+    pairs = [("radius", "correct")] + ([("topk_radius", "topk_correct")] if has_topk(run) else [])
     return max(float(np.max(np.where(run.columns[c] == 1, run.columns[r], 0.0))) for r, c in pairs)
 
 
-def _get(run: Run, name: str) -> np.ndarray:
+def _get(run: Table, name: str) -> np.ndarray:
     if name not in run.columns:
         raise UserError(run.path, f"has no {name} column (a {run.mode} file with columns "
                                   f"{' '.join(run.columns)})")

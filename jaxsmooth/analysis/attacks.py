@@ -1,7 +1,7 @@
 """Adversarial-distance analysis of attack TSVs: heat Tables 1-2 and the attack curve (boot camp Fig. 2).
 
-An attack TSV, as ``python -m jaxsmooth.attack`` writes it (tab-separated;
-its settings in the sidecar ``FILE.tsv.json``, `jaxsmooth.analysis.sidecar`)::
+An attack TSV, as ``python -m jaxsmooth.attack`` writes it (`results.ATTACK`:
+tab-separated, its settings in the sidecar ``FILE.tsv.json``)::
 
     idx label predict success distance time       {"program": "attack", "settings": {"attack": "pgd", ...}}
 
@@ -30,17 +30,18 @@ A model's files are grouped by their label: by default the base name of the
 files of one checkpoint make one row; name them explicitly to override.
 
 Accuracy under ell_2 PGD over a grid of radii (nal §5, Fig. 1), as
-``python -m jaxsmooth.attack --mode accuracy`` writes it (program
-``attack-accuracy`` in the sidecar, settings such as ``{"mode": "accuracy",
-"radii": [0.0, 0.5], "test_noise_sigma": 0.25, ...}``)::
+``python -m jaxsmooth.attack --mode accuracy`` writes it (`results.ACCURACY`:
+program ``attack-accuracy`` in the sidecar, settings such as ``{"mode":
+"accuracy", "radii": [0.0, 0.5], "test_noise_sigma": 0.25, ...}``)::
 
     idx label radius correct correct_noisy time
 
 one row per example and radius (``correct``: the PGD point is classified
 correctly; ``correct_noisy``: so is that point plus one Gaussian draw of std
 ``test_noise_sigma``). `is_accuracy_file` recognises it (`is_attack_file`
-does not), `read_accuracy` parses it, `accuracy_table` tabulates the
-accuracy at each radius without and with test noise, one row per model, and
+does not), `read_accuracy` reads it, `accuracy_by_radius` gives the
+accuracy at each radius, `accuracy_table` tabulates it
+without and with test noise, one row per model, and
 `accuracy_figure` plots accuracy vs radius: one colour per model, solid
 lines with test-time noise and dotted lines without, as the caption of nal
 Fig. 1 states.
@@ -52,47 +53,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Sequence
 
 import numpy as np
 
+from jaxsmooth import results
 from jaxsmooth.analysis import plotting
-from jaxsmooth.analysis import sidecar
-from jaxsmooth.analysis.tsv import _STEM_EXTENSIONS, Run, _read_lines, _seconds
 from jaxsmooth.errors import UserError
+from jaxsmooth.results import ATTACKS, Table
 
-COLUMNS = ("idx", "label", "predict", "success", "distance", "time")
-ATTACKS = ("pgd", "ddn")
 LBOUND_COLUMNS = ("lbound_model", "lbound_mc")
-_INT = ("idx", "label", "predict", "success")
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackRun:
-    """One attack TSV, parsed.
-
-    Attributes:
-      path, label: the file read and its model's name (module docstring).
-      settings: the header's JSON object.
-      columns: name -> [N] array: int64 for idx, label, predict, success;
-        float64 for distance (inf kept) and time (seconds); others as str.
-      ignored_line: 1-based number of the partial last line skipped, or None.
-    """
-
-    path: str
-    label: str
-    settings: dict
-    columns: dict
-    ignored_line: int | None = None
-
-    @property
-    def attack(self) -> str:
-        return self.settings["attack"]
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.columns["idx"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,102 +81,15 @@ class DistanceRow:
 
 def is_attack_file(path: str) -> bool:
     """Whether `path` is a jaxsmooth attack TSV (its sidecar, or a legacy first line, says so; False if unreadable)."""
-    found = sidecar.program_of(path)
-    return found is not None and found[0] == "attack"
+    return results.kind_of(path) is results.ATTACK
 
 
-def model_label(settings: dict, path: str) -> str:
-    """The default label: the header's checkpoint base name, else the file stem."""
-    checkpoint = settings.get("checkpoint")
-    if isinstance(checkpoint, str) and checkpoint.strip("/"):
-        return os.path.basename(os.path.normpath(checkpoint))
-    stem, ext = os.path.splitext(os.path.basename(path))
-    return stem if ext in _STEM_EXTENSIONS else os.path.basename(path)
+def read_attack(path: str, label: str | None = None) -> Table:
+    """Reads one attack TSV (module docstring; `results.read`); `label` defaults to `model_label`."""
+    return results.read(path, (results.ATTACK,), label)
 
 
-def read_attack(path: str, label: str | None = None) -> AttackRun:
-    """Parses one attack TSV (module docstring) into an `AttackRun`; `label` defaults to `model_label`."""
-    settings, rows, columns, ignored = _read_table(path, "attack", COLUMNS, _INT, ("distance", "time"),
-                                                   "an attack TSV")
-    if settings.get("attack") not in ATTACKS:
-        raise UserError(f"{path}:1", f"the settings must be a JSON object with \"attack\" one of {', '.join(ATTACKS)}")
-    _check(path, rows, columns)
-    label = model_label(settings, path) if label is None else label
-    return AttackRun(path=path, label=label, settings=settings, columns=columns, ignored_line=ignored)
-
-
-def _read_table(path: str, program: str, required, ints, floats, what: str):
-    """(settings, rows [(line number, fields)], columns, ignored line) of a jaxsmooth PROGRAM TSV (`sidecar`).
-
-    Integer columns `ints`, float columns `floats` (``time`` as a timedelta),
-    others str; a last line cut off by a killed job is ignored; any other bad
-    row is a `UserError` naming the file and line.
-    """
-    lines, terminated = _read_lines(path)
-    found, settings = sidecar.read_settings(path)
-    if found != program:
-        raise UserError(path, f"has no jaxsmooth {program} settings ({sidecar.path_of(path)}); is it {what}?")
-    body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
-    if not body:
-        raise UserError(path, f"has no header row ({' '.join(required)})")
-    header = body[0][1].split("\t")
-    for name in required:
-        if name not in header:
-            raise UserError(path, f"missing column {name!r}: {what} has the tab-separated columns "
-                                  f"{' '.join(required)}; this header has {' '.join(header)!r}")
-
-    def parse(name, text):
-        if name in ints:
-            return int(text)
-        if name == "time":
-            return _seconds(text)
-        return float(text) if name in floats else text
-
-    def parses(fields):
-        try:
-            [parse(name, text) for name, text in zip(header, fields)]
-            return True
-        except ValueError:
-            return False
-
-    rows = [(n, line.split("\t")) for n, line in body[1:]]
-    ignored = None
-    if rows and (len(rows[-1][1]) != len(header) or not terminated and not parses(rows[-1][1])):
-        ignored = rows.pop()[0]  # cut off by a killed job
-    if not rows:
-        raise UserError(path, "has a header but no rows yet; nothing to analyse")
-    values = {name: [] for name in header}
-    for n, fields in rows:
-        if len(fields) != len(header):
-            raise UserError(f"{path}:{n}", f"has {len(fields)} tab-separated fields, the header has {len(header)}")
-        for name, text in zip(header, fields):
-            try:
-                values[name].append(parse(name, text))
-            except ValueError:
-                raise UserError(f"{path}:{n}", f"column {name}: {text!r} is not "
-                                               f"{'an integer' if name in ints else 'a number'}") from None
-    columns = {name: np.asarray(v, np.int64 if name in ints else np.float64 if name in floats or name == "time"
-                                else str) for name, v in values.items()}
-    return settings, rows, columns, ignored
-
-
-def _check(path: str, rows, columns: dict) -> None:
-    success, distance, idx = columns["success"], columns["distance"], columns["idx"]
-    checks = [((success != 0) & (success != 1), "column success: {} is not 0 or 1", success),
-              (np.isnan(distance) | (distance < 0), "column distance: {} is not a distance >= 0", distance),
-              ((success == 1) != np.isfinite(distance), "distance {} disagrees with success (inf iff 0)", distance)]
-    for bad, what, column in checks:
-        if np.any(bad):
-            i = int(np.argmax(bad))
-            raise UserError(f"{path}:{rows[i][0]}", what.format(column[i]))
-    seen: dict[int, int] = {}
-    for (n, _), i in zip(rows, idx):
-        if int(i) in seen:
-            raise UserError(f"{path}:{n}", f"idx {i} is already on line {seen[int(i)]}; each example is counted once")
-        seen[int(i)] = n
-
-
-def lbound_distances(run: Run, column: str | None = None) -> np.ndarray:
+def lbound_distances(run: Table, column: str | None = None) -> np.ndarray:
     """[N] L-bounds of a certify run: `column` (default lbound_model, else lbound_mc) where correct, else 0."""
     if column is None:
         column = next((c for c in LBOUND_COLUMNS if c in run.columns), None)
@@ -223,7 +106,7 @@ def median_and_mean(values) -> tuple[float, float]:
     return float(np.median(values)), float(finite.mean()) if finite.size else math.nan
 
 
-def distance_rows(attacks: Sequence[AttackRun], certify_runs: Sequence[Run] = (),
+def distance_rows(attacks: Sequence[Table], certify_runs: Sequence[Table] = (),
                   lbound_column: str | None = None) -> list[DistanceRow]:
     """One `DistanceRow` per label (first appearance order) over attack runs and certify runs (L-bound).
 
@@ -232,7 +115,7 @@ def distance_rows(attacks: Sequence[AttackRun], certify_runs: Sequence[Run] = ()
     """
     groups: dict[str, dict[str, object]] = {}
     for item in list(certify_runs) + list(attacks):
-        kind = item.attack if isinstance(item, AttackRun) else "lbound"
+        kind = item.settings["attack"] if item.schema is results.ATTACK else "lbound"
         group = groups.setdefault(item.label, {})
         if kind in group:
             raise UserError(item.path, f"is a second {kind} file for {item.label!r} (the other: {group[kind].path}); "
@@ -251,7 +134,7 @@ def distance_rows(attacks: Sequence[AttackRun], certify_runs: Sequence[Run] = ()
     return rows
 
 
-def distance_table(attacks: Sequence[AttackRun], certify_runs: Sequence[Run] = (), lbound_column: str | None = None,
+def distance_table(attacks: Sequence[Table], certify_runs: Sequence[Table] = (), lbound_column: str | None = None,
                    digits: int = 3) -> str:
     """Heat Tables 1-2 as markdown: per model, median and mean of the L-bound, PGD and DDN distances.
 
@@ -275,13 +158,13 @@ def _number(value: float, digits: int) -> str:
     return "∞" if math.isinf(value) else f"{value:.{digits}f}"
 
 
-def attacked_fraction(run: AttackRun, distances) -> np.ndarray:
+def attacked_fraction(run: Table, distances) -> np.ndarray:
     """[D] fraction of the run's examples with an adversarial at ell_2 distance <= d, for each d of `distances`."""
     distance = np.sort(run.columns["distance"])
     return np.searchsorted(distance, np.asarray(distances, np.float64), side="right") / distance.size
 
 
-def attack_curve_figure(runs: Sequence[AttackRun], max_distance: float | None = None, num_points: int = 1001,
+def attack_curve_figure(runs: Sequence[Table], max_distance: float | None = None, num_points: int = 1001,
                         figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
     """Fraction of examples successfully attacked vs ell_2 distance, one line per run (boot camp Fig. 2).
 
@@ -300,7 +183,7 @@ def attack_curve_figure(runs: Sequence[AttackRun], max_distance: float | None = 
     fig = Figure(figsize=figsize, dpi=dpi)
     ax = fig.subplots()
     for run in runs:
-        name = f"{run.label} {run.attack}" + (", smoothed" if run.settings.get("smoothed") else "")
+        name = f"{run.label} {run.settings['attack']}" + (", smoothed" if run.settings.get("smoothed") else "")
         ax.plot(x, attacked_fraction(run, x), drawstyle="steps-post", label=name)
     return plotting.finish(fig, ax, xlabel=r"$\ell_2$ distance", ylabel="fraction of examples successfully attacked",
                            title=title, xlim=(0.0, max_distance), legend="lower right")
@@ -308,81 +191,35 @@ def attack_curve_figure(runs: Sequence[AttackRun], max_distance: float | None = 
 
 # --- accuracy under PGD over a radius grid (nal §5, Fig. 1) ---
 
-ACCURACY_PROGRAM = "attack-accuracy"
-ACCURACY_COLUMNS = ("idx", "label", "radius", "correct", "correct_noisy", "time")
-_ACCURACY_INT = ("idx", "label", "correct", "correct_noisy")
 # nal Fig. 1's caption: "Solid lines represent models tested with additive noise, and dotted lines mean that without."
 NOISY_STYLE, CLEAN_STYLE = "-", ":"
 
 
-@dataclasses.dataclass(frozen=True)
-class AccuracyRun:
-    """One accuracy TSV, parsed (module docstring).
-
-    columns: name -> [N] array (one entry per row): int64 for idx, label,
-    correct, correct_noisy; float64 for radius and time (seconds).
-    """
-
-    path: str
-    label: str
-    settings: dict
-    columns: dict
-    ignored_line: int | None = None
-
-    @property
-    def radii(self) -> np.ndarray:
-        """The sorted distinct radii of the rows."""
-        return np.unique(self.columns["radius"])
-
-    def accuracy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(radii [R], accuracy without noise [R], accuracy with test noise [R], examples per radius [R])."""
-        radii = self.radii
-        radius = self.columns["radius"]
-        n = np.asarray([np.sum(radius == r) for r in radii], np.int64)
-        clean = np.asarray([self.columns["correct"][radius == r].mean() for r in radii])
-        noisy = np.asarray([self.columns["correct_noisy"][radius == r].mean() for r in radii])
-        return radii, clean, noisy, n
-
-
 def is_accuracy_file(path: str) -> bool:
     """Whether `path` is an attack-accuracy TSV (its sidecar, or a legacy first line, says so; False if unreadable)."""
-    found = sidecar.program_of(path)
-    return found is not None and found[0] == ACCURACY_PROGRAM
+    return results.kind_of(path) is results.ACCURACY
 
 
-def read_accuracy(path: str, label: str | None = None) -> AccuracyRun:
-    """Parses one accuracy TSV into an `AccuracyRun`; `label` defaults to `model_label`.
+def read_accuracy(path: str, label: str | None = None) -> Table:
+    """Reads one accuracy TSV (module docstring; `results.read`); `label` defaults to `model_label`."""
+    return results.read(path, (results.ACCURACY,), label)
 
-    A last line cut short by a killed job is ignored; any other bad row is a
-    `UserError` naming the file and line.
-    """
-    settings, rows, columns, ignored = _read_table(
-        path, ACCURACY_PROGRAM, ACCURACY_COLUMNS, _ACCURACY_INT, ("radius", "time"),
-        "an accuracy TSV of python -m jaxsmooth.attack --mode accuracy")
-    for name in ("correct", "correct_noisy"):
-        bad = (columns[name] != 0) & (columns[name] != 1)
-        if np.any(bad):
-            i = int(np.argmax(bad))
-            raise UserError(f"{path}:{rows[i][0]}", f"column {name}: {columns[name][i]} is not 0 or 1")
-    bad = ~np.isfinite(columns["radius"]) | (columns["radius"] < 0)
-    if np.any(bad):
-        i = int(np.argmax(bad))
-        raise UserError(f"{path}:{rows[i][0]}", f"column radius: {columns['radius'][i]} is not a radius >= 0")
-    seen: dict[tuple[int, float], int] = {}
-    for (n, _), i, r in zip(rows, columns["idx"], columns["radius"]):
-        if (int(i), float(r)) in seen:
-            raise UserError(f"{path}:{n}", f"idx {i} at radius {r} is already on line {seen[int(i), float(r)]}; "
-                                           "each example is counted once per radius")
-        seen[int(i), float(r)] = n
-    label = model_label(settings, path) if label is None else label
-    return AccuracyRun(path=path, label=label, settings=settings, columns=columns, ignored_line=ignored)
+
+def accuracy_by_radius(run: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(radii [R] sorted, accuracy without noise [R], accuracy with test noise [R], examples per radius [R])."""
+    radius = run.columns["radius"]
+    radii = np.unique(radius)
+    n = np.asarray([np.sum(radius == r) for r in radii], np.int64)
+    clean = np.asarray([run.columns["correct"][radius == r].mean() for r in radii])
+    noisy = np.asarray([run.columns["correct_noisy"][radius == r].mean() for r in radii])
+    return radii, clean, noisy, n
 
 
 def _radius_text(r: float) -> str:
     return f"{r:g}"
 
 
-def accuracy_table(runs: Sequence[AccuracyRun], digits: int = 3) -> str:
+def accuracy_table(runs: Sequence[Table], digits: int = 3) -> str:
     """nal Fig. 1 as markdown: one row per run, the accuracy at each radius without, then with, test-time noise.
 
     The columns are the union of the runs' radii, sorted; a dash marks a
@@ -392,14 +229,14 @@ def accuracy_table(runs: Sequence[AccuracyRun], digits: int = 3) -> str:
     """
     if not runs:
         raise UserError("accuracy", "no accuracy files to tabulate")
-    radii = np.unique(np.concatenate([run.radii for run in runs]))
+    radii = np.unique(np.concatenate([run.columns["radius"] for run in runs]))
     sigmas = {run.settings.get("test_noise_sigma") for run in runs}
     noise = f"noise σ={sigmas.pop():g}" if len(sigmas) == 1 and None not in sigmas else "noise"
     header = (["model", "n"] + [f"ε={_radius_text(r)}" for r in radii]
               + [f"ε={_radius_text(r)} + {noise}" for r in radii])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for run in runs:
-        own, clean, noisy, n = run.accuracy()
+        own, clean, noisy, n = accuracy_by_radius(run)
         at = {float(r): i for i, r in enumerate(own)}
         counts = sorted(set(n.tolist()))
         cells = [run.label.replace("|", "\\|"), "/".join(map(str, counts))]
@@ -409,7 +246,7 @@ def accuracy_table(runs: Sequence[AccuracyRun], digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def accuracy_figure(runs: Sequence[AccuracyRun], figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
+def accuracy_figure(runs: Sequence[Table], figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
     """Accuracy vs ell_2 PGD radius (nal Fig. 1): a matplotlib Figure (Agg, no pyplot).
 
     Per run, in one colour: a dotted line without test-time noise (legend
@@ -425,7 +262,7 @@ def accuracy_figure(runs: Sequence[AccuracyRun], figsize=(6.4, 4.8), dpi: int = 
     ax = fig.subplots()
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for run, colour in zip(runs, colours):
-        radii, clean, noisy, _ = run.accuracy()
+        radii, clean, noisy, _ = accuracy_by_radius(run)
         sigma = run.settings.get("test_noise_sigma")
         ax.plot(radii, clean, CLEAN_STYLE, color=colour, marker="o", label=run.label)
         ax.plot(radii, noisy, NOISY_STYLE, color=colour, marker="o",

@@ -1,8 +1,8 @@
 """The distributional-robustness certificate of nal Thm 1 / Thm 3 and its empirical worst case (nal §5.1, Fig. 2a).
 
-A distributional TSV, as ``python -m jaxsmooth.certify --mode distributional`` writes it (tab-separated;
-settings such as ``{"mode": "distributional", "gammas": [1.0], "gamma_adv": [0.5, 2.0], "sigma": 0.25, ...}``
-in the sidecar ``FILE.tsv.json``, `jaxsmooth.analysis.sidecar`)::
+A distributional TSV, as ``python -m jaxsmooth.certify --mode distributional`` writes it (`results.DISTRIBUTIONAL`:
+tab-separated, settings such as ``{"mode": "distributional", "gammas": [1.0], "gamma_adv": [0.5, 2.0], "sigma": 0.25,
+...}`` in the sidecar ``FILE.tsv.json``)::
 
     idx label kind gamma phi cost loss last_step time
 
@@ -37,20 +37,14 @@ NumPy and matplotlib only: no JAX.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import numpy as np
 
+from jaxsmooth import results
 from jaxsmooth.analysis import plotting
-from jaxsmooth.analysis import sidecar
-from jaxsmooth.analysis.tsv import _STEM_EXTENSIONS, _read_lines, _seconds
 from jaxsmooth.errors import UserError
-
-MODE = "distributional"
-COLUMNS = ("idx", "label", "kind", "gamma", "phi", "cost", "loss", "last_step", "time")
-KINDS = ("certificate", "empirical")
-_FLOAT = ("gamma", "phi", "cost", "loss", "last_step")
+from jaxsmooth.results import KINDS, Table
 
 
 def certificate(rho, gammas, mean_phi) -> np.ndarray:
@@ -77,40 +71,23 @@ def epsilon_from_rho(mean_cost) -> np.ndarray:
     return np.sqrt(np.asarray(mean_cost, np.float64))
 
 
-@dataclasses.dataclass(frozen=True)
-class DistributionalRun:
-    """One distributional TSV, parsed.
+def gammas_of(run: Table, kind: str) -> list[float]:
+    """The gammas of `kind`'s rows, in the order of the settings (else of first appearance)."""
+    key = "gammas" if kind == "certificate" else "gamma_adv"
+    wanted = [float(g) for g in run.settings.get(key, [])]
+    present = run.columns["gamma"][run.columns["kind"] == kind]
+    seen = [float(g) for g in dict.fromkeys(present.tolist())]
+    return [g for g in wanted if g in seen] + [g for g in seen if g not in wanted]
 
-    Attributes:
-      path, label: the file and its name in tables and legends (the file stem unless given).
-      settings: the header's JSON object.
-      columns: name -> [N] array: int64 idx, label; str kind; float64 gamma, phi,
-        cost, loss, last_step, time (seconds).
-      ignored_line: 1-based number of a partial last line skipped, or None.
-    """
 
-    path: str
-    label: str
-    settings: dict
-    columns: dict
-    ignored_line: int | None = None
-
-    def groups(self, kind: str) -> list[float]:
-        """The gammas of `kind`'s rows, in the order of the settings (else of first appearance)."""
-        key = "gammas" if kind == "certificate" else "gamma_adv"
-        wanted = [float(g) for g in self.settings.get(key, [])]
-        present = self.columns["gamma"][self.columns["kind"] == kind]
-        seen = [float(g) for g in dict.fromkeys(present.tolist())]
-        return [g for g in wanted if g in seen] + [g for g in seen if g not in wanted]
-
-    def complete(self) -> np.ndarray:
-        """A [N] mask: the rows of the examples that have a row for every (kind, gamma) of the file."""
-        idx, kind, gamma = self.columns["idx"], self.columns["kind"], self.columns["gamma"]
-        pairs = {(k, g) for k in KINDS for g in self.groups(k)}
-        have: dict[int, set] = {}
-        for i, k, g in zip(idx.tolist(), kind.tolist(), gamma.tolist()):
-            have.setdefault(i, set()).add((k, g))
-        return np.asarray([have[i] >= pairs for i in idx.tolist()], bool)
+def complete_examples(run: Table) -> np.ndarray:
+    """A [N] mask: the rows of the examples that have a row for every (kind, gamma) of the file."""
+    idx, kind, gamma = run.columns["idx"], run.columns["kind"], run.columns["gamma"]
+    pairs = {(k, g) for k in KINDS for g in gammas_of(run, k)}
+    have: dict[int, set] = {}
+    for i, k, g in zip(idx.tolist(), kind.tolist(), gamma.tolist()):
+        have.setdefault(i, set()).add((k, g))
+    return np.asarray([have[i] >= pairs for i in idx.tolist()], bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,65 +108,22 @@ class GammaSummary:
 
 def is_distributional_file(path: str) -> bool:
     """Whether `path` is a certify TSV whose settings have ``"mode": "distributional"``; False if unreadable."""
-    found = sidecar.program_of(path)
-    if found is None or found[0] != "certify":
-        return False
-    settings = found[1]
-    return isinstance(settings, dict) and settings.get("mode") == MODE
+    return results.kind_of(path) is results.DISTRIBUTIONAL
 
 
-def read_distributional(path: str, label: str | None = None) -> DistributionalRun:
-    """Parses one distributional TSV (module docstring); a last line cut short is ignored."""
-    lines, terminated = _read_lines(path)
-    if not is_distributional_file(path):
-        raise UserError(path, 'is not a distributional certify TSV (settings {"mode": "distributional", ...} in '
-                              f"{sidecar.path_of(path)})")
-    settings = sidecar.read_settings(path)[1]
-    body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
-    if not body:
-        raise UserError(path, "has no header row (idx label kind gamma ...)")
-    header = body[0][1].split("\t")
-    for name in COLUMNS:
-        if name not in header:
-            raise UserError(path, f"missing column {name!r}: a distributional TSV has the tab-separated columns "
-                                  f"{' '.join(COLUMNS)}; this header has {' '.join(header)!r}")
-    rows = body[1:]
-    ignored = None
-    if rows and (len(rows[-1][1].split("\t")) != len(header) or not terminated and rows[-1][0] == lines[-1][0]):
-        ignored = rows.pop()[0]
-    if not rows:
-        raise UserError(path, "has a header but no rows yet; nothing to analyse")
-    values: dict[str, list] = {name: [] for name in header}
-    for n, line in rows:
-        parts = line.split("\t")
-        if len(parts) != len(header):
-            raise UserError(f"{path}:{n}", f"has {len(parts)} tab-separated fields, the header has {len(header)}")
-        for name, value in zip(header, parts):
-            try:
-                values[name].append(int(value) if name in ("idx", "label") else float(value) if name in _FLOAT
-                                    else _seconds(value) if name == "time" else value)
-            except ValueError:
-                raise UserError(f"{path}:{n}", f"column {name}: {value!r} is not a "
-                                               f"{'time' if name == 'time' else 'number'}") from None
-        if parts[header.index("kind")] not in KINDS:
-            raise UserError(f"{path}:{n}", f"column kind: {parts[header.index('kind')]!r} is not one of "
-                                           f"{', '.join(KINDS)}")
-    columns = {name: np.asarray(v, np.int64 if name in ("idx", "label") else np.float64 if name in _FLOAT
-                                or name == "time" else str) for name, v in values.items()}
-    if label is None:
-        stem, ext = os.path.splitext(os.path.basename(path))
-        label = stem if ext in _STEM_EXTENSIONS else os.path.basename(path)
-    return DistributionalRun(path=path, label=label, settings=settings, columns=columns, ignored_line=ignored)
+def read_distributional(path: str, label: str | None = None) -> Table:
+    """Reads one distributional TSV (module docstring; `results.read`); a last line cut short is left out."""
+    return results.read(path, (results.DISTRIBUTIONAL,), label)
 
 
-def summarize_distributional(run: DistributionalRun) -> list[GammaSummary]:
+def summarize_distributional(run: Table) -> list[GammaSummary]:
     """One `GammaSummary` per (kind, gamma), certificate gammas first, over the complete examples."""
-    mask = run.complete()
+    mask = complete_examples(run)
     if not mask.any():
         raise UserError(run.path, "no example has all its rows yet; nothing to analyse")
     out = []
     for kind in KINDS:
-        for g in run.groups(kind):
+        for g in gammas_of(run, kind):
             sel = mask & (run.columns["kind"] == kind) & (run.columns["gamma"] == g)
             stats = {}
             for name in ("phi", "cost", "loss"):
@@ -216,14 +150,14 @@ def _fmt(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if np.isfinite(value) else str(value)
 
 
-def distributional_markdown(run: DistributionalRun, rho=None, digits: int = 4) -> str:
+def distributional_markdown(run: Table, rho=None, digits: int = 4) -> str:
     """Three markdown tables: per certificate gamma (E[phi], rho = E[c], epsilon, E[loss]), per gamma_adv the
     empirical worst-case point and the certificate at its rho_test, and the certificate curve over `rho`.
     """
     summaries = summarize_distributional(run)
     gammas, phis = certificate_of(summaries)
     d = digits
-    n = int(np.unique(run.columns["idx"][run.complete()]).size)
+    n = int(np.unique(run.columns["idx"][complete_examples(run)]).size)
     lines = [f"### {run.label.replace('|', chr(92) + '|')} ({n} examples, sigma {run.settings.get('sigma')})", ""]
     lines += ["| kind | gamma | n | E[phi] | se | rho = E[c] | se | epsilon | E[loss] | se |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -248,7 +182,7 @@ def distributional_markdown(run: DistributionalRun, rho=None, digits: int = 4) -
     return "\n".join(lines) + "\n"
 
 
-def distributional_figure(runs: Sequence[DistributionalRun], num_points: int = 201, figsize=(6.4, 4.8),
+def distributional_figure(runs: Sequence[Table], num_points: int = 201, figsize=(6.4, 4.8),
                           dpi: int = 150, title: str | None = None):
     """nal Fig. 2(a): the certificate curve min_gamma gamma rho + E[phi_gamma] (line) and the empirical
     worst-case points (rho_test, E[loss]) per gamma_adv (markers), one color per file. A matplotlib Figure."""

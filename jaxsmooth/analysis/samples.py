@@ -18,15 +18,15 @@ from typing import Sequence
 import numpy as np
 
 from jaxsmooth.analysis import plotting
-from jaxsmooth.analysis.tsv import Run
+from jaxsmooth.results import Table
 from jaxsmooth.errors import UserError
 
 
-def is_sequential(run: Run) -> bool:
+def is_sequential(run: Table) -> bool:
     return "n_used" in run.columns
 
 
-def fixed_samples(run: Run) -> int | None:
+def fixed_samples(run: Table) -> int | None:
     """Samples a fixed-n run spent per input: n0 + n (n for a clean candidate); None when its settings are unknown."""
     n, n0 = run.settings.get("n"), run.settings.get("n0", 0)
     if not isinstance(n, int) or not isinstance(n0, int):
@@ -54,7 +54,7 @@ class SamplesRow:
         return None if self.reference_samples is None else self.reference_samples / self.median
 
 
-def samples_rows(runs: Sequence[Run]) -> list[SamplesRow]:
+def samples_rows(runs: Sequence[Table]) -> list[SamplesRow]:
     """A `SamplesRow` for each sequential run among `runs`, with its fixed-n reference when one is given."""
     fixed = [r for r in runs if r.mode == "certify" and not is_sequential(r) and fixed_samples(r) is not None]
     rows = []
@@ -82,7 +82,7 @@ def samples_markdown(rows: Sequence[SamplesRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def samples_figure(runs: Sequence[Run], figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
+def samples_figure(runs: Sequence[Table], figsize=(6.4, 4.8), dpi: int = 150, title: str | None = None):
     """n_used (log scale) against pA_lower, one point per input, one colour per sequential run; a matplotlib Figure.
 
     Inputs near a threshold of the test take the most samples; the budget

@@ -1,6 +1,7 @@
-"""Reading certify and predict TSVs (jaxsmooth's and locuslab/smoothing's) into `Run`s.
+"""Reading certify and predict TSVs (jaxsmooth's and locuslab/smoothing's) into `results.Table`s; shards merged.
 
-See `jaxsmooth.analysis` for the format. NumPy only: no JAX.
+See `jaxsmooth.analysis` for the format and `jaxsmooth.results` for the
+reader. NumPy only: no JAX.
 """
 
 from __future__ import annotations
@@ -12,102 +13,22 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxsmooth.analysis import sidecar
+from jaxsmooth import results
 from jaxsmooth.errors import UserError
+from jaxsmooth.results import Table, sidecar
 
-REQUIRED = {
-    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
-    "predict": ("idx", "label", "predict", "correct", "time"),
-}
-MODES = tuple(REQUIRED)
+MODES = (results.CERTIFY.mode, results.PREDICT.mode)
+REQUIRED = {s.mode: tuple(s.required) for s in (results.CERTIFY, results.PREDICT)}
 DEFAULT_STEP = 0.25
 MAX_RADII = 100  # table columns; a longer grid is almost always a typo in --step
 
-_INT_COLUMNS = ("idx", "label", "predict", "correct", "count_A", "count_B", "topk_correct", "clean", "n_used")
-_FLOAT_COLUMNS = ("radius", "pA_lower", "lbound_mc", "lbound_model", "topk_radius", "area_objective", "pvalue")
-_TIMEDELTA = re.compile(r"(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
-_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?$")
-_STEM_EXTENSIONS = (".tsv", ".txt", ".tab")  # locuslab names files "sigma_0.25": keep ".25"
+
+def read_run(path: str, label: str | None = None) -> Table:
+    """Reads one certify or predict TSV (`results.read`); `label` defaults to the file stem."""
+    return results.read(path, (results.CERTIFY, results.PREDICT), label)
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One certify or predict TSV, parsed.
-
-    Attributes:
-      path: the file read.
-      label: the run's name in tables and legends (the file stem unless given).
-      mode: ``"certify"`` or ``"predict"``.
-      settings: the header's JSON object; ``{}`` for a locuslab/smoothing file.
-      columns: name -> [N] array: int64 for idx, label, predict, correct,
-        count_A, count_B, topk_correct; float64 for radius, pA_lower, the
-        L-bounds, topk_radius, area_objective, pvalue (``-inf``/``nan``
-        kept); ``time`` in seconds (float64); any other column as str.
-      ignored_line: 1-based number of the partial last line skipped, or None.
-    """
-
-    path: str
-    label: str
-    mode: str
-    settings: dict
-    columns: dict
-    ignored_line: int | None = None
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.columns["idx"])
-
-    @property
-    def has_topk(self) -> bool:
-        return "topk_radius" in self.columns
-
-    @property
-    def topk(self) -> int:
-        """k of the top-k certificate (settings ``"topk"``); 0 when unknown or absent."""
-        k = self.settings.get("topk", 0) if self.has_topk else 0
-        return k if isinstance(k, int) else 0
-
-    @property
-    def anisotropic(self) -> bool:
-        return "area_objective" in self.columns
-
-
-def read_run(path: str, label: str | None = None) -> Run:
-    """Parses one certify or predict TSV (module docstring) into a `Run`."""
-    lines, terminated = _read_lines(path)
-    program, settings = sidecar.read_settings(path)
-    if program not in (None, "certify"):
-        raise UserError(path, f"was written by jaxsmooth {program}, not certify; analyze reads certify and "
-                              "predict TSVs")
-    body = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
-    if not body:
-        raise UserError(path, "has no header row (idx label predict ...); is it a certify TSV?")
-    header = body[0][1].split("\t")
-    mode = _mode(path, settings, header)
-    _check_header(path, mode, header)
-    rows = [(n, line) for n, line in body[1:] if line != body[0][1]]  # a header repeated by a resumed writer
-    ignored = None
-    # A killed writer leaves a last line short of fields, or cut inside its last field (then unterminated).
-    if rows and (len(rows[-1][1].split("\t")) != len(header)
-                 or not terminated and rows[-1][0] == lines[-1][0] and not _parses(header, rows[-1][1])):
-        ignored = rows.pop()[0]
-    if not rows:
-        raise UserError(path, "has a header but no rows yet; nothing to analyse")
-    fields = []
-    for n, line in rows:
-        parts = line.split("\t")
-        if len(parts) != len(header):
-            raise UserError(f"{path}:{n}", f"has {len(parts)} tab-separated fields, the header has {len(header)}")
-        fields.append(parts)
-    columns = {name: _column(path, rows, name, [f[j] for f in fields]) for j, name in enumerate(header)}
-    _check_values(path, rows, columns)
-    if label is None:
-        stem, ext = os.path.splitext(os.path.basename(path))
-        label = stem if ext in _STEM_EXTENSIONS else os.path.basename(path)
-    return Run(path=path, label=label, mode=mode, settings=settings, columns=columns, ignored_line=ignored)
-
-
-def read_runs(paths: Sequence[str], labels: Sequence[str] | None = None) -> list[Run]:
+def read_runs(paths: Sequence[str], labels: Sequence[str] | None = None) -> list[Table]:
     """Reads several runs of one mode; `labels`, if given, names them in order.
 
     The shards of a run certified with ``certify.parallel = examples``
@@ -129,7 +50,7 @@ def read_runs(paths: Sequence[str], labels: Sequence[str] | None = None) -> list
     return runs
 
 
-def common_images(runs: Sequence[Run]) -> list[Run]:
+def common_images(runs: Sequence[Table]) -> list[Table]:
     """Each run restricted to the examples (idx) that every run has, rows in the order each run had them.
 
     For comparing runs that reached different images, such as a long fixed-n
@@ -164,15 +85,15 @@ def _merged_path(path: str) -> str:
     return os.path.join(folder, match["stem"] + (match["ext"] or "")) if match else path
 
 
-def merge_shards(runs: Sequence[Run]) -> list[Run]:
-    """`runs` with the shards of each run merged into one `Run`, rows in idx order, where its first shard was.
+def merge_shards(runs: Sequence[Table]) -> list[Table]:
+    """`runs` with the shards of each run merged into one `Table`, rows in idx order, where its first shard was.
 
     A shard is a file whose header has ``shards`` > 1. Shards group by their
     merged file name (``cert.shard1of2.tsv`` -> ``cert.tsv``); a group must be
     every shard 0 .. P-1 of one run (all header fields equal but `SHARD_FIELDS`)
     with disjoint examples, else a `UserError` names the file and what is wrong.
     """
-    groups: dict[str, list[Run]] = {}
+    groups: dict[str, list[Table]] = {}
     order: list[object] = []
     for run in runs:
         shards = run.settings.get("shards", 1)
@@ -187,7 +108,7 @@ def merge_shards(runs: Sequence[Run]) -> list[Run]:
     return [_merge(key, groups[key]) if isinstance(key, str) else key for key in order]
 
 
-def _merge(path: str, shards: list[Run]) -> Run:
+def _merge(path: str, shards: list[Table]) -> Table:
     first = shards[0]
     same = {k: v for k, v in first.settings.items() if k not in SHARD_FIELDS}
     for run in shards[1:]:
@@ -213,13 +134,12 @@ def _merge(path: str, shards: list[Run]) -> Run:
                               "the shards of one run")
     order = np.argsort(idx, kind="stable")
     columns = {name: np.concatenate([run.columns[name] for run in shards])[order] for name in first.columns}
-    stem, ext = os.path.splitext(os.path.basename(path))
-    return Run(path=path, label=stem if ext in _STEM_EXTENSIONS else os.path.basename(path), mode=first.mode,
-               settings={**{k: v for k, v in same.items() if k != "shards"}, "shards_merged": count}, columns=columns,
-               ignored_line=next((run.ignored_line for run in shards if run.ignored_line is not None), None))
+    return Table(path=path, label=results.stem_label(same, path), schema=first.schema,
+                 settings={**{k: v for k, v in same.items() if k != "shards"}, "shards_merged": count}, columns=columns,
+                 ignored_line=next((run.ignored_line for run in shards if run.ignored_line is not None), None))
 
 
-def write_merged(shard_paths: Sequence[str], out: str) -> Run:
+def write_merged(shard_paths: Sequence[str], out: str) -> Table:
     """Writes the merged TSV of one run's shards to `out` (settings without the shard fields, rows by idx).
 
     The rows are copied as written; a partial last line of a killed shard is
@@ -232,7 +152,7 @@ def write_merged(shard_paths: Sequence[str], out: str) -> Run:
                                    "certify.parallel = examples)")
     rows, header = [], None
     for run in runs:
-        lines, _ = _read_lines(run.path)
+        lines, _ = results.read_lines(run.path)
         data = [(n, line) for n, line in lines if line.strip() and not line.startswith("#")]
         header = data[0][1]
         rows += [line for n, line in data[1:] if line != header and n != run.ignored_line]
@@ -241,118 +161,7 @@ def write_merged(shard_paths: Sequence[str], out: str) -> Run:
     try:
         with open(out, "w") as f:
             f.writelines(line + "\n" for line in [header] + rows)
-        sidecar.write(out, "certify", settings, tuple(sidecar.read_notes(runs[0].path)))
+        sidecar.write(out, merged[0].schema.program, settings, tuple(sidecar.read_notes(runs[0].path)))
     except OSError as e:
         raise UserError("--merge", f"cannot write {out}: {e.strerror}") from None
     return merged[0]
-
-
-
-def _read_lines(path: str) -> tuple[list[tuple[int, str]], bool]:
-    """(1-based line number, line without its newline) for each line, and whether the file ends in a newline."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UserError(path, "no such file") from None
-    except IsADirectoryError:
-        raise UserError(path, "is a directory, not a TSV file") from None
-    except UnicodeDecodeError:
-        raise UserError(path, "is not a UTF-8 text file; expected a certify TSV") from None
-    except OSError as e:
-        raise UserError(path, f"cannot be read: {e.strerror}") from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    if not any(line.strip() for line in lines):
-        raise UserError(path, "is empty; expected a certify or predict TSV")
-    return [(n + 1, line.rstrip("\r")) for n, line in enumerate(lines)], text.endswith("\n")
-
-
-
-def _mode(path: str, settings: dict, header: list[str]) -> str:
-    mode = settings.get("mode")
-    if mode is None:  # locuslab/smoothing: certify.py writes a radius, predict.py none
-        mode = "predict" if "radius" not in header and "correct" in header else "certify"
-    if mode not in MODES:
-        raise UserError(path, f"mode {mode!r} in the header is unknown; analyze reads: {', '.join(MODES)}")
-    return mode
-
-
-def _check_header(path: str, mode: str, header: list[str]) -> None:
-    wanted = REQUIRED[mode] + (("topk_correct",) if "topk_radius" in header else ()) + (
-        ("topk_radius",) if "topk_correct" in header else ())
-    if len(header) == 1 and " " in header[0]:
-        raise UserError(path, f"the header {header[0]!r} has no tabs; a {mode} TSV's columns are tab-separated: "
-                              f"{' '.join(REQUIRED[mode])} [...]")
-    for name in wanted:
-        if name not in header:
-            raise UserError(path, f"missing column {name!r}: a {mode} TSV has the tab-separated columns "
-                                  f"{' '.join(REQUIRED[mode])} [...]; this header has {' '.join(header)!r}")
-    for name in header:
-        if header.count(name) > 1:
-            raise UserError(path, f"column {name!r} appears {header.count(name)} times in the header")
-
-
-def _parse(name: str, value: str):
-    if name in _INT_COLUMNS:
-        return int(value)
-    if name in _FLOAT_COLUMNS:
-        return float(value)
-    if name == "time":
-        return _seconds(value)
-    return value
-
-
-def _parses(header: list[str], line: str) -> bool:
-    try:
-        for name, value in zip(header, line.split("\t")):
-            _parse(name, value)
-        return True
-    except ValueError:
-        return False
-
-
-def _column(path: str, rows, name: str, values: list[str]) -> np.ndarray:
-    dtype = np.int64 if name in _INT_COLUMNS else np.float64 if name in _FLOAT_COLUMNS or name == "time" else str
-    out = []
-    for (n, _), value in zip(rows, values):
-        try:
-            out.append(_parse(name, value))
-        except ValueError:
-            kind = "an integer" if dtype is np.int64 else "a number" if name != "time" else \
-                "a time H:MM:SS[.ffffff] or seconds"
-            raise UserError(f"{path}:{n}", f"column {name}: {value!r} is not {kind}") from None
-    return np.asarray(out, dtype)
-
-
-def _seconds(text: str) -> float:
-    """Seconds of a Python ``str(datetime.timedelta)`` (``[D day[s], ]H:MM:SS[.ffffff]``) or plain seconds (``15.4``).
-
-    locuslab/smoothing's certify.py has written both over its history.
-    """
-    if _PLAIN_SECONDS.match(text.strip()):
-        return float(text)
-    match = _TIMEDELTA.match(text.strip())
-    if not match:
-        raise ValueError(text)
-    days, hours, minutes, seconds = match.groups()
-    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-def _check_values(path: str, rows, columns: dict) -> None:
-    """0/1 correctness, radii >= 0 and each idx once: what the metrics assume."""
-    checks = [(name, lambda v: (v != 0) & (v != 1), "is not 0 or 1") for name in ("correct", "topk_correct")]
-    checks += [(name, lambda v: np.isnan(v) | (v < 0), "is not a radius >= 0") for name in ("radius", "topk_radius")]
-    checks += [("predict", lambda v: v < -1, "is not a class or -1 (abstain)")]
-    for name, bad, what in checks:
-        if name in columns and np.any(bad(columns[name])):
-            i = int(np.argmax(bad(columns[name])))
-            raise UserError(f"{path}:{rows[i][0]}", f"column {name}: {columns[name][i]} {what}")
-    idx = columns["idx"]
-    order = np.argsort(idx, kind="stable")
-    repeated = np.flatnonzero(idx[order][1:] == idx[order][:-1])
-    if repeated.size:
-        first, second = order[repeated[0]], order[repeated[0] + 1]
-        raise UserError(f"{path}:{rows[second][0]}", f"idx {idx[second]} is already on line {rows[first][0]}; "
-                                                    "each example is counted once")

@@ -57,8 +57,6 @@ from jaxsmooth.attacks.pgd import pgd, pgd_min_distance
 from jaxsmooth.errors import UserError
 
 ATTACKS = ("pgd", "ddn")
-COLUMNS = ["idx", "label", "predict", "success", "distance", "time"]
-ACCURACY_COLUMNS = ["idx", "label", "radius", "correct", "correct_noisy", "time"]
 # Stream tag of the clean-input success check, apart from the attack's own step keys.
 _CLEAN_STREAM = 2**31 - 3
 # Stream tag of the test-time noise of `make_accuracy`, apart from the attack's step keys.
@@ -257,7 +255,7 @@ def run_accuracy(accuracy: Callable, params, model_state, split, indices: np.nda
     example, so the program never recompiles); within a batch, the rows of
     the first radius, then the next. Pairs ``(idx, radius)`` in `done` are
     skipped (a resumed run); a batch's radius whose pairs are all done is not
-    computed. Rows hold the `ACCURACY_COLUMNS` and ``seconds``, this row's
+    computed. Rows hold the columns of `results.ACCURACY` and ``seconds``, this row's
     share of its batch's wall time.
     """
     if batch < 1:

@@ -58,7 +58,7 @@ def config_path(root: str, suite: str, name: str) -> str:
     return os.path.join(root, "configs", file)
 
 
-def lbound_stats(run: analysis.Run, column: str) -> tuple[float, float]:
+def lbound_stats(run: analysis.Table, column: str) -> tuple[float, float]:
     """Median and mean of an L-bound column, 0 where the certified class is wrong or abstains."""
     values = np.where(run.columns["correct"] == 1, run.columns[column], 0.0)
     return float(np.median(values)), float(np.mean(values))

@@ -33,7 +33,7 @@ _NAL_FIELDS = {"wrm": {"gamma": "gamma", "ascent_steps": "ascent_steps", "ascent
 class Row:
     name: str
     test_accuracy: float
-    accuracy: object  # analysis.attacks.AccuracyRun
+    accuracy: object  # the results.Table of its accuracy file
     train_seconds: float
 
 

@@ -43,7 +43,6 @@ import numpy as np
 
 from jaxsmooth.errors import UserError
 
-COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "count_A", "count_B"]
 MODES = ("fixed", "max-radius", "grid")  # the timed modes: the first word of each timing.json entry
 
 
@@ -197,28 +196,25 @@ def _grid(s: Setup) -> None:
     """Grid mode over every image, for real; resumes after the TSV's last row."""
     from tqdm import tqdm
 
-    from jaxsmooth.certification import batching, records
+    from jaxsmooth import results
+    from jaxsmooth.certification import batching
 
     path = os.path.join(s.args.workdir, f"{s.model.label}_grid.tsv")
     header = {**s.header, **s.settings.sequential_header(s.sampler.radius_rule(s.model.sigma))[0]}
-    writer = records.TsvWriter(path, header, COLUMNS + ["n_used"])
+    writer = results.Writer(path, results.CERTIFY, header, results.CERTIFY.header({"label", "sequential"}))
     done = set(writer.done)
     todo = np.asarray([i for i in s.indices if int(i) not in done], np.int64)
     usage, t0 = batching.Usage(), time.perf_counter()
     with tqdm(total=len(s.indices), initial=len(done), desc=f"{s.model.label} grid", file=sys.stderr) as bar:
-        for row in batching.run(s.sampler, _examples(s.split), todo, s.model.sigma, s.settings, s.keys, usage=usage):
-            writer.write(_tsv_row(row))
+        for outcome in batching.run(s.sampler, _examples(s.split), todo, s.model.sigma, s.settings, s.keys,
+                                    usage=usage):
+            writer.write(results.CERTIFY.row(outcome))
             bar.update(1)
     writer.close()
     if len(todo):
         with open(os.path.join(s.args.workdir, f"{s.model.label}_grid_usage.json"), "w") as f:
             json.dump({**dataclasses.asdict(usage), "fraction": usage.fraction, "images": len(todo),
                        "seconds": time.perf_counter() - t0}, f, indent=1)
-
-
-def _tsv_row(row: dict) -> dict:
-    return {**row, "idx": row["index"], "correct": int(row["predict"] == row["label"]),
-            "time": f"{row.get('seconds', 0.0):.6f}"}
 
 
 def _timing(args, overrides, models, tolerances, fixed, modes) -> dict:
@@ -275,8 +271,8 @@ def _sequential_runner(s: Setup, pick, settings):
     from jaxsmooth.certification import batching
 
     def run():
-        rows = list(batching.run(s.sampler, _examples(s.split), pick, s.model.sigma, settings, s.keys))
-        run.samples = sum(r["n_used"] for r in rows)
+        outcomes = list(batching.run(s.sampler, _examples(s.split), pick, s.model.sigma, settings, s.keys))
+        run.samples = sum(o.n_used for o in outcomes)
 
     run.samples = 0
     return run

@@ -10,16 +10,16 @@ have both a grid row and a recorded stream, and say how many.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
 
 import numpy as np
 
-from jaxsmooth import certification
+from jaxsmooth import certification, results
 from jaxsmooth.certification import batching
 
-COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "count_A", "count_B"]
 SAME = ("predict", "radius", "pA_lower", "count_A", "count_B", "n_used")  # replayed = run, field by field
 
 
@@ -29,8 +29,8 @@ def fixed_rows(stream: dict, n: int, n0: int, alpha: float, sigma: float) -> lis
     rows = []
     for i in range(len(stream["idx"])):
         cert = certification.certify(int(stream["candidate"][i]), stream["counts"][i, j], alpha, sigma)
-        rows.append(_row(stream, i, {"predict": cert.label, "radius": cert.radius, "pA_lower": cert.pa_lower,
-                                     "count_A": cert.count_a, "count_B": cert.count_b, "n_used": n0 + n}))
+        rows.append(_row(stream, i, results.Outcome(-1, None, cert.label, cert.count_a, cert.count_b, sigma, 0.0,
+                                                    n0 + n, pa_lower=cert.pa_lower, radius=cert.radius)))
     return rows
 
 
@@ -40,9 +40,10 @@ def replayed_rows(stream: dict, settings, sigma: float) -> list[dict]:
                                             settings.n0, settings, sigma)) for i in range(len(stream["idx"]))]
 
 
-def _row(stream, i, result) -> dict:
-    label = int(stream["label"][i])
-    return {**result, "idx": int(stream["idx"][i]), "label": label, "correct": int(result["predict"] == label)}
+def _row(stream, i, outcome: results.Outcome) -> dict:
+    """The certify row of recorded image i (time not measured: 0), with the samples it took."""
+    outcome = dataclasses.replace(outcome, index=int(stream["idx"][i]), label=int(stream["label"][i]))
+    return {**results.CERTIFY.row(outcome), "samples": outcome.samples}
 
 
 def certified_accuracy(rows: Sequence[dict], radius: float) -> float:
@@ -54,15 +55,13 @@ def acr(rows: Sequence[dict]) -> float:
 
 
 def _write_tsv(path: str, rows: Sequence[dict], header: dict, note: str) -> None:
-    from jaxsmooth.certification import records
-
     for old in (path, path + ".json"):
         if os.path.exists(old):
             os.remove(old)
-    cols = COLUMNS + (["n_used"] if header.get("sequential") else [])
-    writer = records.TsvWriter(path, header, cols, notes=(records.ALPHA_NOTE, note))
+    cols = results.CERTIFY.header({"label"} | ({"sequential"} if header.get("sequential") else set()))
+    writer = results.Writer(path, results.CERTIFY, header, cols, notes=(note,))
     for row in sorted(rows, key=lambda r: r["idx"]):
-        writer.write({**row, "time": "0"})
+        writer.write(row)
     writer.close()
 
 
@@ -73,8 +72,8 @@ def _grid_rows(path: str) -> dict[int, dict]:
         return {}
     run = analysis.read_run(path)
     c = run.columns
-    return {int(c["idx"][j]): {k: c[k][j].item() for k in (*SAME, "label", "correct", "idx")}
-            for j in range(run.num_examples)}
+    return {int(c["idx"][j]): {**{k: c[k][j].item() for k in (*SAME, "label", "correct", "idx")},
+                               "samples": c["n_used"][j].item()} for j in range(run.num_examples)}
 
 
 def write(workdir: str, models, fixed: Sequence[int], tolerances: Sequence[float], settings: dict) -> str:
@@ -95,8 +94,6 @@ def write(workdir: str, models, fixed: Sequence[int], tolerances: Sequence[float
 
 
 def _model_report(workdir, model, fixed, tolerances, settings, timing) -> tuple[str, dict]:
-    import dataclasses
-
     n0, n, alpha = settings["n0"], settings["n"], settings["alpha"]
     grid_settings = certification.Settings(n0=n0, n=n, alpha=alpha, sequential=True, radii=model.radii)
     grid = _grid_rows(os.path.join(workdir, f"{model.label}_grid.tsv"))
@@ -136,7 +133,7 @@ def _model_report(workdir, model, fixed, tolerances, settings, timing) -> tuple[
     grid_run = analysis.read_run(os.path.join(workdir, f"{model.label}_grid.tsv"))
     samples.samples_figure([grid_run], title=f"{model.label}: grid mode, radii {model.radii}").savefig(
         os.path.join(workdir, f"{model.label}_n_used.png"))
-    curve = {name: (float(np.mean([r["n_used"] for r in rows])), acr(rows)) for name, rows in runs.items()}
+    curve = {name: (float(np.mean([r["samples"] for r in rows])), acr(rows)) for name, rows in runs.items()}
     return "\n".join(lines), curve
 
 
@@ -150,9 +147,9 @@ def _grid_table(model, fixed_rows_, grid_rows, workdir) -> str:
     usage = json.load(open(usage_path)) if os.path.exists(usage_path) else None
     lines = ["| run | " + " | ".join(f"r = {r:g}" for r in radii) + " | mean samples | median samples | "
              "x fewer (mean) | slots doing useful work |", "|---|" + "---:|" * (len(radii) + 4)]
-    budget = fixed_rows_[0]["n_used"]
+    budget = fixed_rows_[0]["samples"]
     for name, rows, use in (("fixed", fixed_rows_, None), ("grid sequential", grid_rows, usage)):
-        used = np.array([r["n_used"] for r in rows], np.float64)
+        used = np.array([r["samples"] for r in rows], np.float64)
         cells = [f"{certified_accuracy(rows, r):.3f}" for r in radii]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {used.mean():,.0f} | {np.median(used):,.0f} | "
                      f"{budget / used.mean():.1f} | {'-' if use is None else format(use['fraction'], '.1%')} |")
@@ -174,7 +171,7 @@ def _full_run_rates(workdir, model, stream) -> str:
 def _tradeoff_table(runs: dict, n0: int) -> str:
     lines = ["| run | mean samples | median samples | ACR | certified accuracy at 0 |", "|---|---:|---:|---:|---:|"]
     for name, rows in runs.items():
-        used = np.array([r["n_used"] for r in rows], np.float64)
+        used = np.array([r["samples"] for r in rows], np.float64)
         lines.append(f"| {name} | {used.mean():,.0f} | {np.median(used):,.0f} | {acr(rows):.4f} | "
                      f"{certified_accuracy(rows, 0.0):.3f} |")
     return "\n".join(lines) + "\n"

@@ -79,7 +79,7 @@ class Row:
 @dataclasses.dataclass(frozen=True)
 class Report:
     rows: list
-    runs: list  # analysis.Run per row, for the area figure
+    runs: list  # analysis.Table per row, for the area figure
     sigmas: dict  # sigma run name -> learned sigma [H, W, C]
 
 
@@ -96,13 +96,13 @@ def sigma_config(root: str, suite: str) -> str:
     return os.path.join(root, "configs", f"{suite}_sigma.py")
 
 
-def correct_areas(run: analysis.Run) -> np.ndarray:
+def correct_areas(run: analysis.Table) -> np.ndarray:
     """The finite O_CA of the certified-correct examples of an anisotropic run, [K]."""
     area = run.columns["area_objective"][run.columns["correct"] == 1]
     return area[np.isfinite(area)]
 
 
-def default_areas(runs: Sequence[analysis.Run], quantiles: Sequence[float] = (0.25, 0.5, 0.75)) -> np.ndarray:
+def default_areas(runs: Sequence[analysis.Table], quantiles: Sequence[float] = (0.25, 0.5, 0.75)) -> np.ndarray:
     """Area thresholds: the quantiles of the pooled `correct_areas` of `runs`, rounded to 0.1, distinct, increasing."""
     pooled = np.concatenate([correct_areas(r) for r in runs] or [np.zeros(0)])
     if pooled.size == 0:
@@ -110,10 +110,10 @@ def default_areas(runs: Sequence[analysis.Run], quantiles: Sequence[float] = (0.
     return np.unique(np.round(np.quantile(pooled, quantiles), 1))
 
 
-def row_of(run: analysis.Run, areas, train_seconds: float, sigma_mean: float = math.nan,
+def row_of(run: analysis.Table, areas, train_seconds: float, sigma_mean: float = math.nan,
            name: str | None = None) -> Row:
     """The table row of one anisotropic certify run at thresholds `areas` ([A])."""
-    if not run.anisotropic:
+    if not analysis.is_anisotropic(run):
         raise UserError(run.path, "has no area_objective column (certify with --sigma-file or --sigma-from)")
     areas = np.asarray(areas, np.float64)
     good = correct_areas(run)

@@ -4,12 +4,13 @@
 counts into decisions and radii on the host in float64; `certify_batch` and
 `predict_batch` put the two together exactly as Cohen et al. 2019 do, with
 the selection samples (n0) and the estimation samples (n) drawn from
-different keys.
+different keys, into one `results.Outcome` per example.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable
 
 import jax
@@ -21,6 +22,7 @@ from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, Ra
                                             gaussian_rule, l_bound, predict, smallest_certifying_n, topk_radius)
 from jaxsmooth.certification.engine import (Counts, Sampler, Segments, check_sigma, make_clean_probabilities,
                                             sample_counts)
+from jaxsmooth.results import Outcome
 
 __all__ = [
     "ABSTAIN", "Certificate", "Counts", "Prediction", "RadiusRule", "Sampler", "Segments", "Settings", "bounds",
@@ -59,12 +61,16 @@ class Settings:
     radii: tuple[float, ...] | None = None
     tolerance: float = sequential_stats.DEFAULT_TOLERANCE
 
-    def check(self, num_classes: int) -> None:
-        """What only the model can tell: top-k within its classes (the rest is checked by `make_settings`)."""
+    def check(self, num_classes: int, kind=None) -> None:
+        """What only the model and the noise kind can tell (the rest is checked by `make_settings`): top-k within
+        the model's classes, and under a Gaussian certificate (`noises.NoiseKind.gaussian_certificate`)."""
         from jaxsmooth.errors import UserError
 
         if self.topk < 0 or self.topk == 1 or self.topk >= num_classes:
             raise UserError("topk", f"must be 0 (off) or in [2, {num_classes - 1}], got {self.topk}")
+        if self.topk and kind is not None and not kind.gaussian_certificate:
+            raise UserError("topk", f"the top-k certificate (Jia et al. 2020) is for Gaussian smoothing, not "
+                                    f"{kind.name} noise")
 
     def sequential_header(self, rule: bounds.RadiusRule) -> tuple[dict, str | None]:
         """A sequential run's settings fields (its mode, radii or tolerance, looks and their levels), and the line
@@ -141,8 +147,8 @@ def stream_keys(key: jax.Array) -> dict[str, jax.Array]:
 
 def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, settings: Settings, key: jax.Array, *,
                   labels: np.ndarray | None = None,
-                  clean_probabilities: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict]:
-    """CERTIFY for each example of x: candidate, p_A lower bound, radius, and the extra statistics.
+                  clean_probabilities: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Outcome]:
+    """CERTIFY for each example of x: candidate, p_A lower bound, radius, and what the extra statistics need.
 
     Args:
       sampler: built with ``with_softmax=True`` for the Monte Carlo L-bound.
@@ -157,10 +163,12 @@ def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, set
     certified for the 8-bit images within it.
 
     Returns:
-      one dict per example: predict, radius, pA_lower, count_A, count_B,
-      lbound_mc, lbound_model (when clean_probabilities is given), and
-      topk_radius (topk > 0), area_objective (per-pixel sigma).
+      one `results.Outcome` per example (`results.CERTIFY.row` makes its TSV
+      row), with the mean softmax (a softmax sampler), the clean softmax (given
+      clean_probabilities) and the top-k radius (topk > 0); seconds: an equal
+      share of the call's wall time.
     """
+    t0 = time.perf_counter()
     keys = stream_keys(key)
     sigma_arr = np.asarray(sigma, np.float64)
     clean = clean_probabilities(x) if clean_probabilities is not None else None
@@ -172,40 +180,45 @@ def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, set
         candidates = np.argmax(sampler(x, index, sigma, settings.n0, keys["selection"]).counts, -1)
     estimated = sampler(x, index, sigma, settings.n, keys["estimation"])
     tv, rule = sampler.total_variation(sigma), sampler.radius_rule(sigma)
-    rows = []
+    gaussian = sampler.kind.gaussian_certificate  # the L-bounds are Gaussian theorems (`NoiseKind`)
+    samples = settings.n + (settings.n0 if settings.candidate == "selection" else 0)
+    outcomes = []
     for b in range(x.shape[0]):
         cert = certify(int(candidates[b]), estimated.counts[b], settings.alpha, sigma_arr, tv=tv, rule=rule)
-        row = {"predict": cert.label, "radius": cert.radius, "pA_lower": cert.pa_lower,
-               "count_A": cert.count_a, "count_B": cert.count_b}
-        if estimated.mean_softmax is not None:
-            row["lbound_mc"] = float(l_bound(estimated.mean_softmax[b], sigma_arr))
-        if clean is not None:
-            row["lbound_model"] = float(l_bound(clean[b], sigma_arr))
-        if settings.topk:
-            row["topk_radius"] = topk_radius(int(labels[b]), estimated.counts[b], settings.topk, settings.alpha,
-                                             float(np.min(sigma_arr)), tv=tv)
-        if sigma_arr.ndim:
-            row["area_objective"] = certified_area(cert.pa_lower, sigma_arr)
-        rows.append(row)
-    return rows
+        topk = None if not settings.topk else topk_radius(int(labels[b]), estimated.counts[b], settings.topk,
+                                                          settings.alpha, float(np.min(sigma_arr)), tv=tv)
+        outcomes.append(Outcome(
+            int(index[b]), None if labels is None else int(labels[b]), cert.label, cert.count_a, cert.count_b, sigma,
+            0.0, samples, pa_lower=cert.pa_lower, radius=cert.radius, topk_radius=topk,
+            mean_softmax=None if estimated.mean_softmax is None or not gaussian else estimated.mean_softmax[b],
+            clean=None if clean is None or not gaussian else clean[b]))
+    return _timed(outcomes, t0)
 
 
 def predict_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, n: int, alpha: float,
-                  key: jax.Array, *, clean_probabilities: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict]:
+                  key: jax.Array, *, labels: np.ndarray | None = None,
+                  clean_probabilities: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Outcome]:
     """PREDICT for each example of x: the top class of n samples, or ABSTAIN when the binomial test fails.
 
-    With `clean_probabilities`, each row also holds ``clean``: the class of one
-    noise-free forward pass (a deterministic model's own prediction), to be
-    compared with PREDICT's (the agreement study of ``analyze``). With
-    lattice noise the answer differs from the lattice-smoothed classifier's
-    with probability at most alpha + n tau (tau: `Sampler.total_variation`).
+    One `results.Outcome` per example (`results.PREDICT.row` makes its row).
+    With `clean_probabilities`, each also holds the softmax of one noise-free
+    forward pass, whose class (``clean``) is compared with PREDICT's (the
+    agreement study of ``analyze``). With lattice noise the answer differs
+    from the lattice-smoothed classifier's with probability at most
+    alpha + n tau (tau: `Sampler.total_variation`).
     """
+    t0 = time.perf_counter()
     counts = sampler(x, index, sigma, n, stream_keys(key)["predict"]).counts
-    clean = np.argmax(clean_probabilities(x), -1) if clean_probabilities is not None else None
-    rows = []
+    clean = clean_probabilities(x) if clean_probabilities is not None else None
+    outcomes = []
     for b in range(x.shape[0]):
         p = predict(counts[b], alpha)
-        rows.append({"predict": p.label, "count_A": p.count_a, "count_B": p.count_b, "pvalue": p.pvalue})
-        if clean is not None:
-            rows[-1]["clean"] = int(clean[b])
-    return rows
+        outcomes.append(Outcome(int(index[b]), None if labels is None else int(labels[b]), p.label, p.count_a,
+                                p.count_b, sigma, 0.0, n, pvalue=p.pvalue, clean=None if clean is None else clean[b]))
+    return _timed(outcomes, t0)
+
+
+def _timed(outcomes: list[Outcome], t0: float) -> list[Outcome]:
+    """The outcomes of one call, each given an equal share of its wall time since `t0`."""
+    seconds = (time.perf_counter() - t0) / max(len(outcomes), 1)
+    return [dataclasses.replace(o, seconds=seconds) for o in outcomes]

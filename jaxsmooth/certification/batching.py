@@ -37,8 +37,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from jaxsmooth.certification import sequential
-from jaxsmooth.certification.bounds import ABSTAIN, certified_area, gaussian_rule, l_bound
+from jaxsmooth.certification.bounds import ABSTAIN, gaussian_rule
 from jaxsmooth.certification.engine import Sampler
+from jaxsmooth.results import Outcome
 
 CUTS = 4  # looks one slot may pass in one call (a static shape: one executable)
 MAX_STEPS = 64  # loop steps per call at most: calls stay short for progress and resumption
@@ -78,8 +79,8 @@ class _Input:
 
 
 def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, *,
-        clean_probabilities: Callable | None = None, usage: Usage | None = None) -> Iterator[dict]:
-    """Sequential CERTIFY of the examples `indices`, yielding one row per input as soon as its test stops.
+        clean_probabilities: Callable | None = None, usage: Usage | None = None) -> Iterator[Outcome]:
+    """Sequential CERTIFY of the examples `indices`, yielding one `results.Outcome` per input as soon as its test stops.
 
     Args:
       sampler: its slots (`inputs`) and loop step (`step_samples`) set the batching.
@@ -90,14 +91,14 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
       clean_probabilities: one clean forward pass's softmax (candidate "clean"; the model's L-bound).
       usage: filled with the slot counts of every call.
     Yields:
-      in the order inputs finish: index, label, predict, radius, pA_lower, count_A, count_B, n_used,
-      seconds, and lbound_mc / lbound_model / area_objective as `certify_batch` gives them.
+      in the order inputs finish, each input's outcome (`results.CERTIFY.row` makes its row): as
+      `certify_batch`'s, with n_used (selection included) and seconds (its share of the calls it took
+      part in).
     """
     usage = Usage() if usage is None else usage
-    sigma_arr = np.asarray(sigma, np.float64)
     rule = sampler.radius_rule(sigma)
     schedule = settings.schedule(rule)
-    tv = sampler.total_variation(sigma)
+    tv, gaussian = sampler.total_variation(sigma), sampler.kind.gaussian_certificate
     decided, certified_radius = stopping_rule(settings, schedule, rule, tv)
     pending, ready, active = deque(int(i) for i in indices), deque(), []
     while pending or ready or active:
@@ -108,7 +109,7 @@ def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, 
             active.append(ready.popleft())
         for item in _estimate(sampler, active, sigma, schedule, decided, keys["estimation"], usage):
             active.remove(item)
-            yield _row(item, certified_radius(item.state.lower), sigma_arr, tv)
+            yield _outcome(item, certified_radius(item.state.lower), sigma, tv, gaussian)
 
 
 def stopping_rule(settings, schedule: sequential.Schedule, rule, tv: float = 0.0) -> tuple[Callable, Callable]:
@@ -128,16 +129,17 @@ def stopping_rule(settings, schedule: sequential.Schedule, rule, tv: float = 0.0
 
 
 def replay(counts: np.ndarray, positions, candidate: int, selection: int, settings, sigma, tv: float = 0.0,
-           rule=None) -> dict:
-    """The row `run` gives an input, from its estimation counts recorded at fixed stream positions.
+           rule=None) -> Outcome:
+    """The outcome `run` gives an input, from its estimation counts recorded at fixed stream positions.
 
     The counts of a stream's first N samples do not depend on how they were
     drawn (`engine`), so a fixed-n run that records them at every look of a
     schedule (`positions` must hold the schedule's looks, increasing;
     counts: [len(positions), K] counts of samples [0, position)) can replay
     any sequential run of those settings: the same looks, states, stop and
-    row as `run`, without drawing again. time and lbound_mc are not replayed.
-    rule: the noise kind's radius rule (default: Cohen et al.'s at sigma).
+    outcome as `run`, without drawing again. Its index (-1), label (None),
+    seconds (0) and mean softmax (None) are not replayed. rule: the noise
+    kind's radius rule (default: Cohen et al.'s at sigma).
     """
     sigma_arr = np.asarray(sigma, np.float64)
     rule = gaussian_rule(sigma_arr) if rule is None else rule
@@ -150,7 +152,7 @@ def replay(counts: np.ndarray, positions, candidate: int, selection: int, settin
         item.state = sequential.observe(item.state, int(item.counts[candidate]), schedule)
         if decided(item.state):
             break
-    return _row(item, certified_radius(item.state.lower), sigma_arr, tv)
+    return _outcome(item, certified_radius(item.state.lower), sigma, tv)
 
 
 def _select(sampler, load, batch, sigma, settings, keys, clean_probabilities, usage) -> list[_Input]:
@@ -239,18 +241,13 @@ def _estimate(sampler, active, sigma, schedule, decided, key, usage) -> list[_In
     return done
 
 
-def _row(item: _Input, r: float, sigma_arr, tv: float) -> dict:
-    """The TSV fields of a finished input with certified radius r (-inf: abstain): `certify_batch`'s and n_used."""
-    lower = item.state.lower - tv
+def _outcome(item: _Input, r: float, sigma, tv: float, gaussian: bool = True) -> Outcome:
+    """The `results.Outcome` of a finished input with certified radius r (-inf: abstain), as `certify_batch`'s:
+    the L-bounds' softmax vectors only under a Gaussian certificate (`NoiseKind.gaussian_certificate`)."""
     others = np.delete(item.counts, item.candidate)
-    row = {"index": item.index, "label": item.label, "predict": item.candidate if r >= 0 else ABSTAIN,
-           "radius": max(r, 0.0), "pA_lower": lower, "count_A": int(item.counts[item.candidate]),
-           "count_B": int(others.max()) if others.size else 0, "n_used": item.selection + item.consumed,
-           "seconds": item.seconds}
-    if item.softmax is not None:
-        row["lbound_mc"] = float(l_bound(item.softmax / max(item.consumed, 1), sigma_arr))
-    if item.clean is not None:
-        row["lbound_model"] = float(l_bound(item.clean, sigma_arr))
-    if sigma_arr.ndim:
-        row["area_objective"] = certified_area(lower, sigma_arr)
-    return row
+    n_used = item.selection + item.consumed
+    return Outcome(item.index, item.label, item.candidate if r >= 0 else ABSTAIN, int(item.counts[item.candidate]),
+                   int(others.max()) if others.size else 0, sigma, item.seconds, n_used,
+                   pa_lower=item.state.lower - tv, radius=max(r, 0.0), n_used=n_used,
+                   clean=item.clean if gaussian else None,
+                   mean_softmax=None if item.softmax is None or not gaussian else item.softmax / max(item.consumed, 1))

@@ -141,7 +141,7 @@ def recorded_xla_options(shard: Shard) -> str | dict:
     import jax
 
     from jaxsmooth import compilation
-    from jaxsmooth.analysis import sidecar
+    from jaxsmooth.results import sidecar
 
     found = sidecar.program_of(shard.out) if os.path.exists(shard.out) else None
     recorded = found[1].get("xla_options") if found else None
@@ -185,13 +185,11 @@ def open_certification(model, dataset, request: Request) -> Job:
     Returns:
       the `Job`; its rows are drawn lazily, as the caller iterates.
     """
-    from jaxsmooth import certification, jobs, noise
+    from jaxsmooth import certification, jobs, noise, results
     from jaxsmooth.certification import batching, records
 
     request.check()
     settings = request.settings
-    if request.mode == "certify":
-        settings.check(model.num_classes)
     split = split_of(dataset, request.split)
     shard = shard_for(request.parallel, request.out, _mesh())
     indices = records.example_indices(len(split), request.skip, request.max)[shard.process::shard.processes]
@@ -200,13 +198,15 @@ def open_certification(model, dataset, request: Request) -> Job:
                                     chunk=request.batch // request.inputs, mesh=shard.mesh,
                                     with_softmax=request.mode == "certify",
                                     compiler_options=recorded_xla_options(shard), noise=request.noise)
+    if request.mode == "certify":
+        settings.check(model.num_classes, sampler.kind)
     key = noise.certify_key(noise.root_key(request.seed))
     options = sampler.prepare(request.sigma, settings.n, key, batching.CUTS if settings.sequential else 0)
     header, note = _header(model, request, shard, options, sampler)
-    cols = records.columns(request.mode, settings, anisotropic=np.ndim(request.sigma) > 0, model_lbound=True)
+    cols = records.columns(request.mode, settings, anisotropic=np.ndim(request.sigma) > 0, model_lbound=True,
+                           gaussian=sampler.kind.gaussian_certificate)
     jobs.lock_output(shard.out, take=shard.writes)
-    writer = records.TsvWriter(shard.out, header, cols, enabled=shard.writes,
-                               identity_fields=records.IDENTITY_FIELDS + ("shard", "shards"))
+    writer = results.Writer(shard.out, results.SCHEMAS[request.mode], header, cols, enabled=shard.writes)
     todo = pending(writer.done, indices, shard)
     usage = batching.Usage() if settings.sequential else None
     clean = certification.make_clean_probabilities(model.apply, model.params, model.model_state)

@@ -61,7 +61,7 @@ from jaxsmooth.analysis.distributional import certificate, epsilon_from_rho
 from jaxsmooth.errors import UserError
 from jaxsmooth.objectives import nal
 
-__all__ = ["ASCENT_STREAM", "COLUMNS", "FRESH_STREAM", "certificate", "check", "default_lr", "epsilon_from_rho",
+__all__ = ["ASCENT_STREAM", "FRESH_STREAM", "certificate", "check", "default_lr", "epsilon_from_rho",
            "ascend", "estimate_batch", "estimate_points",
            "make_estimator", "open_distributional", "DistributionalRequest", "run"]
 
@@ -195,9 +195,6 @@ def estimate_batch(estimator: Callable, params, model_state, x0, labels, index, 
     return {name: np.asarray(value, np.float64)[:b] for name, value in out.items()}
 
 
-COLUMNS = ["idx", "label", "kind", "gamma", "phi", "cost", "loss", "last_step", "time"]
-
-
 def run(estimator: Callable, params, model_state, split, indices: np.ndarray, gammas, gamma_adv, key: jax.Array,
         *, batch: int, lr: float = 0.0) -> Iterator[dict[str, Any]]:
     """Estimates the examples `indices` of `split`, `batch` at a time, yielding rows in order (the TSV's).
@@ -248,18 +245,12 @@ class DistributionalRequest:
     names: dict = dataclasses.field(default_factory=dict)
 
 
-IDENTITY = ("mode", "gammas", "gamma_adv", "sigma", "num_draws", "ascent_steps", "ascent_lr", "seed", "dtype",
-            "checkpoint_step", "model", "dataset", "split", "skip", "max")
-NOTES = ("phi, cost, loss: means over --num-draws fresh noise draws at the ascent's x_K (independent of the "
-         "ascent's draws); certificate(rho) = min over the certificate gammas of gamma rho + mean phi",)
-
-
 def open_distributional(model, dataset, request: DistributionalRequest):
     """Opens `request.out` for the distributional certificate of `model` on `dataset`, resuming it if it exists.
 
     Returns a `jaxsmooth.certification.dataset.Job` whose rows come one per example per gamma, in order.
     """
-    from jaxsmooth import jobs, parallel
+    from jaxsmooth import jobs, parallel, results
     from jaxsmooth.certification import dataset as dataset_job, records
 
     check(request.gammas, num_draws=request.num_draws, steps=request.ascent_steps, lr=request.ascent_lr,
@@ -278,8 +269,7 @@ def open_distributional(model, dataset, request: DistributionalRequest):
               "devices": jax.device_count()}
     writes = parallel.is_main_process()
     jobs.lock_output(request.out, take=writes)
-    writer = records.TsvWriter(request.out, header, COLUMNS, enabled=writes, identity_fields=IDENTITY, notes=NOTES,
-                               rows_per_example=len(request.gammas) + len(request.gamma_adv))
+    writer = results.Writer(request.out, results.DISTRIBUTIONAL, header, enabled=writes)
     done = set(writer.done)
     todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
     estimator = make_estimator(model.apply, sigma=request.sigma, num_draws=request.num_draws,
