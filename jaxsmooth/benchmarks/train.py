@@ -23,6 +23,9 @@ noisy copies of the batch (K ascent steps, then the parameter step), so the
 implied ratio is (K + 1) * r (`wrm`: r = 1; `smoothadv`: r = m draws), 20 for
 the defaults K = r = 4. A `sigma` step runs the frozen model forward and
 backward (to its input) once per draw: n0 passes at most.
+
+What the benchmark knows of each objective's step (its labels, its pass
+count, its PyTorch reference) is its `StepBench` entry in `STEPS`.
 """
 
 from __future__ import annotations
