@@ -178,11 +178,7 @@ def _distill_report(args, shape, results) -> str:
              "|---|---|---|---|"]
     for side, ratio in train_bench.distill_ratios(results, args.objective).items():
         lines.append(f"| {side} | {ratio:.2f} | {implied:.2f} | {flops[args.objective] / flops['standard']:.2f} |")
-    distilling = f"(4 + 5 kappa) / 3 with kappa = {train_bench.KAPPA}"
-    formula = {"heat": distilling, "bootcamp": distilling, "sigma": "n0 = the default sigma.num_noise",
-               "wrm": "K + 1 with the default wrm.ascent_steps K",
-               "smoothadv": "(K + 1) * m with the default smoothadv.pgd_steps K and num_noise m",
-               "nal": "(K + 1) * r with the default nal.ascent_steps K and num_noise r"}[args.objective]
+    formula = train_bench.STEPS[args.objective].formula
     lines.append(f"\npass-implied ratio: {formula}; FLOPs per step: "
                  f"standard {flops['standard'] / 1e9:.3g} G, {args.objective} {flops[args.objective] / 1e9:.3g} G")
     return "\n".join(lines)

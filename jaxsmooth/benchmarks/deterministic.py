@@ -37,8 +37,36 @@ from jaxsmooth import analysis
 from jaxsmooth.errors import UserError
 
 SUITES = ("digits", "mnist")
-RUNS = ("standard", "gaussian", "heat", "bootcamp")
-DETERMINISTIC = ("standard", "heat", "bootcamp")  # certified with --candidate clean
+STANDARD = "standard"  # the run heat and bootcamp start from
+# The runs whose config is not configs/<suite>_<run>.py.
+CONFIG_FILES = {("digits", "gaussian"): "quickstart.py"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteRun:
+    """How one run of a suite is trained and certified.
+
+    Attributes:
+      candidate: certify's ``--candidate``: ``clean`` (a deterministic model: its one forward pass names the
+        class) or ``selection`` (Cohen et al.'s selection samples).
+      lbound: the certify column whose L-bound the report quotes (heat Thm 3), or None (none: the model's
+        softmax is not a Gaussian average).
+      from_standard: trains from the suite's standard run (``train.init_from``).
+    """
+
+    candidate: str
+    lbound: str | None
+    from_standard: bool = False
+
+
+SUITE_RUNS = {
+    STANDARD: SuiteRun("clean", None),
+    "gaussian": SuiteRun("selection", "lbound_mc"),  # the Monte Carlo mean softmax
+    "heat": SuiteRun("clean", "lbound_model", from_standard=True),  # the model's own softmax
+    "bootcamp": SuiteRun("clean", "lbound_model", from_standard=True),
+}
+RUNS = tuple(SUITE_RUNS)
+DETERMINISTIC = tuple(n for n, r in SUITE_RUNS.items() if r.candidate == "clean")  # certified with --candidate clean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +81,8 @@ class Row:
 
 
 def config_path(root: str, suite: str, name: str) -> str:
-    """``configs/<suite>_<name>.py``; digits' gaussian run is the quick start."""
-    file = "quickstart.py" if (suite, name) == ("digits", "gaussian") else f"{suite}_{name}.py"
+    """``configs/<suite>_<name>.py``, or the run's file in `CONFIG_FILES` (digits' gaussian run: the quick start)."""
+    file = CONFIG_FILES.get((suite, name), f"{suite}_{name}.py")
     return os.path.join(root, "configs", file)
 
 
@@ -87,16 +115,17 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
     for name in runs:
         if name not in RUNS:
             raise UserError("--runs", f"unknown run {name!r}; allowed: {', '.join(RUNS)}")
-        if name in ("heat", "bootcamp") and "standard" not in runs:
+        if SUITE_RUNS[name].from_standard and STANDARD not in runs:
             raise UserError("--runs", f"{name} starts from the standard run; add standard")
     say = on_stage or (lambda line: None)
     os.makedirs(workdir, exist_ok=True)
     times, times_path = load_times(workdir)
-    init_from = [f"train.init_from={os.path.join(workdir, 'standard')}"]
+    init_from = [f"train.init_from={os.path.join(workdir, STANDARD)}"]
     rows = []
     for name in runs:
+        run = SUITE_RUNS[name]
         path = config_path(repo_root, suite, name)
-        extra = list(overrides) + (init_from if name in ("heat", "bootcamp") else [])
+        extra = list(overrides) + (init_from if run.from_standard else [])
         run_dir = os.path.join(workdir, name)
         say(f"train {name} ({path})")
         summary = train_timed(path, extra, run_dir, name, times, times_path)
@@ -105,14 +134,12 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
                       no_progress=True, overrides=extra)
         cert_tsv = os.path.join(workdir, f"{name}_certify.tsv")
         say(f"certify {name} (n = {n})")
-        certify.write(**common, out=cert_tsv, n=n, n0=n0, alpha=alpha,
-                      candidate="clean" if name in DETERMINISTIC else "selection")
+        certify.write(**common, out=cert_tsv, n=n, n0=n0, alpha=alpha, candidate=run.candidate)
         predict_tsv = os.path.join(workdir, f"{name}_predict.tsv")
         say(f"predict {name} (n = 100)")
         certify.write(**common, out=predict_tsv, mode="predict", n=100, alpha=alpha)
         cert = analysis.read_run(cert_tsv, name)
-        lbound = None if name == "standard" else lbound_stats(cert, "lbound_mc" if name == "gaussian"
-                                                              else "lbound_model")
+        lbound = None if run.lbound is None else lbound_stats(cert, run.lbound)
         rows.append(Row(name, summary["test_accuracy"], analysis.summarize(cert, radii),
                         lbound[0] if lbound else None, lbound[1] if lbound else None,
                         analysis.agreement(analysis.read_run(predict_tsv, name)), times[name]))

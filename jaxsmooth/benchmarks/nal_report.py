@@ -17,16 +17,29 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
-from jaxsmooth.benchmarks.deterministic import SUITES, load_times, train_timed
+from jaxsmooth.benchmarks.deterministic import SUITES, config_path, load_times, train_timed
 from jaxsmooth.errors import UserError
 
 RUNS = ("standard", "gaussian", "wrm", "smoothadv", "nal")
-_FROM_NAL = {"wrm": ["objective.name=wrm", "model.activation=elu"], "smoothadv": ["objective.name=smoothadv"]}
-# The field of the run's block that takes each field of the nal config's block.
-_NAL_FIELDS = {"wrm": {"gamma": "gamma", "ascent_steps": "ascent_steps", "ascent_lr": "ascent_lr", "clip": "clip"},
-               "smoothadv": {"num_noise": "num_noise", "ascent_steps": "pgd_steps", "clip": "clip"}}
+
+
+@dataclasses.dataclass(frozen=True)
+class FromNal:
+    """A run trained from the suite's nal config: its own overrides (the objective switched), and the field of its
+    block that takes each field of the nal block."""
+
+    overrides: tuple[str, ...]
+    fields: Mapping[str, str]
+
+
+_FROM_NAL = {
+    "wrm": FromNal(("objective.name=wrm", "model.activation=elu"),  # a smooth loss (nal §5)
+                   {"gamma": "gamma", "ascent_steps": "ascent_steps", "ascent_lr": "ascent_lr", "clip": "clip"}),
+    "smoothadv": FromNal(("objective.name=smoothadv",),
+                         {"num_noise": "num_noise", "ascent_steps": "pgd_steps", "clip": "clip"}),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +55,12 @@ def run_config(root: str, suite: str, name: str, overrides: Sequence[str] = ()) 
     if name in _FROM_NAL:
         from jaxsmooth import config as config_lib
 
-        path = os.path.join(root, "configs", f"{suite}_nal.py")
+        run = _FROM_NAL[name]
+        path = config_path(root, suite, "nal")
         nal = config_lib.load(path, list(overrides)).nal
-        copied = [f"{name}.{theirs}={nal[ours]}" for ours, theirs in _NAL_FIELDS[name].items()]
-        return path, list(_FROM_NAL[name]) + copied
-    file = "quickstart.py" if (suite, name) == ("digits", "gaussian") else f"{suite}_{name}.py"
-    return os.path.join(root, "configs", file), []
+        copied = [f"{name}.{theirs}={nal[ours]}" for ours, theirs in run.fields.items()]
+        return path, list(run.overrides) + copied
+    return config_path(root, suite, name), []
 
 
 def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[str] = (),

@@ -23,10 +23,14 @@ noisy copies of the batch (K ascent steps, then the parameter step), so the
 implied ratio is (K + 1) * r (`wrm`: r = 1; `smoothadv`: r = m draws), 20 for
 the defaults K = r = 4. A `sigma` step runs the frozen model forward and
 backward (to its input) once per draw: n0 passes at most.
+
+What the benchmark knows of each objective's step (its labels, its pass
+count, its PyTorch reference) is its `StepBench` entry in `STEPS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -50,43 +54,106 @@ def input_shape_of(name: str) -> tuple[int, int, int]:
     return INPUT_SHAPES.get(name, (32, 32, 3))
 
 
-OBJECTIVES = ("gaussian", "standard", "heat", "bootcamp", "nal", "wrm", "smoothadv", "sigma")
-PAIRED = ("heat", "bootcamp", "nal", "wrm", "smoothadv", "sigma")  # timed against a standard step
 KAPPA = 10  # heat's and boot camp's JL projections (heat App. C, its CIFAR-10 setting)
+STANDARD = "standard"  # the step a paired objective is timed against
+
+
+def _torch_cohen_step(sigma: float):
+    """Cohen et al.'s PyTorch step with noise `sigma` (0: a clean step); it takes torch.compile and bf16."""
+    def make(module, *, channels_last: bool, bf16: bool, compile_mode: str):
+        from jaxsmooth.benchmarks import torch_reference
+
+        return torch_reference.make_train_step(module, sigma=sigma, channels_last=channels_last, bf16=bf16,
+                                               compile_mode=compile_mode)
+    return make
+
+
+def _torch_heat_step(module, *, channels_last: bool, bf16: bool, compile_mode: str):
+    """heat Alg. 1 in PyTorch (a Python loop over the kappa projections), eager and in float32 only."""
+    del bf16, compile_mode
+    from jaxsmooth.benchmarks import torch_reference
+
+    return torch_reference.make_heat_step(module, sigma=SIGMA, kappa=KAPPA, channels_last=channels_last)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepBench:
+    """What the train benchmark knows of one objective's step.
+
+    Attributes:
+      labelled: its name is in its contenders' labels ("jax heat float32", "torch heat f32"); False: the
+        headline step, labelled by side and dtype alone ("jax float32", "torch f32").
+      implied_ratio: ``(config) -> passes``: its step's cost over a standard step's, counted in passes
+        (module docstring) with the config's K, r, kappa; None: not timed against a standard step.
+      formula: how `implied_ratio` counts, as `jaxsmooth.bench` prints it.
+      torch_step: ``(module, *, channels_last, bf16, compile_mode) -> step(x, y) -> loss``, its PyTorch
+        reference step; None: it has none.
+      torch_compiles: its PyTorch step is also timed under torch.compile (and bf16 autocast).
+    """
+
+    labelled: bool = True
+    implied_ratio: Callable[[ml_collections.ConfigDict], float] | None = None
+    formula: str = ""
+    torch_step: Callable | None = None
+    torch_compiles: bool = False
+
+
+_DISTILLING = f"(4 + 5 kappa) / 3 with kappa = {KAPPA}"
+STEPS = {
+    "gaussian": StepBench(labelled=False, torch_step=_torch_cohen_step(SIGMA), torch_compiles=True),
+    STANDARD: StepBench(torch_step=_torch_cohen_step(0.0), torch_compiles=True),
+    "heat": StepBench(implied_ratio=lambda c: (4 + 5 * c.heat.kappa) / 3, formula=_DISTILLING,
+                      torch_step=_torch_heat_step),
+    "bootcamp": StepBench(implied_ratio=lambda c: (4 + 5 * c.bootcamp.kappa) / 3, formula=_DISTILLING),
+    "nal": StepBench(implied_ratio=lambda c: (c.nal.ascent_steps + 1) * c.nal.num_noise,
+                     formula="(K + 1) * r with the default nal.ascent_steps K and num_noise r"),
+    "wrm": StepBench(implied_ratio=lambda c: c.wrm.ascent_steps + 1,
+                     formula="K + 1 with the default wrm.ascent_steps K"),
+    "smoothadv": StepBench(implied_ratio=lambda c: (c.smoothadv.pgd_steps + 1) * c.smoothadv.num_noise,
+                           formula="(K + 1) * m with the default smoothadv.pgd_steps K and num_noise m"),
+    "sigma": StepBench(implied_ratio=lambda c: c.sigma.num_noise, formula="n0 = the default sigma.num_noise"),
+}
+OBJECTIVES = tuple(STEPS)
+PAIRED = tuple(o for o, s in STEPS.items() if s.implied_ratio is not None)  # timed against a standard step
 
 
 def implied_ratio(kappa: int = KAPPA, objective: str = "heat") -> float:
-    """A `objective` step's cost over a standard step's, counted in passes (module docstring).
+    """A paired `objective` step's cost over a standard step's, counted in passes (module docstring).
 
     heat, bootcamp: (4 + 5 kappa) / 3; nal, smoothadv: (K + 1) r with the default
     config's K and r; wrm: K + 1; sigma: n0 (one forward-backward pass of the
     frozen model per draw, no weight gradients).
     """
-    if objective in ("heat", "bootcamp"):
-        return (4 + 5 * kappa) / 3
-    c = config_lib.default()
-    if objective == "sigma":
-        return c.sigma.num_noise
-    if objective == "wrm":
-        return c.wrm.ascent_steps + 1
-    if objective == "smoothadv":
-        return (c.smoothadv.pgd_steps + 1) * c.smoothadv.num_noise
-    return (c.nal.ascent_steps + 1) * c.nal.num_noise
+    _check_objective(objective)
+    if objective not in PAIRED:
+        raise UserError("--objective", f"objective {objective!r} is not timed against a standard step; "
+                                       f"paired: {', '.join(PAIRED)}")
+    return STEPS[objective].implied_ratio(_objective_config(objective, kappa))
 
 
-def _objective_config(objective: str) -> ml_collections.ConfigDict:
+def _check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise UserError("--objective", f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
+
+
+def _label(side: str, objective: str, rest: str) -> str:
+    """A contender's label: "jax heat float32", "torch heat f32 channels_last"; the headline step's without its
+    name ("jax float32")."""
+    return " ".join([side] + ([objective] if STEPS[objective].labelled else []) + [rest])
+
+
+def _objective_config(objective: str, kappa: int = KAPPA) -> ml_collections.ConfigDict:
     cfg = config_lib.default()
     cfg.objective.name = objective
     cfg.objective.sigma = SIGMA
-    cfg.heat.kappa = cfg.bootcamp.kappa = KAPPA
+    cfg.heat.kappa = cfg.bootcamp.kappa = kappa
     return cfg
 
 
 def _step_and_inputs(name: str, batch: int, input_shape, objective: str, dtype: str, num_classes: int,
                      width: int):
     """(jitted train step, state, batch, key) of `objective` on random inputs."""
-    if objective not in OBJECTIVES:
-        raise UserError("--objective", f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
+    _check_objective(objective)
     c = input_shape[-1]
     module = models.create(name, num_classes=num_classes, input_shape=tuple(input_shape), mean=(0.5,) * c,
                            std=(0.25,) * c, dtype=dtype, width=width, seed=0)
@@ -139,25 +206,30 @@ def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32",
 def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_classes: int = 10,
                      width: int = 0, hidden: int = 0, objective: str = "gaussian", compile_mode: str = "",
                      bf16: bool = False) -> dict[str, tuple[Callable[[], None], int, float]]:
-    """PyTorch reference steps (NCHW, and channels_last), or {} without torch or a reference model.
+    """PyTorch reference steps (NCHW, and channels_last), or {} without torch, a reference model or a reference
+    step of `objective` (`StepBench.torch_step`: ``gaussian``, Cohen et al.'s step; ``standard``, without noise;
+    ``heat``, heat Alg. 1).
 
-    `objective`: ``gaussian`` (Cohen et al.'s step), ``standard`` (no noise) or ``heat`` (heat Alg. 1).
-    With `compile_mode` (gaussian and standard steps), also the channels_last step with the model under
-    ``torch.compile(mode=compile_mode)`` (``... compiled``), and with `bf16` its bfloat16-autocast form.
+    With `compile_mode` (the steps that take it, `StepBench.torch_compiles`), also the channels_last step with the
+    model under ``torch.compile(mode=compile_mode)`` (``... compiled``), and with `bf16` its bfloat16-autocast form.
     """
+    _check_objective(objective)
+    reference = STEPS[objective]
     try:
         import torch
         from jaxsmooth.benchmarks import torch_reference
     except ImportError:
         return {}
+    if reference.torch_step is None:
+        return {}
     out = {}
     h, w, c = input_shape
-    prefix = "torch" if objective == "gaussian" else f"torch {objective}"
-    variants = [(f"{prefix} f32", False, False, ""), (f"{prefix} f32 channels_last", True, False, "")]
-    if compile_mode and objective != "heat":
-        variants.append((f"{prefix} f32 channels_last compiled", True, False, compile_mode))
+    variants = [(_label("torch", objective, "f32"), False, False, ""),
+                (_label("torch", objective, "f32 channels_last"), True, False, "")]
+    if compile_mode and reference.torch_compiles:
+        variants.append((_label("torch", objective, "f32 channels_last compiled"), True, False, compile_mode))
         if bf16:
-            variants.append((f"{prefix} bf16 channels_last compiled", True, True, compile_mode))
+            variants.append((_label("torch", objective, "bf16 channels_last compiled"), True, True, compile_mode))
     for label, channels_last, autocast, mode in variants:
         torch.manual_seed(0)
         module = torch_reference.create(name, input_shape, num_classes, width=width, hidden=hidden)
@@ -165,11 +237,7 @@ def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_
             return {}
         device = "cuda" if torch.cuda.is_available() else "cpu"  # the machine's accelerator, as JAX's default
         module = module.to(device)
-        if objective == "heat":
-            step = torch_reference.make_heat_step(module, sigma=SIGMA, kappa=KAPPA, channels_last=channels_last)
-        else:
-            step = torch_reference.make_train_step(module, sigma=SIGMA if objective == "gaussian" else 0.0,
-                                                   channels_last=channels_last, bf16=autocast, compile_mode=mode)
+        step = reference.torch_step(module, channels_last=channels_last, bf16=autocast, compile_mode=mode)
         x = torch.rand(batch, c, h, w, device=device)
         y = torch.randint(0, num_classes, (batch,), device=device)
         t0 = time.perf_counter()
@@ -191,26 +259,24 @@ def benchmark(name: str, batch: int, *, input_shape=None, dtypes=("float32",), s
     """Interleaved medians of every contender (JAX per dtype, then the PyTorch references).
 
     ``xla_defaults`` adds the float32 JAX step compiled without `compilation.CPU_COMPILER_OPTIONS`.
-    A distilling `objective` (heat, bootcamp) adds a ``standard`` step of the same model and batch
-    for each side ("jax standard float32", "jax heat float32", ...; `distill_ratios`).
+    A paired `objective` (`PAIRED`: heat, bootcamp, nal, ...) adds a ``standard`` step of the same model and
+    batch for each side ("jax standard float32", "jax heat float32", ...; `distill_ratios`).
     """
-    if objective not in OBJECTIVES:
-        raise UserError("--objective", f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
+    _check_objective(objective)
     input_shape = tuple(input_shape or input_shape_of(name))
     width, hidden = models.cnn_sizes(0) if name == "cnn" else (0, 0)
-    runs = ("standard", objective) if objective in PAIRED else (objective,)
+    runs = (STANDARD, objective) if objective in PAIRED else (objective,)
     contenders = {}
     for d in dtypes:
         for o in runs:
-            label = f"jax {d}" if o == "gaussian" else f"jax {o} {d}"
-            contenders[label] = jax_contender(name, batch, input_shape, dtype=d, steps=steps, objective=o)
+            contenders[_label("jax", o, d)] = jax_contender(name, batch, input_shape, dtype=d, steps=steps,
+                                                            objective=o)
     if xla_defaults:
         contenders["jax float32, XLA default options"] = jax_contender(name, batch, input_shape, steps=steps,
                                                                        objective=objective, cpu_options=False)
     if with_torch:
-        for o in runs:
-            if o in ("gaussian", "standard", "heat"):  # PyTorch references: Cohen et al.'s step, heat's Alg. 1
-                contenders.update(torch_contenders(name, batch, input_shape, steps=steps, width=width,
+        for o in runs:  # the PyTorch references there are: Cohen et al.'s step (and a clean one), heat's Alg. 1
+            contenders.update(torch_contenders(name, batch, input_shape, steps=steps, width=width,
                                                    hidden=hidden, objective=o, compile_mode=torch_compile,
                                                    bf16="bfloat16" in dtypes))
     return interleave(contenders, rounds, on_round)
