@@ -67,8 +67,8 @@ def test_the_api_rows_of_both_paths_have_the_added_column(margin):
     x = np.asarray(jax.random.uniform(jax.random.key(0), (4, 2, 2, 1)))
     params = np.asarray(jax.random.normal(jax.random.key(1), (4, 3)))
     kwargs = dict(sigma=0.25, n0=20, n=400, alpha=0.01, labels=[0, 1, 2, 0], batch=100, noise="gaussian")
-    for rows in (jaxsmooth.certify(_linear, params, x, **kwargs),
-                 jaxsmooth.certify(_linear, params, x, sequential=True, **kwargs)):
+    for rows in (jaxsmooth.api.certify(_linear, params, x, **kwargs),
+                 jaxsmooth.api.certify(_linear, params, x, sequential=True, **kwargs)):
         assert [r["margin"] for r in rows] == [r["count_A"] - r["count_B"] for r in rows]
         assert all(isinstance(r["margin"], int) for r in rows)
 
