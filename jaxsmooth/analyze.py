@@ -225,7 +225,7 @@ def _distributional_main(args, labels) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
+def command(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     labels = _list(args.labels, "--labels") if args.labels is not None else None
     if any(attack_analysis.is_accuracy_file(path) for path in args.runs):
@@ -273,7 +273,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-run = cli.main_wrapper(main)
+main = cli.main_wrapper(command)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

@@ -76,7 +76,7 @@ def _inputs(x, index, labels, input_shape=None) -> tuple[np.ndarray, np.ndarray,
 
 def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings: certification.Settings, *,
          mode: str, seed: int, batch: int, inputs: int, mesh, compiler_options, kind: str = "auto") -> list[dict]:
-    """The rows of `records.run` for in-memory inputs (the one path behind every entry point here)."""
+    """The rows of `records.certification_rows` for in-memory inputs (the one path behind every entry point here)."""
     if batch <= 0 or inputs <= 0 or batch % inputs:
         raise UserError("batch", f"must be > 0 and a multiple of inputs={inputs}, got {batch}")
     if settings.topk and labels is None:
@@ -103,7 +103,8 @@ def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings
         note = settings.sequential_header(sampler.radius_rule(sigma))[1]
         if note:
             warnings.warn(note, stacklevel=3)
-    rows = records.run(sampler, examples, index, sigma, settings, key, mode=mode, clean_probabilities=clean)
+    rows = records.certification_rows(sampler, examples, index, sigma, settings, key, mode=mode,
+                                      clean_probabilities=clean)
     rows = sorted(rows, key=lambda row: position[row["idx"]])  # a sequential run yields rows as inputs finish
     return [{k: v for k, v in row.items() if k not in ("seconds", "samples")} for row in rows]
 

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
+def command(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     return _main(_parser().parse_args(rest), overrides)
 
@@ -142,8 +142,8 @@ def _main(args: argparse.Namespace, overrides: list[str]) -> int:
     attacked = broken = 0
     seconds = 0.0
     try:
-        for row in jobs.until_stopped(runner.run(attack, params, model_state, split, todo, key, batch=args.batch),
-                                      args.out):
+        rows = runner.attack_rows(attack, params, model_state, split, todo, key, batch=args.batch)
+        for row in jobs.until_stopped(rows, args.out):
             writer.write(row)
             attacked += 1
             broken += row["success"]
@@ -248,7 +248,7 @@ def _accuracy(args, overrides) -> int:
                disable=args.no_progress)
     written = 0
     try:
-        for row in jobs.until_stopped(runner.run_accuracy(accuracy, params, model_state, split, indices, radii, key,
+        for row in jobs.until_stopped(runner.accuracy_rows(accuracy, params, model_state, split, indices, radii, key,
                                                           batch=args.batch, done=done), args.out):
             writer.write(row)
             written += 1
@@ -272,8 +272,8 @@ def _done_pairs(path: str) -> set[tuple[int, float]]:
     return {(int(r[0]), float(r[2])) for r in rows[1:] if r and r[0]}
 
 
-run = cli.main_wrapper(main, job=True)
+main = cli.main_wrapper(command, job=True)
 write = cli.keyword_entry("attack", _parser, _main)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

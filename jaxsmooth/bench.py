@@ -388,7 +388,7 @@ def _certify_memory(args, dtypes, settings: str) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
+def command(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
     if overrides and args.what not in ("sequential", "faults"):  # suites over trained models, like the paper reports
@@ -440,7 +440,7 @@ def _input_shape(text: str) -> tuple[int, int, int] | None:
     return shape
 
 
-run = cli.main_wrapper(main)
+main = cli.main_wrapper(command)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

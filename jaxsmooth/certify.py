@@ -176,7 +176,7 @@ def _load(args, overrides):
     return config, model, dataset
 
 
-def main(argv: list[str]) -> int:
+def command(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     return _main(_parser().parse_args(rest), overrides)
 
@@ -278,8 +278,8 @@ def _progress(rows, writer, *, total: int, done: int, per_example: int, quiet: b
     return seconds, samples
 
 
-run = cli.main_wrapper(main, job=True)
+main = cli.main_wrapper(command, job=True)
 write = cli.keyword_entry("certify", _parser, _main)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

@@ -131,20 +131,22 @@ def load_config(path: str | None, overrides: Sequence[str], workdir: str = ""):
     return config_lib.apply_overrides(config_lib.from_json(text), overrides)
 
 
-def main_wrapper(main: Callable[[list[str]], int], *, job: bool = False) -> Callable[[list[str] | None], int]:
-    """Runs `main`, turning a `UserError` into one ``error:`` line and exit status 2.
+def main_wrapper(command: Callable[[list[str]], int], *,
+                 job: bool = False) -> Callable[[list[str] | None], int]:
+    """A CLI's ``main(argv=None) -> exit status``: runs `command`, turning a `UserError` into one ``error:`` line
+    and exit status 2.
 
-    With `job` (train, certify, attack), `main` runs in a `jobs.session`: a
+    With `job` (train, certify, attack), `command` runs in a `jobs.session`: a
     SIGTERM or SIGINT stops it after saving, with one line and exit status 75;
     a failed write (full disk) is one ``error:`` line and status 74 (see
     `jaxsmooth.jobs` for every status).
     """
 
-    def run(argv: list[str] | None = None) -> int:
+    def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         try:
             with jobs.session() if job else contextlib.nullcontext():
-                return main(argv)
+                return command(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return getattr(e, "exit_status", 2)
@@ -155,4 +157,4 @@ def main_wrapper(main: Callable[[list[str]], int], *, job: bool = False) -> Call
             print("interrupted; rerun the same command to resume", file=sys.stderr)
             return 130
 
-    return run
+    return main

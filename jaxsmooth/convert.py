@@ -204,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
+def command(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     found = convert(args.torch, args.arch, args.workdir, sigma=args.sigma, dataset=args.dataset)
     print(f"wrote {os.path.abspath(args.workdir)}: {found['model']} ({args.arch}, "
@@ -213,7 +213,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-run = cli.main_wrapper(main)
+main = cli.main_wrapper(command)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

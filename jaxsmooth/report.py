@@ -82,7 +82,7 @@ def _add_sigma(sub) -> None:
     s.add_argument("--markdown", default="", help="also write the table here (always: WORKDIR/sigma_report.md)")
 
 
-def main(argv: list[str]) -> int:
+def command(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
     return {"deterministic": _deterministic, "nal": _nal, "sigma": _sigma}[args.what](args, overrides)
@@ -176,7 +176,7 @@ def _sigma(args, overrides) -> int:
     return 0
 
 
-run = cli.main_wrapper(main)
+main = cli.main_wrapper(command)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
+def command(argv: list[str]) -> int:
     rest, overrides = cli.split_overrides(argv)
     args = _parser().parse_args(rest)
     from jaxsmooth import parallel  # imports jax: after argument errors are reported
@@ -84,7 +84,7 @@ class _Progress:
             self.bar.close()
 
 
-run = cli.main_wrapper(main, job=True)
+main = cli.main_wrapper(command, job=True)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

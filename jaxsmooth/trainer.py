@@ -185,7 +185,7 @@ def make_eval_step(apply: Callable, extra: Callable | None = None) -> Callable:
 
 
 @dataclasses.dataclass
-class Run:
+class TrainingRun:
     """Everything a training run builds before its first step."""
 
     config: Any
@@ -200,7 +200,7 @@ class Run:
     root_key: jax.Array
 
 
-def build_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
+def build_run(config, mesh: jax.sharding.Mesh | None = None) -> TrainingRun:
     """Validates the config and builds data, model and optimizer (no compilation yet)."""
     mesh = parallel.make_mesh() if mesh is None else mesh
     config_lib.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
@@ -208,7 +208,7 @@ def build_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
     model = _build_model(config, dataset, dataset.mean, dataset.std)
     steps_per_epoch = data.steps_per_epoch(len(dataset.train), config.train.batch_size)
     tx, schedule = create_optimizer(config, steps_per_epoch)
-    return Run(config=config, objective=objectives.get(config.objective.name), mesh=mesh, dataset=dataset,
+    return TrainingRun(config=config, objective=objectives.get(config.objective.name), mesh=mesh, dataset=dataset,
                model=model, tx=tx, schedule=schedule, steps_per_epoch=steps_per_epoch,
                total_steps=num_epochs(config) * steps_per_epoch, root_key=noise.root_key(config.seed))
 
@@ -221,7 +221,7 @@ def _build_model(config, dataset: data.Dataset, mean, std) -> models.Model:
     return models.split(module)
 
 
-def evaluate(run: Run, eval_step: Callable, params, model_state, sigma=None) -> dict[str, float]:
+def evaluate(run: TrainingRun, eval_step: Callable, params, model_state, sigma=None) -> dict[str, float]:
     """Clean accuracy and accuracy under N(0, diag(sigma^2)) noise on the test split (default: objective.sigma)."""
     sigma = run.config.objective.sigma if sigma is None else sigma
     totals = None
@@ -240,7 +240,7 @@ def evaluate(run: Run, eval_step: Callable, params, model_state, sigma=None) -> 
     return result
 
 
-def _prepare_workdir(workdir: str, run: Run) -> None:
+def _prepare_workdir(workdir: str, run: TrainingRun) -> None:
     """Writes config.json and model.json, or refuses a workdir made by a different config."""
     config_path = os.path.join(workdir, checkpoint.CONFIG_FILE)
     if os.path.exists(config_path):
@@ -308,7 +308,7 @@ def _mean_metrics(window: list[dict], first_step: int) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
-def _start_state(run: Run, ckpt: checkpoint.Checkpointer, callback: Callback) -> tuple[TrainState, int]:
+def _start_state(run: TrainingRun, ckpt: checkpoint.Checkpointer, callback: Callback) -> tuple[TrainState, int]:
     """(state, step): the workdir's newest readable checkpoint, else step 0, from ``train.init_from``'s model
     with a teacher. A newest checkpoint that does not read is moved aside and reported to `callback`."""
     has_teacher = run.objective.teacher is not None
@@ -328,7 +328,7 @@ def _start_state(run: Run, ckpt: checkpoint.Checkpointer, callback: Callback) ->
     return state, start
 
 
-def _compiled_steps(run: Run) -> tuple[Callable, Callable]:
+def _compiled_steps(run: TrainingRun) -> tuple[Callable, Callable]:
     """(train_step, eval_step) jitted with the mesh's shardings; the train step donates its state."""
     replicated, batch_sharding = parallel.replicated(run.mesh), parallel.data_sharded(run.mesh)
     objective, config, apply = run.objective, run.config, run.model.apply
@@ -343,7 +343,7 @@ def _compiled_steps(run: Run) -> tuple[Callable, Callable]:
     return train_step, eval_step
 
 
-def _reteach_every_steps(run: Run) -> int:
+def _reteach_every_steps(run: TrainingRun) -> int:
     """Steps between teacher refreshes (`Teacher.every_epochs`); 0: the teacher never changes."""
     teacher = run.objective.teacher
     if teacher is None or teacher.every_epochs is None:
@@ -425,7 +425,7 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     return state, summary
 
 
-def _log_train(run: Run, window: list[dict], window_start: int, t_window: float, done: int,
+def _log_train(run: TrainingRun, window: list[dict], window_start: int, t_window: float, done: int,
                writer: MetricsWriter, callback: Callback) -> None:
     """Logs the means of a window of steps ending at step `done` (syncs; raises before a bad state is saved)."""
     means = _mean_metrics(window, window_start)
@@ -436,7 +436,8 @@ def _log_train(run: Run, window: list[dict], window_start: int, t_window: float,
     callback({"event": "train", "total_steps": run.total_steps, **row})
 
 
-def _log_eval(run: Run, eval_step, state: TrainState, step: int, writer: MetricsWriter, callback: Callback) -> dict:
+def _log_eval(run: TrainingRun, eval_step, state: TrainState, step: int, writer: MetricsWriter,
+              callback: Callback) -> dict:
     params, model_state, sigma = run.objective.smoothed(run.config, state.params, state.model_state,
                                                         getattr(state, "teacher", None))
     sigma = np.asarray(jax.device_get(sigma), np.float32)
@@ -447,7 +448,7 @@ def _log_eval(run: Run, eval_step, state: TrainState, step: int, writer: Metrics
     return row
 
 
-def _train_batches(run: Run, start: int):
+def _train_batches(run: TrainingRun, start: int):
     """This process's host batches from global step `start`: a thread pool, or ``data.workers`` grain processes."""
     config = run.config
     kwargs = dict(global_batch_size=config.train.batch_size, seed=config.seed, start_step=start,
@@ -467,7 +468,7 @@ def _frozen(params, model_state):
     return jax.tree.map(jnp.copy, (params, model_state))
 
 
-def restore_model(workdir: str, run: Run, field: str, step: int | None = None) -> tuple[Any, Any, int]:
+def restore_model(workdir: str, run: TrainingRun, field: str, step: int | None = None) -> tuple[Any, Any, int]:
     """(params, model_state, step) of a checkpoint of another run's `workdir` (default: the latest), replicated.
 
     Only the model is read (`checkpoint.read_variables`), so the other run may

@@ -20,7 +20,7 @@ def train_small(tmp_path_factory, name: str) -> str:
     from jaxsmooth import train
 
     path = str(tmp_path_factory.mktemp(name) / "run")
-    assert train.run(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
+    assert train.main(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
     return path
 
 

@@ -281,7 +281,7 @@ def test_cli_writes_tables_and_plots(tmp_path, capsys, certify_file):
     out = {name: str(tmp_path / name) for name in ("t.md", "t.tex", "acc.png")}
     argv = [certify_file, other, "--labels", "first,second", "--radii", "0,0.5,1",
             "--markdown", out["t.md"], "--latex", out["t.tex"], "--plot", out["acc.png"]]
-    assert analyze.run(argv) == 0
+    assert analyze.main(argv) == 0
     stdout = capsys.readouterr().out
     runs = analysis.read_runs([certify_file, other], ["first", "second"])
     expected = analysis.markdown_table([analysis.summarize(r, [0, 0.5, 1]) for r in runs])
@@ -300,13 +300,13 @@ def test_cli_area_plot(tmp_path, capsys):
     path = write_tsv(tmp_path / "aniso.tsv", CERTIFY + ["area_objective"], _certify_rows(rows, lambda i: [area[i]]),
                      settings={**SETTINGS, "anisotropic": True})
     png = str(tmp_path / "area.png")
-    assert analyze.run([path, "--area-plot", png]) == 0
+    assert analyze.main([path, "--area-plot", png]) == 0
     assert _read_png(png).shape == (720, 960, 4)
 
 
 def test_cli_notes_an_ignored_partial_line(tmp_path, capsys):
     path = write_tsv(tmp_path / "killed.tsv", CERTIFY, _certify_rows(), tail="8\t1\t1")
-    assert analyze.run([path]) == 0
+    assert analyze.main([path]) == 0
     out = capsys.readouterr()
     assert "| killed | 8 | 0.625 |" in out.out
     assert out.err == f"note: {path}: ignored the partial last line 12\n"
@@ -314,38 +314,38 @@ def test_cli_notes_an_ignored_partial_line(tmp_path, capsys):
 
 def test_cli_errors_on_files(tmp_path, capsys, certify_file):
     missing = str(tmp_path / "nope.tsv")
-    assert "no such file" in fails_with(analyze.run, capsys, [missing], missing)
+    assert "no such file" in fails_with(analyze.main, capsys, [missing], missing)
 
     empty = tmp_path / "empty.tsv"
     empty.write_text("")
-    assert "empty" in fails_with(analyze.run, capsys, [str(empty)], str(empty))
+    assert "empty" in fails_with(analyze.main, capsys, [str(empty)], str(empty))
 
     header_only = write_tsv(tmp_path / "header.tsv", CERTIFY, [])
-    assert "no rows" in fails_with(analyze.run, capsys, [header_only], header_only)
+    assert "no rows" in fails_with(analyze.main, capsys, [header_only], header_only)
 
     no_radius = write_tsv(tmp_path / "noradius.tsv", [c for c in CERTIFY if c != "radius"],
                           [r[:3] + r[4:] for r in _certify_rows()])
-    assert "missing column 'radius'" in fails_with(analyze.run, capsys, [no_radius], no_radius)
+    assert "missing column 'radius'" in fails_with(analyze.main, capsys, [no_radius], no_radius)
 
     spaces = tmp_path / "spaces.tsv"
     spaces.write_text("idx label predict radius correct time\n0 1 1 0.5 1 0:00:01\n")
-    assert "tab-separated" in fails_with(analyze.run, capsys, [str(spaces)], str(spaces))
+    assert "tab-separated" in fails_with(analyze.main, capsys, [str(spaces)], str(spaces))
 
     topk_half = write_tsv(tmp_path / "half.tsv", CERTIFY + ["topk_radius"], _certify_rows(extra=lambda i: [0.1]))
-    assert "missing column 'topk_correct'" in fails_with(analyze.run, capsys, [topk_half], topk_half)
+    assert "missing column 'topk_correct'" in fails_with(analyze.main, capsys, [topk_half], topk_half)
 
     unknown = write_tsv(tmp_path / "unknown.tsv", CERTIFY, _certify_rows(), settings={**SETTINGS, "mode": "attack"})
-    assert "'attack'" in fails_with(analyze.run, capsys, [unknown], unknown)
+    assert "'attack'" in fails_with(analyze.main, capsys, [unknown], unknown)
 
     bad_json = tmp_path / "badjson.tsv"
     bad_json.write_text('# jaxsmooth certify {"mode": certify}\n' + _line(CERTIFY))
-    fails_with(analyze.run, capsys, [str(bad_json)], f"{bad_json}:1")
+    fails_with(analyze.main, capsys, [str(bad_json)], f"{bad_json}:1")
 
     predict = write_tsv(tmp_path / "p.tsv", ["idx", "label", "predict", "correct", "time"],
                         [[0, 1, 1, 1, "0:00:01"]], settings={**SETTINGS, "mode": "predict"})
-    assert "one mode at a time" in fails_with(analyze.run, capsys, [certify_file, predict], predict)
-    fails_with(analyze.run, capsys, [predict, "--plot", str(tmp_path / "x.png")], predict)
-    assert "area_objective" in fails_with(analyze.run, capsys, [certify_file, "--area-plot", str(tmp_path / "a.png")],
+    assert "one mode at a time" in fails_with(analyze.main, capsys, [certify_file, predict], predict)
+    fails_with(analyze.main, capsys, [predict, "--plot", str(tmp_path / "x.png")], predict)
+    assert "area_objective" in fails_with(analyze.main, capsys, [certify_file, "--area-plot", str(tmp_path / "a.png")],
                                            "--area-plot")
 
 
@@ -359,7 +359,7 @@ def test_cli_errors_on_rows(tmp_path, capsys, row, line, needle):
     rows = _certify_rows() + [list(row) + ["0:00:01", 0.9, 90, 1, 0.5, 0.5], _certify_rows()[0]]
     rows[-1][0] = 10
     path = write_tsv(tmp_path / "rows.tsv", CERTIFY, rows)
-    assert needle in fails_with(analyze.run, capsys, [path], f"{path}:{line}")
+    assert needle in fails_with(analyze.main, capsys, [path], f"{path}:{line}")
 
 
 @pytest.mark.parametrize("args, field", [
@@ -378,12 +378,12 @@ def test_cli_errors_on_rows(tmp_path, capsys, row, line, needle):
     (["--plot", "x.notaformat"], "--plot"),
 ])
 def test_cli_errors_on_options(tmp_path, capsys, certify_file, args, field):
-    fails_with(analyze.run, capsys, [certify_file] + [a.replace("x.notaformat", str(tmp_path / "x.notaformat")) for a in args],
-                field)
+    argv = [certify_file] + [a.replace("x.notaformat", str(tmp_path / "x.notaformat")) for a in args]
+    fails_with(analyze.main, capsys, argv, field)
 
 
 def test_cli_runs_without_jax(tmp_path, certify_file):
-    code = ("import sys; from jaxsmooth import analyze; rc = analyze.run(sys.argv[1:]); "
+    code = ("import sys; from jaxsmooth import analyze; rc = analyze.main(sys.argv[1:]); "
             "assert not [m for m in sys.modules if m == 'jax' or m.startswith('jax.')], 'jax imported'; "
             "sys.exit(rc)")
     png = str(tmp_path / "p.png")

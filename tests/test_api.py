@@ -46,7 +46,7 @@ def test_loaded_model_gives_the_cli_rows_and_the_trained_logits(workdir, tmp_pat
     np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-5)
     for mode in ("certify", "predict"):
         out = tmp_path / f"{mode}.tsv"
-        assert certify.run(["--checkpoint", workdir, "--out", str(out), "--skip", "25", "--max", "100",
+        assert certify.main(["--checkpoint", workdir, "--out", str(out), "--skip", "25", "--max", "100",
                             "--mode", mode] + FAST) == 0  # no --config: the workdir's own
         # the XLA options the CLI chose by timing ("auto"), passed back as a resumed run does: the same executable
         options = sidecar_settings(out, "certify")["xla_options"]

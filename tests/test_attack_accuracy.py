@@ -105,12 +105,12 @@ def test_bad_radii(radii, match):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("accuracy") / "run")
-    assert train.run(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
+    assert train.main(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
     return path
 
 
 def _accuracy(workdir, out, *extra):
-    return attack.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out), "--no-progress"] + SMALL
+    return attack.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out), "--no-progress"] + SMALL
                       + list(extra))
 
 

@@ -23,7 +23,7 @@ def workdir(tmp_path_factory):
 
 
 def _attack(workdir, out, *extra):
-    return attack.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out)] + SMALL + FAST
+    return attack.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out)] + SMALL + FAST
                       + list(extra))
 
 
@@ -104,7 +104,7 @@ def test_smoothed_attack_and_analyze_table(workdir, tmp_path, capsys):
     assert _attack(workdir, pgd, "--attack", "pgd", "--skip", "50", "--max", "150") == 0
     capsys.readouterr()
     png = str(tmp_path / "curve.png")
-    assert analyze.run([str(pgd), str(out), "--curve", png]) == 0
+    assert analyze.main([str(pgd), str(out), "--curve", png]) == 0
     table = capsys.readouterr().out
     (row,) = [line for line in table.splitlines() if line.startswith("| run |")]
     median, mean = analysis.median_and_mean(analysis.read_attack(str(pgd)).columns["distance"])
@@ -187,12 +187,12 @@ def test_analyze_cli_groups_files_by_model(tmp_path, files, capsys):
     other = _write_attack(tmp_path / "pgd2.tsv", "pgd", [(0, 1, 1, math.inf), (1, 2, 2, math.inf)],
                           checkpoint="runs/m2/")
     md = str(tmp_path / "t.md")
-    assert analyze.run([pgd, ddn, cert, other, "--markdown", md]) == 0
+    assert analyze.main([pgd, ddn, cert, other, "--markdown", md]) == 0
     out = capsys.readouterr().out
     assert out == open(md).read()
     assert out.splitlines()[2] == "| m1 | 4/5/4 | 0.150 | 0.150 | 1.000 | 0.875 | 0.500 | 0.562 |"
     assert out.splitlines()[3] == "| m2 | 2 | – | – | ∞ | – | – | – |"
-    assert analyze.run([pgd, ddn, "--labels", "a,b"]) == 0
+    assert analyze.main([pgd, ddn, "--labels", "a,b"]) == 0
     assert [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()[2:]] == ["| a", "| b"]
 
 
@@ -207,7 +207,7 @@ def test_analyze_cli_attack_errors(files, capsys, args, field):
     pgd, _, cert = files
     args = [pgd if a == "PGD" else cert if a == "CERT" else a for a in args]
     field = pgd if field == "PGD" else field
-    assert analyze.run(args) == 2
+    assert analyze.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
 

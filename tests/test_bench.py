@@ -145,7 +145,7 @@ def test_forward_flops_are_the_hand_counts():
 def test_bench_certify_rejects_bad_input_with_one_error_line(capsys, args, field):
     from jaxsmooth import bench
 
-    assert bench.run(["certify", *args]) == 2
+    assert bench.main(["certify", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"error: {field}: "), err[0]
@@ -176,7 +176,7 @@ def test_distill_ratios_pair_each_side_with_its_standard_step():
 def test_bench_train_rejects_bad_input_with_one_error_line(capsys, args, field):
     from jaxsmooth import bench
 
-    assert bench.run(["train", *args, "--no-torch", "--rounds", "1", "--steps", "1"]) == 2
+    assert bench.main(["train", *args, "--no-torch", "--rounds", "1", "--steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"error: {field}: "), err[0]
@@ -201,7 +201,7 @@ def test_inference_table_rows_and_ratios():
 def test_bench_inference_rejects_bad_input_with_one_error_line(capsys, args, field):
     from jaxsmooth import bench
 
-    assert bench.run(["inference", *args]) == 2
+    assert bench.main(["inference", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
 
@@ -241,6 +241,6 @@ def test_pod_estimate_is_the_per_device_rate_times_devices_plus_the_spreading_co
 def test_bench_scaling_rejects_bad_input_with_one_error_line(capsys, args, field):
     from jaxsmooth import bench
 
-    assert bench.run(["scaling", *args]) == 2
+    assert bench.main(["scaling", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err

@@ -87,21 +87,21 @@ def test_bad_sigma_refused():
 
 def test_certify_radius_is_float64_and_abstains_below_half():
     n, alpha, sigma = 1_000_000, 0.001, 0.5
-    cert = C.certify(3, np.array([0, 0, 0, n]), alpha, sigma)
+    cert = C.certificate(3, np.array([0, 0, 0, n]), alpha, sigma)
     pa = alpha ** (1 / n)
     assert cert.label == 3 and cert.pa_lower == pytest.approx(pa, rel=1e-12)
     assert cert.radius == pytest.approx(sigma * stats.norm.ppf(pa), rel=1e-9)
     # float32 would saturate: 1 - 6.9e-6 rounds to a representable value 2x off in the tail quantile
     assert abs(sigma * stats.norm.ppf(np.float32(pa)) - cert.radius) > 1e-4
-    low = C.certify(0, np.array([520, 480]), alpha, sigma)
+    low = C.certificate(0, np.array([520, 480]), alpha, sigma)
     assert low.label == C.ABSTAIN and low.radius == 0.0 and low.count_a == 520 and low.count_b == 480
 
 
 def test_predict_uses_two_sided_binomial_test():
-    p = C.predict(np.array([5, 60, 40]), 0.05)
+    p = C.prediction(np.array([5, 60, 40]), 0.05)
     assert p.pvalue == pytest.approx(stats.binomtest(60, 100, 0.5).pvalue)
     assert p.label == C.ABSTAIN  # p = 0.057 > 0.05
-    p = C.predict(np.array([5, 70, 30]), 0.05)
+    p = C.prediction(np.array([5, 70, 30]), 0.05)
     assert p.label == 1 and (p.count_a, p.count_b) == (70, 30)
 
 

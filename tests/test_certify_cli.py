@@ -22,7 +22,7 @@ def workdir(tmp_path_factory):
 
 
 def _certify(workdir, out, *extra):
-    return certify.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out)] + SMALL + FAST
+    return certify.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out)] + SMALL + FAST
                        + list(extra))
 
 
@@ -112,7 +112,7 @@ def test_bad_sigma_file_checkpoint_and_mismatched_out(workdir, tmp_path, capsys)
     for extra, field in cases:
         assert _certify(workdir, tmp_path / "x.tsv", *extra) == 2
         assert capsys.readouterr().err.startswith(f"error: {field}: ")
-    assert certify.run(["--config", QUICKSTART, "--checkpoint", str(tmp_path / "none"), "--out",
+    assert certify.main(["--config", QUICKSTART, "--checkpoint", str(tmp_path / "none"), "--out",
                         str(tmp_path / "x.tsv")] + SMALL + FAST) == 2
     assert capsys.readouterr().err.startswith("error: checkpoint: ")
     out = tmp_path / "o.tsv"

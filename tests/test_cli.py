@@ -31,7 +31,7 @@ SMALL = ["--config.model.width=4", "--config.train.num_epochs=1", "--config.trai
     ("--config.train.batch_size=60", "train.batch_size"),  # 8 devices
 ])
 def test_bad_input_is_one_line_naming_the_field(tmp_path, capsys, override, field):
-    fails_with(train.run, capsys, ["--config", QUICKSTART, "--workdir", str(tmp_path / "w"), override] + SMALL, field)
+    fails_with(train.main, capsys, ["--config", QUICKSTART, "--workdir", str(tmp_path / "w"), override] + SMALL, field)
 
 
 def test_npz_with_missing_keys_or_wrong_dtype(tmp_path, capsys):
@@ -40,7 +40,7 @@ def test_npz_with_missing_keys_or_wrong_dtype(tmp_path, capsys):
     np.savez(tmp_path / "missing.npz", x_train=x, y_train=y, x_test=x)
     np.savez(tmp_path / "float.npz", x_train=x.astype(np.float32), y_train=y, x_test=x, y_test=y)
     for name, needle in (("missing", "y_test"), ("float", "uint8")):
-        line = fails_with(train.run, capsys, ["--config", QUICKSTART, "--workdir", str(tmp_path / name),
+        line = fails_with(train.main, capsys, ["--config", QUICKSTART, "--workdir", str(tmp_path / name),
                                     f"--config.data.name=npz:{tmp_path / name}.npz"] + SMALL, "data.name")
         assert needle in line
 
@@ -50,7 +50,7 @@ def test_unreadable_checkpoint_through_the_cli(tmp_path, capsys):
     os.makedirs(os.path.join(workdir, "checkpoints", "10", "default"))
     with open(os.path.join(workdir, "checkpoints", "10", "default", "_METADATA"), "w") as f:
         f.write("{not json")
-    fails_with(train.run, capsys, ["--config", QUICKSTART, "--workdir", workdir] + SMALL, "checkpoint")
+    fails_with(train.main, capsys, ["--config", QUICKSTART, "--workdir", workdir] + SMALL, "checkpoint")
 
 
 def _train_cmd(workdir, *extra):

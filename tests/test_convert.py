@@ -239,7 +239,7 @@ def conversions(tmp_path_factory):
             model = _torch_model(arch)
             ckpt = _save_checkpoint(model, arch, folder / "models")
             workdir = str(folder / "converted")
-            assert convert.run(["--torch", ckpt, "--arch", arch, "--workdir", workdir]) == 0
+            assert convert.main(["--torch", ckpt, "--arch", arch, "--workdir", workdir]) == 0
             done[arch] = arch, model, workdir
         return done[arch]
 
@@ -293,7 +293,7 @@ def _counts_within_rounding(counts: np.ndarray, logits: np.ndarray) -> None:
     assert counts.sum() == len(logits)
     assert np.abs(counts - expected).sum() <= 2 * near_ties
     if near_ties == 0:
-        assert certification.predict(counts, 0.001) == certification.predict(expected, 0.001)
+        assert certification.prediction(counts, 0.001) == certification.prediction(expected, 0.001)
 
 
 def test_logits_and_predict_counts_equal_pytorch(converted):
@@ -356,7 +356,7 @@ def test_loaded_model_predicts_what_pytorch_counts(conversions):
     counts = np.bincount(logits.argmax(-1), minlength=10)
     assert np.count_nonzero(counts) > 1
     row, = loaded.predict(x[:1], n=N, sigma=SIGMA, seed=SEED, index=[INDEX], batch=8, compiler_options=None)
-    p = certification.predict(counts, 0.001)
+    p = certification.prediction(counts, 0.001)
     assert (row["predict"], row["count_A"], row["count_B"]) == (p.label, p.count_a, p.count_b)
     assert row["pvalue"] == pytest.approx(p.pvalue, rel=1e-12)
 
@@ -422,7 +422,7 @@ def test_bad_input_is_one_error_line(small_checkpoints, capsys):
     model, good, folder = small_checkpoints
     for i, (args, field, words) in enumerate(_bad_inputs(model, good, folder)):
         workdir = folder / f"out{i}"
-        assert convert.run(args + ["--workdir", str(workdir)]) == 2, args
+        assert convert.main(args + ["--workdir", str(workdir)]) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"error: {field}: ") and words in err, (args, err)
         assert not workdir.exists()
@@ -435,11 +435,11 @@ def test_unusable_workdir_is_refused(small_checkpoints, capsys):
     workdir = folder / "taken"
     workdir.mkdir()
     (workdir / "config.json").write_text("{}")
-    assert convert.run(["--torch", good, "--arch", "cifar_resnet20", "--workdir", str(workdir)]) == 2
+    assert convert.main(["--torch", good, "--arch", "cifar_resnet20", "--workdir", str(workdir)]) == 2
     assert capsys.readouterr().err.startswith("error: --workdir: ")
     assert os.listdir(workdir) == ["config.json"] and (workdir / "config.json").read_text() == "{}"
     under_file = workdir / "config.json" / "run" / "w"
-    assert convert.run(["--torch", good, "--arch", "cifar_resnet20", "--workdir", str(under_file)]) == 2
+    assert convert.main(["--torch", good, "--arch", "cifar_resnet20", "--workdir", str(under_file)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: --workdir: cannot create ")
     assert os.listdir(workdir) == ["config.json"] and (workdir / "config.json").read_text() == "{}"
@@ -485,5 +485,5 @@ def test_bench_certify_times_the_workdir_beside_the_native_model(conversions, ca
                                      xla_options=("dot",), workdir=workdir)
     assert list(report.results) == ["jax float32", "jax float32 workdir"]
     assert {r.items_per_round for r in report.results.values()} == {8}
-    assert bench.run(["certify", "--workdir", workdir, "--model", "resnet110"]) == 2
+    assert bench.main(["certify", "--workdir", workdir, "--model", "resnet110"]) == 2
     assert capsys.readouterr().err == f"error: --model: {workdir} holds a 'resnet20' model, not 'resnet110'\n"

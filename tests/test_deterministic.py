@@ -61,6 +61,6 @@ def test_the_report_table_has_a_row_per_run(rows):
     (["--radii", "0,a"], "--radii"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, field):
-    assert report.run(["deterministic", "--workdir", str(tmp_path / "r"), *args]) == 2
+    assert report.main(["deterministic", "--workdir", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err

@@ -86,7 +86,7 @@ def test_keep_best_never_lowers_the_ascent_surrogate():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("distributional") / "run")
-    assert train.run(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
+    assert train.main(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
     return path
 
 
@@ -125,7 +125,7 @@ def test_empirical_worst_case_lies_under_the_certificate_on_digits(workdir):
 # ---- the CLI ----
 
 def _dist(workdir, out, *extra):
-    return certify.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out), "--mode",
+    return certify.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out), "--mode",
                         "distributional", "--num-draws", "8", "--ascent-steps", "5", "--no-progress"] + SMALL
                        + list(extra))
 
@@ -182,7 +182,7 @@ def test_cli_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
 
 
 def test_gamma_without_distributional_mode_is_refused(workdir, tmp_path, capsys):
-    assert certify.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(tmp_path / "x.tsv"),
+    assert certify.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(tmp_path / "x.tsv"),
                         "--gamma", "1"] + SMALL) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.match("error: gamma: ", err[0])
@@ -222,7 +222,7 @@ def test_analyze_table_on_a_hand_built_file(tmp_path, capsys):
     assert (s["empirical", 0.5].cost, s["empirical", 0.5].loss, s["empirical", 0.5].num_examples) == (8.0, 7.0, 2)
     assert s["certificate", 1.0].phi_se == pytest.approx(1.0)  # std (ddof 1) of 1, 3 is sqrt 2; / sqrt 2
     png = tmp_path / "fig.png"
-    assert analyze.run([str(path), "--rho", "0,1,3,8", "--plot", str(png), "--markdown", str(tmp_path / "t.md")]) == 0
+    assert analyze.main([str(path), "--rho", "0,1,3,8", "--plot", str(png), "--markdown", str(tmp_path / "t.md")]) == 0
     out = capsys.readouterr()
     assert "ignored the partial last line 11" in out.err
     # certificate(rho) = min(rho + 2, 2 rho - 1): 0 -> -1, 1 -> 1, 3 -> 5, 8 -> 10; at rho_test 8: 10 >= loss 7
@@ -235,8 +235,8 @@ def test_analyze_table_on_a_hand_built_file(tmp_path, capsys):
 def test_analyze_distributional_flags_and_mixing(tmp_path, capsys):
     path = tmp_path / "dist.tsv"
     _write(path)
-    assert analyze.run([str(path), "--radii", "0,1"]) == 2
+    assert analyze.main([str(path), "--radii", "0,1"]) == 2
     assert capsys.readouterr().err.startswith("error: --radii: ")
-    assert analyze.run([str(path), "--rho", "-1"]) == 2
+    assert analyze.main([str(path), "--rho", "-1"]) == 2
     assert capsys.readouterr().err.startswith("error: --rho: ")
     assert not analysis.is_distributional_file(str(tmp_path / "missing.tsv"))

@@ -216,7 +216,7 @@ def test_benchmark_bad_arguments(argv, field):
 def test_benchmark_runs_tiny(devices):
     from jaxsmooth.benchmarks import pipeline as bench_pipeline
 
-    result = bench_pipeline.run(model="cnn", image_size=16, batch_size=8, num_examples=16, worker_count=1,
+    result = bench_pipeline.measure_pipeline(model="cnn", image_size=16, batch_size=8, num_examples=16, worker_count=1,
                                 windows=1, steps=1, pipeline_steps=2, min_side=16, max_side=24)
     assert len(result.pipeline) == 3 and all(r.median > 0 for r in result.pipeline.values())
     assert result.synthetic.median > 0 and result.fed.median > 0 and result.ratio > 0

@@ -77,10 +77,10 @@ def test_train_certify_and_attack_refuse_a_held_workdir_or_output(trained, tmp_p
     out = tmp_path / "held.tsv"
     holders = [_hold("lock_workdir", tmp_path / "run"), _hold("lock_output", out)]
     try:
-        runs = [train.run(["--config", QUICKSTART, "--workdir", str(tmp_path / "run")] + SMALL + ["--no-progress"]),
-                certify.run(["--config", QUICKSTART, "--checkpoint", trained, "--out", str(out), "--n", "100",
+        runs = [train.main(["--config", QUICKSTART, "--workdir", str(tmp_path / "run")] + SMALL + ["--no-progress"]),
+                certify.main(["--config", QUICKSTART, "--checkpoint", trained, "--out", str(out), "--n", "100",
                              "--n0", "10", "--alpha", "0.1", "--no-progress"] + SMALL),
-                attack.run(["--config", QUICKSTART, "--checkpoint", trained, "--out", str(out), "--attack", "ddn",
+                attack.main(["--config", QUICKSTART, "--checkpoint", trained, "--out", str(out), "--attack", "ddn",
                             "--no-progress"] + SMALL)]
     finally:
         for h in holders:
@@ -236,7 +236,7 @@ def test_a_cut_last_checkpoint_is_moved_aside_and_the_run_redoes_its_steps(undis
 
 
 def _certify(workdir, out):
-    return certify.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out), "--skip", "10",
+    return certify.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out), "--skip", "10",
                         "--max", "60", "--n0", "20", "--n", "200", "--alpha", "0.01", "--batch", "100",
                         "--no-progress"] + SMALL)
 
@@ -245,7 +245,7 @@ def test_sigterm_mid_row_stops_certify_with_whole_rows_and_it_resumes_to_the_sam
                                                                                         monkeypatch, capsys):
     full, stopped = tmp_path / "full.tsv", tmp_path / "stopped.tsv"
     assert _certify(trained, full) == 0
-    real = records.run
+    real = records.certification_rows
 
     def signalling(*args, **kwargs):
         for i, row in enumerate(real(*args, **kwargs)):
@@ -280,7 +280,7 @@ def test_sigterm_stops_attack_between_rows_with_one_line(trained, tmp_path, monk
 
     monkeypatch.setattr(runner, "run", rows)
     out = tmp_path / "a.tsv"
-    code = attack.run(["--config", QUICKSTART, "--checkpoint", trained, "--out", str(out), "--attack", "ddn",
+    code = attack.main(["--config", QUICKSTART, "--checkpoint", trained, "--out", str(out), "--attack", "ddn",
                        "--max", "5", "--no-progress"] + SMALL)
     assert code == 75
     assert capsys.readouterr().err.strip().splitlines() == [

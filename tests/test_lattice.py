@@ -195,11 +195,11 @@ def test_inputs_off_the_grid_and_per_pixel_sigma_are_refused():
 
 def test_certificate_lowers_pa_by_the_total_variation():
     counts, alpha, sigma, tv = np.array([30, 99_970]), 0.001, 0.25, 1e-3
-    plain = C.certify(1, counts, alpha, sigma)
-    lowered = C.certify(1, counts, alpha, sigma, tv=tv)
+    plain = C.certificate(1, counts, alpha, sigma)
+    lowered = C.certificate(1, counts, alpha, sigma, tv=tv)
     assert lowered.pa_lower == pytest.approx(plain.pa_lower - tv, abs=1e-15)
     assert lowered.radius == pytest.approx(sigma * stats.norm.ppf(plain.pa_lower - tv), rel=1e-12)
-    assert C.certify(1, np.array([490, 510]), alpha, sigma, tv=0.2).label == C.ABSTAIN
+    assert C.certificate(1, np.array([490, 510]), alpha, sigma, tv=0.2).label == C.ABSTAIN
     assert C.topk_radius(1, np.array([100, 9000, 900]), 1, alpha, sigma, tv=tv) < \
         C.topk_radius(1, np.array([100, 9000, 900]), 1, alpha, sigma)
 

@@ -127,7 +127,7 @@ def test_certify_counts_match_one_process(two_process_run, tmp_path, mode):
         assert "(0 this run" in _launch(tmp_path, "again", args).stdout
         assert open(two).read() == before
     one = str(tmp_path / "one.tsv")
-    assert certify.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", one, "--max", "10"]
+    assert certify.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", one, "--max", "10"]
                        + CERTIFY + SMALL) == 0
     if mode == "examples":
         shards = [analysis.shard_path(two, p, 2) for p in range(2)]
@@ -144,7 +144,7 @@ SEQUENTIAL = ["--sequential", "--tolerance", "0.05", "--inputs", "5", "--n", "30
 def sequential_one(two_process_run, tmp_path_factory):
     """A sequential (max-radius) certification of the first 10 examples by one process with 8 devices."""
     one = str(tmp_path_factory.mktemp("seq") / "one.tsv")
-    assert certify.run(["--config", QUICKSTART, "--checkpoint", two_process_run[0], "--out", one, "--max", "10"]
+    assert certify.main(["--config", QUICKSTART, "--checkpoint", two_process_run[0], "--out", one, "--max", "10"]
                        + CERTIFY + SEQUENTIAL + SMALL) == 0
     return one
 
@@ -192,7 +192,7 @@ def test_sharded_certification_resumes_after_a_kill(two_process_run, tmp_path):
     run = analysis.write_merged(shards, merged)
     np.testing.assert_array_equal(run.columns["idx"], np.arange(30))  # every example exactly once
     uninterrupted = str(tmp_path / "uninterrupted.tsv")
-    assert certify.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", uninterrupted] + args[8:]) == 0
+    assert certify.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", uninterrupted] + args[8:]) == 0
     _assert_same_rows(merged, uninterrupted)
 
 
@@ -231,7 +231,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_saved_step_and_the_run_re
 def test_an_unreachable_coordinator_is_one_error_after_the_timeout(tmp_path, capsys):
     address = f"127.0.0.1:{_free_port()}"  # nobody listens there
     t0 = time.monotonic()
-    code = certify.run(["--config", QUICKSTART, "--checkpoint", str(tmp_path), "--out", str(tmp_path / "c.tsv"),
+    code = certify.main(["--config", QUICKSTART, "--checkpoint", str(tmp_path), "--out", str(tmp_path / "c.tsv"),
                         "--coordinator", address, "--num-processes", "2", "--process-id", "1",
                         "--coordinator-timeout", "1"])
     waited = time.monotonic() - t0
@@ -251,7 +251,7 @@ def test_an_unreachable_coordinator_is_one_error_after_the_timeout(tmp_path, cap
      "coordinator-timeout"),
 ])
 def test_bad_process_arguments_name_the_flag(tmp_path, capsys, args, field):
-    code = certify.run(["--config", QUICKSTART, "--checkpoint", str(tmp_path), "--out", str(tmp_path / "c.tsv")]
+    code = certify.main(["--config", QUICKSTART, "--checkpoint", str(tmp_path), "--out", str(tmp_path / "c.tsv")]
                        + args)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {field}: "), err
@@ -273,10 +273,10 @@ def test_an_unknown_certify_parallel_mode_is_named(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     from jaxsmooth import train
 
-    assert train.run(["--config", QUICKSTART, "--workdir", workdir, "--no-progress", "--config.train.num_epochs=1",
+    assert train.main(["--config", QUICKSTART, "--workdir", workdir, "--no-progress", "--config.train.num_epochs=1",
                       "--config.model.width=4", "--config.train.eval_every_epochs=0"]) == 0
     capsys.readouterr()
-    code = certify.run(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(tmp_path / "c.tsv"),
+    code = certify.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(tmp_path / "c.tsv"),
                         "--config.model.width=4", "--config.certify.parallel=hosts"] + CERTIFY)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: certify.parallel: must be one of samples, examples, got 'hosts'"]

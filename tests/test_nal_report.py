@@ -45,6 +45,6 @@ def test_suite_configs_exist_for_every_run():
 @pytest.mark.parametrize("args, field", [(["--suite", "svhn"], "--suite"), (["--runs", "nal,trades"], "--runs"),
                                          (["--radii", "0,x"], "--radii")])
 def test_bad_input_is_one_line(tmp_path, capsys, args, field):
-    assert report.run(["nal", "--workdir", str(tmp_path / "r"), *args]) == 2
+    assert report.main(["nal", "--workdir", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err

@@ -50,7 +50,7 @@ def test_a_column_added_to_the_schema_is_written_by_both_certify_paths_and_read_
         np.testing.assert_array_equal(run.columns["margin"], run.columns["count_A"] - run.columns["count_B"])
     assert {int(r["n_used"]) for r in _dicts(sequential)[1]} <= set(range(21, 321))  # stopped within the budget
     capsys.readouterr()
-    assert analyze.run([str(fixed), str(sequential), "--radii", "0,0.25"]) == 0
+    assert analyze.main([str(fixed), str(sequential), "--radii", "0,0.25"]) == 0
     assert "| fixed | 5 |" in capsys.readouterr().out
     monkeypatch.undo()  # the schema as it was: a file with the column no longer matches it
     assert "margin" not in results.CERTIFY.header({"label", "softmax", "clean"})

@@ -172,8 +172,9 @@ def test_a_stream_continues_where_it_stopped_on_1_and_8_devices(devices):
 
 def _run(sampler, x, settings, sigma, seed=0, usage=None):
     """The certify rows of a sequential run over x (labels 1), in index order."""
-    outcomes = batching.run(sampler, lambda idx: (x[idx], np.ones(len(idx), np.int64)), np.arange(len(x)), sigma,
-                            settings, C.stream_keys(jax.random.key(seed)), usage=usage)
+    outcomes = batching.sequential_outcomes(sampler, lambda idx: (x[idx], np.ones(len(idx), np.int64)),
+                                            np.arange(len(x)), sigma, settings, C.stream_keys(jax.random.key(seed)),
+                                            usage=usage)
     return [results.CERTIFY.row(o) for o in sorted(outcomes, key=lambda o: o.index)]
 
 

@@ -24,7 +24,7 @@ def workdir(tmp_path_factory):
 
 
 def _certify(workdir, out, *extra):
-    return certify.run(["--checkpoint", workdir, "--out", str(out)] + FAST + list(extra))
+    return certify.main(["--checkpoint", workdir, "--out", str(out)] + FAST + list(extra))
 
 
 def _rows(path, exact=True):
@@ -118,7 +118,7 @@ def test_docs_quick_start_on_a_few_digits(workdir, tmp_path, capsys, page):
     for _, args in quick[:2]:
         args = swap(args) + ["--max", "100", "--no-progress"]
         args[args.index("--checkpoint") + 1] = workdir  # the quick-start model, trained small
-        assert certify.run(args) == 0
+        assert certify.main(args) == 0
     settings = sidecar_settings(str(folder / "sequential.tsv"), "certify")
     assert settings["sequential"] == "grid" and settings["radii"] == [0.25, 0.5] and settings["n"] == 100_000
     assert settings["looks"][-1] == 100_000 and sum(settings["look_alphas"]) == pytest.approx(0.001)
@@ -132,7 +132,7 @@ def test_docs_quick_start_on_a_few_digits(workdir, tmp_path, capsys, page):
             assert (row["count_A"], row["count_B"]) == (fixed[i]["count_A"], fixed[i]["count_B"])
     assert np.mean([r["n_used"] for r in seq.values()]) < 100_100 / 5
     capsys.readouterr()
-    assert analyze.run(swap(quick[2][1])) == 0
+    assert analyze.main(swap(quick[2][1])) == 0
     out = capsys.readouterr().out
     assert "| sequential | 10 |" in out and (folder / "n_used.png").read_bytes()[:4] == b"\x89PNG"
     run = analysis.read_run(str(folder / "sequential.tsv"))
@@ -171,7 +171,7 @@ def test_samples_table_takes_the_fixed_run_of_the_same_images(tmp_path, capsys):
     (row,) = samples.samples_rows(runs[:2])
     assert row.reference == "fixed_big" and row.reference_samples == 20_100
     assert samples.samples_rows(runs[1:]) == []
-    assert analyze.run([str(tmp_path / "fixed_big.tsv"), "--samples-plot", str(tmp_path / "x.png")]) == 2
+    assert analyze.main([str(tmp_path / "fixed_big.tsv"), "--samples-plot", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --samples-plot: no run has an n_used column")
 
@@ -191,15 +191,15 @@ def test_analyze_common_compares_runs_on_the_images_they_share(tmp_path, capsys)
     _write(tmp_path / "seq.tsv", 10_000, [0, 20, 40], n_used=[300, 700, 10_100])
     _write(tmp_path / "fixed.tsv", 10_000, [80, 20, 0, 60], radius=[0.1, 0.1, 0.5, 0.1])
     files = [str(tmp_path / "seq.tsv"), str(tmp_path / "fixed.tsv"), "--radii", "0.25"]
-    assert analyze.run(files) == 0
+    assert analyze.main(files) == 0
     assert _accuracy_rows(capsys) == [["seq", "3", "1.000"], ["fixed", "4", "0.250"]]  # run, n, r = 0.25
-    assert analyze.run(files + ["--common"]) == 0
+    assert analyze.main(files + ["--common"]) == 0
     table = capsys.readouterr().out
     assert _accuracy_rows(table) == [["seq", "2", "1.000"], ["fixed", "2", "0.500"]]
     (samples,) = [row for row in _cells(table) if row[:2] == ["seq", "2"] and len(row) > 6]
     assert samples[2:4] == ["500", "500"]  # mean and median n_used of images 0 and 20
     _write(tmp_path / "other.tsv", 10_000, [100, 120])
-    assert analyze.run([str(tmp_path / "seq.tsv"), str(tmp_path / "other.tsv"), "--common"]) == 2
+    assert analyze.main([str(tmp_path / "seq.tsv"), str(tmp_path / "other.tsv"), "--common"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --common: the runs share no example"), err
 
@@ -212,11 +212,11 @@ def test_analyze_common_compares_runs_on_the_images_they_share(tmp_path, capsys)
 ])
 def test_bench_sequential_bad_input_is_one_line(tmp_path, capsys, extra, field):
     args = ["sequential", "--checkpoints", str(tmp_path / "run"), "--sigmas", "0.25", "--workdir", str(tmp_path / "b")]
-    assert bench.run(args + extra) == 2
+    assert bench.main(args + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
     assert not (tmp_path / "b").exists()
-    assert bench.run(["scaling", "--config.seed=1"]) == 2  # overrides: bench sequential's (and the reports') only
+    assert bench.main(["scaling", "--config.seed=1"]) == 2  # overrides: bench sequential's (and the reports') only
     assert capsys.readouterr().err.startswith("error: config: --config.FIELD=VALUE overrides apply to bench sequential")
 
 
@@ -227,7 +227,7 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(wo
     args = ["sequential", "--checkpoints", workdir, "--sigmas", "0.25", "--workdir", str(out), "--skip", "60",
             "--max", "360", "--n0", "20", "--n", "3000", "--alpha", "0.01", "--fixed", "1000", "--tolerances", "0.1",
             "--timing-images", "1", "--timing-tolerances", "0.1", "--batch", "100", "--inputs", "5"]
-    assert bench.run(args) == 0
+    assert bench.main(args) == 0
     report = capsys.readouterr().out
     assert "grid rows replayed from the streams equal the real run's: 6/6" in report
     grid = sidecar_settings(out / "sigma0.25_grid.tsv", "certify")
@@ -242,7 +242,7 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(wo
     assert (grid["futility"], radius["futility"]) == (0.05, 0.01)
     with open(out / "timing.json") as f:
         before = json.load(f)["sigma0.25"]
-    assert bench.run(args + ["--retime", "grid"]) == 0  # the grid timed again, the other modes kept
+    assert bench.main(args + ["--retime", "grid"]) == 0  # the grid timed again, the other modes kept
     capsys.readouterr()
     with open(out / "timing.json") as f:
         after = json.load(f)["sigma0.25"]
@@ -251,7 +251,7 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(wo
            {k: before[k] for k in ("fixed n=3,000", "max-radius 0.1")}
     timed = _rows(out / "sigma0.25_grid.tsv", exact=False)[0]["n_used"]  # the timing image: the first one, idx 0
     assert after["grid"]["samples"] == before["grid"]["samples"] == timed
-    assert certify.run(["--checkpoint", workdir, "--out", str(tmp_path / "fixed.tsv"), "--skip", "60", "--max", "360",
+    assert certify.main(["--checkpoint", workdir, "--out", str(tmp_path / "fixed.tsv"), "--skip", "60", "--max", "360",
                         "--n0", "20", "--n", "3000", "--alpha", "0.01", "--batch", "100", "--inputs", "5",
                         "--noise", "gaussian", "--no-progress"]) == 0
     fixed = _rows(tmp_path / "fixed.tsv")

@@ -15,7 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from scipy import stats
 
-from jaxsmooth import certification as C, certify, checkpoint, config as config_lib, loader, objectives, results, trainer
+from jaxsmooth import (certification as C, certify, checkpoint, config as config_lib, loader, objectives, results,
+                       trainer)
 from jaxsmooth.errors import UserError
 from jaxsmooth.objectives import sigma as sigma_objective
 
@@ -380,12 +381,12 @@ def test_trainer_learns_sigma_of_a_frozen_model_and_certify_uses_it(tmp_path, ca
     quick = os.path.join(ROOT, "configs", "quickstart.py")
     small = ["--config.model.width=8", "--config.train.num_epochs=4", "--config.train.eval_every_epochs=0"]
     base = str(tmp_path / "base")  # confident enough that p_hat > 1/2 on many examples
-    assert train.run(["--config", quick, "--workdir", base, "--no-progress"] + small) == 0
+    assert train.main(["--config", quick, "--workdir", base, "--no-progress"] + small) == 0
     run_dir = str(tmp_path / "sigma")
     sigma_cfg = os.path.join(ROOT, "configs", "digits_sigma.py")
     small_sigma = ["--config.model.width=8", "--config.train.num_epochs=1", "--config.train.eval_every_epochs=0",
                    f"--config.train.init_from={base}"]
-    assert train.run(["--config", sigma_cfg, "--workdir", run_dir, "--no-progress"] + small_sigma) == 0
+    assert train.main(["--config", sigma_cfg, "--workdir", run_dir, "--no-progress"] + small_sigma) == 0
     learned = loader.load_model(run_dir)
     sigma, step = learned.sigma, learned.step
     chex.assert_shape(sigma, (8, 8, 1))
@@ -399,16 +400,16 @@ def test_trainer_learns_sigma_of_a_frozen_model_and_certify_uses_it(tmp_path, ca
     out = tmp_path / "c.tsv"
     fast = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--batch", "100", "--no-progress", "--max", "30",
             "--skip", "10"]
-    assert certify.run(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(out)] + small_sigma + fast) == 0
+    assert certify.main(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(out)] + small_sigma + fast) == 0
     lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
     header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
     assert "area_objective" in header and len(rows) == 3
     assert sidecar_settings(out, "certify")["sigma_from"] == run_dir
-    assert certify.run(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(tmp_path / "y.tsv")]
+    assert certify.main(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(tmp_path / "y.tsv")]
                        + small_sigma + fast + ["--sigma", "0.5"]) == 2
     assert capsys.readouterr().err.startswith("error: sigma-from: ")
     # the sigma run's workdir alone certifies its frozen classifier with the sigma it learned: the same rows
     same = tmp_path / "same.tsv"
-    assert certify.run(["--checkpoint", run_dir, "--out", str(same)] + fast) == 0
+    assert certify.main(["--checkpoint", run_dir, "--out", str(same)] + fast) == 0
     untimed = lambda rows: [r[:5] + r[6:] for r in rows]  # noqa: E731  (column 5: time)
     assert tsv_rows(same)[0] == header and untimed(tsv_rows(same)[1]) == untimed(rows)

@@ -121,7 +121,7 @@ def test_suite_configs():
                                          (["--sigma-sweep", "0.1,0.1"], "--sigma-sweep"),
                                          (["--areas=-3,-5"], "--areas"), (["--areas=1,x"], "--areas")])
 def test_bad_input_is_one_line(tmp_path, capsys, args, field):
-    assert report.run(["sigma", "--workdir", str(tmp_path / "r"), *args]) == 2
+    assert report.main(["sigma", "--workdir", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
     assert not (tmp_path / "r").exists()

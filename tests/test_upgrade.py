@@ -90,7 +90,7 @@ def test_an_old_field_in_a_config_file_or_an_override_names_the_new_one(tmp_path
 
 
 def test_an_old_field_on_the_command_line_is_one_line(tmp_path, capsys):
-    line = fails_with(train.run, capsys, ["--config", os.path.join(ROOT, "configs", "mnist_nal.py"), "--workdir",
+    line = fails_with(train.main, capsys, ["--config", os.path.join(ROOT, "configs", "mnist_nal.py"), "--workdir",
                                           str(tmp_path / "w"), "--config.objective.gamma=0.5"], "objective.gamma")
     assert "nal.gamma" in line and not (tmp_path / "w").exists()
 
@@ -125,7 +125,7 @@ def test_a_legacy_run_with_another_setting_is_refused_in_one_line(tmp_path, caps
     small = ["--config.model.width=4", "--config.train.batch_size=64", "--config.train.num_epochs=1",
              "--config.train.log_every_steps=5", "--config.train.checkpoint_every_steps=10",
              "--config.train.eval_every_epochs=0", "--config.train.eval_batch_size=120"]
-    line = fails_with(train.run, capsys, ["--config", os.path.join(ROOT, "configs", "quickstart.py"), "--workdir",
+    line = fails_with(train.main, capsys, ["--config", os.path.join(ROOT, "configs", "quickstart.py"), "--workdir",
                                           str(workdir), "--no-progress", "--config.objective.name=nal"] + small,
                       "nal.num_noise")
     assert "holds a run with nal.num_noise=8, not 4" in line

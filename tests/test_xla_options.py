@@ -62,7 +62,7 @@ def test_certify_records_the_chosen_options_and_resumes_with_them(workdir, tmp_p
     out = str(tmp_path / "cert.tsv")
     argv = ["--config", QUICKSTART, "--checkpoint", workdir, "--out", out, "--n0", "20", "--n", "400", "--max", "4",
             "--batch", "200", "--no-progress"] + SMALL
-    assert certify.run(argv) == 0
+    assert certify.main(argv) == 0
     assert calls == [None]  # a new file: "auto" times the candidates
     chosen = sidecar_settings(out, "certify")["xla_options"]
     assert chosen in [dict(o) for o in compilation.AUTO_CANDIDATES]
@@ -71,7 +71,7 @@ def test_certify_records_the_chosen_options_and_resumes_with_them(workdir, tmp_p
     calls.clear()
     other = next(dict(o) for o in compilation.AUTO_CANDIDATES if dict(o) != chosen)
     _set_options_and_keep(out, other, rows=1)  # as if the first job had picked the other set
-    assert certify.run(argv) == 0
+    assert certify.main(argv) == 0
     assert calls == [[other]]  # compiled with the recorded set only: no timing, no other choice
     _, resumed = tsv_rows(out)
     # examples 2-4 sampled again under the other set: the counts and everything computed from them are the

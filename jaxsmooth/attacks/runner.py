@@ -4,7 +4,7 @@
 `pgd_min_distance`; ``"ddn"``: DDN's distance) and its form (deterministic,
 or smoothed with ``sigma``). `make_attack` jits it once, with the model's
 parameters as arguments (not compiled constants), for a fixed batch size;
-`run` feeds it the selected examples, padding the last batch by repeating
+`attack_rows` feeds it the selected examples, padding the last batch by repeating
 its last example so that the shape, and thus the compiled program, never
 changes. It yields one row per example:
 
@@ -33,7 +33,7 @@ it does not take a majority vote), ``sigma * normal(fold_in(fold_in(key,
 TEST_NOISE_STREAM), idx))``, the same draw at every radius, not clipped
 to [0, 1] (noise lives in pixel space, as in certification). The attack
 itself never sees the noise. At radius 0 PGD does not move: the two
-columns are the clean and the noisy accuracy. `run_accuracy` yields one
+columns are the clean and the noisy accuracy. `accuracy_rows` yields one
 row per example and radius:
 
     idx label radius correct correct_noisy time
@@ -146,7 +146,7 @@ def _padded_batch(split, idx: np.ndarray, batch: int):
     return x, y, index
 
 
-def run(attack: Callable, params, model_state, split, indices: np.ndarray, key: jax.Array, *,
+def attack_rows(attack: Callable, params, model_state, split, indices: np.ndarray, key: jax.Array, *,
         batch: int) -> Iterator[dict[str, Any]]:
     """Attacks the examples `indices` of `split`, `batch` at a time, yielding rows (module docstring) in order.
 
@@ -247,7 +247,7 @@ def accuracy_under_pgd(apply: Callable, params, model_state, images, labels, rad
     return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
-def run_accuracy(accuracy: Callable, params, model_state, split, indices: np.ndarray, radii, key: jax.Array, *,
+def accuracy_rows(accuracy: Callable, params, model_state, split, indices: np.ndarray, radii, key: jax.Array, *,
                  batch: int, done=frozenset()) -> Iterator[dict[str, Any]]:
     """Evaluates `accuracy` (from `make_accuracy`) on the examples `indices` of `split` at each radius.
 

@@ -102,10 +102,10 @@ def jax_contender(name: str, n: int, batch: int, inputs: int, input_shape, *, dt
     if chosen is not None:
         chosen["options"] = sampler.chosen_options
 
-    def run():
+    def one_round():
         sampler(x, index, SIGMA, n, key)  # returns host counts: blocks until done
 
-    return run, n * inputs, setup_s
+    return one_round, n * inputs, setup_s
 
 
 def workdir_model(workdir: str) -> tuple[str, models.Model]:

@@ -236,7 +236,7 @@ def _check(flag: str, value: int, minimum: int) -> None:
         raise UserError(flag, f"must be an integer >= {minimum}, got {value!r}")
 
 
-def run(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, num_examples: int = 256,
+def measure_pipeline(*, model: str = "resnet50", image_size: int = 64, batch_size: int = 8, num_examples: int = 256,
         worker_count: int | None = None, prefetch: int = 2, worker_threads: int = 1, thread_workers: int = 2,
         device_prefetch: int = 2, windows: int = 5, steps: int = 4, pipeline_steps: int = 0,
         min_side: int = 300, max_side: int = 500, seed: int = 0, config_path: str = "",
@@ -457,12 +457,12 @@ def main(args) -> int:
         min_side, max_side = (int(v) for v in args.sides.split(","))
     except ValueError:
         raise UserError("--sides", f"expected MIN,MAX such as 300,500, got {args.sides!r}") from None
-    result = run(model=args.model, image_size=args.image_size, batch_size=args.batch, num_examples=args.examples,
-                 worker_count=None if args.workers < 0 else args.workers, prefetch=args.prefetch,
-                 worker_threads=args.worker_threads, thread_workers=args.thread_workers,
-                 device_prefetch=args.device_prefetch, windows=args.windows, steps=args.steps,
-                 pipeline_steps=args.pipeline_steps, min_side=min_side, max_side=max_side,
-                 config_path=args.config_file, on_stage=lambda line: print(line, file=sys.stderr))
+    result = measure_pipeline(
+        model=args.model, image_size=args.image_size, batch_size=args.batch, num_examples=args.examples,
+        worker_count=None if args.workers < 0 else args.workers, prefetch=args.prefetch,
+        worker_threads=args.worker_threads, thread_workers=args.thread_workers, device_prefetch=args.device_prefetch,
+        windows=args.windows, steps=args.steps, pipeline_steps=args.pipeline_steps, min_side=min_side,
+        max_side=max_side, config_path=args.config_file, on_stage=lambda line: print(line, file=sys.stderr))
     table = markdown(result)
     if args.markdown:
         with open(args.markdown, "w") as f:

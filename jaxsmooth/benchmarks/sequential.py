@@ -206,8 +206,9 @@ def _grid(s: Setup) -> None:
     todo = np.asarray([i for i in s.indices if int(i) not in done], np.int64)
     usage, t0 = batching.Usage(), time.perf_counter()
     with tqdm(total=len(s.indices), initial=len(done), desc=f"{s.model.label} grid", file=sys.stderr) as bar:
-        for outcome in batching.run(s.sampler, _examples(s.split), todo, s.model.sigma, s.settings, s.keys,
-                                    usage=usage):
+        outcomes = batching.sequential_outcomes(s.sampler, _examples(s.split), todo, s.model.sigma, s.settings,
+                                                s.keys, usage=usage)
+        for outcome in outcomes:
             writer.write(results.CERTIFY.row(outcome))
             bar.update(1)
     writer.close()
@@ -257,25 +258,26 @@ def _fixed_runner(s: Setup, x, pick, n: int):
 
     settings = certification.Settings(n0=s.args.n0, n=n, alpha=s.args.alpha)
 
-    def run():
+    def one_round():
         for start in range(0, len(pick), s.sampler.inputs):
             sl = slice(start, start + s.sampler.inputs)
             certification.certify_batch(s.sampler, x[sl], pick[sl], s.model.sigma, settings, s.key)
-        run.samples = len(pick) * (n + s.args.n0)
+        one_round.samples = len(pick) * (n + s.args.n0)
 
-    run.samples = len(pick) * (n + s.args.n0)
-    return run
+    one_round.samples = len(pick) * (n + s.args.n0)
+    return one_round
 
 
 def _sequential_runner(s: Setup, pick, settings):
     from jaxsmooth.certification import batching
 
-    def run():
-        outcomes = list(batching.run(s.sampler, _examples(s.split), pick, s.model.sigma, settings, s.keys))
-        run.samples = sum(o.n_used for o in outcomes)
+    def one_round():
+        outcomes = list(batching.sequential_outcomes(s.sampler, _examples(s.split), pick, s.model.sigma, settings,
+                                                     s.keys))
+        one_round.samples = sum(o.n_used for o in outcomes)
 
-    run.samples = 0
-    return run
+    one_round.samples = 0
+    return one_round
 
 
 def positions(settings, sigma: float, fixed) -> list[int]:

@@ -3,7 +3,7 @@
 Reads each model's grid TSV (the real run), its recorded streams
 (``LABEL_stream.npz``: the counts of samples [0, p) at each position p) and
 ``timing.json``; writes the fixed-n and max-radius TSVs that the streams
-give (`batching.replay`, `certification.certify` on the first n samples),
+give (`batching.replay`, `certification.certificate` on the first n samples),
 the tables (``report.md``) and the figures. Tables cover the images that
 have both a grid row and a recorded stream, and say how many.
 """
@@ -28,7 +28,7 @@ def fixed_rows(stream: dict, n: int, n0: int, alpha: float, sigma: float) -> lis
     j = list(stream["positions"]).index(n)
     rows = []
     for i in range(len(stream["idx"])):
-        cert = certification.certify(int(stream["candidate"][i]), stream["counts"][i, j], alpha, sigma)
+        cert = certification.certificate(int(stream["candidate"][i]), stream["counts"][i, j], alpha, sigma)
         rows.append(_row(stream, i, results.Outcome(-1, None, cert.label, cert.count_a, cert.count_b, sigma, 0.0,
                                                     n0 + n, pa_lower=cert.pa_lower, radius=cert.radius)))
     return rows
@@ -117,7 +117,8 @@ def _model_report(workdir, model, fixed, tolerances, settings, timing) -> tuple[
         rows = replayed_rows(stream, max_settings, model.sigma)
         runs[f"max-radius {tol:g}"] = rows
         _write_tsv(os.path.join(workdir, f"{model.label}_max_{tol:g}.tsv"), rows,
-                   {**header, "n": n, **max_settings.sequential_header(certification.gaussian_rule(model.sigma))[0]}, note)
+                   {**header, "n": n,
+                    **max_settings.sequential_header(certification.gaussian_rule(model.sigma))[0]}, note)
     replay = replayed_rows(stream, grid_settings, model.sigma)
     real = [grid[int(i)] for i in stream["idx"]]
     equal = sum(all(_same(a[k], b[k]) for k in SAME) for a, b in zip(replay, real))

@@ -193,14 +193,14 @@ def jax_contender(name: str, batch: int, input_shape, *, dtype: str = "float32",
     holder = [step(state, data, key)[0]]
     jax.block_until_ready(holder[0])
 
-    def run():
+    def one_round():
         s = holder[0]
         for _ in range(steps):
             s, metrics = step(s, data, key)
         jax.block_until_ready((s, metrics))
         holder[0] = s
 
-    return run, steps * batch, setup_s
+    return one_round, steps * batch, setup_s
 
 
 def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_classes: int = 10,
@@ -244,12 +244,12 @@ def torch_contenders(name: str, batch: int, input_shape, *, steps: int = 5, num_
         step(x, y).item()
         setup_s = time.perf_counter() - t0
 
-        def run(step=step, x=x, y=y):
+        def one_round(step=step, x=x, y=y):
             for _ in range(steps):
                 loss = step(x, y)
             loss.item()
 
-        out[label] = (run, steps * batch, setup_s)
+        out[label] = (one_round, steps * batch, setup_s)
     return out
 
 

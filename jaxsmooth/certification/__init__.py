@@ -17,19 +17,18 @@ import jax
 import numpy as np
 
 from jaxsmooth.certification import bounds, lattice, sequential as sequential_stats
-from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, RadiusRule, certified_area, certify,
+from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, RadiusRule, certificate, certified_area,
                                             check_settings, clopper_pearson_lower, clopper_pearson_upper,
-                                            gaussian_rule, l_bound, predict, smallest_certifying_n, topk_radius)
+                                            gaussian_rule, l_bound, prediction, smallest_certifying_n, topk_radius)
 from jaxsmooth.certification.engine import (Counts, Sampler, Segments, check_sigma, make_clean_probabilities,
                                             sample_counts)
 from jaxsmooth.results import Outcome
 
 __all__ = [
     "ABSTAIN", "Certificate", "Counts", "Prediction", "RadiusRule", "Sampler", "Segments", "Settings", "bounds",
-    "certified_area", "certify", "certify_batch", "check_settings", "check_sigma", "clopper_pearson_lower",
-    "clopper_pearson_upper", "gaussian_rule", "l_bound", "lattice", "make_clean_probabilities", "make_settings", "predict",
-    "predict_batch",
-    "sample_counts", "smallest_certifying_n", "stream_keys", "topk_radius",
+    "certificate", "certified_area", "certify_batch", "check_settings", "check_sigma", "clopper_pearson_lower",
+    "clopper_pearson_upper", "gaussian_rule", "l_bound", "lattice", "make_clean_probabilities", "make_settings",
+    "prediction", "predict_batch", "sample_counts", "smallest_certifying_n", "stream_keys", "topk_radius",
 ]
 
 CANDIDATES = ("selection", "clean")
@@ -184,7 +183,7 @@ def certify_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, set
     samples = settings.n + (settings.n0 if settings.candidate == "selection" else 0)
     outcomes = []
     for b in range(x.shape[0]):
-        cert = certify(int(candidates[b]), estimated.counts[b], settings.alpha, sigma_arr, tv=tv, rule=rule)
+        cert = certificate(int(candidates[b]), estimated.counts[b], settings.alpha, sigma_arr, tv=tv, rule=rule)
         topk = None if not settings.topk else topk_radius(int(labels[b]), estimated.counts[b], settings.topk,
                                                           settings.alpha, float(np.min(sigma_arr)), tv=tv)
         outcomes.append(Outcome(
@@ -212,7 +211,7 @@ def predict_batch(sampler: Sampler, x: np.ndarray, index: np.ndarray, sigma, n: 
     clean = clean_probabilities(x) if clean_probabilities is not None else None
     outcomes = []
     for b in range(x.shape[0]):
-        p = predict(counts[b], alpha)
+        p = prediction(counts[b], alpha)
         outcomes.append(Outcome(int(index[b]), None if labels is None else int(labels[b]), p.label, p.count_a,
                                 p.count_b, sigma, 0.0, n, pvalue=p.pvalue, clean=None if clean is None else clean[b]))
     return _timed(outcomes, t0)

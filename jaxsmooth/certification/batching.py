@@ -78,7 +78,7 @@ class _Input:
     seconds: float = 0.0
 
 
-def run(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, *,
+def sequential_outcomes(sampler: Sampler, load: Callable, indices, sigma, settings, keys: dict, *,
         clean_probabilities: Callable | None = None, usage: Usage | None = None) -> Iterator[Outcome]:
     """Sequential CERTIFY of the examples `indices`, yielding one `results.Outcome` per input as soon as its test stops.
 
@@ -117,7 +117,7 @@ def stopping_rule(settings, schedule: sequential.Schedule, rule, tv: float = 0.0
 
     rule: the noise kind's radius rule (`bounds.RadiusRule`); tv: the noise draw's total variation from the
     ideal (`Sampler.total_variation`, lattice noise): the certificate's bound is L - tv, as for fixed n
-    (`bounds.certify`).
+    (`bounds.certificate`).
     """
     if settings.radii is None:
         return (lambda state: sequential.max_radius_decided(state, schedule, rule, settings.tolerance),
@@ -130,14 +130,14 @@ def stopping_rule(settings, schedule: sequential.Schedule, rule, tv: float = 0.0
 
 def replay(counts: np.ndarray, positions, candidate: int, selection: int, settings, sigma, tv: float = 0.0,
            rule=None) -> Outcome:
-    """The outcome `run` gives an input, from its estimation counts recorded at fixed stream positions.
+    """The outcome `sequential_outcomes` gives an input, from its estimation counts recorded at fixed stream positions.
 
     The counts of a stream's first N samples do not depend on how they were
     drawn (`engine`), so a fixed-n run that records them at every look of a
     schedule (`positions` must hold the schedule's looks, increasing;
     counts: [len(positions), K] counts of samples [0, position)) can replay
     any sequential run of those settings: the same looks, states, stop and
-    outcome as `run`, without drawing again. Its index (-1), label (None),
+    outcome as `sequential_outcomes`, without drawing again. Its index (-1), label (None),
     seconds (0) and mean softmax (None) are not replayed. rule: the noise
     kind's radius rule (default: Cohen et al.'s at sigma).
     """

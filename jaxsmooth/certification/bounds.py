@@ -90,7 +90,7 @@ class Prediction(NamedTuple):
     pvalue: float
 
 
-def predict(counts: np.ndarray, alpha: float) -> Prediction:
+def prediction(counts: np.ndarray, alpha: float) -> Prediction:
     """PREDICT: the top class, unless a two-sided binomial test of the top two counts cannot reject 1/2 at alpha.
 
     Args:
@@ -139,8 +139,8 @@ class Certificate(NamedTuple):
     count_b: int  # largest estimation count of another class
 
 
-def certify(candidate: int, counts: np.ndarray, alpha: float, sigma, *, tv: float = 0.0,
-            rule: RadiusRule | None = None) -> Certificate:
+def certificate(candidate: int, counts: np.ndarray, alpha: float, sigma, *, tv: float = 0.0,
+                rule: RadiusRule | None = None) -> Certificate:
     """CERTIFY's second half: bound P[f(x + eta) = candidate] from n fresh samples and turn it into a radius.
 
     Args:

@@ -210,7 +210,8 @@ def open_certification(model, dataset, request: Request) -> Job:
     todo = pending(writer.done, indices, shard)
     usage = batching.Usage() if settings.sequential else None
     clean = certification.make_clean_probabilities(model.apply, model.params, model.model_state)
-    rows = records.run(sampler, records.split_examples(split), todo, request.sigma, settings, key, mode=request.mode,
+    rows = records.certification_rows(sampler, records.split_examples(split), todo, request.sigma, settings, key,
+                                      mode=request.mode,
                        clean_probabilities=clean, usage=usage)
     return Job(rows=rows, writer=writer, total=len(indices), done=len(indices) - len(todo), shard=shard,
                usage=usage, note=note)

@@ -63,7 +63,7 @@ from jaxsmooth.objectives import nal
 
 __all__ = ["ASCENT_STREAM", "FRESH_STREAM", "certificate", "check", "default_lr", "epsilon_from_rho",
            "ascend", "estimate_batch", "estimate_points",
-           "make_estimator", "open_distributional", "DistributionalRequest", "run"]
+           "make_estimator", "open_distributional", "DistributionalRequest", "distributional_rows"]
 
 ASCENT_STREAM = 0xA5C  # the ascent's draws z_j
 FRESH_STREAM = 0xF7E5  # the fresh draws z'_j of phi, cost and loss
@@ -195,8 +195,8 @@ def estimate_batch(estimator: Callable, params, model_state, x0, labels, index, 
     return {name: np.asarray(value, np.float64)[:b] for name, value in out.items()}
 
 
-def run(estimator: Callable, params, model_state, split, indices: np.ndarray, gammas, gamma_adv, key: jax.Array,
-        *, batch: int, lr: float = 0.0) -> Iterator[dict[str, Any]]:
+def distributional_rows(estimator: Callable, params, model_state, split, indices: np.ndarray, gammas, gamma_adv,
+                        key: jax.Array, *, batch: int, lr: float = 0.0) -> Iterator[dict[str, Any]]:
     """Estimates the examples `indices` of `split`, `batch` at a time, yielding rows in order (the TSV's).
 
     Per example: one ``kind="certificate"`` row per gamma of `gammas`, then one
@@ -275,8 +275,8 @@ def open_distributional(model, dataset, request: DistributionalRequest):
     estimator = make_estimator(model.apply, sigma=request.sigma, num_draws=request.num_draws,
                                steps=request.ascent_steps)
     key = noise.certify_key(noise.root_key(seed))
-    rows = run(estimator, model.params, model.model_state, split, todo, request.gammas, request.gamma_adv, key,
-               batch=request.examples, lr=request.ascent_lr)
+    rows = distributional_rows(estimator, model.params, model.model_state, split, todo, request.gammas,
+                               request.gamma_adv, key, batch=request.examples, lr=request.ascent_lr)
     shard = dataset_job.Shard(request.out, 0, 1, None, writes)
     return dataset_job.Job(rows=rows, writer=writer, total=len(indices), done=len(indices) - len(todo), shard=shard,
                            usage=None, rows_per_example=len(request.gammas) + len(request.gamma_adv))

@@ -200,7 +200,7 @@ class Sampler:
     def total_variation(self, sigma) -> float:
         """tau: how far (in total variation) one example's drawn noise may be from the smoothing distribution
         certified (`NoiseKind.total_variation`; 0 for gaussian). The certificates subtract it from p_A's lower
-        bound (`bounds.certify`)."""
+        bound (`bounds.certificate`)."""
         return self.kind.total_variation(sigma, self.input_shape)
 
     def radius_rule(self, sigma) -> bounds.RadiusRule:
@@ -312,9 +312,9 @@ def make_clean_probabilities(apply: Callable, params: Any, model_state: Any) -> 
     """``probs(x) -> [B, K]`` softmax of one clean forward pass (the deterministic candidate, the model's L-bound)."""
 
     @jax.jit
-    def run(variables, x):
+    def softmax(variables, x):
         logits, _ = apply(*variables, x, train=False)
         return jax.nn.softmax(logits.astype(jnp.float32), -1)
 
     variables = jax.device_put(parallel.host_copy((params, model_state)))  # this process's default device
-    return lambda x: np.asarray(run(variables, jnp.asarray(x, jnp.float32)), np.float64)
+    return lambda x: np.asarray(softmax(variables, jnp.asarray(x, jnp.float32)), np.float64)

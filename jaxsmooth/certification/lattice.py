@@ -50,7 +50,7 @@ thresholds, and over d pixels the noise vectors differ in total variation by
 at most tau = d eps (about 3e-14 for MNIST at sigma 0.25). Every probability
 under the drawn noise is within tau of the ideal one, so p_A_lower - tau
 bounds the ideal p_A from below and (2) is applied to it (`Table.tv`,
-`bounds.certify`'s ``tv``). PREDICT answers other than g(x) with
+`bounds.certificate`'s ``tv``). PREDICT answers other than g(x) with
 probability at most alpha + n tau.
 
 The draw (`draw`) is a sorted-table search in two stages with no

@@ -24,7 +24,8 @@ from jaxsmooth.certification import Sampler, Settings, batching, certify_batch, 
 from jaxsmooth.errors import UserError
 
 
-def columns(mode: str, settings: Settings, *, anisotropic: bool, model_lbound: bool, gaussian: bool = True) -> list[str]:
+def columns(mode: str, settings: Settings, *, anisotropic: bool, model_lbound: bool,
+            gaussian: bool = True) -> list[str]:
     """The columns of a certify or predict file of these settings: the schema's, under the features its rows have.
 
     Every row has a label; certify rows the Monte Carlo L-bound (a softmax
@@ -51,7 +52,7 @@ def example_indices(size: int, skip: int, maximum: int) -> np.ndarray:
     return np.arange(0, size if maximum == -1 else maximum, skip)
 
 
-def run(sampler: Sampler, examples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+def certification_rows(sampler: Sampler, examples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
         indices: np.ndarray, sigma, settings: Settings, key: jax.Array, *, mode: str = "certify",
         clean_probabilities: Callable | None = None, usage: batching.Usage | None = None) -> Iterator[dict[str, Any]]:
     """Certifies (or predicts) the examples `indices`, `sampler.inputs` at a time, yielding one row each, in order.
@@ -65,7 +66,7 @@ def run(sampler: Sampler, examples: Callable[[np.ndarray], tuple[np.ndarray, np.
       `results.PREDICT.row`: idx, [label, correct,] time (this example's share
       of its batch's wall time), the statistics), with ``seconds`` and
       ``samples`` for progress displays. With ``settings.sequential`` the rows
-      come from `batching.run` in the order inputs finish (`usage` gets its slot
+      come from `batching.sequential_outcomes` in the order inputs finish (`usage` gets its slot
       counts); time is each input's share of the calls it took part in.
     """
     schema = results.SCHEMAS[mode]
@@ -76,7 +77,7 @@ def run(sampler: Sampler, examples: Callable[[np.ndarray], tuple[np.ndarray, np.
 def _outcomes(sampler, examples, indices, sigma, settings, key, mode, clean_probabilities, usage):
     """The `results.Outcome` of each example: fixed n batch by batch, or sequential as inputs finish."""
     if mode == "certify" and settings.sequential:
-        yield from batching.run(sampler, examples, indices, sigma, settings, stream_keys(key),
+        yield from batching.sequential_outcomes(sampler, examples, indices, sigma, settings, stream_keys(key),
                                 clean_probabilities=clean_probabilities, usage=usage)
         return
     for start in range(0, len(indices), sampler.inputs):

@@ -8,7 +8,7 @@ each column's value is the function next to its name. Adding a column is
 one `Column` line in `CERTIFY` (name, type, function of the Outcome, the
 feature it comes with); every path then writes it and every reader types
 it. Distributional, attack and accuracy rows are built by their programs
-(`certification.distributional.run`, `attacks.runner`); their columns are
+(`certification.distributional.distributional_rows`, `attacks.runner`); their columns are
 defined here all the same. NumPy and the standard library only.
 """
 

@@ -11,10 +11,11 @@ take, and what a result file's settings record as ``noise``. Adding a kind
 is one file ending in ``KIND = NoiseKind(...)`` and one `register` line
 (a test or a user's code may register its own).
 
-| kind | draw | certificate |
-|---|---|---|
-| lattice | the discretised normal on the 1/255 grid, exact (8-bit inputs, scalar sigma) | Cohen et al.'s ell_2 radius, p_A lowered by the table's total variation |
-| gaussian | x + sigma z in floating point (scalar or per-pixel sigma) | Cohen et al.'s ell_2 radius (inscribed, per-pixel) |
+* lattice: the discretised normal on the 1/255 grid, drawn exactly (8-bit
+  inputs, scalar sigma); Cohen et al.'s ell_2 radius, p_A lowered by the
+  table's total variation;
+* gaussian: x + sigma z in floating point (scalar or per-pixel sigma);
+  Cohen et al.'s ell_2 radius (the inscribed one, per pixel).
 
 Without a kind named, `choose` takes the first registered kind that applies
 to the inputs and sigma, so lattice for 8-bit images and a scalar sigma,
@@ -57,7 +58,7 @@ class NoiseKind:
       applies: ``(sigma, x) -> bool``: whether `choose` may pick it unasked (x: the inputs, or None for the
         data sources' 8-bit images).
       total_variation: ``(sigma, input_shape) -> tau``: the radius correction; every certificate subtracts tau
-        from p_A's lower bound (`bounds.certify`, `sequential`).
+        from p_A's lower bound (`bounds.certificate`, `sequential`).
       rule: ``(sigma) -> bounds.RadiusRule``: the certified radius of a p_A lower bound, and back.
     """
 
