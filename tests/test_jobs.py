@@ -253,7 +253,7 @@ def test_sigterm_mid_row_stops_certify_with_whole_rows_and_it_resumes_to_the_sam
                 os.kill(os.getpid(), signal.SIGTERM)  # while the third row is in flight
             yield row
 
-    monkeypatch.setattr(records, "run", signalling)
+    monkeypatch.setattr(records, "certification_rows", signalling)
     capsys.readouterr()
     assert _certify(trained, stopped) == 75
     err = capsys.readouterr().err.strip().splitlines()
@@ -278,7 +278,7 @@ def test_sigterm_stops_attack_between_rows_with_one_line(trained, tmp_path, monk
             yield {"idx": int(i), "label": 1, "predict": 1, "success": 1, "distance": 0.5, "time": "0:00:01",
                    "seconds": 1.0}
 
-    monkeypatch.setattr(runner, "run", rows)
+    monkeypatch.setattr(runner, "attack_rows", rows)
     out = tmp_path / "a.tsv"
     code = attack.main(["--config", QUICKSTART, "--checkpoint", trained, "--out", str(out), "--attack", "ddn",
                        "--max", "5", "--no-progress"] + SMALL)
