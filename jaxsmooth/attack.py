@@ -99,70 +99,55 @@ def _model_sigma(model, flag: str) -> float:
 
 
 def _main(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxsmooth.attacks import runner
-
     if args.mode == "accuracy":
         return _accuracy(args, overrides)
     _distance_settings(args, None)  # the flags alone, before anything is loaded
-
-    import jax
-
-    from jaxsmooth import jobs, noise, results
-    from jaxsmooth.certification import records
+    from jaxsmooth.attacks import dataset as attack_job
 
     config, model, dataset = _load(args, overrides)
-    sigma, settings = _distance_settings(args, model)
-    params, model_state = model.params, model.model_state
-    if settings.topk >= dataset.num_classes:
-        raise UserError("topk", f"must be < the number of classes {dataset.num_classes}, got {settings.topk}")
-    split = dataset.test if args.split == "test" else dataset.train
-    indices = records.example_indices(len(split), args.skip, args.max)
-    seed = config.seed if args.seed is None else args.seed
-
-    header = {"attack": settings.attack, "smoothed": args.smoothed, "sigma": sigma,
-              "num_noise": settings.num_noise if args.smoothed else None, "loss": settings.loss,
-              "topk": settings.topk, "steps": settings.steps,
-              "max_epsilon": settings.max_epsilon if settings.attack == "pgd" else None,
-              "rounds": settings.rounds if settings.attack == "pgd" else None,
-              "init_epsilon": settings.init_epsilon if settings.attack == "ddn" else None, "seed": seed,
-              "key": f"fold_in(key({seed}), attack stream)", "dtype": model.dtype,
-              "model": model.info["model"], "dataset": config.data.name, "split": args.split, "skip": args.skip,
-              "max": args.max, "batch": args.batch, **model.settings(), "devices": jax.device_count()}
-    jobs.lock_output(args.out)
-    writer = results.Writer(args.out, results.ATTACK, header)
-    done = set(writer.done)
-    todo = np.asarray([i for i in indices if int(i) not in done], np.int64)
-    attack = runner.make_attack(model.apply, settings)
-    key = noise.attack_key(noise.root_key(seed))
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="img", dynamic_ncols=True, file=sys.stderr,
-               disable=args.no_progress)
-    attacked = broken = 0
-    seconds = 0.0
-    try:
-        rows = runner.attack_rows(attack, params, model_state, split, todo, key, batch=args.batch)
-        for row in jobs.until_stopped(rows, args.out):
-            writer.write(row)
-            attacked += 1
-            broken += row["success"]
-            seconds += row["seconds"]
-            bar.update(1)
-            bar.set_postfix(img_per_s=f"{attacked / seconds:.2f}" if seconds else "-",
-                            success=f"{broken / attacked:.3f}", refresh=False)
-    finally:
-        bar.close()
-        writer.close()
+    _, settings = _distance_settings(args, model)
+    job = attack_job.open_attack(model, dataset, settings, _examples(args, config))
+    _progress(job, args, "img", lambda row: row["success"], "success")
     from jaxsmooth import analysis
 
     result = analysis.read_attack(args.out)
-    distance = result.columns["distance"]
-    median = float(np.median(distance))
-    print(f"{settings.attack}: {len(indices)} examples in {args.out} ({len(todo)} this run), success rate "
+    median = float(np.median(result.columns["distance"]))
+    print(f"{settings.attack}: {job.total} examples in {args.out} ({job.total - job.done} this run), success rate "
           f"{float(np.mean(result.columns['success'])):.3f}, median distance "
           f"{median:.4g}" + (" (over half not broken)" if math.isinf(median) else ""))
     return 0
+
+
+def _examples(args, config):
+    from jaxsmooth.attacks import dataset as attack_job
+
+    return attack_job.Examples(out=args.out, seed=config.seed if args.seed is None else args.seed, split=args.split,
+                               skip=args.skip, max=args.max, batch=args.batch, names={"dataset": config.data.name})
+
+
+def _progress(job, args, unit: str, hit, hit_name: str) -> int:
+    """Writes the job's rows under a progress bar (rows/s and the running rate of `hit`); the rows written."""
+    from tqdm import tqdm
+
+    from jaxsmooth import jobs
+
+    bar = tqdm(total=job.total, initial=job.done, unit=unit, dynamic_ncols=True, file=sys.stderr,
+               disable=args.no_progress)
+    written = hits = 0
+    seconds = 0.0
+    try:
+        for row in jobs.until_stopped(job.rows, args.out):
+            job.writer.write(row)
+            written += 1
+            hits += hit(row)
+            seconds += row["seconds"]
+            bar.update(1)
+            bar.set_postfix({f"{unit}_per_s": f"{written / seconds:.2f}" if seconds else "-",
+                             hit_name: f"{hits / written:.3f}"}, refresh=False)
+    finally:
+        bar.close()
+        job.writer.close()
+    return written
 
 
 def _distance_settings(args, model):
@@ -202,7 +187,7 @@ def _radii(text: str | None) -> tuple[float, ...]:
 
 def _accuracy(args, overrides) -> int:
     """--mode accuracy (module docstring)."""
-    from jaxsmooth.attacks import runner
+    from jaxsmooth.attacks import dataset as attack_job, runner
 
     radii = _radii(args.radii)
     if args.attack not in (None, "pgd"):
@@ -215,61 +200,17 @@ def _accuracy(args, overrides) -> int:
         raise UserError("batch", f"must be > 0, got {args.batch}")
     if args.test_noise_sigma is not None:
         runner.check_accuracy_settings(args.steps, args.test_noise_sigma)
-
-    import jax
-
-    from jaxsmooth import jobs, noise, results
-    from jaxsmooth.certification import records
-
     config, model, dataset = _load(args, overrides)
     sigma = _model_sigma(model, "test-noise-sigma") if args.test_noise_sigma is None else args.test_noise_sigma
-    runner.check_accuracy_settings(args.steps, sigma)
-    params, model_state = model.params, model.model_state
-    split = dataset.test if args.split == "test" else dataset.train
-    indices = records.example_indices(len(split), args.skip, args.max)
-    seed = config.seed if args.seed is None else args.seed
-    header = {"mode": "accuracy", "attack": "pgd", "radii": list(radii), "steps": args.steps,
-              "step_size": "2 * radius / steps", "loss": "ce", "test_noise_sigma": float(sigma),
-              "test_noise": "one draw per example, the same at every radius", "seed": seed,
-              "key": f"fold_in(key({seed}), attack stream)", "dtype": model.dtype,
-              "model": model.info["model"], "dataset": config.data.name, "split": args.split, "skip": args.skip,
-              "max": args.max, "batch": args.batch, **model.settings(), "devices": jax.device_count()}
-    jobs.lock_output(args.out)
-    writer = results.Writer(args.out, results.ACCURACY, header)
-    done = _done_pairs(args.out)  # the writer has checked the settings and dropped a cut last row
-    total = len(indices) * len(radii)
-    accuracy = runner.make_accuracy(model.apply, test_noise_sigma=sigma, steps=args.steps)
-    key = noise.attack_key(noise.root_key(seed))
-
-    from tqdm import tqdm
-
-    todo = total - sum(1 for i in indices for r in radii if (int(i), r) in done)
-    bar = tqdm(total=total, initial=total - todo, unit="row", dynamic_ncols=True, file=sys.stderr,
-               disable=args.no_progress)
-    written = 0
-    try:
-        for row in jobs.until_stopped(runner.accuracy_rows(accuracy, params, model_state, split, indices, radii, key,
-                                                          batch=args.batch, done=done), args.out):
-            writer.write(row)
-            written += 1
-            bar.update(1)
-    finally:
-        bar.close()
-        writer.close()
+    job = attack_job.open_accuracy(model, dataset, radii, args.steps, sigma, _examples(args, config))
+    written = _progress(job, args, "row", lambda row: row["correct"], "acc")
     from jaxsmooth.analysis import attacks as attack_analysis
 
     result = attack_analysis.read_accuracy(args.out)
-    print(f"accuracy under ell_2 PGD ({args.steps} steps): {len(indices)} examples x {len(radii)} radii in "
-          f"{args.out} ({written} rows this run)")
+    print(f"accuracy under ell_2 PGD ({args.steps} steps): {job.total // len(radii)} "
+          f"examples x {len(radii)} radii in {args.out} ({written} rows this run)")
     print(attack_analysis.accuracy_table([result]), end="")
     return 0
-
-
-def _done_pairs(path: str) -> set[tuple[int, float]]:
-    """The (idx, radius) pairs of the rows of an accuracy TSV whose cut last row `results.Writer` has dropped."""
-    with open(path) as f:
-        rows = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
-    return {(int(r[0]), float(r[2])) for r in rows[1:] if r and r[0]}
 
 
 main = cli.main_wrapper(command, job=True)
