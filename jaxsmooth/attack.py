@@ -81,14 +81,8 @@ def command(argv: list[str]) -> int:
 
 def _load(args, overrides):
     """(config, model, dataset): the model as trained (BatchNorm not folded: attacks differentiate it)."""
-    from jaxsmooth import checkpoint, loader
-
-    if not args.config:  # the workdir's own config.json: say first when the workdir itself is wrong
-        checkpoint.checkpoint_folder(args.checkpoint, "checkpoint", args.step)
-    config = cli.load_config(args.config, overrides, args.checkpoint)
-    model, dataset = loader.load_with_data(config, args.checkpoint, args.step, wrapper=args.wrapper,
-                                           fold_batch_norm=False)
-    return config, model, dataset
+    return cli.load_model(args.config, overrides, args.checkpoint, args.step, wrapper=args.wrapper,
+                          fold_batch_norm=False)
 
 
 def _model_sigma(model, flag: str) -> float:

@@ -164,16 +164,9 @@ def _sigma(args, model) -> tuple[object, dict]:
 
 
 def _load(args, overrides):
-    """(config, model, dataset) of the command: the one loader, and the data set the config names."""
-    from jaxsmooth import checkpoint, loader
-
-    workdir = args.checkpoint or args.sigma_from
-    field = "checkpoint" if args.checkpoint else "sigma-from"
-    if not args.config:  # the workdir's own config.json: say first when the workdir itself is wrong
-        checkpoint.checkpoint_folder(workdir, field, args.step)
-    config = cli.load_config(args.config, overrides, workdir)
-    model, dataset = loader.load_with_data(config, workdir, args.step, field=field, wrapper=args.wrapper)
-    return config, model, dataset
+    """(config, model, dataset) of the command: the classifier of --checkpoint, else of --sigma-from."""
+    return cli.load_model(args.config, overrides, args.checkpoint or args.sigma_from, args.step,
+                          field="checkpoint" if args.checkpoint else "sigma-from", wrapper=args.wrapper)
 
 
 def command(argv: list[str]) -> int:

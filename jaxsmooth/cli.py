@@ -131,6 +131,21 @@ def load_config(path: str | None, overrides: Sequence[str], workdir: str = ""):
     return config_lib.apply_overrides(config_lib.from_json(text), overrides)
 
 
+def load_model(config_path: str | None, overrides: Sequence[str], workdir: str, step: int | None, *,
+               field: str = "checkpoint", wrapper: str = "", fold_batch_norm: bool = True):
+    """(config, model, dataset) of a certify or attack command: the config (`load_config`; without `config_path`,
+    the workdir's own, after checking the workdir holds a checkpoint so that a wrong workdir is named first), the
+    model through the one loader and the data set the config names (`jaxsmooth.loader.load_with_data`)."""
+    from jaxsmooth import checkpoint, loader
+
+    if not config_path:
+        checkpoint.checkpoint_folder(workdir, field, step)
+    config = load_config(config_path, overrides, workdir)
+    model, dataset = loader.load_with_data(config, workdir, step, field=field, wrapper=wrapper,
+                                           fold_batch_norm=fold_batch_norm)
+    return config, model, dataset
+
+
 def main_wrapper(command: Callable[[list[str]], int], *,
                  job: bool = False) -> Callable[[list[str] | None], int]:
     """A CLI's ``main(argv=None) -> exit status``: runs `command`, turning a `UserError` into one ``error:`` line

@@ -75,11 +75,6 @@ class LoadedModel:
         """Whether this is a wrapper's workdir (not a classifier)."""
         return isinstance(self.wrapper, str)
 
-    @property
-    def anisotropic(self) -> bool:
-        """Whether it certifies with a per-pixel sigma."""
-        return np.ndim(self.sigma) > 0
-
     def settings(self) -> dict:
         """What a result file's settings record of where this model came from (its identity)."""
         fields = {"checkpoint": self.workdir, "checkpoint_step": self.step}
