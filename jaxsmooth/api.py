@@ -27,6 +27,12 @@ floating point, as Cohen et al.), one the caller registered, or ``"auto"``
 input is an 8-bit image and sigma a scalar, as for the CLI's data sources,
 else gaussian. A workdir's model takes images as floats in [0, 1]: values
 outside (a forgotten ``/ 255``) are refused.
+
+Like the CLIs, `load`, `certify` and `predict` switch on JAX's persistent
+compilation cache in jaxsmooth's cache folder (unless JAX already has one,
+or ``JAXSMOOTH_CACHE_DIR=off``), and ``compiler_options="auto"`` takes the
+option set remembered there for the same program and machine
+(`jaxsmooth.compilation`).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxsmooth import certification, loader, noise
+from jaxsmooth import certification, compilation, loader, noise
 from jaxsmooth.certification import noises, records
 from jaxsmooth.errors import UserError
 
@@ -77,6 +83,7 @@ def _inputs(x, index, labels, input_shape=None) -> tuple[np.ndarray, np.ndarray,
 def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings: certification.Settings, *,
          mode: str, seed: int, batch: int, inputs: int, mesh, compiler_options, kind: str = "auto") -> list[dict]:
     """The rows of `records.certification_rows` for in-memory inputs (the one path behind every entry point here)."""
+    compilation.use_persistent_cache()
     if batch <= 0 or inputs <= 0 or batch % inputs:
         raise UserError("batch", f"must be > 0 and a multiple of inputs={inputs}, got {batch}")
     if settings.topk and labels is None:
@@ -211,6 +218,7 @@ def load(workdir: str, *, step: int | None = None, wrapper: str | None = None) -
     with. `wrapper`: the workdir of a model wrapper (`jaxsmooth.models.wrappers`)
     to put in front of it: the smoothed classifier of classifier(wrapper(x)).
     """
+    compilation.use_persistent_cache()
     model = loader.load_model(workdir, step, field="workdir")
     if wrapper:
         model = loader.wrap(model, loader.load_model(wrapper, field="wrapper"))

@@ -81,6 +81,7 @@ def command(argv: list[str]) -> int:
 
 def _load(args, overrides):
     """(config, model, dataset): the model as trained (BatchNorm not folded: attacks differentiate it)."""
+    cli.start_jax()
     return cli.load_model(args.config, overrides, args.checkpoint, args.step, wrapper=args.wrapper,
                           fold_batch_norm=False)
 

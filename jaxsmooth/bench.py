@@ -9,7 +9,8 @@ and reports it as a fraction of the machine's matmul peak; ``certify
 --memory`` instead compares the engine's peak resident memory at n = 10,000
 and n = 1,000,000, each in a fresh process. ``scaling``, ``inference`` and
 ``pipeline`` time certification over devices, one image's inference, and
-the input pipeline. The papers' comparisons are `jaxsmooth.report`'s.
+the input pipeline; ``startup`` a certify process with an empty and with a
+filled cache folder. The papers' comparisons are `jaxsmooth.report`'s.
 """
 
 from __future__ import annotations
@@ -91,11 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     i.add_argument("--rounds", type=int, default=3, help="rounds; medians are over rounds")
     from jaxsmooth.benchmarks import faults, pipeline as pipeline_bench  # stdlib + numpy at import: cheap
-    from jaxsmooth.benchmarks import sequential as sequential_bench
+    from jaxsmooth.benchmarks import sequential as sequential_bench, startup
 
     pipeline_bench.add_parser(sub)
     sequential_bench.add_parser(sub)
     faults.add_parser(sub)
+    startup.add_parser(sub)
     return p
 
 
@@ -399,7 +401,14 @@ def command(argv: list[str]) -> int:
 
         return sequential_bench.main(args, overrides)
     return {"certify": _certify, "train": _train, "inference": _inference, "scaling": _scaling,
-            "pipeline": _pipeline, "faults": lambda a: _faults(a, overrides, list(argv))}[args.what](args)
+            "pipeline": _pipeline, "faults": lambda a: _faults(a, overrides, list(argv)),
+            "startup": _startup}[args.what](args)
+
+
+def _startup(args) -> int:
+    from jaxsmooth.benchmarks import startup
+
+    return startup.main(args)
 
 
 def _faults(args, overrides, argv) -> int:

@@ -175,7 +175,7 @@ def command(argv: list[str]) -> int:
 
 
 def _main(args: argparse.Namespace, overrides: list[str]) -> int:
-    cli.initialize_distributed(args)
+    cli.start_jax(args)
     _check_flags(args)
     if args.mode == "distributional":
         job = _distributional(args, overrides)

@@ -23,7 +23,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
 
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
-    """--coordinator, --num-processes, --process-id, --coordinator-timeout (see `initialize_distributed`)."""
+    """--coordinator, --num-processes, --process-id, --coordinator-timeout (see `start_jax`)."""
     g = parser.add_argument_group("multi-host (jax.distributed; SLURM and TPU pods need none of these)")
     g.add_argument("--coordinator", default=None, help="coordinator address host:port (process 0 listens there)")
     g.add_argument("--num-processes", type=int, default=None, help="number of processes")
@@ -32,10 +32,16 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
                    help="seconds to wait for the coordinator and the other processes (default 120)")
 
 
-def initialize_distributed(args: argparse.Namespace) -> bool:
-    """`distributed.maybe_initialize_distributed` from the arguments of `add_distributed_arguments`."""
-    from jaxsmooth import distributed  # imports jax: after argument errors are reported
+def start_jax(args: argparse.Namespace | None = None) -> bool:
+    """What a job sets up before its first JAX computation: the persistent compilation cache
+    (`compilation.use_persistent_cache`; ``JAXSMOOTH_CACHE_DIR`` moves it or, ``off``, switches it off), then
+    `distributed.maybe_initialize_distributed` from the arguments of `add_distributed_arguments` (when given).
+    Returns whether the multi-controller runtime started."""
+    from jaxsmooth import compilation, distributed  # imports jax: after argument errors are reported
 
+    compilation.use_persistent_cache()
+    if args is None:
+        return False
     return distributed.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                                  timeout_s=args.coordinator_timeout)
 

@@ -1,13 +1,27 @@
-"""Ahead-of-time compilation, and the XLA:CPU option sets it picks between.
+"""Ahead-of-time compilation, the XLA:CPU option sets it picks between, and the cache that spares a new process both.
 
 `compile` compiles every step the trainer runs with `CPU_COMPILER_OPTIONS` on
 the CPU; `compile_fastest` times several option sets on the actual arguments
 and keeps the fastest (the certification sampler's ``compiler_options="auto"``).
 Off the CPU both use XLA's defaults.
+
+The cache folder (`cache_dir`: ``$JAXSMOOTH_CACHE_DIR``, else
+``$XDG_CACHE_HOME/jaxsmooth``, else ``~/.cache/jaxsmooth``; ``JAXSMOOTH_CACHE_DIR=off``
+switches it off) holds JAX's persistent compilation cache (``jax/``, set by
+`use_persistent_cache`, which the CLIs and the API call before they compile)
+and the option sets `compile_remembered` timed (``xla_options/``), one file
+per program and machine, so that a second process neither compiles nor
+times again. Processes may share the folder: JAX writes its entries from
+process 0 only, and a remembered choice is written whole (a rename).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
+import socket
 import time
 from typing import Any, Sequence
 
@@ -76,6 +90,145 @@ def compile_fastest(jitted: Any, *args: Any, candidates: Sequence[dict] | None =
             if round_:
                 best[i] = min(best[i], time.perf_counter() - t0)
     return compiled[best.index(min(best))]
+
+
+CACHE_ENV = "JAXSMOOTH_CACHE_DIR"  # a folder, or CACHE_OFF
+CACHE_OFF = "off"
+
+
+def cache_dir() -> str | None:
+    """The cache folder (module docstring) as an absolute path; None when ``JAXSMOOTH_CACHE_DIR=off``."""
+    given = os.environ.get(CACHE_ENV, "")
+    if given.strip().lower() == CACHE_OFF:
+        return None
+    if given:
+        return os.path.abspath(os.path.expanduser(given))
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # unset or relative: the XDG default
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxsmooth")
+
+
+def use_persistent_cache() -> str | None:
+    """Points JAX's persistent compilation cache at ``cache_dir()/jax``, caching every executable (JAX's defaults
+    skip those compiled in under a second, which are most of a certify run's); returns that folder.
+
+    Call it before the first compilation: JAX opens its cache at the first
+    compilation after a folder is set, and keeps it for the process. Nothing
+    changes (None) when the cache is off, when JAX already has a cache folder
+    (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``: the user's choice), or
+    when the default folder cannot be made; a ``JAXSMOOTH_CACHE_DIR`` that
+    cannot be made is a `UserError`.
+    """
+    from jaxsmooth.errors import UserError
+
+    folder = cache_dir()
+    if folder is None or jax.config.jax_compilation_cache_dir:
+        return None
+    path = os.path.join(folder, "jax")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        if os.environ.get(CACHE_ENV):
+            raise UserError(CACHE_ENV, f"cannot make the cache folder {path} ({e.strerror}); give a writable "
+                                       f"folder, or {CACHE_OFF} to switch the cache off") from None
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # no size floor, and none chosen by JAX
+    return path
+
+
+def compile_remembered(jitted: Any, *args: Any, across_processes: bool = False) -> tuple[Any, dict]:
+    """`compile_fastest` over `AUTO_CANDIDATES`, its choice remembered in the cache folder and used again, untimed,
+    by any process that compiles the same program on the same kind of machine (`choice_key`).
+
+    With `across_processes` (a mesh over several processes: they run the
+    same collectives, so they must time together or not at all) every
+    process takes process 0's remembered choice, or none, and then process
+    0's timed one (`agreed_options`). Returns (compiled, options).
+    """
+    if jax.default_backend() != "cpu":
+        return compile_fastest(jitted, *args)
+    folder = cache_dir()
+    key = choice_key(jitted.lower(*args), AUTO_CANDIDATES)
+    path = None if folder is None else os.path.join(folder, "xla_options", f"{key}.json")
+    remembered = _read_choice(path, AUTO_CANDIDATES)
+    if across_processes:
+        remembered = agreed_options(remembered, AUTO_CANDIDATES)
+    if remembered is not None:
+        return compile_fastest(jitted, *args, candidates=[remembered], repeats=0)
+    compiled, options = compile_fastest(jitted, *args)
+    agreed = agreed_options(options, AUTO_CANDIDATES) if across_processes else options
+    if agreed != options:  # this process timed another set faster: take process 0's
+        compiled, options = compile_fastest(jitted, *args, candidates=[agreed], repeats=0)
+    _write_choice(path, options)
+    return compiled, options
+
+
+def choice_key(lowered: Any, candidates: Sequence[dict]) -> str:
+    """A hex digest of everything that decides which of `candidates` runs fastest: the program (its StableHLO
+    text: the model's graph, every shape and dtype, the mesh), the candidates, jax and jaxlib, XLA_FLAGS, the
+    devices (platform, kind, count, processes) and the host CPU (model and cores)."""
+    import jaxlib
+
+    device = jax.devices()[0]
+    fields = [lowered.as_text(), json.dumps(list(candidates), sort_keys=True), jax.__version__, jaxlib.__version__,
+              os.environ.get("XLA_FLAGS", ""),
+              device.platform, device.device_kind, str(jax.device_count()), str(jax.process_count()),
+              host_cpu(), str(os.cpu_count())]
+    return hashlib.sha256("\0".join(fields).encode()).hexdigest()
+
+
+def agreed_options(options: dict | None, known: Sequence[dict | None]) -> dict | None:
+    """Process 0's `options` in every process of a multi-process run (one broadcast): one of `known` or None
+    (None too for options that are not among `known`). Every process must call it, at the same point."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    known = [None, *(dict(k) for k in known if k is not None)]
+    index = known.index(options) if options in known else 0
+    return known[int(multihost_utils.broadcast_one_to_all(np.int32(index)))]
+
+
+def host_cpu() -> str:
+    """The CPU's model name (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _read_choice(path: str | None, candidates: Sequence[dict]) -> dict | None:
+    """The options remembered at `path` if they are one of `candidates`; None if none are (or unreadable)."""
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            options = json.load(f).get("options")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return options if options in [dict(c) for c in candidates] else None
+
+
+def _write_choice(path: str | None, options: dict) -> None:
+    """Remembers `options` at `path`, whole: written beside it, then renamed over it. A folder that cannot be
+    written leaves the choice unremembered (the next process times again)."""
+    if path is None:
+        return
+    scratch = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(scratch, "w") as f:
+            json.dump({"options": options, "jax": jax.__version__, "device_kind": jax.devices()[0].device_kind,
+                       "devices": jax.device_count(), "cpu": host_cpu()}, f)
+        os.replace(scratch, path)
+    except OSError:
+        pass
 
 
 def compile_on_first_call(jitted: Any) -> Any:

@@ -27,7 +27,7 @@ def command(argv: list[str]) -> int:
     args = _parser().parse_args(rest)
     from jaxsmooth import parallel  # imports jax: after argument errors are reported
 
-    cli.initialize_distributed(args)
+    cli.start_jax(args)
     config = cli.load_config(args.config, overrides)
     from jaxsmooth import jobs, trainer
 

@@ -18,7 +18,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     cli.add_distributed_arguments(p)
     args = p.parse_args()
-    cli.initialize_distributed(args)
+    cli.start_jax(args)
     import jax
 
     from jaxsmooth import data, parallel

@@ -13,10 +13,10 @@ import os
 import numpy as np
 import pytest
 
-from jaxsmooth import certify, checkpoint, compilation, parallel, trainer
+from jaxsmooth import certify, compilation
 
 from conftest import ROOT
-from helpers import quick_config, sidecar_settings, tsv_rows
+from helpers import sidecar_settings, tsv_rows, untrained_workdir
 
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
 SMALL = ["--config.model.width=4", "--config.train.batch_size=64", "--config.train.eval_batch_size=120"]
@@ -25,16 +25,7 @@ SMALL = ["--config.model.width=4", "--config.train.batch_size=64", "--config.tra
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """An untrained quick-start model saved as a workdir (certify reads the model only)."""
-    path = str(tmp_path_factory.mktemp("untrained") / "run")
-    config = quick_config()
-    run = trainer.build_run(config)
-    state = parallel.replicate(run.mesh, trainer.initial_state(run.objective, config, run.model.params,
-                                                               run.model.model_state, run.dataset.input_shape, run.tx))
-    checkpoint.write_json(os.path.join(path, checkpoint.MODEL_FILE), checkpoint.model_metadata(config, run.dataset))
-    ckpt = checkpoint.Checkpointer(path)
-    ckpt.save(1, state, force=True)
-    ckpt.close()
-    return path
+    return untrained_workdir(str(tmp_path_factory.mktemp("untrained") / "run"))
 
 
 def _set_options_and_keep(path, options, rows: int):

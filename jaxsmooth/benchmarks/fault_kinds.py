@@ -58,7 +58,7 @@ class Job:
     unit_s: float = 0.05
     starts: int = 0
     faults_left: int = 1  # in the chain, this one included (`_target` spreads the run over them)
-    compilation_cache: str = ""  # JAX's persistent compilation cache folder, shared by every start
+    compilation_cache: str = ""  # the cache folder (compilation.cache_dir), shared by every start
 
     def progress(self) -> int:
         """Train: the last step in metrics.jsonl; certify: whole data rows in the TSV."""
@@ -92,8 +92,8 @@ class Job:
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         env.pop("XLA_FLAGS", None)
         if self.compilation_cache:  # a restart then costs its imports, not its compilations; the same executables
-            env.update(JAX_COMPILATION_CACHE_DIR=self.compilation_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+            env.update(JAXSMOOTH_CACHE_DIR=self.compilation_cache)
+            env.pop("JAX_COMPILATION_CACHE_DIR", None)
         with open(log, "w") as err:
             proc = subprocess.Popen([sys.executable, "-m", f"jaxsmooth.{self.kind}"] + self.argv, env=env,
                                     stdout=subprocess.DEVNULL, stderr=err, cwd=repo_root())

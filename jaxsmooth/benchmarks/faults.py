@@ -7,8 +7,9 @@ watch) and ``python -m jaxsmooth.certify`` of that model on digits. First
 one undisturbed run of each, the reference; then chains of at most
 ``--per-chain`` faults (`jaxsmooth.benchmarks.fault_kinds`: kill, term,
 copy, disk, cut), drawn in a random order with ``--seed``, each fault at a
-random moment. Every start shares one JAX persistent compilation cache (the
-reference fills it), so a restart costs its imports and not its compilations.
+random moment. Every start shares one cache folder (``JAXSMOOTH_CACHE_DIR``:
+JAX's compilations and the XLA option sets chosen; the reference fills it),
+so a restart costs its imports and not its compilations.
 After its faults a chain runs its job to the end, which must
 exit 0 without being refused, and compares with the reference
 (`compare_train`, `compare_certify`): every array of the final train state

@@ -13,8 +13,9 @@ decided here:
   gives process p the examples indices[p::P], sampled on its own devices and
   written to its own shard ``OUT.shard<p>of<P>.tsv`` (`Shard`);
 * the XLA options: a resumed file is sampled with the options it recorded,
-  and in samples mode every process takes process 0's view (they run the
-  same collective programs);
+  a new one with the choice remembered in the cache folder for this program
+  and machine, else timed (`compilation.compile_remembered`); in samples mode
+  every process takes process 0's view (they run the same collective programs);
 * the examples still to do: process 0's view of its file, in samples mode.
 
 Both policies give the counts one process gives: the noise of an example
@@ -146,11 +147,7 @@ def recorded_xla_options(shard: Shard) -> str | dict:
     found = sidecar.program_of(shard.out) if os.path.exists(shard.out) else None
     recorded = found[1].get("xla_options") if found else None
     if shard.processes == 1 and jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        known = [None, *compilation.AUTO_CANDIDATES, {}]
-        index = known.index(recorded) if recorded in known else 0
-        recorded = known[int(multihost_utils.broadcast_one_to_all(np.int32(index)))]
+        recorded = compilation.agreed_options(recorded, [*compilation.AUTO_CANDIDATES, {}])
     return "auto" if recorded is None else recorded
 
 

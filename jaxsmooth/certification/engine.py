@@ -101,9 +101,11 @@ class Sampler:
         scalar sigma only), or one registered by the caller.
       compiler_options: XLA:CPU options: "auto" (time each of jaxsmooth's option
         sets, `compilation.CPU_COMPILER_OPTIONS` and `compilation.CPU_ELEMENTWISE_OPTIONS`,
-        on one loop step of the first call and keep the fastest), a dict of
-        options ({}: XLA's defaults), or None (`compilation.CPU_COMPILER_OPTIONS`).
-        Ignored off the CPU.
+        on one loop step of the first call and keep the fastest; the choice is
+        remembered in the cache folder and taken untimed by the next sampler of
+        the same program on the same machine: `compilation.compile_remembered`),
+        a dict of options ({}: XLA's defaults), or None
+        (`compilation.CPU_COMPILER_OPTIONS`). Ignored off the CPU.
     """
 
     def __init__(self, apply: Callable, params: Any, model_state: Any, *, input_shape, num_classes: int,
@@ -181,7 +183,9 @@ class Sampler:
         if self._compiler_options == "auto" and self.chosen_options is None:
             one_step = list(args)  # time the option sets on one loop step of every slot
             one_step[4] = parallel.replicate(self.mesh, np.full(self.inputs, self.step_samples, np.int32))
-            compiled, self.chosen_options = compilation.compile_fastest(self._run, *one_step)
+            processes = {d.process_index for d in self.mesh.devices.flat}
+            compiled, self.chosen_options = compilation.compile_remembered(self._run, *one_step,
+                                                                           across_processes=len(processes) > 1)
             return compiled
         options = self.chosen_options if self.chosen_options is not None else self._compiler_options
         compiled, self.chosen_options = compilation.compile_fastest(self._run, *args, candidates=[options], repeats=0)

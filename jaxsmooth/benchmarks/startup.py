@@ -1,0 +1,129 @@
+"""``python -m jaxsmooth.bench startup --workdir W``: what the cache folder saves a certify process.
+
+Each round empties a cache folder (``JAXSMOOTH_CACHE_DIR``), then runs the
+same ``python -m jaxsmooth.certify`` of the quick-start model twice, each a
+fresh process timed whole (start to exit): the first compiles every program
+and times the XLA option sets, the second finds both in the folder. Both
+must write the same rows (every column but ``time``) and record the same
+``xla_options``. One untimed run comes first, so that no timed run pays for
+reading the packages from disk. Prints each round and the medians.
+
+The model is ``--checkpoint``, or the quick start trained into
+``W/quickstart`` (``configs/quickstart.py``) when that holds no model yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from jaxsmooth.errors import UserError
+
+
+def add_parser(subparsers) -> Any:
+    """Adds ``startup`` to `python -m jaxsmooth.bench`'s subcommands; returns its parser."""
+    p = subparsers.add_parser("startup", help="wall time of a certify process with an empty cache folder and with "
+                                              "the folder the first one filled")
+    p.add_argument("--workdir", required=True, help="the benchmark's folder (the model, the cache, the TSVs)")
+    p.add_argument("--checkpoint", default="", help="the quick-start workdir to certify (default: train one into "
+                                                    "WORKDIR/quickstart)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of (empty cache, first run, second run)")
+    p.add_argument("--skip", type=int, default=18, help="certify every skip-th test digit (18: 20 of 360)")
+    p.add_argument("--n", type=int, default=1000, help="estimation samples per digit")
+    p.add_argument("--json", default="", help="write every round's times here")
+    return p
+
+
+def main(args) -> int:
+    """Checks the flags, trains the model if needed, runs the rounds and prints their table."""
+    for flag in ("rounds", "skip", "n"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag}", f"must be > 0, got {getattr(args, flag)}")
+    os.makedirs(args.workdir, exist_ok=True)
+    model = args.checkpoint or _trained(os.path.join(args.workdir, "quickstart"))
+    argv = ["--checkpoint", model, "--skip", str(args.skip), "--n", str(args.n), "--no-progress"]
+    cache = os.path.join(args.workdir, "cache")
+    _certify(argv, os.path.join(args.workdir, "warmup.tsv"), "off")
+    rounds = []
+    for r in range(args.rounds):
+        shutil.rmtree(cache, ignore_errors=True)
+        runs = [_certify(argv, os.path.join(args.workdir, f"round{r}_{which}.tsv"), cache)
+                for which in ("first", "second")]
+        (first, rows_first, options_first), (second, rows_second, options_second) = runs
+        rounds.append({"first_s": first, "second_s": second, "ratio": second / first,
+                       "same_rows": rows_first == rows_second and options_first == options_second,
+                       "rows": len(rows_first), "xla_options": options_first})
+    print(_table(rounds, args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": vars(args), "machine": _machine(), "rounds": rounds}, f, indent=2)
+    return 0 if all(r["same_rows"] for r in rounds) else 1
+
+
+def _trained(workdir: str) -> str:
+    """`workdir`, after training the quick start into it unless it holds a model already."""
+    from jaxsmooth.benchmarks import fault_kinds
+
+    if not os.path.exists(os.path.join(workdir, "model.json")):
+        config = os.path.join(fault_kinds.repo_root(), "configs", "quickstart.py")
+        _run(["-m", "jaxsmooth.train", "--config", config, "--workdir", workdir, "--no-progress"], "off")
+    return workdir
+
+
+def _certify(argv: list[str], out: str, cache: str) -> tuple[float, list[list[str]], Any]:
+    """(wall seconds, rows without their time column, the recorded xla_options) of one certify process writing a
+    new `out` with the cache folder `cache`."""
+    for path in (out, f"{out}.json"):
+        if os.path.exists(path):
+            os.remove(path)
+    seconds = _run(["-m", "jaxsmooth.certify", "--out", out] + argv, cache)
+    with open(out) as f:
+        lines = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+    keep = [j for j, name in enumerate(lines[0]) if name != "time"]
+    with open(f"{out}.json") as f:
+        options = json.load(f)["settings"].get("xla_options")
+    return seconds, [[row[j] for j in keep] for row in lines], options
+
+
+def _run(argv: list[str], cache: str) -> float:
+    """Runs ``python ARGV`` with ``JAXSMOOTH_CACHE_DIR=cache`` and JAX's own cache folder unset; its wall seconds."""
+    from jaxsmooth import compilation
+
+    env = dict(os.environ, **{compilation.CACHE_ENV: cache})
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable] + argv, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode:
+        raise UserError("startup", f"python {' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return seconds
+
+
+def _machine() -> str:
+    """The CPU's model name and core count, and jax's version."""
+    import jax
+
+    from jaxsmooth import compilation
+
+    return f"{compilation.host_cpu()} ({os.cpu_count()} cores), jax {jax.__version__}"
+
+
+def _table(rounds: list[dict], args) -> str:
+    """A markdown table of the rounds and a line of medians."""
+    lines = [f"certify of every {args.skip}th quick-start test digit at n = {args.n:,}, each run a fresh process; "
+             f"{_machine()}", "", "| round | first s (empty cache) | second s | second / first | same rows |",
+             "|---:|---:|---:|---:|---|"]
+    for i, r in enumerate(rounds, 1):
+        lines.append(f"| {i} | {r['first_s']:.1f} | {r['second_s']:.1f} | {r['ratio']:.2f} | "
+                     f"{'yes' if r['same_rows'] else 'NO'} |")
+    median = {k: statistics.median(r[k] for r in rounds) for k in ("first_s", "second_s", "ratio")}
+    lines += ["", f"medians over {len(rounds)} rounds: first {median['first_s']:.1f} s, second "
+                  f"{median['second_s']:.1f} s, second / first {median['ratio']:.2f}; same rows in "
+                  f"{sum(r['same_rows'] for r in rounds)} of {len(rounds)} rounds"]
+    return "\n".join(lines)
