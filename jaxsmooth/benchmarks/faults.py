@@ -317,8 +317,8 @@ def compare_train(got: str, reference: str, total: int) -> dict[str, int]:
             + abs(len(mine) - len(theirs))}
 
 
-# A float32 mean of the samples' softmax: its rounding follows the XLA option set the sampler picks by timing on
-# each start (`certification.Sampler`, compiler_options="auto"), as it follows the device count; the counts, p_A
+# A float32 mean of the samples' softmax: its rounding follows the XLA option set the sampler picks by timing
+# (`certification.Sampler`, compiler_options="auto"), as it follows the device count; the counts, p_A
 # bound and radius it does not touch are compared exactly.
 ROUNDED_COLUMNS = ("lbound_mc",)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -53,12 +54,13 @@ def main(args) -> int:
     rounds = []
     for r in range(args.rounds):
         shutil.rmtree(cache, ignore_errors=True)
-        runs = [_certify(argv, os.path.join(args.workdir, f"round{r}_{which}.tsv"), cache)
-                for which in ("first", "second")]
-        (first, rows_first, options_first), (second, rows_second, options_second) = runs
-        rounds.append({"first_s": first, "second_s": second, "ratio": second / first,
-                       "same_rows": rows_first == rows_second and options_first == options_second,
-                       "rows": len(rows_first), "xla_options": options_first})
+        first, second = [_certify(argv, os.path.join(args.workdir, f"round{r}_{which}.tsv"), cache)
+                         for which in ("first", "second")]
+        rounds.append({"first_s": first["s"], "second_s": second["s"], "ratio": second["s"] / first["s"],
+                       "first_cpu_s": first["cpu_s"], "second_cpu_s": second["cpu_s"],
+                       "cpu_ratio": second["cpu_s"] / first["cpu_s"],
+                       "same_rows": first["rows"] == second["rows"] and first["xla_options"] == second["xla_options"],
+                       "rows": len(first["rows"]) - 1, "xla_options": first["xla_options"]})
     print(_table(rounds, args))
     if args.json:
         with open(args.json, "w") as f:
@@ -76,33 +78,36 @@ def _trained(workdir: str) -> str:
     return workdir
 
 
-def _certify(argv: list[str], out: str, cache: str) -> tuple[float, list[list[str]], Any]:
-    """(wall seconds, rows without their time column, the recorded xla_options) of one certify process writing a
-    new `out` with the cache folder `cache`."""
+def _certify(argv: list[str], out: str, cache: str) -> dict:
+    """The wall and CPU seconds of one certify process writing a new `out` with the cache folder `cache`, its rows
+    without their time column, and the xla_options it recorded."""
     for path in (out, f"{out}.json"):
         if os.path.exists(path):
             os.remove(path)
-    seconds = _run(["-m", "jaxsmooth.certify", "--out", out] + argv, cache)
+    seconds, cpu = _run(["-m", "jaxsmooth.certify", "--out", out] + argv, cache)
     with open(out) as f:
         lines = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
     keep = [j for j, name in enumerate(lines[0]) if name != "time"]
     with open(f"{out}.json") as f:
         options = json.load(f)["settings"].get("xla_options")
-    return seconds, [[row[j] for j in keep] for row in lines], options
+    return {"s": seconds, "cpu_s": cpu, "rows": [[row[j] for j in keep] for row in lines], "xla_options": options}
 
 
-def _run(argv: list[str], cache: str) -> float:
-    """Runs ``python ARGV`` with ``JAXSMOOTH_CACHE_DIR=cache`` and JAX's own cache folder unset; its wall seconds."""
+def _run(argv: list[str], cache: str) -> tuple[float, float]:
+    """Runs ``python ARGV`` with ``JAXSMOOTH_CACHE_DIR=cache`` and JAX's own cache folder unset; its wall seconds and
+    its CPU seconds (user + system, all threads)."""
     from jaxsmooth import compilation
 
     env = dict(os.environ, **{compilation.CACHE_ENV: cache})
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable] + argv, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise UserError("startup", f"python {' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
-    return seconds
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _machine() -> str:
@@ -116,14 +121,17 @@ def _machine() -> str:
 
 def _table(rounds: list[dict], args) -> str:
     """A markdown table of the rounds and a line of medians."""
-    lines = [f"certify of every {args.skip}th quick-start test digit at n = {args.n:,}, each run a fresh process; "
-             f"{_machine()}", "", "| round | first s (empty cache) | second s | second / first | same rows |",
-             "|---:|---:|---:|---:|---|"]
+    lines = [f"certify of every {args.skip}th quick-start test digit ({rounds[0]['rows']} rows) at n = {args.n:,}, "
+             f"each run a fresh process timed whole; {_machine()}", "",
+             "| round | first s (empty cache) | second s | second / first | CPU s: first, second | CPU ratio "
+             "| same rows |", "|---:|---:|---:|---:|---:|---:|---|"]
     for i, r in enumerate(rounds, 1):
         lines.append(f"| {i} | {r['first_s']:.1f} | {r['second_s']:.1f} | {r['ratio']:.2f} | "
+                     f"{r['first_cpu_s']:.1f}, {r['second_cpu_s']:.1f} | {r['cpu_ratio']:.2f} | "
                      f"{'yes' if r['same_rows'] else 'NO'} |")
-    median = {k: statistics.median(r[k] for r in rounds) for k in ("first_s", "second_s", "ratio")}
+    median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k.endswith(("_s", "ratio"))}
     lines += ["", f"medians over {len(rounds)} rounds: first {median['first_s']:.1f} s, second "
-                  f"{median['second_s']:.1f} s, second / first {median['ratio']:.2f}; same rows in "
+                  f"{median['second_s']:.1f} s, second / first {median['ratio']:.2f} (CPU: {median['first_cpu_s']:.1f} "
+                  f"s, {median['second_cpu_s']:.1f} s, {median['cpu_ratio']:.2f}); same rows in "
                   f"{sum(r['same_rows'] for r in rounds)} of {len(rounds)} rounds"]
     return "\n".join(lines)
