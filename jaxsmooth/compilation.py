@@ -5,14 +5,11 @@ the CPU; `compile_fastest` times several option sets on the actual arguments
 and keeps the fastest (the certification sampler's ``compiler_options="auto"``).
 Off the CPU both use XLA's defaults.
 
-The cache folder (`cache_dir`: ``$JAXSMOOTH_CACHE_DIR``, else
-``$XDG_CACHE_HOME/jaxsmooth``, else ``~/.cache/jaxsmooth``; ``JAXSMOOTH_CACHE_DIR=off``
-switches it off) holds JAX's persistent compilation cache (``jax/``, set by
-`use_persistent_cache`, which the CLIs and the API call before they compile)
-and the option sets `compile_remembered` timed (``xla_options/``), one file
-per program and machine, so that a second process neither compiles nor
-times again. Processes may share the folder: JAX writes its entries from
-process 0 only, and a remembered choice is written whole (a rename).
+The cache folder (`jaxsmooth.cache`) holds JAX's persistent compilation
+cache (set by `use_persistent_cache`, which the CLIs and the API call before
+they compile) and the option sets `compile_remembered` timed, one file per
+program and machine, so that a second process neither compiles nor times
+again. JAX writes its entries from process 0 only.
 """
 
 from __future__ import annotations
@@ -21,11 +18,12 @@ import hashlib
 import json
 import os
 import platform
-import socket
 import time
 from typing import Any, Sequence
 
 import jax
+
+from jaxsmooth import cache
 
 # XLA:CPU options for every step we compile. YNN (XNNPACK's successor) handles matrix
 # products much faster than Eigen but convolutions slower, so it is kept for dots only
@@ -92,26 +90,10 @@ def compile_fastest(jitted: Any, *args: Any, candidates: Sequence[dict] | None =
     return compiled[best.index(min(best))]
 
 
-CACHE_ENV = "JAXSMOOTH_CACHE_DIR"  # a folder, or CACHE_OFF
-CACHE_OFF = "off"
-
-
-def cache_dir() -> str | None:
-    """The cache folder (module docstring) as an absolute path; None when ``JAXSMOOTH_CACHE_DIR=off``."""
-    given = os.environ.get(CACHE_ENV, "")
-    if given.strip().lower() == CACHE_OFF:
-        return None
-    if given:
-        return os.path.abspath(os.path.expanduser(given))
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(base):  # unset or relative: the XDG default
-        base = os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jaxsmooth")
-
-
 def use_persistent_cache() -> str | None:
-    """Points JAX's persistent compilation cache at ``cache_dir()/jax``, caching every executable (JAX's defaults
-    skip those compiled in under a second, which are most of a certify run's); returns that folder.
+    """Points JAX's persistent compilation cache at the cache folder's ``jax/`` (`jaxsmooth.cache`), caching every
+    executable (JAX's defaults skip those compiled in under a second, which are most of a certify run's); returns
+    that folder.
 
     Call it before the first compilation: JAX opens its cache at the first
     compilation after a folder is set, and keeps it for the process. Nothing
@@ -122,16 +104,15 @@ def use_persistent_cache() -> str | None:
     """
     from jaxsmooth.errors import UserError
 
-    folder = cache_dir()
-    if folder is None or jax.config.jax_compilation_cache_dir:
+    path = cache.path("jax")
+    if path is None or jax.config.jax_compilation_cache_dir:
         return None
-    path = os.path.join(folder, "jax")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        if os.environ.get(CACHE_ENV):
-            raise UserError(CACHE_ENV, f"cannot make the cache folder {path} ({e.strerror}); give a writable "
-                                       f"folder, or {CACHE_OFF} to switch the cache off") from None
+        if os.environ.get(cache.ENV):
+            raise UserError(cache.ENV, f"cannot make the cache folder {path} ({e.strerror}); give a writable "
+                                       f"folder, or {cache.OFF} to switch the cache off") from None
         return None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -150,9 +131,7 @@ def compile_remembered(jitted: Any, *args: Any, across_processes: bool = False) 
     """
     if jax.default_backend() != "cpu":
         return compile_fastest(jitted, *args)
-    folder = cache_dir()
-    key = choice_key(jitted.lower(*args), AUTO_CANDIDATES)
-    path = None if folder is None else os.path.join(folder, "xla_options", f"{key}.json")
+    path = cache.path("xla_options", f"{choice_key(jitted.lower(*args), AUTO_CANDIDATES)}.json")
     remembered = _read_choice(path, AUTO_CANDIDATES)
     if across_processes:
         remembered = agreed_options(remembered, AUTO_CANDIDATES)
@@ -216,19 +195,10 @@ def _read_choice(path: str | None, candidates: Sequence[dict]) -> dict | None:
 
 
 def _write_choice(path: str | None, options: dict) -> None:
-    """Remembers `options` at `path`, whole: written beside it, then renamed over it. A folder that cannot be
-    written leaves the choice unremembered (the next process times again)."""
-    if path is None:
-        return
-    scratch = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(scratch, "w") as f:
-            json.dump({"options": options, "jax": jax.__version__, "device_kind": jax.devices()[0].device_kind,
-                       "devices": jax.device_count(), "cpu": host_cpu()}, f)
-        os.replace(scratch, path)
-    except OSError:
-        pass
+    """Remembers `options` at `path` (None: the cache is off), with what they were timed on for a reader."""
+    record = {"options": options, "jax": jax.__version__, "device_kind": jax.devices()[0].device_kind,
+              "devices": jax.device_count(), "cpu": host_cpu()}
+    cache.write_whole(path, json.dumps(record).encode())
 
 
 def compile_on_first_call(jitted: Any) -> Any:

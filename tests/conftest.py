@@ -4,7 +4,7 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# No cache folder (jaxsmooth.compilation.cache_dir) for the suite: every test compiles and times the XLA option sets
+# No cache folder (jaxsmooth.cache) for the suite: every test compiles and times the XLA option sets
 # as a first run does, whatever ran before it, and nothing is written to the user's ~/.cache. The child processes
 # that tests start inherit this; tests/test_compilation_cache.py points the folder at temporary ones.
 os.environ["JAXSMOOTH_CACHE_DIR"] = "off"

@@ -1,11 +1,12 @@
 """The cache folder: where it is, how it is switched off, and what a second process finds there.
 
-`compilation.cache_dir` is ``$JAXSMOOTH_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxsmooth``,
+`jaxsmooth.cache.folder` is ``$JAXSMOOTH_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxsmooth``,
 else ``~/.cache/jaxsmooth``, and ``off`` switches it off. It holds JAX's persistent
 compilation cache (`compilation.use_persistent_cache`, called by the CLIs and the
-API) and the XLA option set that ``compiler_options="auto"`` timed for a program on
-this machine (`compilation.compile_remembered`). The suite runs with the folder off
-(tests/conftest.py); these tests point it at their own temporary folders.
+API), the XLA option set that ``compiler_options="auto"`` timed for a program on
+this machine (`compilation.compile_remembered`) and the digits split. The suite runs
+with the folder off (tests/conftest.py); these tests point it at their own
+temporary folders.
 """
 
 import json
@@ -18,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsmooth import certify, compilation, noise
+from jaxsmooth import cache, certify, compilation, noise
 from jaxsmooth.certification import engine
+from jaxsmooth.data import sources
 from jaxsmooth.errors import UserError
 
 from conftest import ROOT
@@ -63,7 +65,7 @@ def timings(monkeypatch):
 def folder(tmp_path, monkeypatch):
     """A fresh cache folder, named by JAXSMOOTH_CACHE_DIR."""
     path = tmp_path / "cache"
-    monkeypatch.setenv(compilation.CACHE_ENV, str(path))
+    monkeypatch.setenv(cache.ENV, str(path))
     return path
 
 
@@ -75,21 +77,21 @@ def _remembered(folder) -> list:
 
 def test_the_cache_folder_is_the_variable_else_xdg_else_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(compilation.CACHE_ENV, raising=False)
+    monkeypatch.delenv(cache.ENV, raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert compilation.cache_dir() == str(tmp_path / "home" / ".cache" / "jaxsmooth")
+    assert cache.folder() == str(tmp_path / "home" / ".cache" / "jaxsmooth")
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/xdg")  # not absolute: ignored, as the XDG spec says
-    assert compilation.cache_dir() == str(tmp_path / "home" / ".cache" / "jaxsmooth")
+    assert cache.folder() == str(tmp_path / "home" / ".cache" / "jaxsmooth")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert compilation.cache_dir() == str(tmp_path / "xdg" / "jaxsmooth")
-    monkeypatch.setenv(compilation.CACHE_ENV, str(tmp_path / "mine"))
-    assert compilation.cache_dir() == str(tmp_path / "mine")
+    assert cache.folder() == str(tmp_path / "xdg" / "jaxsmooth")
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "mine"))
+    assert cache.folder() == str(tmp_path / "mine")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(compilation.CACHE_ENV, "here")
-    assert compilation.cache_dir() == str(tmp_path / "here")
+    monkeypatch.setenv(cache.ENV, "here")
+    assert cache.folder() == str(tmp_path / "here")
     for off in ("off", "OFF", " off "):
-        monkeypatch.setenv(compilation.CACHE_ENV, off)
-        assert compilation.cache_dir() is None
+        monkeypatch.setenv(cache.ENV, off)
+        assert cache.folder() is None
 
 
 def _jax_cache_settings(env: dict) -> dict:
@@ -98,7 +100,7 @@ def _jax_cache_settings(env: dict) -> dict:
             "print(json.dumps([path, jax.config.jax_compilation_cache_dir, "
             "jax.config.jax_persistent_cache_min_compile_time_secs]))")
     env = {k: v for k, v in os.environ.items()
-           if k != compilation.CACHE_ENV and not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))} | env
+           if k != cache.ENV and not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))} | env
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return dict(zip(("returned", "jax_dir", "min_compile_s"), json.loads(done.stdout.splitlines()[-1])))
@@ -106,27 +108,27 @@ def _jax_cache_settings(env: dict) -> dict:
 
 def test_use_persistent_cache_points_jax_at_the_folder_unless_off_or_jax_has_one(tmp_path):
     mine = str(tmp_path / "mine")
-    on = _jax_cache_settings({compilation.CACHE_ENV: mine})
+    on = _jax_cache_settings({cache.ENV: mine})
     assert on == {"returned": os.path.join(mine, "jax"), "jax_dir": os.path.join(mine, "jax"), "min_compile_s": 0.0}
     assert os.path.isdir(os.path.join(mine, "jax"))
-    off = _jax_cache_settings({compilation.CACHE_ENV: "off", "XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    off = _jax_cache_settings({cache.ENV: "off", "XDG_CACHE_HOME": str(tmp_path / "xdg")})
     assert off == {"returned": None, "jax_dir": None, "min_compile_s": 1.0}  # JAX's defaults, untouched
     assert not os.path.exists(tmp_path / "xdg")
-    theirs = _jax_cache_settings({compilation.CACHE_ENV: mine, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")})
+    theirs = _jax_cache_settings({cache.ENV: mine, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")})
     assert theirs == {"returned": None, "jax_dir": str(tmp_path / "jax"), "min_compile_s": 1.0}
 
 
 def test_a_cache_folder_that_cannot_be_made_is_one_error_naming_the_variable(tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv(compilation.CACHE_ENV, str(tmp_path / "file" / "cache"))
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "file" / "cache"))
     before = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", None)  # as in a new process (JAX's own folder would win)
     try:
-        with pytest.raises(UserError, match=f"^{compilation.CACHE_ENV}: cannot make the cache folder"):
+        with pytest.raises(UserError, match=f"^{cache.ENV}: cannot make the cache folder"):
             compilation.use_persistent_cache()
         assert jax.config.jax_compilation_cache_dir is None  # refused before anything was set
         fails_with(certify.main, capsys, ["--checkpoint", str(tmp_path), "--out", str(tmp_path / "c.tsv")],
-                   compilation.CACHE_ENV)
+                   cache.ENV)
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
 
@@ -160,7 +162,7 @@ def test_the_remembered_choice_is_read_from_the_folder(folder, timings):
 
 
 def test_switched_off_every_sampler_times_and_nothing_is_written(tmp_path, monkeypatch, timings):
-    monkeypatch.setenv(compilation.CACHE_ENV, "off")
+    monkeypatch.setenv(cache.ENV, "off")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     _prepared()
@@ -169,15 +171,40 @@ def test_switched_off_every_sampler_times_and_nothing_is_written(tmp_path, monke
     assert not os.listdir(tmp_path)
 
 
+def _digits_in_a_new_process(folder, out) -> bool:
+    """Loads the digits in a fresh process with the cache folder `folder`, saving its four arrays to `out`; whether
+    that process imported scikit-learn."""
+    code = ("import sys, numpy as np; from jaxsmooth.data import sources; "
+            "np.savez(sys.argv[1], *sources._digits_arrays()); print('sklearn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(out)], env=dict(os.environ, **{cache.ENV: str(folder)}),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {"True": True, "False": False}[done.stdout.split()[-1]]
+
+
+def test_the_digits_split_is_kept_in_the_folder_and_read_back_without_scikit_learn(folder, tmp_path):
+    split = sources._split_digits()
+    assert _digits_in_a_new_process(folder, tmp_path / "first.npz")  # split, and kept
+    (kept,) = (folder / "data").iterdir()
+    assert not _digits_in_a_new_process(folder, tmp_path / "second.npz")
+    for run in ("first", "second"):
+        with np.load(tmp_path / f"{run}.npz") as f:
+            arrays = [f[f"arr_{i}"] for i in range(4)]
+        assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(arrays, split))
+    kept.write_bytes(b"cut short")  # unreadable: split again, and kept again
+    assert _digits_in_a_new_process(folder, tmp_path / "third.npz")
+    assert not _digits_in_a_new_process(folder, tmp_path / "fourth.npz")
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return untrained_workdir(str(tmp_path_factory.mktemp("untrained") / "run"))
 
 
-def _certify(workdir, out, cache, *extra):
-    """python -m jaxsmooth.certify in a fresh process with JAXSMOOTH_CACHE_DIR=cache; its stdout."""
+def _certify(workdir, out, folder, *extra):
+    """python -m jaxsmooth.certify in a fresh process with JAXSMOOTH_CACHE_DIR=folder; its stdout."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
-    env[compilation.CACHE_ENV] = str(cache)
+    env[cache.ENV] = str(folder)
     done = subprocess.run([sys.executable, "-m", "jaxsmooth.certify", "--config",
                            os.path.join(ROOT, "configs", "quickstart.py"), "--checkpoint", workdir, "--out", str(out)]
                           + CERTIFY + list(extra), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -193,18 +220,18 @@ def _files(folder) -> dict:
 
 @pytest.mark.slow
 def test_a_second_certify_process_compiles_and_times_nothing_and_writes_the_same_rows(workdir, tmp_path):
-    cache = tmp_path / "cache"
-    _certify(workdir, tmp_path / "first.tsv", cache)
-    filled = _files(cache)
-    assert any("/jax/" in f for f in filled) and len(_remembered(cache)) == 1
-    _certify(workdir, tmp_path / "second.tsv", cache)
-    assert _files(cache) == filled  # every executable read from JAX's cache, the option set from ours
+    folder = tmp_path / "cache"
+    _certify(workdir, tmp_path / "first.tsv", folder)
+    filled = _files(folder)
+    assert any("/jax/" in f for f in filled) and len(_remembered(folder)) == 1
+    _certify(workdir, tmp_path / "second.tsv", folder)
+    assert _files(folder) == filled  # every executable read from JAX's cache, the option set from ours
     header, first = tsv_rows(tmp_path / "first.tsv")
     _, second = tsv_rows(tmp_path / "second.tsv")
     keep = [j for j, name in enumerate(header) if name != "time"]
     assert [[r[j] for j in keep] for r in second] == [[r[j] for j in keep] for r in first] and len(first) == 4
     options = [sidecar_settings(tmp_path / f"{run}.tsv", "certify")["xla_options"] for run in ("first", "second")]
-    assert options[0] == options[1] == _remembered(cache)[0]
+    assert options[0] == options[1] == _remembered(folder)[0]
 
 
 @pytest.mark.slow
@@ -214,7 +241,7 @@ def test_processes_take_process_0s_remembered_choice(workdir, tmp_path, monkeypa
 
     runner = ("import os, sys; from jaxsmooth import certify; "
               "p = int(sys.argv[sys.argv.index('--process-id') + 1]); "
-              f"os.environ['{compilation.CACHE_ENV}'] = os.environ['CACHES'].split(',')[p]; "
+              f"os.environ['{cache.ENV}'] = os.environ['CACHES'].split(',')[p]; "
               "sys.exit(certify.main(sys.argv[1:]))")
 
     def launch(out, caches):

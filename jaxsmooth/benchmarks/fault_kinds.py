@@ -58,7 +58,7 @@ class Job:
     unit_s: float = 0.05
     starts: int = 0
     faults_left: int = 1  # in the chain, this one included (`_target` spreads the run over them)
-    compilation_cache: str = ""  # the cache folder (compilation.cache_dir), shared by every start
+    compilation_cache: str = ""  # the cache folder (jaxsmooth.cache), shared by every start
 
     def progress(self) -> int:
         """Train: the last step in metrics.jsonl; certify: whole data rows in the TSV."""

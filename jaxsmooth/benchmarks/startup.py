@@ -49,12 +49,12 @@ def main(args) -> int:
     os.makedirs(args.workdir, exist_ok=True)
     model = args.checkpoint or _trained(os.path.join(args.workdir, "quickstart"))
     argv = ["--checkpoint", model, "--skip", str(args.skip), "--n", str(args.n), "--no-progress"]
-    cache = os.path.join(args.workdir, "cache")
+    folder = os.path.join(args.workdir, "cache")
     _certify(argv, os.path.join(args.workdir, "warmup.tsv"), "off")
     rounds = []
     for r in range(args.rounds):
-        shutil.rmtree(cache, ignore_errors=True)
-        first, second = [_certify(argv, os.path.join(args.workdir, f"round{r}_{which}.tsv"), cache)
+        shutil.rmtree(folder, ignore_errors=True)
+        first, second = [_certify(argv, os.path.join(args.workdir, f"round{r}_{which}.tsv"), folder)
                          for which in ("first", "second")]
         rounds.append({"first_s": first["s"], "second_s": second["s"], "ratio": second["s"] / first["s"],
                        "first_cpu_s": first["cpu_s"], "second_cpu_s": second["cpu_s"],
@@ -78,13 +78,13 @@ def _trained(workdir: str) -> str:
     return workdir
 
 
-def _certify(argv: list[str], out: str, cache: str) -> dict:
-    """The wall and CPU seconds of one certify process writing a new `out` with the cache folder `cache`, its rows
+def _certify(argv: list[str], out: str, folder: str) -> dict:
+    """The wall and CPU seconds of one certify process writing a new `out` with the cache folder `folder`, its rows
     without their time column, and the xla_options it recorded."""
     for path in (out, f"{out}.json"):
         if os.path.exists(path):
             os.remove(path)
-    seconds, cpu = _run(["-m", "jaxsmooth.certify", "--out", out] + argv, cache)
+    seconds, cpu = _run(["-m", "jaxsmooth.certify", "--out", out] + argv, folder)
     with open(out) as f:
         lines = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
     keep = [j for j, name in enumerate(lines[0]) if name != "time"]
@@ -93,12 +93,12 @@ def _certify(argv: list[str], out: str, cache: str) -> dict:
     return {"s": seconds, "cpu_s": cpu, "rows": [[row[j] for j in keep] for row in lines], "xla_options": options}
 
 
-def _run(argv: list[str], cache: str) -> tuple[float, float]:
-    """Runs ``python ARGV`` with ``JAXSMOOTH_CACHE_DIR=cache`` and JAX's own cache folder unset; its wall seconds and
+def _run(argv: list[str], folder: str) -> tuple[float, float]:
+    """Runs ``python ARGV`` with ``JAXSMOOTH_CACHE_DIR=folder`` and JAX's own cache folder unset; its wall seconds and
     its CPU seconds (user + system, all threads)."""
-    from jaxsmooth import compilation
+    from jaxsmooth import cache
 
-    env = dict(os.environ, **{compilation.CACHE_ENV: cache})
+    env = dict(os.environ, **{cache.ENV: folder})
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()

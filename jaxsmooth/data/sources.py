@@ -7,11 +7,13 @@ with field ``data.name``.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import zipfile
 
 import numpy as np
 
+from jaxsmooth import cache
 from jaxsmooth.data.core import DataError, Dataset, in_memory
 from jaxsmooth.data.idx import load_idx_folder
 
@@ -59,6 +61,22 @@ def load(name: str, *, data_dir: str = "", image_size: int = 0) -> Dataset:
 
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, ...]:
+    """(train images, train labels, test images, test labels) of the fixed digits split: read back from the cache
+    folder (`jaxsmooth.cache`) where an earlier process left them, since importing scikit-learn (and the pandas it
+    imports) is most of what loading the digits costs; else split and left there."""
+    path = _digits_cache_path()
+    arrays = _read_digits(path)
+    if arrays is None:
+        arrays = _split_digits()
+        buffer = io.BytesIO()
+        np.savez(buffer, **dict(zip(NPZ_KEYS, arrays)))
+        cache.write_whole(path, buffer.getvalue())
+    for a in arrays:
+        a.setflags(write=False)  # shared by every call
+    return arrays
+
+
+def _split_digits() -> tuple[np.ndarray, ...]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -67,10 +85,33 @@ def _digits_arrays() -> tuple[np.ndarray, ...]:
     labels = digits.target.astype(np.int64)
     train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION,
                                            random_state=DIGITS_SPLIT_SEED, stratify=labels)
-    arrays = (images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])
-    for a in arrays:
-        a.setflags(write=False)  # shared by every call
-    return arrays
+    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
+
+
+def _digits_cache_path() -> str | None:
+    """Where the split is kept: named by what decides it (scikit-learn's version, the split's fraction and seed, and
+    the format of this code's arrays); None when the cache is off or scikit-learn is not installed."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("scikit-learn")
+    except metadata.PackageNotFoundError:
+        return None
+    return cache.path("data", f"digits-v1-sklearn{version}-test{DIGITS_TEST_FRACTION}-seed{DIGITS_SPLIT_SEED}.npz")
+
+
+def _read_digits(path: str | None) -> tuple[np.ndarray, ...] | None:
+    """The split kept at `path`, or None if there is none (or it does not read as one)."""
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = tuple(f[k] for k in NPZ_KEYS)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    shapes_fit = all(x.dtype == np.uint8 and x.shape[1:] == (8, 8, 1) and y.dtype == np.int64 and y.shape == x.shape[:1]
+                     for x, y in (arrays[:2], arrays[2:]))
+    return arrays if shapes_fit else None
 
 
 def load_digits(*, image_size: int = 0) -> Dataset:
