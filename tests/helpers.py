@@ -97,3 +97,19 @@ def untrained_workdir(path: str) -> str:
     ckpt.save(1, state, force=True)
     ckpt.close()
     return path
+
+
+def spy_compile_fastest(monkeypatch) -> list:
+    """Records the candidates of every `compilation.compile_fastest` call from now on (None: it timed
+    `compilation.AUTO_CANDIDATES`) in the list it returns."""
+    from jaxsmooth import compilation
+
+    calls = []
+    original = compilation.compile_fastest
+
+    def spy(jitted, *args, candidates=None, repeats=3):
+        calls.append(None if candidates is None else [dict(c) for c in candidates])
+        return original(jitted, *args, candidates=candidates, repeats=repeats)
+
+    monkeypatch.setattr(compilation, "compile_fastest", spy)
+    return calls

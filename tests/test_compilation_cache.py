@@ -25,7 +25,7 @@ from jaxsmooth.data import sources
 from jaxsmooth.errors import UserError
 
 from conftest import ROOT
-from helpers import fails_with, sidecar_settings, tsv_rows, untrained_workdir
+from helpers import fails_with, sidecar_settings, spy_compile_fastest, tsv_rows, untrained_workdir
 
 SHAPE, K = (4, 4, 1), 3
 SMALL = ["--config.model.width=4", "--config.train.batch_size=64", "--config.train.eval_batch_size=120"]
@@ -50,15 +50,7 @@ def _prepared(chunk: int = 50, inputs: int = 2, noise_kind: str = "gaussian") ->
 @pytest.fixture
 def timings(monkeypatch):
     """The candidates of every `compilation.compile_fastest` call: None when it times `AUTO_CANDIDATES`."""
-    calls = []
-    original = compilation.compile_fastest
-
-    def spy(jitted, *args, candidates=None, repeats=3):
-        calls.append(None if candidates is None else [dict(c) for c in candidates])
-        return original(jitted, *args, candidates=candidates, repeats=repeats)
-
-    monkeypatch.setattr(compilation, "compile_fastest", spy)
-    return calls
+    return spy_compile_fastest(monkeypatch)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from jaxsmooth import certify, compilation
 
 from conftest import ROOT
-from helpers import sidecar_settings, tsv_rows, untrained_workdir
+from helpers import sidecar_settings, spy_compile_fastest, tsv_rows, untrained_workdir
 
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
 SMALL = ["--config.model.width=4", "--config.train.batch_size=64", "--config.train.eval_batch_size=120"]
@@ -42,14 +42,7 @@ def _set_options_and_keep(path, options, rows: int):
 
 
 def test_certify_records_the_chosen_options_and_resumes_with_them(workdir, tmp_path, monkeypatch):
-    calls = []
-    original = compilation.compile_fastest
-
-    def spy(jitted, *args, candidates=None, repeats=3):
-        calls.append(None if candidates is None else [dict(c) for c in candidates])
-        return original(jitted, *args, candidates=candidates, repeats=repeats)
-
-    monkeypatch.setattr(compilation, "compile_fastest", spy)
+    calls = spy_compile_fastest(monkeypatch)
     out = str(tmp_path / "cert.tsv")
     argv = ["--config", QUICKSTART, "--checkpoint", workdir, "--out", out, "--n0", "20", "--n", "400", "--max", "4",
             "--batch", "200", "--no-progress"] + SMALL
