@@ -188,6 +188,16 @@ def test_the_digits_split_is_kept_in_the_folder_and_read_back_without_scikit_lea
     assert not _digits_in_a_new_process(folder, tmp_path / "fourth.npz")
 
 
+def test_bench_startup_refuses_bad_counts_and_a_failing_certify_in_one_line(tmp_path, capsys):
+    from jaxsmooth import bench
+
+    fails_with(bench.main, capsys, ["startup", "--workdir", str(tmp_path), "--rounds", "0"], "--rounds")
+    line = fails_with(bench.main, capsys, ["startup", "--workdir", str(tmp_path), "--checkpoint",
+                                           str(tmp_path / "nope")], "startup")
+    assert f"--checkpoint {tmp_path / 'nope'} " in line
+    assert " exited 2: error: checkpoint: " in line  # the certify's own error line, passed on
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return untrained_workdir(str(tmp_path_factory.mktemp("untrained") / "run"))

@@ -106,7 +106,8 @@ def _run(argv: list[str], folder: str) -> tuple[float, float]:
     seconds = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
-        raise UserError("startup", f"python {' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        said = (done.stderr.strip().splitlines() or ["nothing on stderr"])[-1]
+        raise UserError("startup", f"python {' '.join(argv)} exited {done.returncode}: {said}")
     return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
