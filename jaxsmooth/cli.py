@@ -18,7 +18,7 @@ from jaxsmooth.errors import UserError
 def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """--config; when not `required`, a missing one means the config.json of the workdir the command reads."""
     parser.add_argument("--config", required=required, default=None,
-                        help="an experiment config file, e.g. configs/quickstart.py" + (
+                        help="an experiment config: a packaged name (e.g. quickstart) or a file (e.g. my_config.py)" + (
                             "" if required else " (default: the config.json of the --checkpoint workdir)"))
 
 
@@ -115,7 +115,8 @@ def keyword_entry(program: str, parser: Callable[[], argparse.ArgumentParser],
 
 
 def load_config(path: str | None, overrides: Sequence[str], workdir: str = ""):
-    """The config file `path` with `overrides`; without `path`, the config.json `workdir` was made with."""
+    """The config `path` (a file or a packaged config's name, `config_lib.find`) with `overrides`; without
+    `path`, the config.json `workdir` was made with."""
     if path:
         return config_lib.apply_overrides(config_lib.load(path), overrides)
     import os

@@ -92,14 +92,6 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _repo_root() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(root, "configs")):
-        raise UserError("--suite", f"the suites' configs are in the repository's configs/, not found under {root}; "
-                                   "run from a clone")
-    return root
-
-
 def _radii(text: str) -> list[float]:
     try:
         return [float(r) for r in text.split(",")]
@@ -110,7 +102,7 @@ def _radii(text: str) -> list[float]:
 def _nal(args, overrides) -> int:
     from jaxsmooth.benchmarks import nal_report
 
-    rows = nal_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
+    rows = nal_report.run_suite(args.suite, args.workdir, overrides=overrides,
                                 radii=_radii(args.radii), skip=args.skip, maximum=args.max,
                                 runs=args.runs.split(","), test_noise_sigma=args.test_noise_sigma,
                                 on_stage=_say)
@@ -136,7 +128,7 @@ def _deterministic(args, overrides) -> int:
     from jaxsmooth.benchmarks import deterministic
 
     radii = _radii(args.radii)
-    rows = deterministic.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
+    rows = deterministic.run_suite(args.suite, args.workdir, overrides=overrides,
                                    skip=args.skip, maximum=args.max, n=args.n, batch=args.batch, radii=radii,
                                    runs=args.runs.split(","), on_stage=_say)
     _publish(deterministic.markdown(rows), [args.markdown], f"deterministic smoothing, suite {args.suite}",
@@ -150,8 +142,8 @@ def _sigma(args, overrides) -> int:
 
     sweep = sigma_report.parse_sweep(args.sigma_sweep)
     areas = sigma_report.parse_areas(args.areas)
-    sigma_report.base_config(_repo_root(), args.suite)  # a bad --suite before anything runs
-    report = sigma_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
+    sigma_report.base_config(args.suite)  # a bad --suite before anything runs
+    report = sigma_report.run_suite(args.suite, args.workdir, overrides=overrides,
                                     skip=args.skip, maximum=args.max, n=args.n, batch=args.batch, sweep=sweep,
                                     areas=areas, sigma_overrides=args.sigma_set,
                                     on_stage=_say)

@@ -30,7 +30,7 @@ def rows(tmp_path_factory):
                     workdir, "--n", "1000"], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     with open(os.path.join(workdir, "times.json")) as f:
         times = json.load(f)
-    out = deterministic.run_suite("digits", workdir, repo_root=ROOT, n=1000, radii=(0.0, HALF_SIGMA, 0.25))
+    out = deterministic.run_suite("digits", workdir, n=1000, radii=(0.0, HALF_SIGMA, 0.25))
     assert {r.name: r.train_seconds for r in out} == times  # resumed: nothing trained again
     return {r.name: r for r in out}
 

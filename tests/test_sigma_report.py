@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxsmooth import report
+from jaxsmooth import config as config_lib, report
 from jaxsmooth.results import CERTIFY, Table
 from jaxsmooth.analysis import sigma as sigma_analysis
 from jaxsmooth.benchmarks import sigma_report
@@ -108,10 +108,10 @@ def test_rows_and_markdown_on_hand_built_runs():
 
 def test_suite_configs():
     for suite in sigma_report.SUITES:
-        path, own = sigma_report.base_config(ROOT, suite)
-        assert os.path.exists(path) and os.path.exists(sigma_report.sigma_config(ROOT, suite)), suite
-    assert sigma_report.base_config(ROOT, "fashion_mnist") == (os.path.join(ROOT, "configs", "mnist_gaussian.py"),
-                                                               ["data.name=fashion_mnist"])
+        path, own = sigma_report.base_config(suite)
+        assert os.path.exists(path) and os.path.exists(sigma_report.sigma_config(suite)), suite
+    assert sigma_report.base_config("fashion_mnist") == (config_lib.packaged("mnist_gaussian"),
+                                                         ["data.name=fashion_mnist"])
     assert sigma_report.parse_sweep("0.1,0.25") == [0.1, 0.25] and sigma_report.parse_sweep("") == []
 
 

@@ -50,7 +50,7 @@ import numpy as np
 
 from jaxsmooth.errors import UserError
 
-DEFAULT_CONFIG = "imagenet_gaussian.py"
+DEFAULT_CONFIG = "imagenet_gaussian"
 
 
 # ----------------------------------------------------------------------------- the mock ImageNet
@@ -223,13 +223,6 @@ class Result:
         return self.fed.median / self.synthetic.median
 
 
-def _repo_config(path: str) -> str:
-    if path:
-        return path
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(root, "configs", DEFAULT_CONFIG)
-
-
 def _check(flag: str, value: int, minimum: int) -> None:
     """UserError naming the command-line `flag` unless `value` is an integer >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -252,7 +245,7 @@ def measure_pipeline(*, model: str = "resnet50", image_size: int = 64, batch_siz
       windows, steps: timed windows and train steps per window (medians over windows).
       pipeline_steps: batches per window for the pipelines alone (0: 4 * steps).
       min_side, max_side: range of the mock images' height and width.
-      config_path: the trainer config (default: the repository's configs/imagenet_gaussian.py).
+      config_path: the trainer config file (default: the packaged imagenet_gaussian).
       on_stage: receives one line per stage (progress).
     """
     import jax
@@ -322,10 +315,9 @@ def _train_config(config_path: str, model: str, image_size: int, batch_size: int
     """(config file, config): the trainer config of the measured train step."""
     from jaxsmooth import config as config_lib
 
-    config_file = _repo_config(config_path)
+    config_file = config_path or config_lib.packaged(DEFAULT_CONFIG)
     if not os.path.isfile(config_file):
-        raise UserError("--config-file", f"no such config file {config_file!r} (the repository's configs/ holds "
-                                         f"{DEFAULT_CONFIG}); run from a clone or pass one")
+        raise UserError("--config-file", f"no such config file {config_file!r}")
     return config_file, config_lib.load(config_file, [
         f"model.name={model}", f"data.image_size={image_size}", f"train.batch_size={batch_size}",
         "data.augment=imagenet", f"seed={seed}", "data.data_dir="])
