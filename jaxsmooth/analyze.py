@@ -181,7 +181,8 @@ def _accuracy_main(args, labels) -> int:
     for flag in ("common", "radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho", "merge",
                  "samples_plot"):
         if getattr(args, flag) is not None:
-            raise UserError("--" + flag.replace("_", "-"), "is not for accuracy files; with them use --markdown, --plot")
+            raise UserError("--" + flag.replace("_", "-"),
+                            "is not for accuracy files; with them use --markdown, --plot")
     if labels is not None and len(labels) != len(args.runs):
         raise UserError("--labels", f"{len(labels)} label(s) for {len(args.runs)} file(s); give one per file, "
                                     "comma-separated")

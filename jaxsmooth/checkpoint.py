@@ -196,7 +196,8 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 
 def checkpoint_folder(workdir: str, field: str, step: int | None = None) -> tuple[str, int]:
-    """(folder, step) of `workdir`'s checkpoint at `step` (default: the latest); `UserError` naming `field` if absent."""
+    """(folder, step) of `workdir`'s checkpoint at `step` (default: the latest); a `UserError` naming `field` if
+    absent."""
     if not workdir:
         raise UserError(field, "is empty; give the --workdir of a training run")
     if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):

@@ -103,7 +103,8 @@ def keyword_entry(program: str, parser: Callable[[], argparse.ArgumentParser],
         with jobs.session():
             return run(keyword_arguments(parser(), options), list(overrides))
 
-    write.__doc__ = f"""``python -m jaxsmooth.{program}`` from Python: writes (or resumes) the TSV ``out`` as the CLI would.
+    write.__doc__ = f"""``python -m jaxsmooth.{program}`` from Python: writes (or resumes) the TSV ``out`` as the CLI
+    would.
 
     `options` are the CLI's flags by name (``--no-progress``:
     ``no_progress=True``; see `cli.keyword_arguments`), `overrides` its

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxsmooth import cli, torch_layout
+from jaxsmooth import cli, extras, torch_layout
 from jaxsmooth.errors import UserError
 
 
@@ -66,10 +66,7 @@ def read_torch(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """
     if not os.path.isfile(path):
         raise UserError("--torch", f"{path} is not a file")
-    try:
-        import torch
-    except ImportError:
-        raise UserError("--torch", "reading PyTorch checkpoints needs torch: pip install 'jaxsmooth[torch]'") from None
+    torch = extras.require("torch", field="--torch", purpose="reading PyTorch checkpoints")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch reports a non-checkpoint file with many types

@@ -162,7 +162,8 @@ def _sigma(args, overrides) -> int:
             sigma_analysis.sweep_figure(acc, area, [p.run for p in points], kept,
                                         title=f"{args.suite}: sigma sweep, blanket filter").savefig(extra_figures[-1])
     _publish(table, [os.path.join(args.workdir, "sigma_report.md"), args.markdown],
-             f"non-uniform smoothing, suite {args.suite}", f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
+             f"non-uniform smoothing, suite {args.suite}",
+             f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
     figures = sigma_report.write_figures(report, args.workdir, title=f"{args.suite}: learned vs isotropic sigma")
     print("figures: " + " ".join(figures + extra_figures))
     return 0

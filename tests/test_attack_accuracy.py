@@ -1,4 +1,4 @@
-"""Accuracy under ell_2 PGD over a radius grid (nal §5, Fig. 1): library, CLI, analysis, and nal vs gaussian on digits."""
+"""Accuracy under ell_2 PGD over a radius grid (nal §5, Fig. 1): library, CLI, analysis, nal vs gaussian on digits."""
 
 import json
 import os

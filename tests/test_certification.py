@@ -156,7 +156,8 @@ def test_counts_agree_in_distribution_with_numpy(devices):
     _, pvalue, _, _ = stats.chi2_contingency(np.stack([ours, theirs]))
     assert pvalue > 1e-3, (ours, theirs)
     # and the test would notice a sigma off by 10%
-    off = _sampler(three_class_apply, params, 1, 500, num_classes=3)(x, [0], sigma * 1.1, n, jax.random.key(0)).counts[0]
+    sampler = _sampler(three_class_apply, params, 1, 500, num_classes=3)
+    off = sampler(x, [0], sigma * 1.1, n, jax.random.key(0)).counts[0]
     noisy = x.reshape(1, -1) + sigma * rng.standard_normal((4 * n, D))
     big = np.bincount(np.argmax(noisy @ params["w"] + params["b"], -1), minlength=3)
     assert stats.chi2_contingency(np.stack([off, big]))[1] < 1e-3

@@ -193,8 +193,10 @@ def test_gamma_without_distributional_mode_is_refused(workdir, tmp_path, capsys)
 SETTINGS = {"mode": "distributional", "gammas": [1.0, 2.0], "gamma_adv": [0.5], "sigma": 0.25}
 # (idx, kind, gamma, phi, cost, loss)
 ROWS = [
-    (0, "certificate", 1.0, 1.0, 3.0, 4.0), (0, "certificate", 2.0, 0.0, 1.0, 2.0), (0, "empirical", 0.5, 2.0, 6.0, 5.0),
-    (1, "certificate", 1.0, 3.0, 5.0, 8.0), (1, "certificate", 2.0, -2.0, 3.0, 4.0), (1, "empirical", 0.5, 4.0, 10.0, 9.0),
+    (0, "certificate", 1.0, 1.0, 3.0, 4.0), (0, "certificate", 2.0, 0.0, 1.0, 2.0),
+    (0, "empirical", 0.5, 2.0, 6.0, 5.0),
+    (1, "certificate", 1.0, 3.0, 5.0, 8.0), (1, "certificate", 2.0, -2.0, 3.0, 4.0),
+    (1, "empirical", 0.5, 4.0, 10.0, 9.0),
     (2, "certificate", 1.0, 9.0, 9.0, 9.0),  # an incomplete example (killed run): left out
 ]
 

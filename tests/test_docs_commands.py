@@ -246,7 +246,8 @@ def test_the_reader_finds_commands_and_the_check_finds_drift():
     assert "--workdir" in check_command("python -m jaxsmooth.train --config configs/quickstart.py")
     assert "did you mean train.batch_size" in check_command(
         "python -m jaxsmooth.train --config c.py --workdir w --config.train.batchsize=8")
-    assert "nal.gamma" in check_command("python -m jaxsmooth.train --config c.py --workdir w --config.objective.gamma=1")
+    assert "nal.gamma" in check_command(
+        "python -m jaxsmooth.train --config c.py --workdir w --config.objective.gamma=1")
     assert _block_commands(["thin CLIs (python -m jaxsmooth.X)"]) == []  # a placeholder, not a command
     assert check_mention("python -m jaxsmooth.bench train --model") is None
     assert check_mention("python -m jaxsmooth.bench nal") is not None  # the reports moved to jaxsmooth.report

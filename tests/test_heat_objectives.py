@@ -40,8 +40,8 @@ def _config(name, *, sigma=0.25, lam=5.0, timesteps=5, distance_name="", kappa=K
     c.heat = ml_collections.ConfigDict({"lam": lam, "kappa": kappa, "delta": delta, "timesteps": timesteps,
                                         "distance": distance_name or objectives.get("heat").defaults().distance,
                                         "epochs_per_timestep": 1})
-    c.bootcamp = ml_collections.ConfigDict({"kappa": kappa, "delta": delta, "num_epochs": 1,
-                                            "distance": distance_name or objectives.get("bootcamp").defaults().distance})
+    distance = distance_name or objectives.get("bootcamp").defaults().distance
+    c.bootcamp = ml_collections.ConfigDict({"kappa": kappa, "delta": delta, "num_epochs": 1, "distance": distance})
     return c
 
 

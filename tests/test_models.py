@@ -232,7 +232,8 @@ def test_materialize_is_the_exact_identity_with_identity_gradient():
 
 @pytest.mark.parametrize("size, k, stride, padding", [(4, 5, 1, 2), (2, 3, 1, 1), (3, 3, 2, 1), (5, 5, 1, 2)])
 def test_small_image_convolution_as_a_product_is_the_convolution(size, k, stride, padding):
-    """layers.conv2d computes convolutions on images of at most k*k pixels as one matrix product: same values, same gradients."""
+    """layers.conv2d computes convolutions on images of at most k*k pixels as one matrix product: same values, same
+    gradients."""
     x = jax.random.normal(jax.random.key(0), (3, size, size, 4))
     w = jax.random.normal(jax.random.key(1), (k, k, 4, 6))
 

@@ -53,7 +53,8 @@ def _points(rng, w, b, sigma, margins):
 
 
 def _exact_area(x, w, b, sigma):
-    """sum log sigma + D log(|w.x + b| / ||sigma w||): the largest ellipsoid {||delta / sigma|| < R} within g's class."""
+    """sum log sigma + D log(|w.x + b| / ||sigma w||): the largest ellipsoid {||delta / sigma|| < R} within g's
+    class."""
     margin = np.abs(x.reshape(len(x), -1).astype(np.float64) @ w + b) / np.linalg.norm(sigma.ravel() * w)
     return np.sum(np.log(sigma)) + D * np.log(margin)
 
@@ -184,7 +185,8 @@ def test_test_split_area_evaluation_is_the_objective_on_its_draws():
     log_sigma = jnp.asarray(np.log(rng.uniform(0.05, 0.3, size=SHAPE)), jnp.float32)
     key = jax.random.key(4)
     got = jax.jit(sigma_objective.make_area_eval(linear_apply, n))(params, {}, x, labels, index, key, log_sigma, mask)
-    z = jax.vmap(lambda k: jax.random.normal(k, (n, *SHAPE)))(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index))
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+    z = jax.vmap(lambda k: jax.random.normal(k, (n, *SHAPE)))(keys)
     logits, _ = linear_apply(params, {}, (x[:, None] + jnp.exp(log_sigma) * z).reshape((b * n, *SHAPE)))
     o_ca, counted, _, correct = sigma_objective.certified_area_objective(log_sigma, logits.reshape((b, n, 2)), labels)
     counted = np.asarray(counted & mask)

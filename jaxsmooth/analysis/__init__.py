@@ -294,7 +294,7 @@ def certified_accuracy_figure(runs: Sequence[Table], max_radius: float | None = 
     `max_radius` (the x range) defaults to `radius_grid`'s. Anisotropic runs
     plot their inscribed ell_2 radius.
     """
-    from matplotlib.figure import Figure
+    Figure = plotting.figure_class()
 
     for run in runs:
         if run.mode != "certify":
@@ -318,7 +318,7 @@ def area_figure(runs: Sequence[Table], areas=None, figsize=(6.4, 4.8), dpi: int 
 
     Runs without an ``area_objective`` column are left out; none at all is an error.
     """
-    from matplotlib.figure import Figure
+    Figure = plotting.figure_class()
 
     aniso = [r for r in runs if r.mode == "certify" and is_anisotropic(r)]
     if not aniso:
@@ -329,7 +329,8 @@ def area_figure(runs: Sequence[Table], areas=None, figsize=(6.4, 4.8), dpi: int 
     ax = fig.subplots()
     for run in aniso:
         ax.plot(areas, area_accuracy(run, areas), drawstyle="steps-post", label=run.label)
-    return plotting.finish(fig, ax, xlabel=r"certified area $\sum_i \log\sigma_i + D\,\log\Phi^{-1}(\underline{p_A})$",
+    area = r"$\sum_i \log\sigma_i + D\,\log\Phi^{-1}(p_{A,\mathrm{lower}})$"
+    return plotting.finish(fig, ax, xlabel=f"certified area {area}",
                            ylabel="certified accuracy", title=title, xlim=(float(areas[0]), float(areas[-1])))
 
 

@@ -81,7 +81,7 @@ class Row:
 
 
 def config_path(suite: str, name: str) -> str:
-    """The packaged config ``<suite>_<name>``, or the run's in `CONFIG_NAMES` (digits' gaussian run: the quick start)."""
+    """The packaged config ``<suite>_<name>``, or the run's in `CONFIG_NAMES` (digits' gaussian: the quick start)."""
     return config_lib.packaged(CONFIG_NAMES.get((suite, name), f"{suite}_{name}"))
 
 

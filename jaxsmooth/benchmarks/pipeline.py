@@ -48,6 +48,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from jaxsmooth import extras
 from jaxsmooth.errors import UserError
 
 DEFAULT_CONFIG = "imagenet_gaussian"
@@ -125,9 +126,9 @@ def mock_imagenet(num_examples: int = 256, *, image_size: int = 64, min_side: in
     sources hold the records). The validation split holds the first
     num_examples // 8 (at least 1) of the train records.
     """
-    import tensorflow_datasets as tfds
-
     from jaxsmooth.data.tfds_source import load_tfds
+
+    tfds = extras.require("tensorflow_datasets", field="pipeline", purpose="the mock ImageNet of bench pipeline")
 
     if num_examples < 1:
         raise UserError("--examples", f"must be >= 1, got {num_examples}")
@@ -348,20 +349,21 @@ def _time_pipelines(split, grain_args: dict, *, workers: int, prefetch: int, wor
         say(f"pipeline alone: {name}")
         it = make()
         try:
-            pipelines[name] = _windows(name, lambda: next(it), local, warmup=max(2, workers * (prefetch + 1)),
+            pipelines[name] = _windows(name, it.__next__, local, warmup=max(2, workers * (prefetch + 1)),
                                        windows=windows, steps=steps)
         finally:
             getattr(it, "close", lambda: None)()
-            del it
+            del it  # grain's workers and buffers go before the next pipeline starts
     return pipelines
 
 
 def _compiled_train_step(config, dataset, num_examples: int, grain_args: dict):
     """(run, compiled train step, state, root key, first batch, compile seconds): the trainer's, on the mock data."""
     import jax
-    import tensorflow_datasets as tfds
 
     from jaxsmooth import compilation, data, parallel, trainer
+
+    tfds = extras.require("tensorflow_datasets", field="pipeline", purpose="the mock ImageNet of bench pipeline")
 
     with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=lambda *a, **k: _same_source(dataset, *a, **k)):

@@ -155,7 +155,8 @@ def sweep_markdown(rows: Sequence[Row], kept: Sequence[int]) -> str:
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
     """One evaluation of a sweep's sigma run (after an epoch, the config's sub-epoch): the smoothed classifier's
-    clean accuracy and mean certified area on the test split (Monte Carlo, n0 draws; `objectives.sigma.make_area_eval`)."""
+    clean accuracy and mean certified area on the test split (Monte Carlo, n0 draws;
+    `objectives.sigma.make_area_eval`)."""
 
     run: str
     epoch: float
