@@ -2,6 +2,7 @@
 
 import datetime
 import math
+import os
 
 import jax
 import numpy as np
@@ -83,6 +84,12 @@ def _row(schema, i):
     return {**row, **{k: v for k, v in fixes.items() if k in row}}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 SETTINGS = {"mode": None, "attack": "pgd", "gammas": [1.0], "gamma_adv": [], "checkpoint": "runs/m1"}
 
 
@@ -99,6 +106,8 @@ def test_every_kind_round_trips_through_its_writer_and_the_one_reader(tmp_path, 
         writer.write(row)
     writer.close()
     assert results.kind_of(path) is schema
+    # the settings are as readable as the table: the sidecar gets the TSV's mode (not a temporary file's 0600)
+    assert os.stat(f"{path}.json").st_mode & 0o777 == os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
     table = results.read(path, [schema])
     assert table.schema is schema and table.settings == settings and table.ignored_line is None
     for column in schema.columns:
