@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, attack, cli, data, loader, noise, train
+from jaxsmooth import analysis, attack, cli, data, loader, noise, train, values
 from jaxsmooth.analysis import attacks as attack_analysis
 from jaxsmooth.attacks import accuracy_under_pgd, make_accuracy, runner
 from jaxsmooth.errors import UserError
@@ -93,11 +93,12 @@ def test_tiny_test_noise_changes_nothing_and_one_compilation_serves_all_radii():
     assert fn._cache_size() == 1
 
 
-@pytest.mark.parametrize("radii, match", [([], "at least one"), ([0.5, -0.1], "-0.1"), ([0.5, float("nan")], "nan"),
-                                          ([0.5, 0.5], "twice")])
+@pytest.mark.parametrize("radii, match", [([], "is empty"), ([0.5, -0.1], "-0.1 is not a radius"),
+                                          ([0.5, float("nan")], "nan is not a radius"), ("0,a", "'a' is not a number")])
 def test_bad_radii(radii, match):
     with pytest.raises(UserError, match=match):
-        runner.check_radii(radii)
+        values.radii(radii)
+    assert values.radii("1,0.5,0.5") == values.radii([0.5, 1.0]) == (0.5, 1.0)  # sorted, each once
 
 
 # --- the CLI on a small quick-start model ---
@@ -163,23 +164,23 @@ def test_cli_rows_table_and_resume(workdir, tmp_path, capsys):
     assert "(0 rows this run)" in capsys.readouterr().out
     # another setting, or the distance mode, refuses the file
     assert _accuracy(workdir, cut, *ARGS, "--steps", "4") == 2
-    assert capsys.readouterr().err.startswith("error: out: ")
+    assert capsys.readouterr().err.startswith("error: --out: ")
     assert _accuracy(workdir, cut, "--attack", "pgd") == 2
-    assert capsys.readouterr().err.startswith("error: out: ")
+    assert capsys.readouterr().err.startswith("error: --out: ")
 
 
 @pytest.mark.parametrize("extra, field", [
-    (["--mode", "accuracy"], "radii"),
-    (["--mode", "accuracy", "--radii", "0,-0.5"], "radii"),
-    (["--mode", "accuracy", "--radii", "0,a"], "radii"),
-    (["--mode", "accuracy", "--radii", "0.5", "--attack", "ddn"], "attack"),
-    (["--mode", "accuracy", "--radii", "0.5", "--smoothed"], "smoothed"),
-    (["--mode", "accuracy", "--radii", "0.5", "--sigma", "0.5"], "sigma"),
-    (["--mode", "accuracy", "--radii", "0.5", "--test-noise-sigma", "0"], "test-noise-sigma"),
-    (["--mode", "accuracy", "--radii", "0.5", "--steps", "0"], "steps"),
-    (["--attack", "pgd", "--radii", "0.5"], "radii"),
-    (["--attack", "pgd", "--test-noise-sigma", "0.5"], "test-noise-sigma"),
-    ([], "attack"),
+    (["--mode", "accuracy"], "--radii"),
+    (["--mode", "accuracy", "--radii", "0,-0.5"], "--radii"),
+    (["--mode", "accuracy", "--radii", "0,a"], "--radii"),
+    (["--mode", "accuracy", "--radii", "0.5", "--attack", "ddn"], "--attack"),
+    (["--mode", "accuracy", "--radii", "0.5", "--smoothed"], "--smoothed"),
+    (["--mode", "accuracy", "--radii", "0.5", "--sigma", "0.5"], "--sigma"),
+    (["--mode", "accuracy", "--radii", "0.5", "--test-noise-sigma", "0"], "--test-noise-sigma"),
+    (["--mode", "accuracy", "--radii", "0.5", "--steps", "0"], "--steps"),
+    (["--attack", "pgd", "--radii", "0.5"], "--radii"),
+    (["--attack", "pgd", "--test-noise-sigma", "0.5"], "--test-noise-sigma"),
+    ([], "--attack"),
 ])
 def test_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
     assert _accuracy(workdir, tmp_path / "x.tsv", *extra) == 2

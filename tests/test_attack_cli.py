@@ -84,7 +84,7 @@ def test_killed_job_resumes_to_the_same_rows(workdir, tmp_path, capsys):
     assert drop_time(cut) == drop_time(full) and len(drop_time(full)) == 5
     # a different setting refuses to resume the file
     assert _attack(workdir, cut, "--attack", "ddn", "--skip", "30", "--max", "150", "--steps", "6") == 2
-    assert capsys.readouterr().err.startswith("error: out: ")
+    assert capsys.readouterr().err.startswith("error: --out: ")
 
 
 def test_smoothed_attack_and_analyze_table(workdir, tmp_path, capsys):
@@ -115,16 +115,16 @@ def test_smoothed_attack_and_analyze_table(workdir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, field", [
-    (["--attack", "fgsm"], "attack"),
-    (["--attack", "pgd", "--steps", "0"], "steps"),
-    (["--attack", "pgd", "--max-epsilon", "-1"], "max-epsilon"),
-    (["--attack", "ddn", "--smoothed", "--num-noise", "0"], "num-noise"),
-    (["--attack", "ddn", "--loss", "mse"], "loss"),
-    (["--attack", "ddn", "--sigma", "0.5"], "sigma"),
-    (["--attack", "ddn", "--smoothed", "--sigma", "0"], "sigma"),
-    (["--attack", "ddn", "--topk", "10"], "topk"),
-    (["--attack", "ddn", "--batch", "0"], "batch"),
-    (["--attack", "ddn", "--skip", "0"], "skip"),
+    (["--attack", "fgsm"], "--attack"),
+    (["--attack", "pgd", "--steps", "0"], "--steps"),
+    (["--attack", "pgd", "--max-epsilon", "-1"], "--max-epsilon"),
+    (["--attack", "ddn", "--smoothed", "--num-noise", "0"], "--num-noise"),
+    (["--attack", "ddn", "--loss", "mse"], "--loss"),
+    (["--attack", "ddn", "--sigma", "0.5"], "--sigma"),
+    (["--attack", "ddn", "--smoothed", "--sigma", "0"], "--sigma"),
+    (["--attack", "ddn", "--topk", "10"], "--topk"),
+    (["--attack", "ddn", "--batch", "0"], "--batch"),
+    (["--attack", "ddn", "--skip", "0"], "--skip"),
 ])
 def test_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
     assert _attack(workdir, tmp_path / "x.tsv", *extra) == 2

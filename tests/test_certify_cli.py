@@ -86,17 +86,17 @@ def test_predict_mode_and_deterministic_candidate(workdir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, field", [
-    (["--n0", "300"], "n0"),
-    (["--alpha", "1.5"], "alpha"),
-    (["--n", "5", "--n0", "5", "--alpha", "0.001"], "n"),
-    (["--sigma", "0"], "sigma"),
-    (["--skip", "0"], "skip"),
-    (["--max", "100000"], "max"),
-    (["--topk", "1"], "topk"),
-    (["--inputs", "3"], "inputs"),
-    (["--config.model.width=8"], "checkpoint: .* holds a model with width=4, not 8"),
-    (["--noise", "lattice", "--sigma-file", "s.npy"], "noise"),
-    (["--noise", "lattice", "--mode", "distributional", "--gamma", "1"], "noise"),
+    (["--n0", "300"], "--n0"),
+    (["--alpha", "1.5"], "--alpha"),
+    (["--n", "5", "--n0", "5", "--alpha", "0.001"], "--n"),
+    (["--sigma", "0"], "--sigma"),
+    (["--skip", "0"], "--skip"),
+    (["--max", "100000"], "--max"),
+    (["--topk", "1"], "--topk"),
+    (["--inputs", "3"], "--inputs"),
+    (["--config.model.width=8"], "--checkpoint: .* holds a model with width=4, not 8"),
+    (["--noise", "lattice", "--sigma-file", "s.npy"], "--noise"),
+    (["--noise", "lattice", "--mode", "distributional", "--gamma", "1"], "--noise"),
 ])
 def test_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
     assert _certify(workdir, tmp_path / "x.tsv", *extra) == 2
@@ -107,20 +107,20 @@ def test_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
 
 def test_bad_sigma_file_checkpoint_and_mismatched_out(workdir, tmp_path, capsys):
     np.save(tmp_path / "s.npy", np.ones((4, 4, 1), np.float32))
-    cases = [(["--sigma-file", str(tmp_path / "s.npy")], "sigma-file"),
-             (["--sigma-file", str(tmp_path / "missing.npy")], "sigma-file")]
+    cases = [(["--sigma-file", str(tmp_path / "s.npy")], "--sigma-file"),
+             (["--sigma-file", str(tmp_path / "missing.npy")], "--sigma-file")]
     for extra, field in cases:
         assert _certify(workdir, tmp_path / "x.tsv", *extra) == 2
         assert capsys.readouterr().err.startswith(f"error: {field}: ")
     assert certify.main(["--config", QUICKSTART, "--checkpoint", str(tmp_path / "none"), "--out",
                         str(tmp_path / "x.tsv")] + SMALL + FAST) == 2
-    assert capsys.readouterr().err.startswith("error: checkpoint: ")
+    assert capsys.readouterr().err.startswith("error: --checkpoint: ")
     out = tmp_path / "o.tsv"
     assert _certify(workdir, out, "--max", "2") == 0
     before = out.read_text()
     assert _certify(workdir, out, "--max", "2", "--n", "300") == 2
     err = capsys.readouterr().err
-    assert "error: out: " in err and "n=200" in err
+    assert "error: --out: " in err and "n=200" in err
     assert out.read_text() == before  # nothing lost
 
 
@@ -131,7 +131,7 @@ def test_noise_kind_is_recorded_and_a_resume_refuses_another(workdir, tmp_path, 
     before = out.read_bytes(), (tmp_path / "n.tsv.json").read_bytes()
     assert _certify(workdir, out, "--max", "2", "--noise", "gaussian") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: out: ") and "noise='lattice', not 'gaussian'" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: --out: ") and "noise='lattice', not 'gaussian'" in err[0]
     assert (out.read_bytes(), (tmp_path / "n.tsv.json").read_bytes()) == before  # nothing lost
 
 
@@ -181,7 +181,7 @@ def test_resume_refuses_a_changed_setting_and_leaves_both_files_alone(workdir, t
     before = out.read_bytes(), (tmp_path / "c.tsv.json").read_bytes()
     assert _certify(workdir, out, "--max", "3", "--alpha", "0.02") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: out: ") and "alpha=0.01" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: --out: ") and "alpha=0.01" in err[0]
     assert (out.read_bytes(), (tmp_path / "c.tsv.json").read_bytes()) == before
 
 
@@ -204,4 +204,4 @@ def test_out_through_a_regular_file_is_one_error_line(workdir, tmp_path, capsys)
     (tmp_path / "plain").write_text("a file, not a folder\n")
     assert _certify(workdir, tmp_path / "plain" / "sub" / "c.tsv", "--max", "2") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: out: ") and "is a file" in err[0], err
+    assert len(err) == 1 and err[0].startswith("error: --out: ") and "is a file" in err[0], err

@@ -11,7 +11,7 @@ import chex
 import numpy as np
 import pytest
 
-from jaxsmooth import train
+from jaxsmooth import cli, train
 
 from conftest import ROOT
 from helpers import fails_with, saved_params
@@ -124,3 +124,44 @@ def test_keyword_arguments_equal_the_parsed_flags_and_refuse_bad_names():
     with pytest.raises(UserError) as e:
         attack.write(out="o.tsv")  # refused before anything is read or written
     assert e.value.field == "checkpoint" and not os.path.exists("o.tsv")
+
+
+@pytest.mark.parametrize("program", ["train", "certify", "attack"])
+def test_helps_show_config_overrides_defaults_and_choices(program):
+    """--help names the --config.FIELD=VALUE form, each option's default and the choices the program takes."""
+    import importlib
+
+    text = " ".join(importlib.import_module(f"jaxsmooth.{program}")._parser().format_help().split())
+    assert "--config.FIELD=VALUE" in text
+    expected = {"train": [], "attack": ["{pgd,ddn}", "{ce,kl}", "(default: 20)", "(default: test)"],
+                "certify": ["{lattice,gaussian}", "(default: 100000)", "(default: 100)", "(default: 0.001)",
+                            "(default: 1000)", "(default: 1)", "(default: certify)", "(default: test)"]}[program]
+    assert [e for e in expected if e not in text] == []
+
+
+def test_the_help_formatter_adds_a_default_only_where_the_help_says_none():
+    p = cli.parser("x", "")
+    p.add_argument("--a", default=3, help="a number")
+    p.add_argument("--b", default=None, help="a path")
+    p.add_argument("--c", default=5, help="five (default: five)")
+    text = " ".join(p.format_help().split())
+    assert "a number (default: 3)" in text and "a path --c" in text and "five (default: five) " in text + " "
+
+
+@pytest.mark.parametrize("bad", ["0.25,x", "0.5,-1", ""])
+def test_a_bad_radii_is_one_line_worded_alike_by_every_program_that_takes_radii(bad, tmp_path, capsys):
+    from jaxsmooth import analyze, attack, certify, report
+
+    out = str(tmp_path / "o.tsv")
+    programs = [(certify.main, ["--checkpoint", "w", "--out", out, "--sequential"]),
+                (attack.main, ["--checkpoint", "w", "--out", out, "--mode", "accuracy"]),
+                (analyze.main, [str(tmp_path / "none.tsv")]),
+                (report.main, ["nal", "--workdir", str(tmp_path / "r")]),
+                (report.main, ["deterministic", "--workdir", str(tmp_path / "r")])]
+    lines = []
+    for main, argv in programs:
+        assert main(argv + ["--radii", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        lines.append(err[0])
+    assert len(set(lines)) == 1 and lines[0].startswith("error: --radii: "), lines

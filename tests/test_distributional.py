@@ -162,17 +162,17 @@ def test_cli_rows_and_resume(workdir, tmp_path, capsys):
     assert _dist(workdir, cut, *args) == 0  # complete: nothing to do
     assert "(0 this run)" in capsys.readouterr().out
     assert _dist(workdir, cut, "--gamma", "3", *args[2:]) == 2  # other settings: refused, nothing lost
-    assert "error: out: " in capsys.readouterr().err and drop_time(cut) == drop_time(full)
+    assert "error: --out: " in capsys.readouterr().err and drop_time(cut) == drop_time(full)
 
 
 @pytest.mark.parametrize("extra, field", [
-    ([], "gamma"),
-    (["--gamma", "0"], "gamma"),
-    (["--gamma=-1,2"], "gamma"),
-    (["--gamma", "a"], "gamma"),
-    (["--gamma", "1", "--gamma-adv", "0"], "gamma-adv"),
-    (["--gamma", "1", "--num-draws", "0"], "num-draws"),
-    (["--gamma", "1", "--ascent-steps", "-1"], "ascent-steps"),
+    ([], "--gamma"),
+    (["--gamma", "0"], "--gamma"),
+    (["--gamma=-1,2"], "--gamma"),
+    (["--gamma", "a"], "--gamma"),
+    (["--gamma", "1", "--gamma-adv", "0"], "--gamma-adv"),
+    (["--gamma", "1", "--num-draws", "0"], "--num-draws"),
+    (["--gamma", "1", "--ascent-steps", "-1"], "--ascent-steps"),
 ])
 def test_cli_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
     assert _dist(workdir, tmp_path / "x.tsv", *extra) == 2
@@ -185,7 +185,7 @@ def test_gamma_without_distributional_mode_is_refused(workdir, tmp_path, capsys)
     assert certify.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(tmp_path / "x.tsv"),
                         "--gamma", "1"] + SMALL) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and re.match("error: gamma: ", err[0])
+    assert len(err) == 1 and re.match("error: --gamma: ", err[0])
 
 
 # ---- analyze ----

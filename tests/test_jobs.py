@@ -87,7 +87,7 @@ def test_train_certify_and_attack_refuse_a_held_workdir_or_output(trained, tmp_p
             _kill(h)
     assert runs == [2, 2, 2]
     lines = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(":")[:2] for line in lines] == [["error", " workdir"], ["error", " out"], ["error", " out"]]
+    assert [line.split(":")[:2] for line in lines] == [["error", " --workdir"], ["error", " --out"], ["error", " --out"]]
     assert f"pid {holders[0].pid}," in lines[0] and all(f"pid {holders[1].pid}," in line for line in lines[1:])
     assert not out.exists() and not (tmp_path / "run" / "config.json").exists()  # nothing written
 

@@ -237,18 +237,18 @@ def test_an_unreachable_coordinator_is_one_error_after_the_timeout(tmp_path, cap
     waited = time.monotonic() - t0
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith(f"error: coordinator: cannot reach {address} within 1 s")
+    assert err[0].startswith(f"error: --coordinator: cannot reach {address} within 1 s")
     assert waited >= 1  # it waited the timeout it states, not less
     assert not jax.distributed.is_initialized()
 
 
 @pytest.mark.parametrize("args, field", [
-    (["--coordinator", "127.0.0.1", "--num-processes", "2", "--process-id", "0"], "coordinator"),
-    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2"], "process-id"),
-    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], "process-id"),
-    (["--coordinator", "127.0.0.1:1234", "--num-processes", "0", "--process-id", "0"], "num-processes"),
+    (["--coordinator", "127.0.0.1", "--num-processes", "2", "--process-id", "0"], "--coordinator"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2"], "--process-id"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], "--process-id"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "0", "--process-id", "0"], "--num-processes"),
     (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "1", "--coordinator-timeout", "0"],
-     "coordinator-timeout"),
+     "--coordinator-timeout"),
 ])
 def test_bad_process_arguments_name_the_flag(tmp_path, capsys, args, field):
     code = certify.main(["--config", QUICKSTART, "--checkpoint", str(tmp_path), "--out", str(tmp_path / "c.tsv")]

@@ -70,23 +70,23 @@ def test_a_file_of_another_schedule_is_refused_and_one_from_before_futility_was_
     before = grid.read_text()
     assert _certify(workdir, grid, *common, "--radii", "0.25") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: out: {grid} was written with futility=0.01, not 0.05; choose another --out to change it"]
+    assert err == [f"error: --out: {grid} was written with futility=0.01, not 0.05; choose another --out to change it"]
     assert grid.read_text() == before
     assert _certify(workdir, radius, *common) == 0  # max-radius: futility 0.01 then and now
     assert "0 this run" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, field", [
-    (["--sequential", "--radii", "0.25,-1"], "radii"),
-    (["--sequential", "--radii", "0.25,abc"], "radii"),
-    (["--sequential", "--tolerance", "0"], "tolerance"),
-    (["--sequential", "--tolerance", "1"], "tolerance"),
-    (["--sequential", "--tolerance", "1.5"], "tolerance"),
-    (["--radii", "0.25"], "radii"),
-    (["--tolerance", "0.1"], "tolerance"),
-    (["--sequential", "--radii", "0.25", "--tolerance", "0.1"], "tolerance"),
-    (["--sequential", "--topk", "2"], "topk"),
-    (["--sequential", "--mode", "predict"], "sequential"),
+    (["--sequential", "--radii", "0.25,-1"], "--radii"),
+    (["--sequential", "--radii", "0.25,abc"], "--radii"),
+    (["--sequential", "--tolerance", "0"], "--tolerance"),
+    (["--sequential", "--tolerance", "1"], "--tolerance"),
+    (["--sequential", "--tolerance", "1.5"], "--tolerance"),
+    (["--radii", "0.25"], "--radii"),
+    (["--tolerance", "0.1"], "--tolerance"),
+    (["--sequential", "--radii", "0.25", "--tolerance", "0.1"], "--tolerance"),
+    (["--sequential", "--topk", "2"], "--topk"),
+    (["--sequential", "--mode", "predict"], "--sequential"),
 ])
 def test_bad_sequential_input_is_one_line_and_writes_nothing(workdir, tmp_path, capsys, extra, field):
     out = tmp_path / "x.tsv"
@@ -217,7 +217,7 @@ def test_bench_sequential_bad_input_is_one_line(tmp_path, capsys, extra, field):
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
     assert not (tmp_path / "b").exists()
     assert bench.main(["scaling", "--config.seed=1"]) == 2  # overrides: bench sequential's (and the reports') only
-    assert capsys.readouterr().err.startswith("error: config: --config.FIELD=VALUE overrides apply to bench sequential")
+    assert capsys.readouterr().err.startswith("error: --config: --config.FIELD=VALUE overrides apply to bench sequential")
 
 
 def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(workdir, tmp_path, capsys):

@@ -407,7 +407,7 @@ def test_trainer_learns_sigma_of_a_frozen_model_and_certify_uses_it(tmp_path, ca
     assert sidecar_settings(out, "certify")["sigma_from"] == run_dir
     assert certify.main(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(tmp_path / "y.tsv")]
                        + small_sigma + fast + ["--sigma", "0.5"]) == 2
-    assert capsys.readouterr().err.startswith("error: sigma-from: ")
+    assert capsys.readouterr().err.startswith("error: --sigma-from: ")
     # the sigma run's workdir alone certifies its frozen classifier with the sigma it learned: the same rows
     same = tmp_path / "same.tsv"
     assert certify.main(["--checkpoint", run_dir, "--out", str(same)] + fast) == 0
