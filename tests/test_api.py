@@ -2,6 +2,7 @@
 
 import os
 import re
+import warnings
 
 import flax.linen as nn
 import jax
@@ -101,6 +102,23 @@ def test_counts_are_the_same_on_one_and_on_eight_devices(devices):
     eight = jaxsmooth.api.predict(f, w, x, sigma=1.0, n=3000, batch=100, mesh=parallel.make_mesh(devices),
                               compiler_options=None)
     assert [(r["count_A"], r["count_B"]) for r in one] == [(r["count_A"], r["count_B"]) for r in eight]
+
+
+def test_inputs_outside_0_1_warn_with_auto_noise_and_a_workdir_model_refuses_them(workdir):
+    """A forgotten / 255: the API says so once (noise "auto"); an explicit gaussian noise smooths any input space;
+    a workdir's model reads images in [0, 1] only."""
+    f = lambda v, z: z.reshape(len(z), -1)[:, :2] @ v  # noqa: E731
+    x = np.full((2, 8, 8, 1), 200.0, np.float32)
+    settings = dict(sigma=0.25, n0=10, n=100, alpha=0.1, batch=100, compiler_options=None)
+    with pytest.warns(UserWarning, match=r"not \[0, 1\].*Divide 8-bit images by 255"):
+        jaxsmooth.api.certify(f, np.eye(2, dtype=np.float32), x, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jaxsmooth.api.certify(f, np.eye(2, dtype=np.float32), x, noise="gaussian", **settings)
+        jaxsmooth.api.certify(f, np.eye(2, dtype=np.float32), x / 255, **settings)
+    with pytest.raises(UserError) as e:
+        jaxsmooth.load(workdir).certify(x, **settings)
+    assert e.value.field == "x" and "divide by 255" in e.value.message
 
 
 @pytest.mark.parametrize("call, field", [
