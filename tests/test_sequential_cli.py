@@ -209,6 +209,7 @@ def test_analyze_common_compares_runs_on_the_images_they_share(tmp_path, capsys)
     (["--fixed", "10,200000"], "--fixed"),
     (["--radii-sigma", "1,x"], "--radii-sigma"),
     (["--retime", "grid,fast"], "--retime"),
+    (["--timing-images", "2"], "--timing-images"),  # fewer images than the 10 slots: the fixed run would idle
 ])
 def test_bench_sequential_bad_input_is_one_line(tmp_path, capsys, extra, field):
     args = ["sequential", "--checkpoints", str(tmp_path / "run"), "--sigmas", "0.25", "--workdir", str(tmp_path / "b")]
@@ -226,7 +227,7 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(wo
     out = tmp_path / "b"
     args = ["sequential", "--checkpoints", workdir, "--sigmas", "0.25", "--workdir", str(out), "--skip", "60",
             "--max", "360", "--n0", "20", "--n", "3000", "--alpha", "0.01", "--fixed", "1000", "--tolerances", "0.1",
-            "--timing-images", "1", "--timing-tolerances", "0.1", "--batch", "100", "--inputs", "5"]
+            "--timing-images", "5", "--timing-tolerances", "0.1", "--batch", "100", "--inputs", "5"]
     assert bench.main(args) == 0
     report = capsys.readouterr().out
     assert "grid rows replayed from the streams equal the real run's: 6/6" in report
@@ -249,7 +250,8 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(wo
     assert after.keys() == before.keys() == {"fixed n=3,000", "max-radius 0.1", "grid"}
     assert {k: after[k] for k in ("fixed n=3,000", "max-radius 0.1")} == \
            {k: before[k] for k in ("fixed n=3,000", "max-radius 0.1")}
-    timed = _rows(out / "sigma0.25_grid.tsv", exact=False)[0]["n_used"]  # the timing image: the first one, idx 0
+    grid = _rows(out / "sigma0.25_grid.tsv", exact=False)  # the timing images: the first five, one per slot
+    timed = sum(grid[i]["n_used"] for i in (0, 60, 120, 180, 240))
     assert after["grid"]["samples"] == before["grid"]["samples"] == timed
     assert certify.main(["--checkpoint", workdir, "--out", str(tmp_path / "fixed.tsv"), "--skip", "60", "--max", "360",
                         "--n0", "20", "--n", "3000", "--alpha", "0.01", "--batch", "100", "--inputs", "5",
