@@ -13,7 +13,7 @@ import pytest
 
 from jaxsmooth import cli, train
 
-from conftest import ROOT
+from conftest import ROOT, one_device_env
 from helpers import fails_with, saved_params
 
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
@@ -57,22 +57,13 @@ def _train_cmd(workdir, *extra):
     return [sys.executable, "-m", "jaxsmooth.train", "--config", QUICKSTART, "--workdir", workdir, *extra]
 
 
-def _env():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the CLI runs on the real single CPU device
-    return env
-
-
 @pytest.mark.slow
-def test_quickstart_reaches_the_accuracy_it_promises(tmp_path):
-    workdir = str(tmp_path / "quickstart")
-    out = subprocess.run(_train_cmd(workdir, "--no-progress"), capture_output=True, text=True, env=_env(),
-                         cwd=ROOT, timeout=900)
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_quickstart_reaches_the_accuracy_it_promises(quickstart_model):
+    workdir, stdout = quickstart_model  # the README's command, on one CPU device
     final = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))][-1]
     assert final["test_accuracy"] >= 0.96, final
     assert final["test_noisy_accuracy"] >= 0.90, final
-    assert f"clean accuracy {final['test_accuracy']:.4f}" in out.stdout
+    assert f"clean accuracy {final['test_accuracy']:.4f}" in stdout
     assert {"config.json", "model.json", "metrics.jsonl", "checkpoints"} <= set(os.listdir(workdir))
 
 
@@ -81,10 +72,10 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     args = ["--no-progress", "--config.train.num_epochs=8", "--config.train.checkpoint_every_steps=11",
             "--config.train.eval_every_epochs=0"]
     whole = str(tmp_path / "whole")
-    assert subprocess.run(_train_cmd(whole, *args), env=_env(), cwd=ROOT, capture_output=True).returncode == 0
+    assert subprocess.run(_train_cmd(whole, *args), env=one_device_env(), cwd=ROOT, capture_output=True).returncode == 0
 
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(_train_cmd(killed, *args), env=_env(), cwd=ROOT,
+    proc = subprocess.Popen(_train_cmd(killed, *args), env=one_device_env(), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = os.path.join(killed, "checkpoints")
     deadline = time.time() + 300
@@ -98,7 +89,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     total = 8 * (1437 // 64)
     assert not os.path.isdir(os.path.join(ckpts, str(total)))
 
-    resumed = subprocess.run(_train_cmd(killed, *args), env=_env(), cwd=ROOT, capture_output=True, text=True)
+    resumed = subprocess.run(_train_cmd(killed, *args), env=one_device_env(), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     chex.assert_trees_all_close(saved_params(killed, total), saved_params(whole, total), atol=0, rtol=0)
 

@@ -12,14 +12,9 @@ import jaxsmooth
 from jaxsmooth import analysis, analyze, certify, results
 from jaxsmooth.errors import UserError
 
-from helpers import train_small, tsv_rows
+from helpers import tsv_rows
 
 FAST = dict(skip=20, max=100, n0=20, n=300, alpha=0.01, batch=100, inputs=5, no_progress=True)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return train_small(tmp_path_factory, "results")
 
 
 @pytest.fixture
@@ -35,11 +30,12 @@ def _dicts(path):
     return header, [dict(zip(header, r)) for r in rows]
 
 
-def test_a_column_added_to_the_schema_is_written_by_both_certify_paths_and_read_back(workdir, tmp_path, capsys,
+@pytest.mark.slow
+def test_a_column_added_to_the_schema_is_written_by_both_certify_paths_and_read_back(small_model, tmp_path, capsys,
                                                                                    margin, monkeypatch):
     fixed, sequential = tmp_path / "fixed.tsv", tmp_path / "sequential.tsv"
-    assert certify.write(checkpoint=workdir, out=str(fixed), **FAST) == 0
-    assert certify.write(checkpoint=workdir, out=str(sequential), sequential=True, radii=[0.25, 0.5], **FAST) == 0
+    assert certify.write(checkpoint=small_model, out=str(fixed), **FAST) == 0
+    assert certify.write(checkpoint=small_model, out=str(sequential), sequential=True, radii=[0.25, 0.5], **FAST) == 0
     for path, last in ((fixed, "lbound_model"), (sequential, "n_used")):
         header, rows = _dicts(path)
         assert header[-2:] == [last, "margin"]  # the schema's order: the new column last
@@ -64,6 +60,7 @@ def _linear(params, x):
     return x.reshape(len(x), -1) @ params
 
 
+@pytest.mark.slow
 def test_the_api_rows_of_both_paths_have_the_added_column(margin):
     x = np.asarray(jax.random.uniform(jax.random.key(0), (4, 2, 2, 1)))
     params = np.asarray(jax.random.normal(jax.random.key(1), (4, 3)))

@@ -211,6 +211,7 @@ def test_reparameterised_gradient_matches_finite_differences():
         assert float(jnp.vdot(grad, direction)) == pytest.approx(fd, rel=2e-2, abs=1e-2)
 
 
+@pytest.mark.slow
 def test_loss_and_gradient_are_finite_for_every_p_hat():
     """p_hat near 0, at and around the 1/2 + margin cut, and at 1 (saturated float32 softmax): finite values."""
     log_sigma = jnp.full(SHAPE, math.log(0.3))
