@@ -26,8 +26,8 @@ from jaxsmooth.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.bench", description=__doc__.split("\n\n")[1])
-    sub = p.add_subparsers(dest="what", required=True)
+    p = cli.parser("bench", __doc__.split("\n\n")[1])
+    sub = cli.add_subcommands(p, dest="what", required=True)
     t = sub.add_parser("train", help="train-step examples/s")
     t.add_argument("--model", required=True)
     t.add_argument("--batch", type=int, default=128)
@@ -443,7 +443,7 @@ def _input_shape(text: str) -> tuple[int, int, int] | None:
     return shape
 
 
-main = cli.main_wrapper(command)
+main = cli.main_wrapper(command, parser=_parser)
 
 if __name__ == "__main__":
     sys.exit(main())

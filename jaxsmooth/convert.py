@@ -189,7 +189,7 @@ def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | Non
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.convert", description=__doc__.split("\n\n")[1])
+    p = cli.parser("convert", __doc__.split("\n\n")[1])
     p.add_argument("--torch", required=True, help="the PyTorch checkpoint, e.g. models/cifar10/resnet110/noise_0.25/"
                                                   "checkpoint.pth.tar")
     p.add_argument("--arch", required=True, help=f"its architecture: {', '.join(torch_layout.ARCHS)}")
@@ -210,7 +210,7 @@ def command(argv: list[str]) -> int:
     return 0
 
 
-main = cli.main_wrapper(command)
+main = cli.main_wrapper(command, parser=_parser)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,12 +20,11 @@ import os
 import sys
 
 from jaxsmooth import cli
-from jaxsmooth.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.report", description=__doc__.split("\n\n")[1])
-    sub = p.add_subparsers(dest="what", required=True)
+    p = cli.parser("report", __doc__.split("\n\n")[1])
+    sub = cli.add_subcommands(p, dest="what", required=True)
     _add_nal(sub)
     _add_deterministic(sub)
     _add_sigma(sub)
@@ -93,10 +92,9 @@ def _say(line: str) -> None:
 
 
 def _radii(text: str) -> list[float]:
-    try:
-        return [float(r) for r in text.split(",")]
-    except ValueError:
-        raise UserError("--radii", f"expected comma-separated numbers, got {text!r}") from None
+    from jaxsmooth import values
+
+    return list(values.radii(text))
 
 
 def _nal(args, overrides) -> int:
@@ -169,7 +167,7 @@ def _sigma(args, overrides) -> int:
     return 0
 
 
-main = cli.main_wrapper(command)
+main = cli.main_wrapper(command, parser=_parser)
 
 if __name__ == "__main__":
     sys.exit(main())

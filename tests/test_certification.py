@@ -133,6 +133,7 @@ def test_topk_with_k1_is_cohen_pair_bound_and_grows_with_k():
 # Engine
 
 
+@pytest.mark.slow
 def test_counts_are_equal_across_devices_chunks_and_grouping(linear, devices):
     x = np.random.default_rng(1).normal(size=(5, *SHAPE)).astype(np.float32) * 0.2
     index = np.array([3, 17, 4, 100, 9])

@@ -208,6 +208,7 @@ def test_a_missing_teacher_is_refused(name):
         objectives.build(_config(name), linear_apply)
 
 
+@pytest.mark.slow
 def test_heat_on_a_tiny_cnn_with_itself_as_teacher_is_the_weighted_penalty():
     from jaxsmooth import models
     model = models.split(models.create("cnn", num_classes=K, input_shape=(8, 8, 1), mean=(0.5,), std=(0.25,), width=2))

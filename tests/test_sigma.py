@@ -213,6 +213,7 @@ def test_reparameterised_gradient_matches_finite_differences():
         assert float(jnp.vdot(grad, direction)) == pytest.approx(fd, rel=2e-2, abs=1e-2)
 
 
+@pytest.mark.slow
 def test_loss_and_gradient_are_finite_for_every_p_hat():
     """p_hat near 0, at and around the 1/2 + margin cut, and at 1 (saturated float32 softmax): finite values."""
     log_sigma = jnp.full(SHAPE, math.log(0.3))
@@ -409,7 +410,7 @@ def test_trainer_learns_sigma_of_a_frozen_model_and_certify_uses_it(tmp_path, ca
     assert sidecar_settings(out, "certify")["sigma_from"] == run_dir
     assert certify.main(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(tmp_path / "y.tsv")]
                        + small_sigma + fast + ["--sigma", "0.5"]) == 2
-    assert capsys.readouterr().err.startswith("error: sigma-from: ")
+    assert capsys.readouterr().err.startswith("error: --sigma-from: ")
     # the sigma run's workdir alone certifies its frozen classifier with the sigma it learned: the same rows
     same = tmp_path / "same.tsv"
     assert certify.main(["--checkpoint", run_dir, "--out", str(same)] + fast) == 0

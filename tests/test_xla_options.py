@@ -13,28 +13,13 @@ import os
 import numpy as np
 import pytest
 
-from jaxsmooth import certify, checkpoint, compilation, parallel, trainer
+from jaxsmooth import certify, compilation
 
 from conftest import ROOT
-from helpers import quick_config, sidecar_settings, tsv_rows
+from helpers import sidecar_settings, tsv_rows
 
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
 SMALL = ["--config.model.width=4", "--config.train.batch_size=64", "--config.train.eval_batch_size=120"]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """An untrained quick-start model saved as a workdir (certify reads the model only)."""
-    path = str(tmp_path_factory.mktemp("untrained") / "run")
-    config = quick_config()
-    run = trainer.build_run(config)
-    state = parallel.replicate(run.mesh, trainer.initial_state(run.objective, config, run.model.params,
-                                                               run.model.model_state, run.dataset.input_shape, run.tx))
-    checkpoint.write_json(os.path.join(path, checkpoint.MODEL_FILE), checkpoint.model_metadata(config, run.dataset))
-    ckpt = checkpoint.Checkpointer(path)
-    ckpt.save(1, state, force=True)
-    ckpt.close()
-    return path
 
 
 def _set_options_and_keep(path, options, rows: int):
@@ -50,7 +35,8 @@ def _set_options_and_keep(path, options, rows: int):
         f.writelines(lines[:1 + rows])
 
 
-def test_certify_records_the_chosen_options_and_resumes_with_them(workdir, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_certify_records_the_chosen_options_and_resumes_with_them(untrained_model, tmp_path, monkeypatch):
     calls = []
     original = compilation.compile_fastest
 
@@ -60,8 +46,8 @@ def test_certify_records_the_chosen_options_and_resumes_with_them(workdir, tmp_p
 
     monkeypatch.setattr(compilation, "compile_fastest", spy)
     out = str(tmp_path / "cert.tsv")
-    argv = ["--config", QUICKSTART, "--checkpoint", workdir, "--out", out, "--n0", "20", "--n", "400", "--max", "4",
-            "--batch", "200", "--no-progress"] + SMALL
+    argv = ["--config", QUICKSTART, "--checkpoint", untrained_model, "--out", out, "--n0", "20", "--n", "400",
+            "--max", "4", "--batch", "200", "--no-progress"] + SMALL
     assert certify.main(argv) == 0
     assert calls == [None]  # a new file: "auto" times the candidates
     chosen = sidecar_settings(out, "certify")["xla_options"]

@@ -63,6 +63,7 @@ from jaxsmooth.analysis.distributional import (GammaSummary, certificate, certif
 from jaxsmooth.analysis import plotting
 from jaxsmooth.analysis.tsv import (DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, common_images, merge_shards, read_run,
                                     read_runs, shard_path, write_merged)
+from jaxsmooth import values
 from jaxsmooth.errors import UserError
 from jaxsmooth.results import Table, model_label
 
@@ -165,17 +166,10 @@ def radius_grid(runs: Sequence[Table], radii: Sequence[float] | None = None, max
     """
     if radii is not None:
         if max_radius is not None or step is not None:
-            raise UserError("--radii", "give either --radii or --max-radius/--step, not both")
-        radii = np.asarray(radii, np.float64)
-        if radii.size == 0:
-            raise UserError("--radii", "is empty; give radii like 0,0.25,0.5")
-        bad = radii[~np.isfinite(radii) | (radii < 0)]
-        if bad.size:
-            raise UserError("--radii", f"{bad[0]:g} is not a radius; radii are finite and >= 0")
-        if np.any(np.diff(radii) <= 0):
-            raise UserError("--radii", f"must increase strictly: {','.join(f'{r:g}' for r in radii)}")
+            raise UserError("radii", "give either radii (--radii) or --max-radius/--step, not both")
+        radii = np.asarray(values.radii(radii), np.float64)
         if radii.size > MAX_RADII:
-            raise UserError("--radii", f"{radii.size} radii; at most {MAX_RADII} table columns")
+            raise UserError("radii", f"{radii.size} radii; at most {MAX_RADII} table columns")
         return radii
     step = DEFAULT_STEP if step is None else step
     if not (math.isfinite(step) and step > 0):
