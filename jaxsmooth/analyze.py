@@ -70,14 +70,14 @@ import dataclasses
 import math
 import sys
 
-from jaxsmooth import analysis, cli
+from jaxsmooth import analysis, cli, values
 from jaxsmooth.analysis import attacks as attack_analysis
 from jaxsmooth.analysis import samples as samples_analysis
 from jaxsmooth.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.analyze", description=__doc__.split("\n\n")[1])
+    p = cli.parser("analyze", __doc__.split("\n\n")[1])
     p.add_argument("runs", nargs="+", metavar="RUN.tsv", help="TSVs written by python -m jaxsmooth.certify "
                    "(or locuslab/smoothing), all of one mode")
     p.add_argument("--labels", default=None, help="comma-separated names of the runs, one per file "
@@ -102,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="compare the runs on the examples (idx) they all have, leaving out the rest")
     p.add_argument("--samples-plot", default=None, metavar="FILE.png",
                    help="sequential runs (an n_used column): plot samples used against pA_lower")
-    p.add_argument("--lbound", default=None, help="attack files: the certify files' L-bound column, model or mc "
-                   "(default: model when present)")
+    p.add_argument("--lbound", default=None, metavar="{model,mc}",
+                   help="attack files: the certify files' L-bound column, model or mc (default: model when present)")
     return p
 
 
@@ -181,7 +181,8 @@ def _accuracy_main(args, labels) -> int:
     for flag in ("common", "radii", "max_radius", "step", "latex", "area_plot", "curve", "lbound", "rho", "merge",
                  "samples_plot"):
         if getattr(args, flag) is not None:
-            raise UserError("--" + flag.replace("_", "-"), "is not for accuracy files; with them use --markdown, --plot")
+            raise UserError("--" + flag.replace("_", "-"),
+                            "is not for accuracy files; with them use --markdown, --plot")
     if labels is not None and len(labels) != len(args.runs):
         raise UserError("--labels", f"{len(labels)} label(s) for {len(args.runs)} file(s); give one per file, "
                                     "comma-separated")
@@ -239,7 +240,7 @@ def command(argv: list[str]) -> int:
     for flag in ("curve", "lbound"):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag}", "is for attack files (python -m jaxsmooth.attack); none was given")
-    radii = [_number(r, "--radii") for r in _list(args.radii, "--radii")] if args.radii is not None else None
+    radii = values.radii(args.radii) if args.radii is not None else None
     max_radius = _number(args.max_radius, "--max-radius") if args.max_radius is not None else None
     step = _number(args.step, "--step") if args.step is not None else None
 
@@ -273,7 +274,7 @@ def command(argv: list[str]) -> int:
     return 0
 
 
-main = cli.main_wrapper(command)
+main = cli.main_wrapper(command, parser=_parser)
 
 if __name__ == "__main__":
     sys.exit(main())

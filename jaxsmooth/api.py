@@ -95,6 +95,11 @@ def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings
                                     inputs=min(inputs, len(x)), chunk=batch // inputs, mesh=mesh,
                                     with_softmax=mode == "certify", compiler_options=compiler_options,
                                     noise=noises.choose(kind, sigma, x).name)
+    if kind in (None, "auto") and x.size and not (float(np.min(x)) >= 0 and float(np.max(x)) <= 1):
+        warnings.warn(f"inputs lie in [{float(np.min(x)):g}, {float(np.max(x)):g}], not [0, 1], where the data sources "
+                      f"and models read images: {sampler.noise} noise of sigma {float(np.max(sigma)):g} is added "
+                      "there. Divide 8-bit images by 255; pass noise='gaussian' to smooth inputs of another space "
+                      "(and silence this)", UserWarning, stacklevel=3)
     if mode == "certify":
         settings.check(num_classes, sampler.kind)
     clean = certification.make_clean_probabilities(apply, params, model_state)

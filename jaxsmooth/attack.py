@@ -37,7 +37,7 @@ from jaxsmooth.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.attack", description=__doc__.split("\n\n")[1])
+    p = cli.parser("attack", __doc__.split("\n\n")[1])
     cli.add_config_arguments(p, required=False)
     p.add_argument("--checkpoint", required=True, help="the workdir of the classifier: a training run's --workdir "
                                                        "or a converted one")
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("distance", "accuracy"), default="distance",
                    help="distance: the smallest adversarial distance per example (default); accuracy: the "
                         "accuracy under ell_2 PGD at each of --radii (nal §5)")
-    p.add_argument("--attack", default=None,
+    p.add_argument("--attack", default=None, metavar="{pgd,ddn}",
                    help="pgd (minimal distance by bisection on epsilon) or ddn; required in --mode distance "
                         "(--mode accuracy: pgd)")
     p.add_argument("--radii", default=None, help="--mode accuracy: comma-separated ell_2 radii >= 0, e.g. 0,0.5,1")
@@ -58,14 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-noise", type=int, default=25, help="noise draws per step with --smoothed")
     p.add_argument("--sigma", type=float, default=None,
                    help="noise level with --smoothed (default: the config's objective.sigma)")
-    p.add_argument("--loss", default="ce", help="attack loss: ce (cross-entropy) or kl")
+    p.add_argument("--loss", default="ce", metavar="{ce,kl}", help="attack loss: ce (cross-entropy) or kl")
     p.add_argument("--topk", type=int, default=1, help="success when the label leaves the top k classes")
     p.add_argument("--steps", type=int, default=20,
                    help="gradient steps (pgd: per bisection round; --mode accuracy: PGD iterations K_attack)")
     p.add_argument("--max-epsilon", type=float, default=4.0, help="pgd: the largest ell_2 radius searched")
     p.add_argument("--rounds", type=int, default=10, help="pgd: bisection rounds after the first run")
     p.add_argument("--init-epsilon", type=float, default=1.0, help="ddn: the initial perturbation norm")
-    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="the data set split")
     p.add_argument("--skip", type=int, default=1, help="attack every skip-th example")
     p.add_argument("--max", type=int, default=-1, help="stop before this example index (-1: the whole split)")
     p.add_argument("--batch", type=int, default=100, help="examples attacked together")
@@ -169,15 +169,11 @@ def _distance_settings(args, model):
 
 
 def _radii(text: str | None) -> tuple[float, ...]:
-    from jaxsmooth.attacks import runner
+    from jaxsmooth import values
 
     if text is None:
         raise UserError("radii", "--mode accuracy needs --radii, comma-separated ell_2 radii >= 0, e.g. 0,0.5,1")
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise UserError("radii", f"must be comma-separated numbers >= 0, got {text!r}") from None
-    return runner.check_radii(values)
+    return values.radii(text)
 
 
 def _accuracy(args, overrides) -> int:
@@ -208,7 +204,7 @@ def _accuracy(args, overrides) -> int:
     return 0
 
 
-main = cli.main_wrapper(command, job=True)
+main = cli.main_wrapper(command, job=True, parser=_parser)
 write = cli.keyword_entry("attack", _parser, _main)
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from jaxsmooth.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.bench", description=__doc__.split("\n\n")[1])
-    sub = p.add_subparsers(dest="what", required=True)
+    p = cli.parser("bench", __doc__.split("\n\n")[1])
+    sub = cli.add_subcommands(p, dest="what", required=True)
     t = sub.add_parser("train", help="train-step examples/s")
     t.add_argument("--model", required=True)
     t.add_argument("--batch", type=int, default=128)
@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=5, help="train steps per timed round")
     t.add_argument("--rounds", type=int, default=7, help="rounds; medians are over rounds")
     t.add_argument("--objective", default="gaussian",
-                   help="gaussian (default), standard, heat, bootcamp, nal, wrm, smoothadv or sigma; all but the first two "
-                        "also time a standard step and report the step-time ratio next to the one implied by their "
+                   help="gaussian (default), standard, heat, bootcamp, nal, wrm, smoothadv or sigma; all but the first "
+                        "two also time a standard step and report the step-time ratio next to the one implied by their "
                         "extra passes")
     t.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     t.add_argument("--torch-compile", default="", metavar="MODE",
@@ -153,9 +153,9 @@ def _train(args) -> int:
 
     with tqdm(total=args.rounds, desc=f"bench train {args.model}", file=sys.stderr, leave=False) as bar:
         results = train_bench.benchmark(args.model, args.batch, input_shape=shape, dtypes=dtypes, steps=args.steps,
-                                        rounds=args.rounds, with_torch=not args.no_torch, xla_defaults=args.xla_defaults,
-                                        objective=args.objective, torch_compile=args.torch_compile,
-                                        on_round=lambda r: bar.update(1))
+                                        rounds=args.rounds, with_torch=not args.no_torch,
+                                        xla_defaults=args.xla_defaults, objective=args.objective,
+                                        torch_compile=args.torch_compile, on_round=lambda r: bar.update(1))
     shape = shape or train_bench.input_shape_of(args.model)
     print(f"train step ({args.objective}), {args.model}, batch {args.batch}, input {'x'.join(map(str, shape))}, "
           f"{args.rounds} rounds x {args.steps} steps, {jax.devices()[0].device_kind} "
@@ -299,7 +299,8 @@ def _certify(args) -> int:
         kinds = options.get("xla_cpu_experimental_ynn_fusion_type", "").replace("LIBRARY_FUSION_TYPE_", "")
         print(f"{name}: XLA options {'YNN fusion ' + kinds.replace(',', '+') if kinds else 'XLA defaults'}")
     peaks = "; ".join(f"{d} {gflops:,.0f} GFLOP/s ({how})" for d, (gflops, how) in report.peaks.items())
-    print(f"forward pass {report.flops_per_sample / 1e6:,.2f} MFLOP per sample (2 per multiply-add of its convolutions and matrix products); "
+    print(f"forward pass {report.flops_per_sample / 1e6:,.2f} MFLOP per sample "
+          "(2 per multiply-add of its convolutions and matrix products); "
           f"matmul peak: {peaks}; peak RSS of this process {report.peak_rss_bytes / 2**20:,.0f} MiB")
     if args.json:
         with open(args.json, "w") as f:
@@ -375,7 +376,8 @@ def _certify_memory(args, dtypes, settings: str) -> int:
     from jaxsmooth.benchmarks import certify as certify_bench
 
     print(f"certify sampling memory, {settings}, engine alone, one fresh process per n; {_machine()}")
-    print("| dtype | n | peak RSS MiB | peak after setup MiB | samples/s | ratio to first n |\n|---|---|---|---|---|---|")
+    print("| dtype | n | peak RSS MiB | peak after setup MiB | samples/s | ratio to first n |\n"
+          "|---|---|---|---|---|---|")
     rows = {}
     for d in dtypes:
         rows[d] = certify_bench.memory(args.model, batch=args.batch, inputs=args.inputs, dtype=d)
@@ -395,7 +397,8 @@ def command(argv: list[str]) -> int:
     args = _parser().parse_args(rest)
     if overrides and args.what not in ("sequential", "faults"):  # suites over trained models, like the paper reports
         raise UserError("config", "--config.FIELD=VALUE overrides apply to bench sequential, bench faults and the "
-                                  f"paper reports (python -m jaxsmooth.report), not to micro-benchmarks; got {overrides[0]}")
+                                  "paper reports (python -m jaxsmooth.report), not to micro-benchmarks; "
+                                  f"got {overrides[0]}")
     if args.what == "sequential":
         from jaxsmooth.benchmarks import sequential as sequential_bench
 
@@ -449,7 +452,7 @@ def _input_shape(text: str) -> tuple[int, int, int] | None:
     return shape
 
 
-main = cli.main_wrapper(command)
+main = cli.main_wrapper(command, parser=_parser)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,8 +38,7 @@ from jaxsmooth.errors import UserError
 def _parser() -> argparse.ArgumentParser:
     from jaxsmooth.certification import noises
 
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.certify", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("certify", __doc__.split("\n\n")[1])
     cli.add_config_arguments(p, required=False)
     p.add_argument("--checkpoint", default="",
                    help="the workdir of the classifier: a training run's --workdir or a converted one "
@@ -48,8 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wrapper", default="", help="the workdir of a model wrapper (a denoiser) put in front of the "
                                                  "classifier")
     p.add_argument("--out", required=True, help="output TSV (resumed when it exists)")
-    p.add_argument("--mode", choices=("certify", "predict", "distributional"), default="certify")
-    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--mode", choices=("certify", "predict", "distributional"), default="certify",
+                   help="certify: CERTIFY, a class and a certified radius; predict: PREDICT, a class or an abstention; "
+                        "distributional: nal's certificate")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="the data set split")
     p.add_argument("--skip", type=int, default=1, help="certify every skip-th example")
     p.add_argument("--max", type=int, default=-1, help="stop before this example index (-1: the whole split)")
     p.add_argument("--sigma", type=float, default=None, help="noise level (default: the one the model certifies with)")
@@ -271,7 +272,7 @@ def _progress(rows, writer, *, total: int, done: int, per_example: int, quiet: b
     return seconds, samples
 
 
-main = cli.main_wrapper(command, job=True)
+main = cli.main_wrapper(command, job=True, parser=_parser)
 write = cli.keyword_entry("certify", _parser, _main)
 
 if __name__ == "__main__":

@@ -196,7 +196,8 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 
 def checkpoint_folder(workdir: str, field: str, step: int | None = None) -> tuple[str, int]:
-    """(folder, step) of `workdir`'s checkpoint at `step` (default: the latest); `UserError` naming `field` if absent."""
+    """(folder, step) of `workdir`'s checkpoint at `step` (default: the latest); a `UserError` naming `field` if
+    absent."""
     if not workdir:
         raise UserError(field, "is empty; give the --workdir of a training run")
     if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
@@ -270,7 +271,8 @@ def write_workdir(workdir: str, metadata: dict, params: Any, model_state: Any, c
     os.chmod(tmp, 0o777 & ~umask)  # as os.makedirs would have made it (mkdtemp's is private)
     try:
         saver = Checkpointer(tmp, keep=1)
-        saver.save(step, {"step": np.int32(step), "params": params, "model_state": model_state}, force=True)
+        # a 0-d array, not a NumPy scalar: orbax 0.11.22 refuses scalars
+        saver.save(step, {"step": np.asarray(step, np.int32), "params": params, "model_state": model_state}, force=True)
         saver.close()
         if config is not None:
             from jaxsmooth import config as config_lib

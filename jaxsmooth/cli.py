@@ -15,11 +15,38 @@ from jaxsmooth import config as config_lib, jobs
 from jaxsmooth.errors import UserError
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless it says its default itself or has none worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and action.default not in (None, False, "")
+                and action.default is not argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+def parser(program: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of ``python -m jaxsmooth.<program>``: defaults shown, the description as written."""
+    return argparse.ArgumentParser(prog=f"python -m jaxsmooth.{program}", description=description,
+                                   formatter_class=HelpFormatter)
+
+
+def add_subcommands(parser: argparse.ArgumentParser, **kwargs) -> argparse._SubParsersAction:
+    """``parser.add_subparsers(**kwargs)`` whose subcommands' helps show defaults too (`HelpFormatter`)."""
+    import functools
+
+    return parser.add_subparsers(parser_class=functools.partial(argparse.ArgumentParser,
+                                                                formatter_class=HelpFormatter), **kwargs)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """--config; when not `required`, a missing one means the config.json of the workdir the command reads."""
     parser.add_argument("--config", required=required, default=None,
-                        help="an experiment config file, e.g. configs/quickstart.py" + (
-                            "" if required else " (default: the config.json of the --checkpoint workdir)"))
+                        help="an experiment config: a packaged name (e.g. quickstart) or a file (e.g. my_config.py)" + (
+                            "" if required else " (default: the config.json of the --checkpoint workdir)")
+                        + "; any field of it is overridden with --config.FIELD=VALUE, e.g. "
+                          "--config.train.num_epochs=2 --config.objective.sigma=0.5 (docs/config.md lists them)")
 
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +136,8 @@ def keyword_entry(program: str, parser: Callable[[], argparse.ArgumentParser],
         with jobs.session():
             return run(keyword_arguments(parser(), options), list(overrides))
 
-    write.__doc__ = f"""``python -m jaxsmooth.{program}`` from Python: writes (or resumes) the TSV ``out`` as the CLI would.
+    write.__doc__ = f"""``python -m jaxsmooth.{program}`` from Python: writes (or resumes) the TSV ``out`` as the CLI
+    would.
 
     `options` are the CLI's flags by name (``--no-progress``:
     ``no_progress=True``; see `cli.keyword_arguments`), `overrides` its
@@ -121,7 +149,8 @@ def keyword_entry(program: str, parser: Callable[[], argparse.ArgumentParser],
 
 
 def load_config(path: str | None, overrides: Sequence[str], workdir: str = ""):
-    """The config file `path` with `overrides`; without `path`, the config.json `workdir` was made with."""
+    """The config `path` (a file or a packaged config's name, `config_lib.find`) with `overrides`; without
+    `path`, the config.json `workdir` was made with."""
     if path:
         return config_lib.apply_overrides(config_lib.load(path), overrides)
     import os
@@ -152,10 +181,27 @@ def load_model(config_path: str | None, overrides: Sequence[str], workdir: str, 
     return config, model, dataset
 
 
-def main_wrapper(command: Callable[[list[str]], int], *,
-                 job: bool = False) -> Callable[[list[str] | None], int]:
+def flag_name(parser: argparse.ArgumentParser | None, field: str) -> str:
+    """`field` as the command line spells it: ``batch`` -> ``--batch``, ``sigma_file`` -> ``--sigma-file``, where the
+    program (or one of its subcommands) has that option; any other field (``train.batch_size``, a file) as it is.
+
+    The library names what is wrong by its own names (the API's keywords); a CLI's error names what its user typed.
+    """
+    if parser is None:
+        return field
+    options = set()
+    for action in parser._actions:
+        options.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            options.update(o for sub in action.choices.values() for a in sub._actions for o in a.option_strings)
+    return next((flag for flag in (f"--{field}", f"--{field.replace('_', '-')}") if flag in options), field)
+
+
+def main_wrapper(command: Callable[[list[str]], int], *, job: bool = False,
+                 parser: Callable[[], argparse.ArgumentParser] | None = None) -> Callable[[list[str] | None], int]:
     """A CLI's ``main(argv=None) -> exit status``: runs `command`, turning a `UserError` into one ``error:`` line
-    and exit status 2.
+    and exit status 2. With `parser` (the program's parser factory), the line names an option as the user typed
+    it (`flag_name`).
 
     With `job` (train, certify, attack), `command` runs in a `jobs.session`: a
     SIGTERM or SIGINT stops it after saving, with one line and exit status 75;
@@ -169,7 +215,7 @@ def main_wrapper(command: Callable[[list[str]], int], *,
             with jobs.session() if job else contextlib.nullcontext():
                 return command(argv)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {flag_name(parser() if parser else None, e.field)}: {e.message}", file=sys.stderr)
             return getattr(e, "exit_status", 2)
         except jobs.Stopped as e:
             print(e, file=sys.stderr)

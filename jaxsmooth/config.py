@@ -47,6 +47,9 @@ RESUME_MUTABLE = (
     "data.workers",
 )
 
+# The experiment configs that ship with the package; the repository's configs/ is a link to this folder.
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
 # Old fields whose empty value meant "the objective's own default" (heat: l2, bootcamp: softmax_l2).
 _EMPTY_MEANT_DEFAULT = ("objective.distance",)
 
@@ -184,10 +187,34 @@ def resolve(loaded: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return base
 
 
-def load(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Loads a config file (``get_config()``), resolves it against the defaults and applies `overrides`."""
-    if not os.path.isfile(path):
-        raise UserError("config", f"no such config file {path!r}")
+def names() -> list[str]:
+    """The names of the configs that ship with the package (``jaxsmooth/configs/NAME.py``), sorted."""
+    return sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py") and not f.startswith("_"))
+
+
+def packaged(name: str) -> str:
+    """The file of the packaged config `name` (e.g. ``quickstart``)."""
+    if name not in names():
+        raise UserError("config", f"no config named {name!r}; give a file or one of: {', '.join(names())}")
+    return os.path.join(CONFIGS, f"{name}.py")
+
+
+def find(name_or_path: str) -> str:
+    """The config file of ``--config``: a bare name (``quickstart``: no folder, no extension) is a packaged
+    config, whatever the current folder holds; anything else is a file's path."""
+    stem, ext = os.path.splitext(os.path.basename(name_or_path))
+    if stem == name_or_path and not ext:
+        return packaged(name_or_path)
+    if not os.path.isfile(name_or_path):
+        hint = f" (the packaged one is --config {stem})" if ext == ".py" and stem in names() else ""
+        raise UserError("config", f"no such config file {name_or_path!r}{hint}")
+    return name_or_path
+
+
+def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads a config (`find`: a file or a packaged name) with its ``get_config()``, resolves it against the
+    defaults and applies `overrides`."""
+    path = find(name_or_path)
     spec = importlib.util.spec_from_file_location("_jaxsmooth_config", path)
     module = importlib.util.module_from_spec(spec)
     try:

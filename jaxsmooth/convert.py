@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxsmooth import cli, torch_layout
+from jaxsmooth import cli, extras, torch_layout
 from jaxsmooth.errors import UserError
 
 
@@ -66,10 +66,7 @@ def read_torch(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """
     if not os.path.isfile(path):
         raise UserError("--torch", f"{path} is not a file")
-    try:
-        import torch
-    except ImportError:
-        raise UserError("--torch", "reading PyTorch checkpoints needs torch: pip install 'jaxsmooth[torch]'") from None
+    torch = extras.require("torch", field="--torch", purpose="reading PyTorch checkpoints")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch reports a non-checkpoint file with many types
@@ -192,7 +189,7 @@ def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | Non
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.convert", description=__doc__.split("\n\n")[1])
+    p = cli.parser("convert", __doc__.split("\n\n")[1])
     p.add_argument("--torch", required=True, help="the PyTorch checkpoint, e.g. models/cifar10/resnet110/noise_0.25/"
                                                   "checkpoint.pth.tar")
     p.add_argument("--arch", required=True, help=f"its architecture: {', '.join(torch_layout.ARCHS)}")
@@ -213,7 +210,7 @@ def command(argv: list[str]) -> int:
     return 0
 
 
-main = cli.main_wrapper(command)
+main = cli.main_wrapper(command, parser=_parser)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,12 +20,11 @@ import os
 import sys
 
 from jaxsmooth import cli
-from jaxsmooth.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.report", description=__doc__.split("\n\n")[1])
-    sub = p.add_subparsers(dest="what", required=True)
+    p = cli.parser("report", __doc__.split("\n\n")[1])
+    sub = cli.add_subcommands(p, dest="what", required=True)
     _add_nal(sub)
     _add_deterministic(sub)
     _add_sigma(sub)
@@ -92,25 +91,16 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _repo_root() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(root, "configs")):
-        raise UserError("--suite", f"the suites' configs are in the repository's configs/, not found under {root}; "
-                                   "run from a clone")
-    return root
-
-
 def _radii(text: str) -> list[float]:
-    try:
-        return [float(r) for r in text.split(",")]
-    except ValueError:
-        raise UserError("--radii", f"expected comma-separated numbers, got {text!r}") from None
+    from jaxsmooth import values
+
+    return list(values.radii(text))
 
 
 def _nal(args, overrides) -> int:
     from jaxsmooth.benchmarks import nal_report
 
-    rows = nal_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
+    rows = nal_report.run_suite(args.suite, args.workdir, overrides=overrides,
                                 radii=_radii(args.radii), skip=args.skip, maximum=args.max,
                                 runs=args.runs.split(","), test_noise_sigma=args.test_noise_sigma,
                                 on_stage=_say)
@@ -136,7 +126,7 @@ def _deterministic(args, overrides) -> int:
     from jaxsmooth.benchmarks import deterministic
 
     radii = _radii(args.radii)
-    rows = deterministic.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
+    rows = deterministic.run_suite(args.suite, args.workdir, overrides=overrides,
                                    skip=args.skip, maximum=args.max, n=args.n, batch=args.batch, radii=radii,
                                    runs=args.runs.split(","), on_stage=_say)
     _publish(deterministic.markdown(rows), [args.markdown], f"deterministic smoothing, suite {args.suite}",
@@ -150,8 +140,8 @@ def _sigma(args, overrides) -> int:
 
     sweep = sigma_report.parse_sweep(args.sigma_sweep)
     areas = sigma_report.parse_areas(args.areas)
-    sigma_report.base_config(_repo_root(), args.suite)  # a bad --suite before anything runs
-    report = sigma_report.run_suite(args.suite, args.workdir, repo_root=_repo_root(), overrides=overrides,
+    sigma_report.base_config(args.suite)  # a bad --suite before anything runs
+    report = sigma_report.run_suite(args.suite, args.workdir, overrides=overrides,
                                     skip=args.skip, maximum=args.max, n=args.n, batch=args.batch, sweep=sweep,
                                     areas=areas, sigma_overrides=args.sigma_set,
                                     on_stage=_say)
@@ -170,13 +160,14 @@ def _sigma(args, overrides) -> int:
             sigma_analysis.sweep_figure(acc, area, [p.run for p in points], kept,
                                         title=f"{args.suite}: sigma sweep, blanket filter").savefig(extra_figures[-1])
     _publish(table, [os.path.join(args.workdir, "sigma_report.md"), args.markdown],
-             f"non-uniform smoothing, suite {args.suite}", f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
+             f"non-uniform smoothing, suite {args.suite}",
+             f"certified: --skip {args.skip} --max {args.max} --n {args.n}")
     figures = sigma_report.write_figures(report, args.workdir, title=f"{args.suite}: learned vs isotropic sigma")
     print("figures: " + " ".join(figures + extra_figures))
     return 0
 
 
-main = cli.main_wrapper(command)
+main = cli.main_wrapper(command, parser=_parser)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ from jaxsmooth import cli
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxsmooth.train", description=__doc__.split("\n\n")[1])
+    p = cli.parser("train", __doc__.split("\n\n")[1])
     cli.add_config_arguments(p)
     p.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, config.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -84,7 +84,7 @@ class _Progress:
             self.bar.close()
 
 
-main = cli.main_wrapper(command, job=True)
+main = cli.main_wrapper(command, job=True, parser=_parser)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -83,22 +83,6 @@ def counts_across_layouts(make_sampler, x, index, sigma, n, key, layouts):
     return reference
 
 
-def untrained_workdir(path: str) -> str:
-    """`path` made a workdir holding an untrained quick-start model (`quick_config`) at step 1: what certify reads
-    of a model, without training one."""
-    from jaxsmooth import checkpoint, parallel, trainer
-
-    config = quick_config()
-    run = trainer.build_run(config)
-    state = parallel.replicate(run.mesh, trainer.initial_state(run.objective, config, run.model.params,
-                                                               run.model.model_state, run.dataset.input_shape, run.tx))
-    checkpoint.write_json(os.path.join(path, checkpoint.MODEL_FILE), checkpoint.model_metadata(config, run.dataset))
-    ckpt = checkpoint.Checkpointer(path)
-    ckpt.save(1, state, force=True)
-    ckpt.close()
-    return path
-
-
 def spy_compile_fastest(monkeypatch) -> list:
     """Records the candidates of every `compilation.compile_fastest` call from now on (None: it timed
     `compilation.AUTO_CANDIDATES`) in the list it returns."""

@@ -2,6 +2,7 @@
 
 import os
 import re
+import warnings
 
 import flax.linen as nn
 import jax
@@ -14,14 +15,9 @@ from jaxsmooth import certify, cli, data, loader, parallel
 from jaxsmooth.errors import UserError
 
 from conftest import ROOT
-from helpers import QUICKSTART, SMALL, sidecar_settings, train_small, tsv_rows
+from helpers import QUICKSTART, SMALL, sidecar_settings, tsv_rows
 
 FAST = ["--n0", "20", "--n", "300", "--alpha", "0.01", "--batch", "100", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return train_small(tmp_path_factory, "api")
 
 
 def _rows_without_time(rows):
@@ -34,19 +30,20 @@ def _tsv_dicts(path):
     return [{k: parse(k, v) for k, v in zip(header, r)} for r in rows]
 
 
-def test_loaded_model_gives_the_cli_rows_and_the_trained_logits(workdir, tmp_path):
-    model = jaxsmooth.load(workdir)
+@pytest.mark.slow
+def test_loaded_model_gives_the_cli_rows_and_the_trained_logits(small_model, tmp_path):
+    model = jaxsmooth.load(small_model)
     config = cli.load_config(QUICKSTART, [s.removeprefix("--config.") for s in SMALL])
     assert model.sigma == config.objective.sigma and model.input_shape == (8, 8, 1) and model.num_classes == 10
     idx = np.array([0, 25, 50, 75])
     images, labels = data.load("digits").test.get(idx)
     x = images / 255
-    raw = loader.load_model(workdir, fold_batch_norm=False)
+    raw = loader.load_model(small_model, fold_batch_norm=False)
     expected, _ = raw.apply(raw.params, raw.model_state, x.astype(np.float32), train=False)  # BatchNorm not folded
     np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-5)
     for mode in ("certify", "predict"):
         out = tmp_path / f"{mode}.tsv"
-        assert certify.main(["--checkpoint", workdir, "--out", str(out), "--skip", "25", "--max", "100",
+        assert certify.main(["--checkpoint", small_model, "--out", str(out), "--skip", "25", "--max", "100",
                             "--mode", mode] + FAST) == 0  # no --config: the workdir's own
         # the XLA options the CLI chose by timing ("auto"), passed back as a resumed run does: the same executable
         options = sidecar_settings(out, "certify")["xla_options"]
@@ -103,6 +100,23 @@ def test_counts_are_the_same_on_one_and_on_eight_devices(devices):
     assert [(r["count_A"], r["count_B"]) for r in one] == [(r["count_A"], r["count_B"]) for r in eight]
 
 
+def test_inputs_outside_0_1_warn_with_auto_noise_and_a_workdir_model_refuses_them(workdir):
+    """A forgotten / 255: the API says so once (noise "auto"); an explicit gaussian noise smooths any input space;
+    a workdir's model reads images in [0, 1] only."""
+    f = lambda v, z: z.reshape(len(z), -1)[:, :2] @ v  # noqa: E731
+    x = np.full((2, 8, 8, 1), 200.0, np.float32)
+    settings = dict(sigma=0.25, n0=10, n=100, alpha=0.1, batch=100, compiler_options=None)
+    with pytest.warns(UserWarning, match=r"not \[0, 1\].*Divide 8-bit images by 255"):
+        jaxsmooth.api.certify(f, np.eye(2, dtype=np.float32), x, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jaxsmooth.api.certify(f, np.eye(2, dtype=np.float32), x, noise="gaussian", **settings)
+        jaxsmooth.api.certify(f, np.eye(2, dtype=np.float32), x / 255, **settings)
+    with pytest.raises(UserError) as e:
+        jaxsmooth.load(workdir).certify(x, **settings)
+    assert e.value.field == "x" and "divide by 255" in e.value.message
+
+
 @pytest.mark.parametrize("call, field", [
     (lambda m, x: m.certify(x[:, :4]), "x"),
     (lambda m, x: m.certify(x, topk=2), "topk"),
@@ -110,15 +124,16 @@ def test_counts_are_the_same_on_one_and_on_eight_devices(devices):
     (lambda m, x: m.predict(x, alpha=2.0), "alpha"),
     (lambda m, x: m.certify(x, n0=200, n=100), "n0"),
 ])
-def test_bad_arguments_name_the_field(workdir, call, field):
-    model = jaxsmooth.load(workdir)
+def test_bad_arguments_name_the_field(untrained_model, call, field):
+    model = jaxsmooth.load(untrained_model)
     x = np.zeros((2, 8, 8, 1), np.float32)
     with pytest.raises(UserError) as e:
         call(model, x)
     assert e.value.field == field
 
 
-def test_readme_python_example_runs_verbatim(workdir, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_readme_python_example_runs_verbatim(small_model, tmp_path, monkeypatch, capsys):
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
     section = readme[readme.index("## Use from Python"):]
@@ -126,7 +141,7 @@ def test_readme_python_example_runs_verbatim(workdir, tmp_path, monkeypatch, cap
     code = section[start:section.index("\n```", start)]
     assert len(code.strip().splitlines()) <= 10
     os.makedirs(tmp_path / "workdirs")
-    os.symlink(workdir, tmp_path / "workdirs" / "quickstart")
+    os.symlink(small_model, tmp_path / "workdirs" / "quickstart")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     lines = capsys.readouterr().out.strip().splitlines()

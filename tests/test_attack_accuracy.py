@@ -1,4 +1,4 @@
-"""Accuracy under ell_2 PGD over a radius grid (nal §5, Fig. 1): library, CLI, analysis, and nal vs gaussian on digits."""
+"""Accuracy under ell_2 PGD over a radius grid (nal §5, Fig. 1): library, CLI, analysis, nal vs gaussian on digits."""
 
 import json
 import os
@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, attack, cli, data, loader, noise, train
+from jaxsmooth import analysis, attack, cli, data, loader, noise, values
 from jaxsmooth.analysis import attacks as attack_analysis
 from jaxsmooth.attacks import accuracy_under_pgd, make_accuracy, runner
 from jaxsmooth.errors import UserError
 
-from conftest import ROOT
+from conftest import ROOT, one_device_env
 from helpers import QUICKSTART, SMALL, copy_sidecar, sidecar_settings
 
 DIGITS_NAL = os.path.join(ROOT, "configs", "digits_nal.py")
@@ -93,21 +93,15 @@ def test_tiny_test_noise_changes_nothing_and_one_compilation_serves_all_radii():
     assert fn._cache_size() == 1
 
 
-@pytest.mark.parametrize("radii, match", [([], "at least one"), ([0.5, -0.1], "-0.1"), ([0.5, float("nan")], "nan"),
-                                          ([0.5, 0.5], "twice")])
+@pytest.mark.parametrize("radii, match", [([], "is empty"), ([0.5, -0.1], "-0.1 is not a radius"),
+                                          ([0.5, float("nan")], "nan is not a radius"), ("0,a", "'a' is not a number")])
 def test_bad_radii(radii, match):
     with pytest.raises(UserError, match=match):
-        runner.check_radii(radii)
+        values.radii(radii)
+    assert values.radii("1,0.5,0.5") == values.radii([0.5, 1.0]) == (0.5, 1.0)  # sorted, each once
 
 
 # --- the CLI on a small quick-start model ---
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("accuracy") / "run")
-    assert train.main(["--config", QUICKSTART, "--workdir", path, "--no-progress"] + SMALL) == 0
-    return path
-
 
 def _accuracy(workdir, out, *extra):
     return attack.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(out), "--no-progress"] + SMALL
@@ -123,9 +117,10 @@ def _rows(path):
     return lines[0], lines[1:]
 
 
-def test_cli_rows_table_and_resume(workdir, tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_rows_table_and_resume(small_model, tmp_path, capsys):
     out = tmp_path / "acc.tsv"
-    assert _accuracy(workdir, out, *ARGS) == 0
+    assert _accuracy(small_model, out, *ARGS) == 0
     printed = capsys.readouterr().out.splitlines()
     settings = sidecar_settings(out, "attack-accuracy")
     config = cli.load_config(QUICKSTART, [s.removeprefix("--config.") for s in SMALL])
@@ -139,7 +134,7 @@ def test_cli_rows_table_and_resume(workdir, tmp_path, capsys):
         (160, 0.5)]
     assert all(r[3] in ("0", "1") and r[4] in ("0", "1") for r in rows)
     # radius 0: the clean prediction
-    model = loader.load_model(workdir, fold_batch_norm=False)
+    model = loader.load_model(small_model, fold_batch_norm=False)
     idx = np.asarray([0, 40, 80, 120, 160])
     images, labels = data.load(config.data.name).test.get(idx)
     logits, _ = model.apply(model.params, model.model_state, np.asarray(images, np.float32) / 255, train=False)
@@ -156,33 +151,33 @@ def test_cli_rows_table_and_resume(workdir, tmp_path, capsys):
     cut = tmp_path / "cut.tsv"
     cut.write_text("".join(lines[:-2]) + lines[-2][:3])
     copy_sidecar(out, cut)
-    assert _accuracy(workdir, cut, *ARGS) == 0
+    assert _accuracy(small_model, cut, *ARGS) == 0
     assert "(2 rows this run)" in capsys.readouterr().out
     assert [r[:5] for r in _rows(cut)[1]] == [r[:5] for r in rows]
-    assert _accuracy(workdir, cut, *ARGS) == 0
+    assert _accuracy(small_model, cut, *ARGS) == 0
     assert "(0 rows this run)" in capsys.readouterr().out
     # another setting, or the distance mode, refuses the file
-    assert _accuracy(workdir, cut, *ARGS, "--steps", "4") == 2
-    assert capsys.readouterr().err.startswith("error: out: ")
-    assert _accuracy(workdir, cut, "--attack", "pgd") == 2
-    assert capsys.readouterr().err.startswith("error: out: ")
+    assert _accuracy(small_model, cut, *ARGS, "--steps", "4") == 2
+    assert capsys.readouterr().err.startswith("error: --out: ")
+    assert _accuracy(small_model, cut, "--attack", "pgd") == 2
+    assert capsys.readouterr().err.startswith("error: --out: ")
 
 
 @pytest.mark.parametrize("extra, field", [
-    (["--mode", "accuracy"], "radii"),
-    (["--mode", "accuracy", "--radii", "0,-0.5"], "radii"),
-    (["--mode", "accuracy", "--radii", "0,a"], "radii"),
-    (["--mode", "accuracy", "--radii", "0.5", "--attack", "ddn"], "attack"),
-    (["--mode", "accuracy", "--radii", "0.5", "--smoothed"], "smoothed"),
-    (["--mode", "accuracy", "--radii", "0.5", "--sigma", "0.5"], "sigma"),
-    (["--mode", "accuracy", "--radii", "0.5", "--test-noise-sigma", "0"], "test-noise-sigma"),
-    (["--mode", "accuracy", "--radii", "0.5", "--steps", "0"], "steps"),
-    (["--attack", "pgd", "--radii", "0.5"], "radii"),
-    (["--attack", "pgd", "--test-noise-sigma", "0.5"], "test-noise-sigma"),
-    ([], "attack"),
+    (["--mode", "accuracy"], "--radii"),
+    (["--mode", "accuracy", "--radii", "0,-0.5"], "--radii"),
+    (["--mode", "accuracy", "--radii", "0,a"], "--radii"),
+    (["--mode", "accuracy", "--radii", "0.5", "--attack", "ddn"], "--attack"),
+    (["--mode", "accuracy", "--radii", "0.5", "--smoothed"], "--smoothed"),
+    (["--mode", "accuracy", "--radii", "0.5", "--sigma", "0.5"], "--sigma"),
+    (["--mode", "accuracy", "--radii", "0.5", "--test-noise-sigma", "0"], "--test-noise-sigma"),
+    (["--mode", "accuracy", "--radii", "0.5", "--steps", "0"], "--steps"),
+    (["--attack", "pgd", "--radii", "0.5"], "--radii"),
+    (["--attack", "pgd", "--test-noise-sigma", "0.5"], "--test-noise-sigma"),
+    ([], "--attack"),
 ])
-def test_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
-    assert _accuracy(workdir, tmp_path / "x.tsv", *extra) == 2
+def test_bad_input_is_one_line(untrained_model, tmp_path, capsys, extra, field):
+    assert _accuracy(untrained_model, tmp_path / "x.tsv", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.match(f"error: {re.escape(field)}: ", err[0]), err
     assert not (tmp_path / "x.tsv").exists()
@@ -264,19 +259,24 @@ def test_bad_accuracy_files(tmp_path, accuracy_files):
 DIGITS_RADII = "0,0.25,0.5,0.75,1.0"
 
 
+def _run_module(module, *args):
+    subprocess.run([sys.executable, "-m", module, "--no-progress", *args], check=True, env=one_device_env(), cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+
+
 @pytest.mark.slow
-def test_nal_matches_gaussian_under_pgd_at_the_largest_radii(tmp_path):
-    """Trains configs/digits_nal.py and configs/quickstart.py (gaussian) on one CPU device in subprocesses (the 8
-    fake devices of this process are 5x slower), attacks the 360 test digits, and compares accuracies."""
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+def test_nal_matches_gaussian_under_pgd_at_the_largest_radii(quickstart_model, tmp_path):
+    """Trains configs/digits_nal.py (configs/quickstart.py, gaussian: the session's) on one CPU device in
+    subprocesses (the 8 fake devices of this process are 5x slower), attacks the 360 test digits, and compares
+    accuracies."""
     runs = {}
-    for name, config in (("nal", DIGITS_NAL), ("gaussian", QUICKSTART)):
-        workdir, out = str(tmp_path / name), str(tmp_path / f"{name}.tsv")
-        for module, args in (("jaxsmooth.train", ["--workdir", workdir]),
-                             ("jaxsmooth.attack", ["--mode", "accuracy", "--radii", DIGITS_RADII, "--checkpoint",
-                                                   workdir, "--out", out])):
-            subprocess.run([sys.executable, "-m", module, "--config", config, "--no-progress", *args], check=True,
-                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    for name, config, workdir in (("nal", DIGITS_NAL, None), ("gaussian", QUICKSTART, quickstart_model[0])):
+        out = str(tmp_path / f"{name}.tsv")
+        if workdir is None:
+            workdir = str(tmp_path / name)
+            _run_module("jaxsmooth.train", "--config", config, "--workdir", workdir)
+        _run_module("jaxsmooth.attack", "--config", config, "--mode", "accuracy", "--radii", DIGITS_RADII,
+                    "--checkpoint", workdir, "--out", out)
         runs[name] = attack_analysis.read_accuracy(out)
     accuracy = {name: attack_analysis.accuracy_by_radius(run) for name, run in runs.items()}
     for name, (radii, clean, noisy, n) in accuracy.items():

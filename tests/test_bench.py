@@ -187,7 +187,8 @@ def test_inference_table_rows_and_ratios():
 
     timing = inference.Timing({"deterministic classify": 0.001, "deterministic certify": 0.002,
                                "stochastic classify": 0.01, "stochastic certify": 3.0},
-                              dict(zip(inference.ROWS, (1, 1, 100, 100_100))), dict(zip(inference.ROWS, (20, 20, 20, 3))))
+                              dict(zip(inference.ROWS, (1, 1, 100, 100_100))),
+                              dict(zip(inference.ROWS, (20, 20, 20, 3))))
     assert inference.markdown(timing, "cpu").splitlines()[2:] == [
         "| classify (PREDICT, n = 100) | 0.001000 | 0.010000 | 10x |",
         "| certify (CERTIFY, n0 + n = 100,100) | 0.002000 | 3.000000 | 1,500x |"]

@@ -11,9 +11,9 @@ import chex
 import numpy as np
 import pytest
 
-from jaxsmooth import train
+from jaxsmooth import cli, train
 
-from conftest import ROOT
+from conftest import ROOT, one_device_env
 from helpers import fails_with, saved_params
 
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
@@ -57,22 +57,13 @@ def _train_cmd(workdir, *extra):
     return [sys.executable, "-m", "jaxsmooth.train", "--config", QUICKSTART, "--workdir", workdir, *extra]
 
 
-def _env():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the CLI runs on the real single CPU device
-    return env
-
-
 @pytest.mark.slow
-def test_quickstart_reaches_the_accuracy_it_promises(tmp_path):
-    workdir = str(tmp_path / "quickstart")
-    out = subprocess.run(_train_cmd(workdir, "--no-progress"), capture_output=True, text=True, env=_env(),
-                         cwd=ROOT, timeout=900)
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_quickstart_reaches_the_accuracy_it_promises(quickstart_model):
+    workdir, stdout = quickstart_model  # the README's command, on one CPU device
     final = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))][-1]
     assert final["test_accuracy"] >= 0.96, final
     assert final["test_noisy_accuracy"] >= 0.90, final
-    assert f"clean accuracy {final['test_accuracy']:.4f}" in out.stdout
+    assert f"clean accuracy {final['test_accuracy']:.4f}" in stdout
     assert {"config.json", "model.json", "metrics.jsonl", "checkpoints"} <= set(os.listdir(workdir))
 
 
@@ -81,10 +72,10 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     args = ["--no-progress", "--config.train.num_epochs=8", "--config.train.checkpoint_every_steps=11",
             "--config.train.eval_every_epochs=0"]
     whole = str(tmp_path / "whole")
-    assert subprocess.run(_train_cmd(whole, *args), env=_env(), cwd=ROOT, capture_output=True).returncode == 0
+    assert subprocess.run(_train_cmd(whole, *args), env=one_device_env(), cwd=ROOT, capture_output=True).returncode == 0
 
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(_train_cmd(killed, *args), env=_env(), cwd=ROOT,
+    proc = subprocess.Popen(_train_cmd(killed, *args), env=one_device_env(), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = os.path.join(killed, "checkpoints")
     deadline = time.time() + 300
@@ -98,7 +89,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     total = 8 * (1437 // 64)
     assert not os.path.isdir(os.path.join(ckpts, str(total)))
 
-    resumed = subprocess.run(_train_cmd(killed, *args), env=_env(), cwd=ROOT, capture_output=True, text=True)
+    resumed = subprocess.run(_train_cmd(killed, *args), env=one_device_env(), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     chex.assert_trees_all_close(saved_params(killed, total), saved_params(whole, total), atol=0, rtol=0)
 
@@ -124,3 +115,44 @@ def test_keyword_arguments_equal_the_parsed_flags_and_refuse_bad_names():
     with pytest.raises(UserError) as e:
         attack.write(out="o.tsv")  # refused before anything is read or written
     assert e.value.field == "checkpoint" and not os.path.exists("o.tsv")
+
+
+@pytest.mark.parametrize("program", ["train", "certify", "attack"])
+def test_helps_show_config_overrides_defaults_and_choices(program):
+    """--help names the --config.FIELD=VALUE form, each option's default and the choices the program takes."""
+    import importlib
+
+    text = " ".join(importlib.import_module(f"jaxsmooth.{program}")._parser().format_help().split())
+    assert "--config.FIELD=VALUE" in text
+    expected = {"train": [], "attack": ["{pgd,ddn}", "{ce,kl}", "(default: 20)", "(default: test)"],
+                "certify": ["{lattice,gaussian}", "(default: 100000)", "(default: 100)", "(default: 0.001)",
+                            "(default: 1000)", "(default: 1)", "(default: certify)", "(default: test)"]}[program]
+    assert [e for e in expected if e not in text] == []
+
+
+def test_the_help_formatter_adds_a_default_only_where_the_help_says_none():
+    p = cli.parser("x", "")
+    p.add_argument("--a", default=3, help="a number")
+    p.add_argument("--b", default=None, help="a path")
+    p.add_argument("--c", default=5, help="five (default: five)")
+    text = " ".join(p.format_help().split())
+    assert "a number (default: 3)" in text and "a path --c" in text and "five (default: five) " in text + " "
+
+
+@pytest.mark.parametrize("bad", ["0.25,x", "0.5,-1", ""])
+def test_a_bad_radii_is_one_line_worded_alike_by_every_program_that_takes_radii(bad, tmp_path, capsys):
+    from jaxsmooth import analyze, attack, certify, report
+
+    out = str(tmp_path / "o.tsv")
+    programs = [(certify.main, ["--checkpoint", "w", "--out", out, "--sequential"]),
+                (attack.main, ["--checkpoint", "w", "--out", out, "--mode", "accuracy"]),
+                (analyze.main, [str(tmp_path / "none.tsv")]),
+                (report.main, ["nal", "--workdir", str(tmp_path / "r")]),
+                (report.main, ["deterministic", "--workdir", str(tmp_path / "r")])]
+    lines = []
+    for main, argv in programs:
+        assert main(argv + ["--radii", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        lines.append(err[0])
+    assert len(set(lines)) == 1 and lines[0].startswith("error: --radii: "), lines

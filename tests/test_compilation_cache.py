@@ -25,7 +25,7 @@ from jaxsmooth.data import sources
 from jaxsmooth.errors import UserError
 
 from conftest import ROOT
-from helpers import fails_with, sidecar_settings, spy_compile_fastest, tsv_rows, untrained_workdir
+from helpers import fails_with, sidecar_settings, spy_compile_fastest, tsv_rows
 
 SHAPE, K = (4, 4, 1), 3
 SMALL = ["--config.model.width=4", "--config.train.batch_size=64", "--config.train.eval_batch_size=120"]
@@ -198,11 +198,6 @@ def test_bench_startup_refuses_bad_counts_and_a_failing_certify_in_one_line(tmp_
     assert " exited 2: error: checkpoint: " in line  # the certify's own error line, passed on
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return untrained_workdir(str(tmp_path_factory.mktemp("untrained") / "run"))
-
-
 def _certify(workdir, out, folder, *extra):
     """python -m jaxsmooth.certify in a fresh process with JAXSMOOTH_CACHE_DIR=folder; its stdout."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
@@ -221,12 +216,12 @@ def _files(folder) -> dict:
 
 
 @pytest.mark.slow
-def test_a_second_certify_process_compiles_and_times_nothing_and_writes_the_same_rows(workdir, tmp_path):
+def test_a_second_certify_process_compiles_and_times_nothing_and_writes_the_same_rows(untrained_model, tmp_path):
     folder = tmp_path / "cache"
-    _certify(workdir, tmp_path / "first.tsv", folder)
+    _certify(untrained_model, tmp_path / "first.tsv", folder)
     filled = _files(folder)
     assert any("/jax/" in f for f in filled) and len(_remembered(folder)) == 1
-    _certify(workdir, tmp_path / "second.tsv", folder)
+    _certify(untrained_model, tmp_path / "second.tsv", folder)
     assert _files(folder) == filled  # every executable read from JAX's cache, the option set from ours
     header, first = tsv_rows(tmp_path / "first.tsv")
     _, second = tsv_rows(tmp_path / "second.tsv")
@@ -237,7 +232,7 @@ def test_a_second_certify_process_compiles_and_times_nothing_and_writes_the_same
 
 
 @pytest.mark.slow
-def test_processes_take_process_0s_remembered_choice(workdir, tmp_path, monkeypatch):
+def test_processes_take_process_0s_remembered_choice(untrained_model, tmp_path, monkeypatch):
     """Process 0 remembers a choice, process 1 (its own folder) none: neither times, both sample with process 0's."""
     from test_multiprocess import _launch
 
@@ -249,7 +244,7 @@ def test_processes_take_process_0s_remembered_choice(workdir, tmp_path, monkeypa
     def launch(out, caches):
         monkeypatch.setenv("CACHES", ",".join(str(c) for c in caches))
         _launch(tmp_path, out, ["-c", runner, "--config", os.path.join(ROOT, "configs", "quickstart.py"),
-                                "--checkpoint", workdir, "--out", str(tmp_path / f"{out}.tsv"),
+                                "--checkpoint", untrained_model, "--out", str(tmp_path / f"{out}.tsv"),
                                 "--config.certify.parallel=samples"] + CERTIFY)
 
     shared = tmp_path / "shared"

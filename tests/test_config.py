@@ -19,13 +19,38 @@ def _error(fn, *args, **kwargs) -> UserError:
     return info.value
 
 
-def test_every_shipped_config_resolves_and_validates():
-    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
-        if name.endswith(".py"):
-            c = config_lib.load(os.path.join(ROOT, "configs", name))
-            # imagenet_sigma keeps the paper's batch of 2 (non_uniform appendix B): it runs on 1 or 2 devices
-            config_lib.validate(c, num_devices=min(8, c.train.batch_size))
-            assert c.is_locked
+def test_every_packaged_config_loads_by_name_and_validates():
+    files = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "jaxsmooth", "configs")) if f.endswith(".py"))
+    assert config_lib.names() == [f for f in files if f != "__init__"] and "quickstart" in config_lib.names()
+    for name in config_lib.names():
+        c = config_lib.load(name)
+        # imagenet_sigma keeps the paper's batch of 2 (non_uniform appendix B): it runs on 1 or 2 devices
+        config_lib.validate(c, num_devices=min(8, c.train.batch_size))
+        assert c.is_locked
+
+
+def test_the_repository_configs_folder_is_the_packaged_one():
+    assert os.path.samefile(os.path.join(ROOT, "configs"), config_lib.CONFIGS)
+    assert os.path.islink(os.path.join(ROOT, "configs"))  # one source: a link, not a copy
+
+
+def test_a_config_is_named_or_a_file():
+    by_name, by_path = config_lib.load("quickstart"), config_lib.load(QUICKSTART)
+    assert by_name.to_dict() == by_path.to_dict()
+    assert config_lib.find("quickstart") == os.path.join(config_lib.CONFIGS, "quickstart.py")
+    assert config_lib.find(QUICKSTART) == QUICKSTART
+
+
+def test_an_unknown_config_name_lists_the_names(tmp_path, monkeypatch):
+    e = _error(config_lib.load, "quikstart")
+    assert str(e) == f"config: no config named 'quikstart'; give a file or one of: {', '.join(config_lib.names())}"
+    e = _error(config_lib.load, str(tmp_path / "mine"))  # a path is never read as a name
+    assert str(e) == f"config: no such config file {str(tmp_path / 'mine')!r}"
+    monkeypatch.chdir(tmp_path)
+    assert str(_error(config_lib.load, "quickstart.py")) == (
+        "config: no such config file 'quickstart.py' (the packaged one is --config quickstart)")
+    (tmp_path / "quickstart").write_text("")  # a bare name is the packaged config, whatever the folder holds
+    assert config_lib.find("quickstart") == os.path.join(config_lib.CONFIGS, "quickstart.py")
 
 
 def test_cohen_cifar10_recipe():

@@ -246,7 +246,7 @@ def conversions(tmp_path_factory):
     return get
 
 
-@pytest.fixture(params=list(CASES))
+@pytest.fixture(params=["cifar_resnet20", "cifar_resnet110", pytest.param("resnet50", marks=pytest.mark.slow)])
 def converted(request, conversions):
     return conversions(request.param)
 

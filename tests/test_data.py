@@ -13,7 +13,8 @@ from jaxsmooth.data import augment
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(),
-                                  reason=f"real MNIST/Fashion-MNIST IDX files absent: {SHARED_DATA} (../shared/data beside the checkout)")
+                                  reason=f"real MNIST/Fashion-MNIST IDX files absent: {SHARED_DATA} "
+                                         "(../shared/data beside the checkout)")
 
 
 def toy_split(n=50, size=6, channels=1):

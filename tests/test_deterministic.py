@@ -9,6 +9,7 @@ process resumes the finished report, training and certifying nothing again.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,24 +18,25 @@ import pytest
 from jaxsmooth import report
 from jaxsmooth.benchmarks import deterministic
 
-from conftest import ROOT
+from conftest import ROOT, one_device_env
 
 HALF_SIGMA = 0.125
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
+def rows(tmp_path_factory, quickstart_model):
     workdir = str(tmp_path_factory.mktemp("deterministic"))
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    shutil.copytree(quickstart_model[0], os.path.join(workdir, "gaussian"))  # its gaussian run: resumed, not trained
     subprocess.run([sys.executable, "-m", "jaxsmooth.report", "deterministic", "--suite", "digits", "--workdir",
-                    workdir, "--n", "1000"], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+                    workdir, "--n", "1000"], check=True, env=one_device_env(), cwd=ROOT, stdout=subprocess.DEVNULL)
     with open(os.path.join(workdir, "times.json")) as f:
         times = json.load(f)
-    out = deterministic.run_suite("digits", workdir, repo_root=ROOT, n=1000, radii=(0.0, HALF_SIGMA, 0.25))
+    out = deterministic.run_suite("digits", workdir, n=1000, radii=(0.0, HALF_SIGMA, 0.25))
     assert {r.name: r.train_seconds for r in out} == times  # resumed: nothing trained again
     return {r.name: r for r in out}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["heat", "bootcamp"])
 def test_retraining_a_standard_model_raises_certified_accuracy_and_acr(rows, name):
     standard, gaussian, ours = rows["standard"], rows["gaussian"], rows[name]
@@ -46,6 +48,7 @@ def test_retraining_a_standard_model_raises_certified_accuracy_and_acr(rows, nam
     assert ours.test_accuracy >= 0.93
 
 
+@pytest.mark.slow
 def test_the_report_table_has_a_row_per_run(rows):
     table = deterministic.markdown(list(rows.values())).splitlines()
     assert table[0].startswith("| run | clean acc (1 pass) | cert. r = 0 | cert. r = 0.125 | cert. r = 0.25 | ACR |")

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from helpers import train_small, tsv_rows
+from helpers import tsv_rows
 
 # Runs in a fresh process with D fake CPU devices: the three jobs through their Python entries.
 SCRIPT = """
@@ -49,15 +49,14 @@ def _jobs_on(devices: int, workdir: str, folder) -> dict:
 
 
 @pytest.mark.slow
-def test_certify_predict_and_attack_give_the_same_rows_on_1_3_and_6_devices(tmp_path_factory, tmp_path):
-    workdir = train_small(tmp_path_factory, "devices")
-    with open(os.path.join(workdir, "config.json")) as f:
+def test_certify_predict_and_attack_give_the_same_rows_on_1_3_and_6_devices(small_model, tmp_path):
+    with open(os.path.join(small_model, "config.json")) as f:
         assert json.load(f)["train"]["batch_size"] % 3 != 0  # the training batch size 3 and 6 do not divide
     results = {}
     for devices in (1, 3, 6):
         folder = tmp_path / f"d{devices}"
         folder.mkdir()
-        results[devices] = _jobs_on(devices, workdir, folder)
+        results[devices] = _jobs_on(devices, small_model, folder)
     for name in ("certify", "predict", "attack"):
         header, rows = results[1][name]
         assert len(rows) == 6 and "idx" in header

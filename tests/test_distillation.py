@@ -25,6 +25,7 @@ class _Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_heat_starts_from_the_pretrained_model_and_refreshes_its_teacher(pretrained, tmp_path):
     path, params = pretrained
     config = quick_config(*HEAT, f"train.init_from={path}", "optimizer.learning_rate=1e-30",
@@ -37,6 +38,7 @@ def test_heat_starts_from_the_pretrained_model_and_refreshes_its_teacher(pretrai
     chex.assert_trees_all_close(jax.device_get(state.teacher[0]), params, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_teacher_is_v_at_the_last_timestep_boundary_and_resume_is_exact(pretrained, tmp_path):
     path, params = pretrained
     config = quick_config(*HEAT, f"train.init_from={path}")
@@ -59,6 +61,7 @@ def test_teacher_is_v_at_the_last_timestep_boundary_and_resume_is_exact(pretrain
     chex.assert_trees_all_close(jax.device_get(resumed.teacher), jax.device_get(full.teacher), atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_bad_init_from_names_the_field(pretrained, tmp_path):
     path, _ = pretrained
     for value, needle in [(str(tmp_path / "nothing"), "holds no checkpoints"),

@@ -90,6 +90,7 @@ def workdir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_empirical_worst_case_lies_under_the_certificate_on_digits(workdir):
     # nal Thm 1: for any x, E_Z l(x+z) - gamma E_Z c(x+z, x0) <= phi_gamma(x0); so each gamma_adv's point
     # (mean rho_test, mean loss) is under gamma rho + E[phi_gamma] for every certificate gamma, hence under their min.
@@ -136,6 +137,7 @@ def _rows(path):
     return lines[0], lines[1:]
 
 
+@pytest.mark.slow
 def test_cli_rows_and_resume(workdir, tmp_path, capsys):
     full, cut = tmp_path / "full.tsv", tmp_path / "cut.tsv"
     args = ["--gamma", "2", "--gamma-adv", "1,4", "--skip", "30", "--max", "150", "--examples", "2"]
@@ -162,30 +164,30 @@ def test_cli_rows_and_resume(workdir, tmp_path, capsys):
     assert _dist(workdir, cut, *args) == 0  # complete: nothing to do
     assert "(0 this run)" in capsys.readouterr().out
     assert _dist(workdir, cut, "--gamma", "3", *args[2:]) == 2  # other settings: refused, nothing lost
-    assert "error: out: " in capsys.readouterr().err and drop_time(cut) == drop_time(full)
+    assert "error: --out: " in capsys.readouterr().err and drop_time(cut) == drop_time(full)
 
 
 @pytest.mark.parametrize("extra, field", [
-    ([], "gamma"),
-    (["--gamma", "0"], "gamma"),
-    (["--gamma=-1,2"], "gamma"),
-    (["--gamma", "a"], "gamma"),
-    (["--gamma", "1", "--gamma-adv", "0"], "gamma-adv"),
-    (["--gamma", "1", "--num-draws", "0"], "num-draws"),
-    (["--gamma", "1", "--ascent-steps", "-1"], "ascent-steps"),
+    ([], "--gamma"),
+    (["--gamma", "0"], "--gamma"),
+    (["--gamma=-1,2"], "--gamma"),
+    (["--gamma", "a"], "--gamma"),
+    (["--gamma", "1", "--gamma-adv", "0"], "--gamma-adv"),
+    (["--gamma", "1", "--num-draws", "0"], "--num-draws"),
+    (["--gamma", "1", "--ascent-steps", "-1"], "--ascent-steps"),
 ])
-def test_cli_bad_input_is_one_line(workdir, tmp_path, capsys, extra, field):
-    assert _dist(workdir, tmp_path / "x.tsv", *extra) == 2
+def test_cli_bad_input_is_one_line(untrained_model, tmp_path, capsys, extra, field):
+    assert _dist(untrained_model, tmp_path / "x.tsv", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
     assert not (tmp_path / "x.tsv").exists()
 
 
-def test_gamma_without_distributional_mode_is_refused(workdir, tmp_path, capsys):
-    assert certify.main(["--config", QUICKSTART, "--checkpoint", workdir, "--out", str(tmp_path / "x.tsv"),
+def test_gamma_without_distributional_mode_is_refused(untrained_model, tmp_path, capsys):
+    assert certify.main(["--config", QUICKSTART, "--checkpoint", untrained_model, "--out", str(tmp_path / "x.tsv"),
                         "--gamma", "1"] + SMALL) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and re.match("error: gamma: ", err[0])
+    assert len(err) == 1 and re.match("error: --gamma: ", err[0])
 
 
 # ---- analyze ----
@@ -193,8 +195,10 @@ def test_gamma_without_distributional_mode_is_refused(workdir, tmp_path, capsys)
 SETTINGS = {"mode": "distributional", "gammas": [1.0, 2.0], "gamma_adv": [0.5], "sigma": 0.25}
 # (idx, kind, gamma, phi, cost, loss)
 ROWS = [
-    (0, "certificate", 1.0, 1.0, 3.0, 4.0), (0, "certificate", 2.0, 0.0, 1.0, 2.0), (0, "empirical", 0.5, 2.0, 6.0, 5.0),
-    (1, "certificate", 1.0, 3.0, 5.0, 8.0), (1, "certificate", 2.0, -2.0, 3.0, 4.0), (1, "empirical", 0.5, 4.0, 10.0, 9.0),
+    (0, "certificate", 1.0, 1.0, 3.0, 4.0), (0, "certificate", 2.0, 0.0, 1.0, 2.0),
+    (0, "empirical", 0.5, 2.0, 6.0, 5.0),
+    (1, "certificate", 1.0, 3.0, 5.0, 8.0), (1, "certificate", 2.0, -2.0, 3.0, 4.0),
+    (1, "empirical", 0.5, 4.0, 10.0, 9.0),
     (2, "certificate", 1.0, 9.0, 9.0, 9.0),  # an incomplete example (killed run): left out
 ]
 

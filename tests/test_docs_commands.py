@@ -45,6 +45,8 @@ from conftest import ROOT
 
 COMMAND = re.compile(r"python -m jaxsmooth\.([a-z_]\w*)")  # jaxsmooth.X, upper case: a placeholder
 SEPARATOR = re.compile(r"[();<>|&]+")  # a shell operator token: the command ends before it
+# A code span naming a program and what follows (`bench certify --noise`, `certify --sigma-from W`): a mention.
+SHORT = re.compile(r"(analyze|attack|bench|certify|convert|report|train) (-{1,2}[a-z]|[a-z]+\b)")
 
 
 def _markdown_files() -> list[str]:
@@ -132,7 +134,10 @@ def _block_commands(lines: list[str]) -> list[str]:
 def _commands(path: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(full commands, inline mentions) of a markdown file, each as (where, command text)."""
     with open(path) as f:
-        text = f.read()
+        return _commands_of_text(f.read(), path)
+
+
+def _commands_of_text(text: str, path: str = ROOT) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     full, inline, prose = [], [], []
     parts = re.split(r"^(```.*)$", text, flags=re.MULTILINE)
     in_block = False
@@ -144,11 +149,27 @@ def _commands(path: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
             full += [(os.path.relpath(path, ROOT), c) for c in _block_commands(part.splitlines())]
         else:
             prose.append(part)
-    for span in re.findall(r"`([^`]+)`", "\n".join(prose)):
+    comments = [line.split("#", 1)[1] for part, block in zip(parts, _in_block(parts)) if block
+                for line in part.splitlines() if "#" in line]
+    for span in re.findall(r"`([^`]+)`", "\n".join(prose + comments)):
         span = " ".join(span.split())
         if COMMAND.search(span):
             inline.append((os.path.relpath(path, ROOT), span[COMMAND.search(span).start():]))
+        elif SHORT.match(span):  # `bench certify --noise`: the program named without python -m jaxsmooth.
+            inline.append((os.path.relpath(path, ROOT), "python -m jaxsmooth." + span))
     return full, inline
+
+
+def _in_block(parts: list[str]) -> list[bool]:
+    """For each part of a markdown text split at its fences, whether it is a fenced code block's body."""
+    inside, out = False, []
+    for part in parts:
+        if part.startswith("```"):
+            inside = not inside
+            out.append(False)
+        else:
+            out.append(inside)
+    return out
 
 
 def _parser(name: str) -> argparse.ArgumentParser:
@@ -246,8 +267,13 @@ def test_the_reader_finds_commands_and_the_check_finds_drift():
     assert "--workdir" in check_command("python -m jaxsmooth.train --config configs/quickstart.py")
     assert "did you mean train.batch_size" in check_command(
         "python -m jaxsmooth.train --config c.py --workdir w --config.train.batchsize=8")
-    assert "nal.gamma" in check_command("python -m jaxsmooth.train --config c.py --workdir w --config.objective.gamma=1")
+    assert "nal.gamma" in check_command(
+        "python -m jaxsmooth.train --config c.py --workdir w --config.objective.gamma=1")
     assert _block_commands(["thin CLIs (python -m jaxsmooth.X)"]) == []  # a placeholder, not a command
     assert check_mention("python -m jaxsmooth.bench train --model") is None
     assert check_mention("python -m jaxsmooth.bench nal") is not None  # the reports moved to jaxsmooth.report
     assert check_mention("python -m jaxsmooth.report nal --suite digits") is None
+    # spans naming a program without `python -m jaxsmooth.`, in prose and in a code block's comments
+    page = "see `certify --nope`\n```bash\nD=w  # the models of `bench deterministic --suite digits`\n```\n"
+    _, mentions = _commands_of_text(page)
+    assert [check_mention(c) is not None for _, c in mentions] == [True, True], mentions

@@ -45,7 +45,7 @@ def assert_same(got, want):
             np.testing.assert_array_equal(g[key], w[key], err_msg=key)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: grain worker processes
 def test_same_batches_as_thread_pipeline_then_resume(digits, reference, workers):
     got = take(grain_train_batches(digits, global_batch_size=BATCH, seed=SEED, augment="imagenet",
                                    worker_count=workers, prefetch=2), STEPS)
@@ -59,7 +59,8 @@ def test_same_batches_as_thread_pipeline_then_resume(digits, reference, workers)
     assert it.next_step == STEPS
 
 
-@pytest.mark.parametrize("workers", [(0, 0), (2, 1)])  # worker processes of process 0 and 1
+# worker processes of process 0 and 1
+@pytest.mark.parametrize("workers", [(0, 0), pytest.param((2, 1), marks=pytest.mark.slow)])
 def test_process_shards_are_disjoint_and_complete(digits, reference, workers):
     steps = 4
     shards = [grain_train_batches(digits, global_batch_size=BATCH, seed=SEED, augment="imagenet",
@@ -83,6 +84,7 @@ def test_other_augmentations(digits, augment):
     assert_same(take(got, 3), [next(want) for _ in range(3)])
 
 
+@pytest.mark.slow
 def test_mock_imagenet_is_jpeg_and_batches_match_with_workers():
     tfds = pytest.importorskip("tensorflow_datasets")
     from PIL import Image

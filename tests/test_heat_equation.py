@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 from scipy import stats
 
 from jaxsmooth import objectives
@@ -53,6 +54,7 @@ def gaussian_convolution(f, x, sigma):
     return np.array([np.sum(f(xi - t) * weights) for xi in x])
 
 
+@pytest.mark.slow
 def test_heat_timesteps_approach_the_gaussian_convolution_of_a_step():
     batch = {"image": jnp.asarray(GRID).reshape(-1, 1, 1, 1), "index": jnp.arange(GRID.size, dtype=jnp.int32)}
     step_values = jnp.asarray((GRID > 0).astype(np.float32))[:, None]

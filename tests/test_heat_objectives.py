@@ -40,8 +40,8 @@ def _config(name, *, sigma=0.25, lam=5.0, timesteps=5, distance_name="", kappa=K
     c.heat = ml_collections.ConfigDict({"lam": lam, "kappa": kappa, "delta": delta, "timesteps": timesteps,
                                         "distance": distance_name or objectives.get("heat").defaults().distance,
                                         "epochs_per_timestep": 1})
-    c.bootcamp = ml_collections.ConfigDict({"kappa": kappa, "delta": delta, "num_epochs": 1,
-                                            "distance": distance_name or objectives.get("bootcamp").defaults().distance})
+    distance = distance_name or objectives.get("bootcamp").defaults().distance
+    c.bootcamp = ml_collections.ConfigDict({"kappa": kappa, "delta": delta, "num_epochs": 1, "distance": distance})
     return c
 
 
@@ -208,6 +208,7 @@ def test_a_missing_teacher_is_refused(name):
         objectives.build(_config(name), linear_apply)
 
 
+@pytest.mark.slow
 def test_heat_on_a_tiny_cnn_with_itself_as_teacher_is_the_weighted_penalty():
     from jaxsmooth import models
     model = models.split(models.create("cnn", num_classes=K, input_shape=(8, 8, 1), mean=(0.5,), std=(0.25,), width=2))

@@ -73,6 +73,7 @@ def trained(undisturbed):
     return undisturbed[0]
 
 
+@pytest.mark.slow
 def test_train_certify_and_attack_refuse_a_held_workdir_or_output(trained, tmp_path, capsys):
     out = tmp_path / "held.tsv"
     holders = [_hold("lock_workdir", tmp_path / "run"), _hold("lock_output", out)]
@@ -87,7 +88,8 @@ def test_train_certify_and_attack_refuse_a_held_workdir_or_output(trained, tmp_p
             _kill(h)
     assert runs == [2, 2, 2]
     lines = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(":")[:2] for line in lines] == [["error", " workdir"], ["error", " out"], ["error", " out"]]
+    expected = [["error", " --workdir"], ["error", " --out"], ["error", " --out"]]
+    assert [line.split(":")[:2] for line in lines] == expected
     assert f"pid {holders[0].pid}," in lines[0] and all(f"pid {holders[1].pid}," in line for line in lines[1:])
     assert not out.exists() and not (tmp_path / "run" / "config.json").exists()  # nothing written
 
@@ -205,6 +207,7 @@ def _signal_at(step):
     return callback
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_the_next_step_and_the_resumed_run_ends_bit_identical(undisturbed, tmp_path):
     config = quick_config("train.log_every_steps=1")
     workdir = str(tmp_path / "run")
@@ -222,6 +225,7 @@ def test_sigterm_mid_epoch_saves_the_next_step_and_the_resumed_run_ends_bit_iden
     chex.assert_trees_all_equal(jax.device_get(resumed.params), undisturbed[1])
 
 
+@pytest.mark.slow
 def test_a_cut_last_checkpoint_is_moved_aside_and_the_run_redoes_its_steps(undisturbed, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(undisturbed[0], workdir)
@@ -241,6 +245,7 @@ def _certify(workdir, out):
                         "--no-progress"] + SMALL)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_row_stops_certify_with_whole_rows_and_it_resumes_to_the_same_rows(trained, tmp_path,
                                                                                         monkeypatch, capsys):
     full, stopped = tmp_path / "full.tsv", tmp_path / "stopped.tsv"
@@ -267,6 +272,7 @@ def test_sigterm_mid_row_stops_certify_with_whole_rows_and_it_resumes_to_the_sam
     assert [r[0] for r in tsv_rows(stopped)[1]] == [r[0] for r in tsv_rows(full)[1]]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_attack_between_rows_with_one_line(trained, tmp_path, monkeypatch, capsys):
     """The attack CLI's rows pass through the same stop: the rows before the signal whole, the one in flight dropped."""
     from jaxsmooth.attacks import runner

@@ -116,6 +116,7 @@ def test_two_stage_search_is_exactly_the_tables_law():
     assert ours.tolist() == [m_of(int(a), int(b)) for a, b in zip(u, v)]
 
 
+@pytest.mark.slow
 def test_chi_square_of_ten_million_draws_accepts_sigma_and_rejects_two_percent_off():
     """The sampler's own noise function, 10^7 draws of m at sigma 0.25, against (1) at sigma and at sigma x 1.02^+-1."""
     sigma, examples, chunk, pixels = 0.25, 10, 1000, 1000
@@ -164,6 +165,7 @@ def test_second_stage_in_the_sampler_is_exact_and_chunk_invariant():
         np.testing.assert_array_equal(np.rint(got.astype(np.float64) * 255).astype(np.int64), expected)
 
 
+@pytest.mark.slow
 def test_counts_are_equal_across_devices_chunks_and_grouping(devices):
     rng = np.random.default_rng(1)
     w = rng.normal(size=D).astype(np.float32)
@@ -264,6 +266,7 @@ def rounding_apply(params, model_state, y, train=False):
     return jnp.stack([a, ~a], -1).astype(jnp.float32), model_state
 
 
+@pytest.mark.slow
 def test_continuous_noise_certifies_a_radius_that_a_lattice_point_violates_and_lattice_noise_does_not():
     params = {"inverse_sigma": np.float32(1 / ROUNDING_SIGMA), "root2": np.float32(np.sqrt(2))}
     x0 = np.zeros((1, *ROUNDING_SHAPE), np.float32)

@@ -125,6 +125,7 @@ def test_first_layer_normalises_by_mean_and_std(name):
     chex.assert_trees_all_close(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_state():
     f32 = _model("resnet20")
     bf16 = _model("resnet20", dtype="bfloat16")
@@ -165,6 +166,7 @@ def test_unknown_names_raise_naming_the_field(kwargs, field):
     assert "allowed" in info.value.message or field == "model.width"
 
 
+@pytest.mark.slow
 def test_apply_compiles_once_and_is_differentiable():
     m = _model("resnet20")
 
@@ -232,7 +234,8 @@ def test_materialize_is_the_exact_identity_with_identity_gradient():
 
 @pytest.mark.parametrize("size, k, stride, padding", [(4, 5, 1, 2), (2, 3, 1, 1), (3, 3, 2, 1), (5, 5, 1, 2)])
 def test_small_image_convolution_as_a_product_is_the_convolution(size, k, stride, padding):
-    """layers.conv2d computes convolutions on images of at most k*k pixels as one matrix product: same values, same gradients."""
+    """layers.conv2d computes convolutions on images of at most k*k pixels as one matrix product: same values, same
+    gradients."""
     x = jax.random.normal(jax.random.key(0), (3, size, size, 4))
     w = jax.random.normal(jax.random.key(1), (k, k, 4, 6))
 
@@ -250,7 +253,8 @@ def test_small_image_convolution_as_a_product_is_the_convolution(size, k, stride
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name, shape", [("resnet20", (32, 32, 3)), ("resnet50", (64, 64, 3)), ("vgg16", (32, 32, 3))])
+@pytest.mark.parametrize("name, shape", [("resnet20", (32, 32, 3)), ("vgg16", (32, 32, 3)),
+                                         pytest.param("resnet50", (64, 64, 3), marks=pytest.mark.slow)])
 def test_folded_batch_norm_is_the_same_function_in_eval_mode(name, shape):
     model = models.split(models.create(name, num_classes=10, input_shape=shape, mean=(0.5,) * 3, std=(0.25,) * 3,
                                        seed=0))

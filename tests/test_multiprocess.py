@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsmooth import analysis, certify, checkpoint, data, parallel, trainer
+from jaxsmooth import analysis, certify, checkpoint, data
 
 from conftest import ROOT
 from helpers import quick_config
@@ -87,10 +87,10 @@ def _assert_same_rows(got_path, want_path, *, close=("lbound_mc",), rel=1e-6):
 
 
 @pytest.mark.slow
-def test_two_processes_train_what_one_process_with_eight_devices_trains(two_process_run, tmp_path, devices):
+def test_two_processes_train_what_one_process_with_eight_devices_trains(two_process_run, quick_run):
     workdir, stdout = two_process_run
-    config = quick_config(*OVERRIDES)
-    one, summary = trainer.train_and_evaluate(config, str(tmp_path / "one"), mesh=parallel.make_mesh(devices))
+    _, one, summary = quick_run  # quick_config(*OVERRIDES) on one process's 8 devices
+    assert quick_config(*OVERRIDES) == quick_config()
     # The 2-process checkpoint restores in this 1-process run, and holds the same parameters.
     restored = checkpoint.Checkpointer(workdir).restore(int(one.step), one)
     chex.assert_trees_all_close(jax.device_get(restored.params), jax.device_get(one.params), atol=2e-5, rtol=2e-5)
@@ -237,18 +237,18 @@ def test_an_unreachable_coordinator_is_one_error_after_the_timeout(tmp_path, cap
     waited = time.monotonic() - t0
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith(f"error: coordinator: cannot reach {address} within 1 s")
+    assert err[0].startswith(f"error: --coordinator: cannot reach {address} within 1 s")
     assert waited >= 1  # it waited the timeout it states, not less
     assert not jax.distributed.is_initialized()
 
 
 @pytest.mark.parametrize("args, field", [
-    (["--coordinator", "127.0.0.1", "--num-processes", "2", "--process-id", "0"], "coordinator"),
-    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2"], "process-id"),
-    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], "process-id"),
-    (["--coordinator", "127.0.0.1:1234", "--num-processes", "0", "--process-id", "0"], "num-processes"),
+    (["--coordinator", "127.0.0.1", "--num-processes", "2", "--process-id", "0"], "--coordinator"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2"], "--process-id"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"], "--process-id"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "0", "--process-id", "0"], "--num-processes"),
     (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "1", "--coordinator-timeout", "0"],
-     "coordinator-timeout"),
+     "--coordinator-timeout"),
 ])
 def test_bad_process_arguments_name_the_flag(tmp_path, capsys, args, field):
     code = certify.main(["--config", QUICKSTART, "--checkpoint", str(tmp_path), "--out", str(tmp_path / "c.tsv")]

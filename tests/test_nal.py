@@ -95,6 +95,7 @@ def test_surrogate_matches_the_closed_form_in_expectation():
         assert abs(diff.mean()) > 3 * se  # the bias is real, not within the noise
 
 
+@pytest.mark.slow
 def test_parameter_gradient_flows_only_through_the_noisy_loss(problem):
     params, state, batch = problem
     c = _config(sigma=0.3, gamma=2.0, num_noise=3, ascent_steps=3)
@@ -147,6 +148,7 @@ def test_zero_steps_is_gaussian_training_with_r_draws(problem):
     np.testing.assert_allclose(float(value), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_strong_concavity_gives_one_maximiser_from_any_start(problem):
     # nal Cor. 1: l = softmax probability of the true class, bounded by M = 1; with gamma >= 2M / sigma^2
     # the objective is strongly concave, so ascents from x0 and from a far point meet.
@@ -187,6 +189,7 @@ def test_wrm_is_nal_without_noise(problem):
     assert float(a1["metrics"]["cost"]) > 0  # and it is adversarial: x_K moved away from x0
 
 
+@pytest.mark.slow
 def test_smoothadv_stays_in_its_ball_and_raises_the_smoothed_loss(problem):
     params, state, batch = problem
     eps, m = 0.5, 4

@@ -6,8 +6,6 @@ from jaxsmooth import report
 from jaxsmooth.analysis import attacks as attack_analysis
 from jaxsmooth.benchmarks import nal_report
 
-from conftest import ROOT
-
 
 def _accuracy_file(path, rows):
     settings = '{"mode": "accuracy", "attack": "pgd", "radii": [0.0, 1.0], "steps": 20, "test_noise_sigma": 0.25}'
@@ -32,13 +30,13 @@ def test_markdown_adds_the_training_time(tmp_path):
 def test_suite_configs_exist_for_every_run():
     for suite in ("digits", "mnist"):
         for name in nal_report.RUNS:
-            path, overrides = nal_report.run_config(ROOT, suite, name)
+            path, overrides = nal_report.run_config(suite, name)
             assert path.endswith(".py") and __import__("os").path.exists(path), path
     # wrm and smoothadv take the nal config's settings into their own blocks (configs/mnist_nal.py: gamma 0.25)
-    assert nal_report.run_config(ROOT, "mnist", "wrm")[1] == [
+    assert nal_report.run_config("mnist", "wrm")[1] == [
         "objective.name=wrm", "model.activation=elu", "wrm.gamma=0.25", "wrm.ascent_steps=4", "wrm.ascent_lr=0.0",
         "wrm.clip=False"]
-    assert nal_report.run_config(ROOT, "mnist", "smoothadv", ["nal.gamma=3", "nal.num_noise=2"])[1] == [
+    assert nal_report.run_config("mnist", "smoothadv", ["nal.gamma=3", "nal.num_noise=2"])[1] == [
         "objective.name=smoothadv", "smoothadv.num_noise=2", "smoothadv.pgd_steps=4", "smoothadv.clip=False"]
 
 

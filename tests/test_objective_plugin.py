@@ -77,6 +77,7 @@ def _tiny_npz(path, rng) -> str:
     return f"npz:{path}"
 
 
+@pytest.mark.slow
 def test_a_toy_objective_from_one_file_trains_one_step(toy, tmp_path):
     config = quick_config("objective.name=toy", "toy.scale=2.5", "optimizer.weight_decay=0",
                           f"data.name={_tiny_npz(tmp_path / 'tiny.npz', np.random.default_rng(0))}")

@@ -58,7 +58,8 @@ def test_gaussian_matches_hand_computed_with_documented_keys(problem):
     root, step = jax.random.key(123), 17
     step_key = noise.step_key(root, step)
     loss, _ = objectives.build(_config("gaussian", sigma), linear_apply)(params, {}, batch, step_key)
-    # The noise of example i is sigma * N(0, I) from fold_in(fold_in(root, step), index_i) (docs/design.md, "Randomness").
+    # The noise of example i is sigma * N(0, I) from fold_in(fold_in(root, step), index_i)
+    # (docs/design.md, "Randomness").
     eta = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(root, step), int(i)), (H, W, C)))
                     for i in batch["index"]])
     x = (np.asarray(batch["image"]) + sigma * eta).reshape(B, -1)

@@ -19,7 +19,7 @@ from jaxsmooth.certification import bounds, noises
 from jaxsmooth.errors import UserError
 from jaxsmooth.models import wrappers
 
-from helpers import sidecar_settings, train_small, tsv_rows
+from helpers import sidecar_settings, tsv_rows
 
 
 def _uniform_perturb(x, keys, lam):
@@ -59,11 +59,6 @@ AFFINE = wrappers.WrapperKind(name="affine", build=_build_affine, reference="a f
 def registered(monkeypatch):
     monkeypatch.setitem(noises.REGISTRY, UNIFORM.name, UNIFORM)
     monkeypatch.setitem(wrappers.REGISTRY, AFFINE.name, AFFINE)
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    return train_small(tmp_path_factory, "plugins")
 
 
 def _affine_workdir(path, a, b, **extra) -> str:
@@ -112,18 +107,19 @@ def test_a_registered_noise_kind_draws_its_noise_and_certifies_with_its_own_radi
     assert max(row["radius"] for row in grid) == 0.4  # p_A = 0.95 clears 1/2 + 0.4 / (2 lam) = 0.9
 
 
-def test_a_registered_wrapper_and_noise_kind_certify_through_the_cli_and_the_api(registered, classifier, tmp_path,
+@pytest.mark.slow
+def test_a_registered_wrapper_and_noise_kind_certify_through_the_cli_and_the_api(registered, small_model, tmp_path,
                                                                                  capsys):
     wrapper = _affine_workdir(tmp_path / "affine", 0.5, 0.25)
     out = tmp_path / "wrapped.tsv"
     fast = dict(n0=20, n=300, alpha=0.01, batch=100, skip=90, no_progress=True)
-    assert certify.write(checkpoint=classifier, wrapper=wrapper, noise="uniform", out=str(out), **fast) == 0
+    assert certify.write(checkpoint=small_model, wrapper=wrapper, noise="uniform", out=str(out), **fast) == 0
     settings = sidecar_settings(out, "certify")
     assert (settings["noise"], settings["wrapper"], settings["wrapper_kind"]) == ("uniform", wrapper, "affine")
     header, rows = tsv_rows(out)
     assert "lbound_mc" not in header and "lbound_model" not in header  # L-bounds are Gaussian theorems
     # the API's wrapped model gives the CLI's rows
-    model = jaxsmooth.load(classifier, wrapper=wrapper)
+    model = jaxsmooth.load(small_model, wrapper=wrapper)
     idx = np.array([int(r[0]) for r in rows])
     images, labels = data.load("digits").test.get(idx)
     api_rows = model.certify(images / 255, n0=20, n=300, alpha=0.01, batch=100, index=idx, labels=labels,
@@ -133,29 +129,30 @@ def test_a_registered_wrapper_and_noise_kind_certify_through_the_cli_and_the_api
             assert int(ours[column]) == int(theirs[header.index(column)])
         assert ours["radius"] == float(theirs[header.index("radius")]) == max(2 * 0.25 * (ours["pA_lower"] - 0.5), 0)
     # and the composition any JAX function would be: the classifier of a x + b
-    plain = loader.load_model(classifier)
+    plain = loader.load_model(small_model)
     composed = jaxsmooth.api.certify(lambda v, x: plain.apply(v, plain.model_state, 0.5 * x + 0.25, train=False)[0],
                                      plain.params, images / 255, sigma=0.25, n0=20, n=300, alpha=0.01, batch=100,
                                      index=idx, seed=model.config.seed, noise="uniform",
                                      compiler_options=settings["xla_options"])
     assert [r["count_A"] for r in composed] == [r["count_A"] for r in api_rows]
     # without the wrapper the counts differ: it is really applied
-    bare = jaxsmooth.load(classifier).certify(images / 255, n0=20, n=300, alpha=0.01, batch=100, index=idx,
+    bare = jaxsmooth.load(small_model).certify(images / 255, n0=20, n=300, alpha=0.01, batch=100, index=idx,
                                               seed=model.config.seed, noise="uniform", compiler_options=None)
     assert [r["count_A"] for r in bare] != [r["count_A"] for r in api_rows]
     # a resumed file refuses another wrapper, naming it; nothing is lost
     before = out.read_bytes()
     other = _affine_workdir(tmp_path / "other", 1.0, 0.0)
     with pytest.raises(UserError) as e:
-        certify.write(checkpoint=classifier, wrapper=other, noise="uniform", out=str(out), **fast)
+        certify.write(checkpoint=small_model, wrapper=other, noise="uniform", out=str(out), **fast)
     assert e.value.field == "out" and f"wrapper={wrapper!r}, not {other!r}" in e.value.message
     assert out.read_bytes() == before
 
 
-def test_a_wrapper_for_another_sigma_or_a_classifier_as_wrapper_is_refused(registered, classifier, tmp_path):
-    cls = loader.load_model(classifier)
+@pytest.mark.slow
+def test_a_wrapper_for_another_sigma_or_a_classifier_as_wrapper_is_refused(registered, small_model, tmp_path):
+    cls = loader.load_model(small_model)
     for workdir, needle in [(_affine_workdir(tmp_path / "s", 1, 0, sigma=0.5), "made for sigma 0.5"),
-                            (classifier, "holds a classifier, not a wrapper")]:
+                            (small_model, "holds a classifier, not a wrapper")]:
         with pytest.raises(UserError) as e:
             loader.wrap(cls, loader.load_model(workdir, field="wrapper"))
         assert e.value.field == "wrapper" and needle in e.value.message

@@ -2,6 +2,7 @@
 
 import datetime
 import math
+import os
 
 import jax
 import numpy as np
@@ -11,14 +12,9 @@ import jaxsmooth
 from jaxsmooth import analysis, analyze, certify, results
 from jaxsmooth.errors import UserError
 
-from helpers import train_small, tsv_rows
+from helpers import tsv_rows
 
 FAST = dict(skip=20, max=100, n0=20, n=300, alpha=0.01, batch=100, inputs=5, no_progress=True)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return train_small(tmp_path_factory, "results")
 
 
 @pytest.fixture
@@ -34,11 +30,12 @@ def _dicts(path):
     return header, [dict(zip(header, r)) for r in rows]
 
 
-def test_a_column_added_to_the_schema_is_written_by_both_certify_paths_and_read_back(workdir, tmp_path, capsys,
+@pytest.mark.slow
+def test_a_column_added_to_the_schema_is_written_by_both_certify_paths_and_read_back(small_model, tmp_path, capsys,
                                                                                    margin, monkeypatch):
     fixed, sequential = tmp_path / "fixed.tsv", tmp_path / "sequential.tsv"
-    assert certify.write(checkpoint=workdir, out=str(fixed), **FAST) == 0
-    assert certify.write(checkpoint=workdir, out=str(sequential), sequential=True, radii=[0.25, 0.5], **FAST) == 0
+    assert certify.write(checkpoint=small_model, out=str(fixed), **FAST) == 0
+    assert certify.write(checkpoint=small_model, out=str(sequential), sequential=True, radii=[0.25, 0.5], **FAST) == 0
     for path, last in ((fixed, "lbound_model"), (sequential, "n_used")):
         header, rows = _dicts(path)
         assert header[-2:] == [last, "margin"]  # the schema's order: the new column last
@@ -63,6 +60,7 @@ def _linear(params, x):
     return x.reshape(len(x), -1) @ params
 
 
+@pytest.mark.slow
 def test_the_api_rows_of_both_paths_have_the_added_column(margin):
     x = np.asarray(jax.random.uniform(jax.random.key(0), (4, 2, 2, 1)))
     params = np.asarray(jax.random.normal(jax.random.key(1), (4, 3)))
@@ -83,6 +81,12 @@ def _row(schema, i):
     return {**row, **{k: v for k, v in fixes.items() if k in row}}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 SETTINGS = {"mode": None, "attack": "pgd", "gammas": [1.0], "gamma_adv": [], "checkpoint": "runs/m1"}
 
 
@@ -99,6 +103,8 @@ def test_every_kind_round_trips_through_its_writer_and_the_one_reader(tmp_path, 
         writer.write(row)
     writer.close()
     assert results.kind_of(path) is schema
+    # the settings are as readable as the table: the sidecar gets the TSV's mode (not a temporary file's 0600)
+    assert os.stat(f"{path}.json").st_mode & 0o777 == os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
     table = results.read(path, [schema])
     assert table.schema is schema and table.settings == settings and table.ignored_line is None
     for column in schema.columns:

@@ -12,15 +12,10 @@ from jaxsmooth import analysis, analyze, bench, certification, certify, results
 from jaxsmooth.certification import records
 
 from conftest import ROOT
-from helpers import sidecar_settings, train_small, tsv_rows
+from helpers import sidecar_settings, tsv_rows
 
 FAST = ["--n0", "20", "--alpha", "0.01", "--batch", "100", "--inputs", "5", "--no-progress"]
 PAGES = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "docs", "sequential.md")]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return train_small(tmp_path_factory, "sequential")
 
 
 def _certify(workdir, out, *extra):
@@ -37,30 +32,32 @@ def _rows(path, exact=True):
     return {int(r[0]): {k: float(v) for k, v in zip(header, r) if k not in left_out} for r in rows}
 
 
-def test_a_killed_run_resumes_and_an_unreachable_radius_is_said_once(workdir, tmp_path, capsys):
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_an_unreachable_radius_is_said_once(small_model, tmp_path, capsys):
     full, cut = tmp_path / "full.tsv", tmp_path / "cut.tsv"
     args = ["--skip", "20", "--max", "200", "--n", "3000", "--sequential", "--radii", "0.1,0.25,3"]
-    assert _certify(workdir, full, *args) == 0
+    assert _certify(small_model, full, *args) == 0
     err = capsys.readouterr().err
     assert err.count("out of reach") == 1 and "note: radius 3 out of reach at sigma 0.25, alpha 0.01" in err
     assert all(row["radius"] <= 0.25 for row in _rows(full).values())  # 3 is never certified
     lines = full.read_text().splitlines(keepends=True)
     cut.write_text("".join(lines[:-3]) + lines[-3][:7])  # two rows lost, the one before cut mid-line
     (tmp_path / "cut.tsv.json").write_text((tmp_path / "full.tsv.json").read_text())
-    assert _certify(workdir, cut, *args) == 0
+    assert _certify(small_model, cut, *args) == 0
     assert "3 this run" in capsys.readouterr().out
     assert _rows(cut, exact=False) == _rows(full, exact=False)
     for i, row in _rows(cut).items():
         assert row["lbound_mc"] == pytest.approx(_rows(full)[i]["lbound_mc"], rel=1e-5)
 
 
-def test_a_file_of_another_schedule_is_refused_and_one_from_before_futility_was_recorded_resumes(workdir, tmp_path,
+@pytest.mark.slow
+def test_a_file_of_another_schedule_is_refused_and_one_from_before_futility_was_recorded_resumes(small_model, tmp_path,
                                                                                                  capsys):
     """The looks, their levels and the futility level are part of a sequential file's identity."""
     grid, radius = tmp_path / "grid.tsv", tmp_path / "max.tsv"
     common = ["--skip", "20", "--max", "40", "--n", "3000", "--sequential"]
-    assert _certify(workdir, grid, *common, "--radii", "0.25") == 0
-    assert _certify(workdir, radius, *common) == 0
+    assert _certify(small_model, grid, *common, "--radii", "0.25") == 0
+    assert _certify(small_model, radius, *common) == 0
     capsys.readouterr()
     for path, edit in ((grid, lambda s: s.pop("futility")),  # a grid file of the earlier schedule: futility 0.01
                        (radius, lambda s: s.pop("futility"))):  # a max-radius file of then: the same 0.01
@@ -68,29 +65,29 @@ def test_a_file_of_another_schedule_is_refused_and_one_from_before_futility_was_
         edit(side["settings"])
         (tmp_path / (path.name + ".json")).write_text(json.dumps(side))
     before = grid.read_text()
-    assert _certify(workdir, grid, *common, "--radii", "0.25") == 2
+    assert _certify(small_model, grid, *common, "--radii", "0.25") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: out: {grid} was written with futility=0.01, not 0.05; choose another --out to change it"]
+    assert err == [f"error: --out: {grid} was written with futility=0.01, not 0.05; choose another --out to change it"]
     assert grid.read_text() == before
-    assert _certify(workdir, radius, *common) == 0  # max-radius: futility 0.01 then and now
+    assert _certify(small_model, radius, *common) == 0  # max-radius: futility 0.01 then and now
     assert "0 this run" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, field", [
-    (["--sequential", "--radii", "0.25,-1"], "radii"),
-    (["--sequential", "--radii", "0.25,abc"], "radii"),
-    (["--sequential", "--tolerance", "0"], "tolerance"),
-    (["--sequential", "--tolerance", "1"], "tolerance"),
-    (["--sequential", "--tolerance", "1.5"], "tolerance"),
-    (["--radii", "0.25"], "radii"),
-    (["--tolerance", "0.1"], "tolerance"),
-    (["--sequential", "--radii", "0.25", "--tolerance", "0.1"], "tolerance"),
-    (["--sequential", "--topk", "2"], "topk"),
-    (["--sequential", "--mode", "predict"], "sequential"),
+    (["--sequential", "--radii", "0.25,-1"], "--radii"),
+    (["--sequential", "--radii", "0.25,abc"], "--radii"),
+    (["--sequential", "--tolerance", "0"], "--tolerance"),
+    (["--sequential", "--tolerance", "1"], "--tolerance"),
+    (["--sequential", "--tolerance", "1.5"], "--tolerance"),
+    (["--radii", "0.25"], "--radii"),
+    (["--tolerance", "0.1"], "--tolerance"),
+    (["--sequential", "--radii", "0.25", "--tolerance", "0.1"], "--tolerance"),
+    (["--sequential", "--topk", "2"], "--topk"),
+    (["--sequential", "--mode", "predict"], "--sequential"),
 ])
-def test_bad_sequential_input_is_one_line_and_writes_nothing(workdir, tmp_path, capsys, extra, field):
+def test_bad_sequential_input_is_one_line_and_writes_nothing(untrained_model, tmp_path, capsys, extra, field):
     out = tmp_path / "x.tsv"
-    assert _certify(workdir, out, "--max", "20", *extra) == 2
+    assert _certify(untrained_model, out, "--max", "20", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
     assert not out.exists() and not (tmp_path / "x.tsv.json").exists()
@@ -104,8 +101,9 @@ def _docs_commands(page):
     return [(program, shlex.split(args)) for program, args in lines]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=os.path.basename)
-def test_docs_quick_start_on_a_few_digits(workdir, tmp_path, capsys, page):
+def test_docs_quick_start_on_a_few_digits(small_model, tmp_path, capsys, page):
     """The sequential example's certify and analyze lines (README, docs/sequential.md) on the first 100 test digits:
     the sequential rows are drawn from the fixed run's stream, its class is the fixed run's, and it spends fewer
     samples."""
@@ -117,7 +115,7 @@ def test_docs_quick_start_on_a_few_digits(workdir, tmp_path, capsys, page):
     os.makedirs(folder)
     for _, args in quick[:2]:
         args = swap(args) + ["--max", "100", "--no-progress"]
-        args[args.index("--checkpoint") + 1] = workdir  # the quick-start model, trained small
+        args[args.index("--checkpoint") + 1] = small_model  # the quick-start model, trained small
         assert certify.main(args) == 0
     settings = sidecar_settings(str(folder / "sequential.tsv"), "certify")
     assert settings["sequential"] == "grid" and settings["radii"] == [0.25, 0.5] and settings["n"] == 100_000
@@ -209,6 +207,7 @@ def test_analyze_common_compares_runs_on_the_images_they_share(tmp_path, capsys)
     (["--fixed", "10,200000"], "--fixed"),
     (["--radii-sigma", "1,x"], "--radii-sigma"),
     (["--retime", "grid,fast"], "--retime"),
+    (["--timing-images", "2"], "--timing-images"),  # fewer images than the 10 slots: the fixed run would idle
 ])
 def test_bench_sequential_bad_input_is_one_line(tmp_path, capsys, extra, field):
     args = ["sequential", "--checkpoints", str(tmp_path / "run"), "--sigmas", "0.25", "--workdir", str(tmp_path / "b")]
@@ -217,16 +216,18 @@ def test_bench_sequential_bad_input_is_one_line(tmp_path, capsys, extra, field):
     assert len(err) == 1 and err[0].startswith(f"error: {field}: "), err
     assert not (tmp_path / "b").exists()
     assert bench.main(["scaling", "--config.seed=1"]) == 2  # overrides: bench sequential's (and the reports') only
-    assert capsys.readouterr().err.startswith("error: config: --config.FIELD=VALUE overrides apply to bench sequential")
+    assert capsys.readouterr().err.startswith(
+        "error: --config: --config.FIELD=VALUE overrides apply to bench sequential")
 
 
-def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(workdir, tmp_path, capsys):
+@pytest.mark.slow
+def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(small_model, tmp_path, capsys):
     """On a few digits: the grid rows replayed from the recorded streams equal the real run's, the fixed-n rows at the
     budget are certify's, and each TSV's settings hold the looks and futility level of its own mode."""
     out = tmp_path / "b"
-    args = ["sequential", "--checkpoints", workdir, "--sigmas", "0.25", "--workdir", str(out), "--skip", "60",
+    args = ["sequential", "--checkpoints", small_model, "--sigmas", "0.25", "--workdir", str(out), "--skip", "60",
             "--max", "360", "--n0", "20", "--n", "3000", "--alpha", "0.01", "--fixed", "1000", "--tolerances", "0.1",
-            "--timing-images", "1", "--timing-tolerances", "0.1", "--batch", "100", "--inputs", "5"]
+            "--timing-images", "5", "--timing-tolerances", "0.1", "--batch", "100", "--inputs", "5"]
     assert bench.main(args) == 0
     report = capsys.readouterr().out
     assert "grid rows replayed from the streams equal the real run's: 6/6" in report
@@ -249,11 +250,12 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(wo
     assert after.keys() == before.keys() == {"fixed n=3,000", "max-radius 0.1", "grid"}
     assert {k: after[k] for k in ("fixed n=3,000", "max-radius 0.1")} == \
            {k: before[k] for k in ("fixed n=3,000", "max-radius 0.1")}
-    timed = _rows(out / "sigma0.25_grid.tsv", exact=False)[0]["n_used"]  # the timing image: the first one, idx 0
+    grid = _rows(out / "sigma0.25_grid.tsv", exact=False)  # the timing images: the first five, one per slot
+    timed = sum(grid[i]["n_used"] for i in (0, 60, 120, 180, 240))
     assert after["grid"]["samples"] == before["grid"]["samples"] == timed
-    assert certify.main(["--checkpoint", workdir, "--out", str(tmp_path / "fixed.tsv"), "--skip", "60", "--max", "360",
-                        "--n0", "20", "--n", "3000", "--alpha", "0.01", "--batch", "100", "--inputs", "5",
-                        "--noise", "gaussian", "--no-progress"]) == 0
+    assert certify.main(["--checkpoint", small_model, "--out", str(tmp_path / "fixed.tsv"), "--skip", "60",
+                        "--max", "360", "--n0", "20", "--n", "3000", "--alpha", "0.01", "--batch", "100",
+                        "--inputs", "5", "--noise", "gaussian", "--no-progress"]) == 0
     fixed = _rows(tmp_path / "fixed.tsv")
     replayed = _rows(out / "sigma0.25_fixed_3000.tsv", exact=False)
     assert replayed.keys() == fixed.keys() and len(fixed) == 6

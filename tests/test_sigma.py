@@ -53,7 +53,8 @@ def _points(rng, w, b, sigma, margins):
 
 
 def _exact_area(x, w, b, sigma):
-    """sum log sigma + D log(|w.x + b| / ||sigma w||): the largest ellipsoid {||delta / sigma|| < R} within g's class."""
+    """sum log sigma + D log(|w.x + b| / ||sigma w||): the largest ellipsoid {||delta / sigma|| < R} within g's
+    class."""
     margin = np.abs(x.reshape(len(x), -1).astype(np.float64) @ w + b) / np.linalg.norm(sigma.ravel() * w)
     return np.sum(np.log(sigma)) + D * np.log(margin)
 
@@ -184,7 +185,8 @@ def test_test_split_area_evaluation_is_the_objective_on_its_draws():
     log_sigma = jnp.asarray(np.log(rng.uniform(0.05, 0.3, size=SHAPE)), jnp.float32)
     key = jax.random.key(4)
     got = jax.jit(sigma_objective.make_area_eval(linear_apply, n))(params, {}, x, labels, index, key, log_sigma, mask)
-    z = jax.vmap(lambda k: jax.random.normal(k, (n, *SHAPE)))(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index))
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+    z = jax.vmap(lambda k: jax.random.normal(k, (n, *SHAPE)))(keys)
     logits, _ = linear_apply(params, {}, (x[:, None] + jnp.exp(log_sigma) * z).reshape((b * n, *SHAPE)))
     o_ca, counted, _, correct = sigma_objective.certified_area_objective(log_sigma, logits.reshape((b, n, 2)), labels)
     counted = np.asarray(counted & mask)
@@ -211,6 +213,7 @@ def test_reparameterised_gradient_matches_finite_differences():
         assert float(jnp.vdot(grad, direction)) == pytest.approx(fd, rel=2e-2, abs=1e-2)
 
 
+@pytest.mark.slow
 def test_loss_and_gradient_are_finite_for_every_p_hat():
     """p_hat near 0, at and around the 1/2 + margin cut, and at 1 (saturated float32 softmax): finite values."""
     log_sigma = jnp.full(SHAPE, math.log(0.3))
@@ -407,7 +410,7 @@ def test_trainer_learns_sigma_of_a_frozen_model_and_certify_uses_it(tmp_path, ca
     assert sidecar_settings(out, "certify")["sigma_from"] == run_dir
     assert certify.main(["--config", sigma_cfg, "--sigma-from", run_dir, "--out", str(tmp_path / "y.tsv")]
                        + small_sigma + fast + ["--sigma", "0.5"]) == 2
-    assert capsys.readouterr().err.startswith("error: sigma-from: ")
+    assert capsys.readouterr().err.startswith("error: --sigma-from: ")
     # the sigma run's workdir alone certifies its frozen classifier with the sigma it learned: the same rows
     same = tmp_path / "same.tsv"
     assert certify.main(["--checkpoint", run_dir, "--out", str(same)] + fast) == 0

@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 
-from jaxsmooth import report
+from jaxsmooth import config as config_lib, report
 from jaxsmooth.results import CERTIFY, Table
 from jaxsmooth.analysis import sigma as sigma_analysis
 from jaxsmooth.benchmarks import sigma_report
 from jaxsmooth.errors import UserError
 
-from conftest import ROOT
+from conftest import ROOT, one_device_env
 
 
 def test_gray_sigma_image_is_the_linear_rescaling():
@@ -108,10 +108,10 @@ def test_rows_and_markdown_on_hand_built_runs():
 
 def test_suite_configs():
     for suite in sigma_report.SUITES:
-        path, own = sigma_report.base_config(ROOT, suite)
-        assert os.path.exists(path) and os.path.exists(sigma_report.sigma_config(ROOT, suite)), suite
-    assert sigma_report.base_config(ROOT, "fashion_mnist") == (os.path.join(ROOT, "configs", "mnist_gaussian.py"),
-                                                               ["data.name=fashion_mnist"])
+        path, own = sigma_report.base_config(suite)
+        assert os.path.exists(path) and os.path.exists(sigma_report.sigma_config(suite)), suite
+    assert sigma_report.base_config("fashion_mnist") == (config_lib.packaged("mnist_gaussian"),
+                                                         ["data.name=fashion_mnist"])
     assert sigma_report.parse_sweep("0.1,0.25") == [0.1, 0.25] and sigma_report.parse_sweep("") == []
 
 
@@ -128,17 +128,19 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, field):
 
 
 @pytest.mark.slow
-def test_learned_sigma_certifies_a_larger_area_than_its_isotropic_mean_on_digits(tmp_path):
+def test_learned_sigma_certifies_a_larger_area_than_its_isotropic_mean_on_digits(quickstart_model, tmp_path):
     """non_uniform Fig. 1 on digits: the CLI in a one-device subprocess (the 8 fake devices here are slower)."""
+    import shutil
     import subprocess
     import sys
 
     from jaxsmooth import analysis
 
     workdir = str(tmp_path / "sigma")
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    shutil.copytree(quickstart_model[0], os.path.join(workdir, "gaussian"))  # its base run: resumed, not trained
     subprocess.run([sys.executable, "-m", "jaxsmooth.report", "sigma", "--suite", "digits", "--workdir", workdir,
-                    "--skip", "6", "--n", "2000"], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+                    "--skip", "6", "--n", "2000"], check=True, env=one_device_env(), cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
     learned, isotropic = (analysis.read_run(os.path.join(workdir, f"{name}_certify.tsv"))
                           for name in ("sigma", "isotropic"))
     accuracy = lambda run: float(np.mean(run.columns["correct"] == 1))

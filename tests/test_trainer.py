@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -14,10 +15,10 @@ from jaxsmooth.errors import UserError
 from helpers import quick_config
 
 
-def test_eight_devices_train_the_same_parameters_as_one(tmp_path, devices):
-    config = quick_config()
-    one, _ = trainer.train_and_evaluate(config, str(tmp_path / "one"), mesh=parallel.make_mesh(devices[:1]))
-    eight, _ = trainer.train_and_evaluate(config, str(tmp_path / "eight"), mesh=parallel.make_mesh(devices))
+@pytest.mark.slow
+def test_eight_devices_train_the_same_parameters_as_one(quick_run, tmp_path, devices):
+    _, eight, _ = quick_run  # trained on parallel.make_mesh(devices), the default mesh
+    one, _ = trainer.train_and_evaluate(quick_config(), str(tmp_path / "one"), mesh=parallel.make_mesh(devices[:1]))
     assert int(one.step) == int(eight.step) == 1437 // 64
     chex.assert_trees_all_close(jax.device_get(one.params), jax.device_get(eight.params), atol=2e-5, rtol=2e-5)
 
@@ -26,9 +27,10 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_after_a_crash_ends_with_the_same_parameters(tmp_path):
+@pytest.mark.slow
+def test_resume_after_a_crash_ends_with_the_same_parameters(quick_run, tmp_path):
     config = quick_config()
-    full, _ = trainer.train_and_evaluate(config, str(tmp_path / "full"))
+    _, full, _ = quick_run
 
     def crash_at_13(event):
         if event["event"] == "train" and event["step"] >= 13:
@@ -47,9 +49,10 @@ def test_resume_after_a_crash_ends_with_the_same_parameters(tmp_path):
     assert steps == sorted(set(steps)), "a resumed run logs each step once"
 
 
-def test_grain_workers_feed_the_same_batches_and_a_run_resumes_with_threads(tmp_path):
+@pytest.mark.slow
+def test_grain_workers_feed_the_same_batches_and_a_run_resumes_with_threads(quick_run, tmp_path):
     """data.workers = 2 (grain worker processes) trains what the thread pipeline trains, and may change on resume."""
-    full, _ = trainer.train_and_evaluate(quick_config(), str(tmp_path / "threads"))
+    _, full, _ = quick_run  # the thread pipeline's run
 
     def crash_at_13(event):
         if event["event"] == "train" and event["step"] >= 13:
@@ -62,9 +65,9 @@ def test_grain_workers_feed_the_same_batches_and_a_run_resumes_with_threads(tmp_
     chex.assert_trees_all_close(jax.device_get(resumed.params), jax.device_get(full.params), atol=0, rtol=0)
 
 
-def test_workdir_holds_config_metrics_model_and_checkpoint(tmp_path):
-    workdir = str(tmp_path / "run")
-    _, summary = trainer.train_and_evaluate(quick_config(), workdir)
+@pytest.mark.slow
+def test_workdir_holds_config_metrics_model_and_checkpoint(quick_run):
+    workdir, _, summary = quick_run
     assert set(os.listdir(workdir)) >= {"config.json", "model.json", "metrics.jsonl", "checkpoints"}
     assert checkpoint.Checkpointer(workdir).latest_step() == 1437 // 64
     meta = json.load(open(os.path.join(workdir, "model.json")))
@@ -74,9 +77,10 @@ def test_workdir_holds_config_metrics_model_and_checkpoint(tmp_path):
     assert 0.0 <= summary["test_noisy_accuracy"] <= 1.0
 
 
-def test_changed_config_on_an_existing_workdir_is_refused(tmp_path):
+@pytest.mark.slow
+def test_changed_config_on_an_existing_workdir_is_refused(quick_run, tmp_path):
     workdir = str(tmp_path / "run")
-    trainer.train_and_evaluate(quick_config(), workdir)
+    shutil.copytree(quick_run[0], workdir)
     with pytest.raises(UserError) as info:
         trainer.train_and_evaluate(quick_config("objective.sigma=0.5"), workdir)
     assert info.value.field == "objective.sigma"
@@ -89,10 +93,11 @@ def test_non_finite_loss_names_the_step(tmp_path):
     assert "at step " in info.value.message
 
 
-def test_unreadable_checkpoint(tmp_path):
+@pytest.mark.slow
+def test_unreadable_checkpoint(quick_run, tmp_path):
     """No checkpoint reads: one error, and nothing is moved aside (an older readable one would be resumed from)."""
     workdir = str(tmp_path / "run")
-    trainer.train_and_evaluate(quick_config(), workdir)
+    shutil.copytree(quick_run[0], workdir)
     for folder, _, files in os.walk(os.path.join(workdir, "checkpoints")):
         for name in files:
             with open(os.path.join(folder, name), "wb") as f:

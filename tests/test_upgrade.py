@@ -95,6 +95,7 @@ def test_an_old_field_on_the_command_line_is_one_line(tmp_path, capsys):
     assert "nal.gamma" in line and not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_a_quickstart_run_of_the_earlier_version_resumes(tmp_path):
     """tests/data/legacy_quickstart_run: the earlier version's quick start (helpers.quick_config), killed after
     logging step 15, its latest checkpoint step 10. Today's trainer resumes it from step 10 to the end, trains

@@ -16,16 +16,10 @@ import pytest
 from jaxsmooth import certify, compilation
 
 from conftest import ROOT
-from helpers import sidecar_settings, spy_compile_fastest, tsv_rows, untrained_workdir
+from helpers import sidecar_settings, spy_compile_fastest, tsv_rows
 
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
 SMALL = ["--config.model.width=4", "--config.train.batch_size=64", "--config.train.eval_batch_size=120"]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """An untrained quick-start model saved as a workdir (certify reads the model only)."""
-    return untrained_workdir(str(tmp_path_factory.mktemp("untrained") / "run"))
 
 
 def _set_options_and_keep(path, options, rows: int):
@@ -41,11 +35,12 @@ def _set_options_and_keep(path, options, rows: int):
         f.writelines(lines[:1 + rows])
 
 
-def test_certify_records_the_chosen_options_and_resumes_with_them(workdir, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_certify_records_the_chosen_options_and_resumes_with_them(untrained_model, tmp_path, monkeypatch):
     calls = spy_compile_fastest(monkeypatch)
     out = str(tmp_path / "cert.tsv")
-    argv = ["--config", QUICKSTART, "--checkpoint", workdir, "--out", out, "--n0", "20", "--n", "400", "--max", "4",
-            "--batch", "200", "--no-progress"] + SMALL
+    argv = ["--config", QUICKSTART, "--checkpoint", untrained_model, "--out", out, "--n0", "20", "--n", "400",
+            "--max", "4", "--batch", "200", "--no-progress"] + SMALL
     assert certify.main(argv) == 0
     assert calls == [None]  # a new file: "auto" times the candidates
     chosen = sidecar_settings(out, "certify")["xla_options"]

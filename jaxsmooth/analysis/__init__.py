@@ -63,6 +63,7 @@ from jaxsmooth.analysis.distributional import (GammaSummary, certificate, certif
 from jaxsmooth.analysis import plotting
 from jaxsmooth.analysis.tsv import (DEFAULT_STEP, MAX_RADII, MODES, REQUIRED, common_images, merge_shards, read_run,
                                     read_runs, shard_path, write_merged)
+from jaxsmooth import values
 from jaxsmooth.errors import UserError
 from jaxsmooth.results import Table, model_label
 
@@ -165,17 +166,10 @@ def radius_grid(runs: Sequence[Table], radii: Sequence[float] | None = None, max
     """
     if radii is not None:
         if max_radius is not None or step is not None:
-            raise UserError("--radii", "give either --radii or --max-radius/--step, not both")
-        radii = np.asarray(radii, np.float64)
-        if radii.size == 0:
-            raise UserError("--radii", "is empty; give radii like 0,0.25,0.5")
-        bad = radii[~np.isfinite(radii) | (radii < 0)]
-        if bad.size:
-            raise UserError("--radii", f"{bad[0]:g} is not a radius; radii are finite and >= 0")
-        if np.any(np.diff(radii) <= 0):
-            raise UserError("--radii", f"must increase strictly: {','.join(f'{r:g}' for r in radii)}")
+            raise UserError("radii", "give either radii (--radii) or --max-radius/--step, not both")
+        radii = np.asarray(values.radii(radii), np.float64)
         if radii.size > MAX_RADII:
-            raise UserError("--radii", f"{radii.size} radii; at most {MAX_RADII} table columns")
+            raise UserError("radii", f"{radii.size} radii; at most {MAX_RADII} table columns")
         return radii
     step = DEFAULT_STEP if step is None else step
     if not (math.isfinite(step) and step > 0):
@@ -294,7 +288,7 @@ def certified_accuracy_figure(runs: Sequence[Table], max_radius: float | None = 
     `max_radius` (the x range) defaults to `radius_grid`'s. Anisotropic runs
     plot their inscribed ell_2 radius.
     """
-    from matplotlib.figure import Figure
+    Figure = plotting.figure_class()
 
     for run in runs:
         if run.mode != "certify":
@@ -318,7 +312,7 @@ def area_figure(runs: Sequence[Table], areas=None, figsize=(6.4, 4.8), dpi: int 
 
     Runs without an ``area_objective`` column are left out; none at all is an error.
     """
-    from matplotlib.figure import Figure
+    Figure = plotting.figure_class()
 
     aniso = [r for r in runs if r.mode == "certify" and is_anisotropic(r)]
     if not aniso:
@@ -329,7 +323,8 @@ def area_figure(runs: Sequence[Table], areas=None, figsize=(6.4, 4.8), dpi: int 
     ax = fig.subplots()
     for run in aniso:
         ax.plot(areas, area_accuracy(run, areas), drawstyle="steps-post", label=run.label)
-    return plotting.finish(fig, ax, xlabel=r"certified area $\sum_i \log\sigma_i + D\,\log\Phi^{-1}(\underline{p_A})$",
+    area = r"$\sum_i \log\sigma_i + D\,\log\Phi^{-1}(p_{A,\mathrm{lower}})$"
+    return plotting.finish(fig, ax, xlabel=f"certified area {area}",
                            ylabel="certified accuracy", title=title, xlim=(float(areas[0]), float(areas[-1])))
 
 

@@ -172,7 +172,7 @@ def attack_curve_figure(runs: Sequence[Table], max_distance: float | None = None
     (plus ``", smoothed"``). `max_distance` (the x range) defaults to the
     largest finite distance of all runs (1 when there is none).
     """
-    from matplotlib.figure import Figure
+    Figure = plotting.figure_class()
 
     if not runs:
         raise UserError("--curve", "no attack files to plot")
@@ -254,7 +254,7 @@ def accuracy_figure(runs: Sequence[Table], figsize=(6.4, 4.8), dpi: int = 150, t
     markers at the run's radii; the solid/dotted convention is the caption's
     of nal Fig. 1.
     """
-    from matplotlib.figure import Figure
+    Figure = plotting.figure_class()
 
     if not runs:
         raise UserError("accuracy", "no accuracy files to plot")

@@ -186,7 +186,7 @@ def distributional_figure(runs: Sequence[Table], num_points: int = 201, figsize=
                           dpi: int = 150, title: str | None = None):
     """nal Fig. 2(a): the certificate curve min_gamma gamma rho + E[phi_gamma] (line) and the empirical
     worst-case points (rho_test, E[loss]) per gamma_adv (markers), one color per file. A matplotlib Figure."""
-    from matplotlib.figure import Figure
+    Figure = plotting.figure_class()
 
     fig = Figure(figsize=figsize, dpi=dpi)
     ax = fig.subplots()

@@ -1,6 +1,15 @@
-"""What every analysis figure does last: limits, labels, grid, legend, title, layout."""
+"""What every analysis figure does first (matplotlib, an optional dependency) and last: limits, labels, grid,
+legend, title, layout."""
 
 from __future__ import annotations
+
+from jaxsmooth import extras
+
+
+def figure_class() -> type:
+    """matplotlib's ``Figure``, the class of every plot (Agg, no pyplot); without matplotlib, a `UserError`."""
+    return extras.require("matplotlib.figure", field="plot", purpose="drawing a plot").Figure
+
 
 
 def finish(fig, ax, *, xlabel: str, ylabel: str, title: str | None = None, xlim=None, ylim=(0.0, 1.0),

@@ -88,7 +88,7 @@ def samples_figure(runs: Sequence[Table], figsize=(6.4, 4.8), dpi: int = 150, ti
     Inputs near a threshold of the test take the most samples; the budget
     (n0 + n) is drawn as a dashed line.
     """
-    from matplotlib.figure import Figure
+    Figure = plotting.figure_class()
 
     seq = [r for r in runs if is_sequential(r)]
     if not seq:
@@ -104,6 +104,6 @@ def samples_figure(runs: Sequence[Table], figsize=(6.4, 4.8), dpi: int = 150, ti
         if top is not None:
             ax.axhline(top, color=points.get_color(), linestyle="--", linewidth=0.8)
     ax.set_yscale("log")
-    return plotting.finish(fig, ax, xlabel=r"$\underline{p_A}$ (the confidence sequence at the stop)",
+    return plotting.finish(fig, ax, xlabel=r"$p_{A,\mathrm{lower}}$ (the confidence sequence at the stop)",
                            ylabel="samples used (n_used, selection included)", title=title, xlim=(0.0, 1.0),
                            ylim=None, legend="lower left")

@@ -44,7 +44,7 @@ def sigma_image_figure(sigma, figsize=(4.8, 4.0), dpi: int = 150, title: str | N
     C = 1 as an [H, W] viridis image on [0, 1] with a colourbar labelled in
     sigma's own units; C = 3 as one [H, W, 3] RGB image.
     """
-    from matplotlib.figure import Figure
+    Figure = plotting.figure_class()
 
     image = sigma_image(sigma)
     sigma = np.asarray(sigma, np.float64)
@@ -129,6 +129,7 @@ def sweep_figure(accuracy, area, labels, kept, figsize=(6.4, 4.8), dpi: int = 15
     Args:
       accuracy, area: [P]; labels: [P] the run of each point (one colour per run); kept: indices kept.
     """
+    plotting.figure_class()  # matplotlib is there, or one error line
     import matplotlib
 
     matplotlib.use("Agg")

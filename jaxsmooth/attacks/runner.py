@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsmooth import noise
+from jaxsmooth import noise, values
 from jaxsmooth.attacks.common import LOSSES, eval_logits, make_loss
 from jaxsmooth.attacks.ddn import ddn
 from jaxsmooth.attacks.pgd import pgd, pgd_min_distance
@@ -169,22 +169,6 @@ def attack_rows(attack: Callable, params, model_state, split, indices: np.ndarra
                    "seconds": seconds}
 
 
-def check_radii(radii) -> tuple[float, ...]:
-    """`radii` as a tuple of floats; raises `UserError` ("radii") unless a non-empty list of finite numbers >= 0."""
-    try:
-        values = tuple(float(r) for r in radii)
-    except (TypeError, ValueError):
-        raise UserError("radii", f"must be numbers >= 0, got {radii!r}") from None
-    if not values:
-        raise UserError("radii", "must list at least one radius >= 0")
-    for r in values:
-        if not (np.isfinite(r) and r >= 0):
-            raise UserError("radii", f"each radius must be a finite number >= 0, got {r!r}")
-    if len(set(values)) != len(values):
-        raise UserError("radii", f"lists a radius twice: {', '.join(map(repr, values))}")
-    return values
-
-
 def check_accuracy_settings(steps, test_noise_sigma) -> None:
     """Raises `UserError` ("steps", "test-noise-sigma") unless steps >= 1 is an int and sigma a finite number > 0."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -238,7 +222,7 @@ def accuracy_under_pgd(apply: Callable, params, model_state, images, labels, rad
     Returns:
       (correct, correct_noisy), each [R, B] bool numpy arrays, row r for radii[r].
     """
-    radii = check_radii(radii)
+    radii = values.radii(radii)
     fn = make_accuracy(apply, test_noise_sigma=test_noise_sigma, steps=steps)
     images = jnp.asarray(images, jnp.float32)
     labels = jnp.asarray(labels, jnp.int32)
@@ -260,7 +244,7 @@ def accuracy_rows(accuracy: Callable, params, model_state, split, indices: np.nd
     """
     if batch < 1:
         raise UserError("batch", f"must be > 0, got {batch}")
-    radii = check_radii(radii)
+    radii = values.radii(radii)
     done = set(done)
     indices = np.asarray([i for i in indices if any((int(i), r) not in done for r in radii)], np.int64)
     for start in range(0, len(indices), batch):

@@ -33,13 +33,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxsmooth import analysis
+from jaxsmooth import analysis, config as config_lib
 from jaxsmooth.errors import UserError
 
 SUITES = ("digits", "mnist")
 STANDARD = "standard"  # the run heat and bootcamp start from
-# The runs whose config is not configs/<suite>_<run>.py.
-CONFIG_FILES = {("digits", "gaussian"): "quickstart.py"}
+# The runs whose config is not the packaged <suite>_<run>.
+CONFIG_NAMES = {("digits", "gaussian"): "quickstart"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +80,9 @@ class Row:
     train_seconds: float
 
 
-def config_path(root: str, suite: str, name: str) -> str:
-    """``configs/<suite>_<name>.py``, or the run's file in `CONFIG_FILES` (digits' gaussian run: the quick start)."""
-    file = CONFIG_FILES.get((suite, name), f"{suite}_{name}.py")
-    return os.path.join(root, "configs", file)
+def config_path(suite: str, name: str) -> str:
+    """The packaged config ``<suite>_<name>``, or the run's in `CONFIG_NAMES` (digits' gaussian: the quick start)."""
+    return config_lib.packaged(CONFIG_NAMES.get((suite, name), f"{suite}_{name}"))
 
 
 def lbound_stats(run: analysis.Table, column: str) -> tuple[float, float]:
@@ -92,7 +91,7 @@ def lbound_stats(run: analysis.Table, column: str) -> tuple[float, float]:
     return float(np.median(values)), float(np.mean(values))
 
 
-def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[str] = (), skip: int = 1,
+def run_suite(suite: str, workdir: str, *, overrides: Sequence[str] = (), skip: int = 1,
               maximum: int = -1, n: int = 10_000, n0: int = 100, alpha: float = 0.001, batch: int = 1000,
               radii: Sequence[float] = (0.0, 0.125, 0.25, 0.5), runs: Sequence[str] = RUNS,
               on_stage: Callable[[str], None] | None = None) -> list[Row]:
@@ -101,7 +100,6 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
     Args:
       suite: ``digits`` or ``mnist``.
       workdir: the report's folder; run ``name`` trains in ``workdir/name``.
-      repo_root: where ``configs/`` lives.
       overrides: ``field=value`` config overrides for every run (e.g. ``data.name=idx:DIR``).
       skip, maximum: the certified test examples (certify's ``--skip``, ``--max``).
       n, n0, alpha, batch: certification settings (certify's flags).
@@ -124,7 +122,7 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
     rows = []
     for name in runs:
         run = SUITE_RUNS[name]
-        path = config_path(repo_root, suite, name)
+        path = config_path(suite, name)
         extra = list(overrides) + (init_from if run.from_standard else [])
         run_dir = os.path.join(workdir, name)
         say(f"train {name} ({path})")

@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxsmooth import config as config_lib
 from jaxsmooth.benchmarks import fault_kinds
 from jaxsmooth.benchmarks.fault_kinds import Fault, Job
 from jaxsmooth.errors import UserError
@@ -155,7 +156,7 @@ def _fresh_folders(workdir: str) -> str:
 
 def _jobs(workdir: str, overrides: list[str], certify_args: list[str]) -> Callable[[str, str], Job]:
     """make(kind, out) -> a Job of the quick start (train) or of certifying the reference model (certify)."""
-    config = os.path.join(fault_kinds.repo_root(), "configs", "quickstart.py")
+    config = config_lib.packaged("quickstart")
     common = ["--config", config, "--no-progress"] + [f"--config.{o}" for o in overrides]
     reference = os.path.join(workdir, "reference", "train")
 

@@ -50,20 +50,20 @@ class Row:
     train_seconds: float
 
 
-def run_config(root: str, suite: str, name: str, overrides: Sequence[str] = ()) -> tuple[str, list[str]]:
+def run_config(suite: str, name: str, overrides: Sequence[str] = ()) -> tuple[str, list[str]]:
     """The config file and own overrides of run `name` of `suite` (`overrides`: the report's, for every run)."""
     if name in _FROM_NAL:
         from jaxsmooth import config as config_lib
 
         run = _FROM_NAL[name]
-        path = config_path(root, suite, "nal")
+        path = config_path(suite, "nal")
         nal = config_lib.load(path, list(overrides)).nal
         copied = [f"{name}.{theirs}={nal[ours]}" for ours, theirs in run.fields.items()]
         return path, list(run.overrides) + copied
-    return config_path(root, suite, name), []
+    return config_path(suite, name), []
 
 
-def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[str] = (),
+def run_suite(suite: str, workdir: str, *, overrides: Sequence[str] = (),
               radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), skip: int = 1, maximum: int = -1,
               runs: Sequence[str] = RUNS, test_noise_sigma: float = 0.0,
               on_stage: Callable[[str], None] | None = None) -> list[Row]:
@@ -84,7 +84,7 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
     times, times_path = load_times(workdir)
     rows = []
     for name in runs:
-        path, own = run_config(repo_root, suite, name, overrides)
+        path, own = run_config(suite, name, overrides)
         extra = own + list(overrides)
         run_dir = os.path.join(workdir, name)
         say(f"train {name} ({os.path.basename(path)} {' '.join(own)})")

@@ -48,9 +48,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from jaxsmooth import extras
 from jaxsmooth.errors import UserError
 
-DEFAULT_CONFIG = "imagenet_gaussian.py"
+DEFAULT_CONFIG = "imagenet_gaussian"
 
 
 # ----------------------------------------------------------------------------- the mock ImageNet
@@ -125,9 +126,9 @@ def mock_imagenet(num_examples: int = 256, *, image_size: int = 64, min_side: in
     sources hold the records). The validation split holds the first
     num_examples // 8 (at least 1) of the train records.
     """
-    import tensorflow_datasets as tfds
-
     from jaxsmooth.data.tfds_source import load_tfds
+
+    tfds = extras.require("tensorflow_datasets", field="pipeline", purpose="the mock ImageNet of bench pipeline")
 
     if num_examples < 1:
         raise UserError("--examples", f"must be >= 1, got {num_examples}")
@@ -223,13 +224,6 @@ class Result:
         return self.fed.median / self.synthetic.median
 
 
-def _repo_config(path: str) -> str:
-    if path:
-        return path
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(root, "configs", DEFAULT_CONFIG)
-
-
 def _check(flag: str, value: int, minimum: int) -> None:
     """UserError naming the command-line `flag` unless `value` is an integer >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -252,7 +246,7 @@ def measure_pipeline(*, model: str = "resnet50", image_size: int = 64, batch_siz
       windows, steps: timed windows and train steps per window (medians over windows).
       pipeline_steps: batches per window for the pipelines alone (0: 4 * steps).
       min_side, max_side: range of the mock images' height and width.
-      config_path: the trainer config (default: the repository's configs/imagenet_gaussian.py).
+      config_path: the trainer config file (default: the packaged imagenet_gaussian).
       on_stage: receives one line per stage (progress).
     """
     import jax
@@ -322,10 +316,9 @@ def _train_config(config_path: str, model: str, image_size: int, batch_size: int
     """(config file, config): the trainer config of the measured train step."""
     from jaxsmooth import config as config_lib
 
-    config_file = _repo_config(config_path)
+    config_file = config_path or config_lib.packaged(DEFAULT_CONFIG)
     if not os.path.isfile(config_file):
-        raise UserError("--config-file", f"no such config file {config_file!r} (the repository's configs/ holds "
-                                         f"{DEFAULT_CONFIG}); run from a clone or pass one")
+        raise UserError("--config-file", f"no such config file {config_file!r}")
     return config_file, config_lib.load(config_file, [
         f"model.name={model}", f"data.image_size={image_size}", f"train.batch_size={batch_size}",
         "data.augment=imagenet", f"seed={seed}", "data.data_dir="])
@@ -356,20 +349,21 @@ def _time_pipelines(split, grain_args: dict, *, workers: int, prefetch: int, wor
         say(f"pipeline alone: {name}")
         it = make()
         try:
-            pipelines[name] = _windows(name, lambda: next(it), local, warmup=max(2, workers * (prefetch + 1)),
+            pipelines[name] = _windows(name, it.__next__, local, warmup=max(2, workers * (prefetch + 1)),
                                        windows=windows, steps=steps)
         finally:
             getattr(it, "close", lambda: None)()
-            del it
+            del it  # grain's workers and buffers go before the next pipeline starts
     return pipelines
 
 
 def _compiled_train_step(config, dataset, num_examples: int, grain_args: dict):
     """(run, compiled train step, state, root key, first batch, compile seconds): the trainer's, on the mock data."""
     import jax
-    import tensorflow_datasets as tfds
 
     from jaxsmooth import compilation, data, parallel, trainer
+
+    tfds = extras.require("tensorflow_datasets", field="pipeline", purpose="the mock ImageNet of bench pipeline")
 
     with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=lambda *a, **k: _same_source(dataset, *a, **k)):

@@ -6,9 +6,10 @@ For each model (a workdir and its sigma), on the same test images:
    image with continuous batching: its TSV, samples per image and the
    fraction of forward-pass slots doing useful work;
 2. wall-clock: fixed n at the budget, max-radius at each
-   ``--timing-tolerances`` and grid, each run for real on the same few
-   images (``--timing-images``), in turn, ``--rounds`` times: images/s
-   (medians over rounds);
+   ``--timing-tolerances`` and grid, each run for real on the same images
+   (``--timing-images``, at least the ``--inputs`` slots of a forward pass,
+   so that fixed n fills its batch as the sequential modes do), in turn,
+   ``--rounds`` times: images/s (medians over rounds);
 3. the stream of every image: n0 selection and n estimation samples, with
    the counts recorded at every look of both schedules and at each fixed n.
    This pass is the fixed-n run at the budget. Its first N samples are the
@@ -62,7 +63,8 @@ def add_parser(subparsers) -> Any:
     p.add_argument("--radii-sigma", default="1,2,3", help="grid radii in units of each model's sigma")
     p.add_argument("--tolerances", default="0.01,0.02,0.05,0.1", help="max-radius tolerances")
     p.add_argument("--fixed", default="10000,20000,50000", help="fixed n below the budget, from the same stream")
-    p.add_argument("--timing-images", type=int, default=4, help="images of the wall-clock runs")
+    p.add_argument("--timing-images", type=int, default=20,
+                   help="images of the wall-clock runs; at least --inputs, so that every mode fills its slots")
     p.add_argument("--timing-tolerances", default="0.02,0.1", help="max-radius tolerances timed")
     p.add_argument("--rounds", type=int, default=1, help="wall-clock rounds; medians are over rounds")
     p.add_argument("--retime", default="", help="comma-separated modes (fixed, max-radius, grid) to time again; "
@@ -111,6 +113,9 @@ def main(args, overrides) -> int:
     models = _models(args)
     tolerances = _floats(args.tolerances, "--tolerances")
     fixed = sorted({int(n) for n in _floats(args.fixed, "--fixed")} | {args.n})
+    if args.timing_images < args.inputs:
+        raise UserError("--timing-images", f"{args.timing_images} images leave slots of the {args.inputs} inputs per "
+                                           "forward pass idle in the fixed-n run; time at least --inputs images")
     retime = [m for m in args.retime.split(",") if m]
     if any(m not in MODES for m in retime):
         raise UserError("--retime", f"modes are {', '.join(MODES)}; got {args.retime!r}")

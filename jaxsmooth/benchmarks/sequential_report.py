@@ -192,9 +192,9 @@ def _timing_table(timing: dict) -> str:
 
 def _tradeoff_figure(curves: dict):
     """ACR against mean samples per image: fixed n (a line over n) and max-radius (one point per tolerance)."""
-    from matplotlib.figure import Figure
-
     from jaxsmooth.analysis import plotting
+
+    Figure = plotting.figure_class()
 
     fig = Figure(figsize=(6.4 * len(curves), 4.8), dpi=150)
     axes = np.atleast_1d(fig.subplots(1, len(curves)))

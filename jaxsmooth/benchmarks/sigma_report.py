@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxsmooth import analysis
+from jaxsmooth import analysis, config as config_lib
 from jaxsmooth.benchmarks.deterministic import load_times, train_timed
 from jaxsmooth.errors import UserError
 
@@ -83,17 +83,17 @@ class Report:
     sigmas: dict  # sigma run name -> learned sigma [H, W, C]
 
 
-def base_config(root: str, suite: str) -> tuple[str, list[str]]:
+def base_config(suite: str) -> tuple[str, list[str]]:
     """The suite's gaussian base model: config file and its own overrides."""
     _check_suite(suite)
     if suite == "digits":
-        return os.path.join(root, "configs", "quickstart.py"), []
-    return os.path.join(root, "configs", "mnist_gaussian.py"), ([] if suite == "mnist" else ["data.name=fashion_mnist"])
+        return config_lib.packaged("quickstart"), []
+    return config_lib.packaged("mnist_gaussian"), ([] if suite == "mnist" else ["data.name=fashion_mnist"])
 
 
-def sigma_config(root: str, suite: str) -> str:
+def sigma_config(suite: str) -> str:
     _check_suite(suite)
-    return os.path.join(root, "configs", f"{suite}_sigma.py")
+    return config_lib.packaged(f"{suite}_sigma")
 
 
 def correct_areas(run: analysis.Table) -> np.ndarray:
@@ -155,7 +155,8 @@ def sweep_markdown(rows: Sequence[Row], kept: Sequence[int]) -> str:
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
     """One evaluation of a sweep's sigma run (after an epoch, the config's sub-epoch): the smoothed classifier's
-    clean accuracy and mean certified area on the test split (Monte Carlo, n0 draws; `objectives.sigma.make_area_eval`)."""
+    clean accuracy and mean certified area on the test split (Monte Carlo, n0 draws;
+    `objectives.sigma.make_area_eval`)."""
 
     run: str
     epoch: float
@@ -216,7 +217,7 @@ def parse_areas(text: str) -> np.ndarray | None:
     return areas
 
 
-def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[str] = (), skip: int = 1,
+def run_suite(suite: str, workdir: str, *, overrides: Sequence[str] = (), skip: int = 1,
               maximum: int = -1, n: int = 10_000, n0: int = 100, alpha: float = 0.001, batch: int = 1000,
               sweep: Sequence[float] = (), areas=None, sigma_overrides: Sequence[str] = (),
               on_stage: Callable[[str], None] | None = None) -> Report:
@@ -233,7 +234,7 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
     say = on_stage or (lambda line: None)
     os.makedirs(workdir, exist_ok=True)
     times, times_path = load_times(workdir)
-    base_path, base_own = base_config(repo_root, suite)
+    base_path, base_own = base_config(suite)
     base_extra = base_own + list(overrides)
     base_dir = os.path.join(workdir, "gaussian")
     say(f"train gaussian ({os.path.basename(base_path)} {' '.join(base_own)})")
@@ -245,8 +246,8 @@ def run_suite(suite: str, workdir: str, *, repo_root: str, overrides: Sequence[s
         name, iso = ("sigma", "isotropic") if init is None else (f"sigma_{init:g}", f"isotropic_{init:g}")
         run_dir = os.path.join(workdir, name)
         own = [f"train.init_from={base_dir}"] + ([] if init is None else [f"objective.sigma={init:g}"])
-        say(f"train {name} ({os.path.basename(sigma_config(repo_root, suite))} {' '.join(own)})")
-        train_timed(sigma_config(repo_root, suite), own + list(overrides) + list(sigma_overrides), run_dir, name,
+        say(f"train {name} ({os.path.basename(sigma_config(suite))} {' '.join(own)})")
+        train_timed(sigma_config(suite), own + list(overrides) + list(sigma_overrides), run_dir, name,
                     times, times_path)
         sigma = loader.load_model(run_dir).sigma  # what the run certifies with: its learned per-pixel sigma
         sigmas[name] = sigma

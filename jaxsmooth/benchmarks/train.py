@@ -175,7 +175,8 @@ def _step_and_inputs(name: str, batch: int, input_shape, objective: str, dtype: 
 
 def step_flops(name: str, batch: int, input_shape, objective: str, *, num_classes: int = 10,
                width: int = 0) -> float:
-    """FLOPs of one train step of `objective` (convolutions and matrix products of the traced step, backward included)."""
+    """FLOPs of one train step of `objective` (convolutions and matrix products of the traced step, backward
+    included)."""
     step, state, data, key = _step_and_inputs(name, batch, tuple(input_shape), objective, "float32", num_classes,
                                               width)
     return flops.jaxpr_flops(jax.make_jaxpr(step)(state, data, key).jaxpr)

@@ -16,6 +16,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from jaxsmooth import values
 from jaxsmooth.certification import bounds, lattice, sequential as sequential_stats
 from jaxsmooth.certification.bounds import (ABSTAIN, Certificate, Prediction, RadiusRule, certificate, certified_area,
                                             check_settings, clopper_pearson_lower, clopper_pearson_upper,
@@ -132,11 +133,8 @@ def make_settings(mode: str = "certify", *, n0: int = 100, n: int = 100_000, alp
         raise UserError("topk", "is not available with a sequential test; certify the top k with a fixed n")
     if radii is not None and tolerance is not None:
         raise UserError("tolerance", "stops the max-radius mode; with radii every listed radius is decided")
-    if isinstance(radii, str):
-        radii = sequential_stats.parse_radii(radii)
     extra = {} if tolerance is None else {"tolerance": sequential_stats.check_tolerance(tolerance)}
-    return Settings(**fields, sequential=True, radii=None if radii is None else sequential_stats.check_radii(radii),
-                    **extra)
+    return Settings(**fields, sequential=True, radii=None if radii is None else values.radii(radii), **extra)
 
 
 def stream_keys(key: jax.Array) -> dict[str, jax.Array]:

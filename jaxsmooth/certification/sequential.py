@@ -235,28 +235,6 @@ def out_of_reach_note(radii: Sequence[float], schedule: Schedule, rule: RadiusRu
             f"a budget of n={schedule.budget} (at most {best:.4f}): never certified")
 
 
-def parse_radii(text: str) -> tuple[float, ...]:
-    """``R1,R2,...`` -> the radii, sorted and distinct, each a finite number >= 0 (else a `UserError` on radii)."""
-    radii = []
-    for item in text.split(","):
-        try:
-            radii.append(float(item))
-        except ValueError:
-            raise UserError("radii", f"{item.strip()!r} is not a number; give radii >= 0 like 0.25,0.5") from None
-    return check_radii(radii)
-
-
-def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
-    """The radii sorted and distinct; a `UserError` on ``radii`` unless each is a finite number >= 0."""
-    radii = list(radii)
-    if not radii:
-        raise UserError("radii", "is empty; give radii >= 0 like 0.25,0.5")
-    for r in radii:
-        if not (isinstance(r, (int, float, np.floating, np.integer)) and math.isfinite(r) and r >= 0):
-            raise UserError("radii", f"{r} is not a radius; radii are finite numbers >= 0")
-    return tuple(sorted({float(r) for r in radii}))
-
-
 def check_tolerance(tolerance: float) -> float:
     if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
         raise UserError("tolerance", f"must be in (0, 1) (a fraction of the reachable radius), got {tolerance}")

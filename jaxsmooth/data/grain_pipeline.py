@@ -42,6 +42,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from jaxsmooth import extras
 from jaxsmooth.data import augment as augment_lib
 from jaxsmooth.data import pipeline
 from jaxsmooth.data.core import DataError, Split
@@ -218,7 +219,8 @@ def grain_train_batches(split: Split, *, global_batch_size: int, seed: int, star
     prefetch = _check_count(prefetch, "prefetch", 0, "batches made ahead")
     worker_threads = _check_count(worker_threads, "worker_threads", 1, "threads making batches")
 
-    import grain  # local: a slow-ish import, not needed by the thread pipeline
+    # local: a slow-ish import, not needed by the thread pipeline
+    grain = extras.require("grain", field="data.workers", purpose="making training batches in worker processes")
 
     _absl_flags_parsed()
     make = _StepBatch(split, global_batch_size=int(global_batch_size), seed=seed, augment=augment,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxsmooth import extras
 from jaxsmooth.data import augment
 from jaxsmooth.data.core import KNOWN_STATS, DataError, Dataset, Split, channel_stats
 from jaxsmooth.errors import quiet_absl
@@ -110,7 +111,9 @@ def load_tfds(name: str, *, data_dir: str = "", image_size: int = 0) -> Dataset:
 
 
 def _load_tfds(name: str, *, data_dir: str, image_size: int) -> Dataset:
-    import tensorflow_datasets as tfds  # local: slow-ish import, only for this path
+    # local: slow-ish import, only for this path
+    tfds = extras.require("tensorflow_datasets", field="data.name",
+                          purpose=f"{name!r} (neither digits, npz:PATH nor idx:DIR, so a tensorflow-datasets name)")
 
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)

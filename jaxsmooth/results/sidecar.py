@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from typing import Any
 
 from jaxsmooth.errors import UserError
@@ -34,12 +33,13 @@ def path_of(tsv: str) -> str:
 
 
 def write(tsv: str, program: str, settings: dict[str, Any], notes: tuple[str, ...] = ()) -> None:
-    """Writes the sidecar of `tsv` atomically (a reader sees the old file or the new one, never half)."""
+    """Writes the sidecar of `tsv` atomically (a reader sees the old file or the new one, never half), with the
+    mode the TSV gets (the umask's, as `open` makes files), so that whoever reads the results reads their settings."""
     path = path_of(tsv)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=SUFFIX)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             json.dump({"program": program, "settings": settings, "notes": list(notes)}, f, indent=1, sort_keys=True)
             f.write("\n")
         os.replace(tmp, path)
