@@ -100,7 +100,7 @@ def test_counts_are_the_same_on_one_and_on_eight_devices(devices):
     assert [(r["count_A"], r["count_B"]) for r in one] == [(r["count_A"], r["count_B"]) for r in eight]
 
 
-def test_inputs_outside_0_1_warn_with_auto_noise_and_a_workdir_model_refuses_them(workdir):
+def test_inputs_outside_0_1_warn_with_auto_noise_and_a_workdir_model_refuses_them(untrained_model):
     """A forgotten / 255: the API says so once (noise "auto"); an explicit gaussian noise smooths any input space;
     a workdir's model reads images in [0, 1] only."""
     f = lambda v, z: z.reshape(len(z), -1)[:, :2] @ v  # noqa: E731
@@ -113,7 +113,7 @@ def test_inputs_outside_0_1_warn_with_auto_noise_and_a_workdir_model_refuses_the
         jaxsmooth.api.certify(f, np.eye(2, dtype=np.float32), x, noise="gaussian", **settings)
         jaxsmooth.api.certify(f, np.eye(2, dtype=np.float32), x / 255, **settings)
     with pytest.raises(UserError) as e:
-        jaxsmooth.load(workdir).certify(x, **settings)
+        jaxsmooth.load(untrained_model).certify(x, **settings)
     assert e.value.field == "x" and "divide by 255" in e.value.message
 
 
