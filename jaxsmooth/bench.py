@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 
-from jaxsmooth import cli
+from jaxsmooth import benchmarks, cli
 from jaxsmooth.errors import UserError
 
 
@@ -132,13 +131,6 @@ def _check_common(args) -> tuple[str, ...]:
     return dtypes
 
 
-def _machine() -> str:
-    import jax
-
-    return (f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
-            f"jax {jax.__version__}")
-
-
 def _train(args) -> int:
     from jaxsmooth.benchmarks import train as train_bench
 
@@ -148,7 +140,6 @@ def _train(args) -> int:
                                        f"allowed: {', '.join(train_bench.OBJECTIVES)}")
     shape = _input_shape(args.input)
 
-    import jax
     from tqdm import tqdm
 
     with tqdm(total=args.rounds, desc=f"bench train {args.model}", file=sys.stderr, leave=False) as bar:
@@ -158,8 +149,7 @@ def _train(args) -> int:
                                         torch_compile=args.torch_compile, on_round=lambda r: bar.update(1))
     shape = shape or train_bench.input_shape_of(args.model)
     print(f"train step ({args.objective}), {args.model}, batch {args.batch}, input {'x'.join(map(str, shape))}, "
-          f"{args.rounds} rounds x {args.steps} steps, {jax.devices()[0].device_kind} "
-          f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
+          f"{args.rounds} rounds x {args.steps} steps, {benchmarks.machine()}")
     print(_table(results, "examples/s"))
     if args.objective in train_bench.PAIRED:
         print(_distill_report(args, shape, results))
@@ -285,7 +275,7 @@ def _certify(args) -> int:
     elif not args.no_torch:
         torch_settings = f"; no PyTorch reference (torch not installed, or none for {args.model})"
     print(f"certify sampling, {settings}, n {args.n:,} per input, {args.rounds} rounds; "
-          f"{_machine()}{torch_settings}")
+          f"{benchmarks.machine()}{torch_settings}")
     print(_certify_table(report))
     for line in _noise_ratios(report.results, dtypes, xla_options, noises):
         print(line)
@@ -356,7 +346,7 @@ def _scaling(args) -> int:
                                  on_round=lambda r: bar.update(1))
     kind = "fake CPU devices sharing the cores" if jax.devices()[0].platform == "cpu" else "devices"
     print(f"certify sampling of one input over k {kind}, {args.model}, n {args.n:,}, chunk {args.chunk}, "
-          f"{args.rounds} rounds; {_machine()}")
+          f"{args.rounds} rounds; {benchmarks.machine()}")
     print(scaling.markdown(rows), end="")
     if args.per_device_rate > 0:
         cost = scaling.spreading_cost(rows, rows[-1])
@@ -375,7 +365,7 @@ def _scaling(args) -> int:
 def _certify_memory(args, dtypes, settings: str) -> int:
     from jaxsmooth.benchmarks import certify as certify_bench
 
-    print(f"certify sampling memory, {settings}, engine alone, one fresh process per n; {_machine()}")
+    print(f"certify sampling memory, {settings}, engine alone, one fresh process per n; {benchmarks.machine()}")
     print("| dtype | n | peak RSS MiB | peak after setup MiB | samples/s | ratio to first n |\n"
           "|---|---|---|---|---|---|")
     rows = {}
@@ -436,7 +426,7 @@ def _inference(args) -> int:
     import jax
 
     print(f"inference per image, {args.model}, input {'x'.join(map(str, shape))}, {args.rounds} rounds, "
-          f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}), jax {jax.__version__}")
+          f"{benchmarks.machine()}")
     print(inference.markdown(timing, jax.devices()[0].device_kind), end="")
     return 0
 

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxsmooth import config as config_lib
+from jaxsmooth import benchmarks, config as config_lib
 from jaxsmooth.benchmarks import fault_kinds
 from jaxsmooth.benchmarks.fault_kinds import Fault, Job
 from jaxsmooth.errors import UserError
@@ -123,15 +123,6 @@ def main(args, overrides: list[str], argv: list[str]) -> int:
         with open(args.json, "w") as f:
             json.dump({**dataclasses.asdict(report), "headline": report.headline()}, f, indent=2)
     return 0 if report.totals()[0] == report.totals()[1] and not report.unfinished_chains else 1
-
-
-def _machine() -> str:
-    import platform
-
-    import jax
-
-    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), python "
-            f"{platform.python_version()}, jax {jax.__version__}")
 
 
 def _namespace_refusal() -> str | None:
@@ -221,7 +212,8 @@ def run_suite(workdir: str, counts: dict[str, int], *, per_chain: int = 4, overr
     for ref in references.values():  # train first: certify reads its model
         _reference(ref)
     report = Report(faults=[], settings={"counts": counts, "per_chain": per_chain, "overrides": list(overrides),
-                                         "certify_args": list(certify_args), "seed": seed, "machine": _machine(),
+                                         "certify_args": list(certify_args), "seed": seed,
+                                         "machine": benchmarks.machine(),
                                          **{f"{k}_total": j.total for k, j in references.items()},
                                          **{f"{k}_startup_s": round(j.startup_s, 2) for k, j in references.items()}})
     on_line(f"references: train {references['train'].total} steps, certify {references['certify'].total} rows")

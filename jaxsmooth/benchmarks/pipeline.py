@@ -48,7 +48,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxsmooth import extras
+from jaxsmooth import benchmarks, extras
 from jaxsmooth.errors import UserError
 
 DEFAULT_CONFIG = "imagenet_gaussian"
@@ -442,10 +442,8 @@ def add_parser(subparsers) -> Any:
 def main(args) -> int:
     """Runs `run` with the parsed arguments; prints a header line and the markdown table."""
     import json
-    import platform
     import sys
 
-    import jax
 
     try:
         min_side, max_side = (int(v) for v in args.sides.split(","))
@@ -467,7 +465,6 @@ def main(args) -> int:
                        "compile_s": result.compile_s, "device": result.device,
                        "rates": {r.name: list(r.per_window)
                                  for r in (*result.pipeline.values(), result.synthetic, result.fed)}}, f, indent=2)
-    print(f"input pipeline, {args.model}, {jax.devices()[0].device_kind} "
-          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores), jax {jax.__version__}")
+    print(f"input pipeline, {args.model}, {benchmarks.machine()}")
     print(table, end="")
     return 0

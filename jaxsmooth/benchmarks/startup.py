@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+from jaxsmooth import benchmarks
 from jaxsmooth.errors import UserError
 
 
@@ -64,7 +65,7 @@ def main(args) -> int:
     print(_table(rounds, args))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"settings": vars(args), "machine": _machine(), "rounds": rounds}, f, indent=2)
+            json.dump({"settings": vars(args), "machine": benchmarks.machine(), "rounds": rounds}, f, indent=2)
     return 0 if all(r["same_rows"] for r in rounds) else 1
 
 
@@ -111,19 +112,10 @@ def _run(argv: list[str], folder: str) -> tuple[float, float]:
     return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def _machine() -> str:
-    """The CPU's model name and core count, and jax's version."""
-    import jax
-
-    from jaxsmooth import compilation
-
-    return f"{compilation.host_cpu()} ({os.cpu_count()} cores), jax {jax.__version__}"
-
-
 def _table(rounds: list[dict], args) -> str:
     """A markdown table of the rounds and a line of medians."""
     lines = [f"certify of every {args.skip}th quick-start test digit ({rounds[0]['rows']} rows) at n = {args.n:,}, "
-             f"each run a fresh process timed whole; {_machine()}", "",
+             f"each run a fresh process timed whole; {benchmarks.machine()}", "",
              "| round | first s (empty cache) | second s | second / first | CPU s: first, second | CPU ratio "
              "| same rows |", "|---:|---:|---:|---:|---:|---:|---|"]
     for i, r in enumerate(rounds, 1):
