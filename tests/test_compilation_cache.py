@@ -195,7 +195,7 @@ def test_bench_startup_refuses_bad_counts_and_a_failing_certify_in_one_line(tmp_
     line = fails_with(bench.main, capsys, ["startup", "--workdir", str(tmp_path), "--checkpoint",
                                            str(tmp_path / "nope")], "startup")
     assert f"--checkpoint {tmp_path / 'nope'} " in line
-    assert " exited 2: error: checkpoint: " in line  # the certify's own error line, passed on
+    assert " exited 2: error: --checkpoint: " in line  # the certify's own error line, passed on
 
 
 def _certify(workdir, out, folder, *extra):

@@ -10,6 +10,7 @@ import pytest
 
 from jaxsmooth import analysis, analyze, bench, certification, certify, results
 from jaxsmooth.certification import records
+from jaxsmooth.errors import UserError
 
 from conftest import ROOT
 from helpers import sidecar_settings, tsv_rows
@@ -220,6 +221,15 @@ def test_bench_sequential_bad_input_is_one_line(tmp_path, capsys, extra, field):
         "error: --config: --config.FIELD=VALUE overrides apply to bench sequential")
 
 
+def test_bench_sequential_times_images_spread_over_the_test_split():
+    from jaxsmooth.benchmarks import sequential as sequential_bench
+
+    np.testing.assert_array_equal(sequential_bench._timing_indices(10_000, 20), np.arange(0, 10_000, 500))
+    with pytest.raises(UserError) as e:
+        sequential_bench._timing_indices(360, 361)
+    assert e.value.field == "--timing-images" and "has 360 images" in e.value.message
+
+
 @pytest.mark.slow
 def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(small_model, tmp_path, capsys):
     """On a few digits: the grid rows replayed from the recorded streams equal the real run's, the fixed-n rows at the
@@ -227,7 +237,7 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(sm
     out = tmp_path / "b"
     args = ["sequential", "--checkpoints", small_model, "--sigmas", "0.25", "--workdir", str(out), "--skip", "60",
             "--max", "360", "--n0", "20", "--n", "3000", "--alpha", "0.01", "--fixed", "1000", "--tolerances", "0.1",
-            "--timing-images", "5", "--timing-tolerances", "0.1", "--batch", "100", "--inputs", "5"]
+            "--timing-images", "6", "--timing-tolerances", "0.1", "--batch", "100", "--inputs", "5"]
     assert bench.main(args) == 0
     report = capsys.readouterr().out
     assert "grid rows replayed from the streams equal the real run's: 6/6" in report
@@ -250,8 +260,8 @@ def test_bench_sequential_replays_the_real_grid_run_and_records_each_schedule(sm
     assert after.keys() == before.keys() == {"fixed n=3,000", "max-radius 0.1", "grid"}
     assert {k: after[k] for k in ("fixed n=3,000", "max-radius 0.1")} == \
            {k: before[k] for k in ("fixed n=3,000", "max-radius 0.1")}
-    grid = _rows(out / "sigma0.25_grid.tsv", exact=False)  # the timing images: the first five, one per slot
-    timed = sum(grid[i]["n_used"] for i in (0, 60, 120, 180, 240))
+    grid = _rows(out / "sigma0.25_grid.tsv", exact=False)  # the timing images: every 60th of 360, the grid's too
+    timed = sum(grid[i]["n_used"] for i in (0, 60, 120, 180, 240, 300))
     assert after["grid"]["samples"] == before["grid"]["samples"] == timed
     assert certify.main(["--checkpoint", small_model, "--out", str(tmp_path / "fixed.tsv"), "--skip", "60",
                         "--max", "360", "--n0", "20", "--n", "3000", "--alpha", "0.01", "--batch", "100",

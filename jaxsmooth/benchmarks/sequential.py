@@ -7,8 +7,9 @@ For each model (a workdir and its sigma), on the same test images:
    fraction of forward-pass slots doing useful work;
 2. wall-clock: fixed n at the budget, max-radius at each
    ``--timing-tolerances`` and grid, each run for real on the same images
-   (``--timing-images``, at least the ``--inputs`` slots of a forward pass,
-   so that fixed n fills its batch as the sequential modes do), in turn,
+   (``--timing-images`` spread over the test split, at least the
+   ``--inputs`` slots of a forward pass, so that fixed n fills its batch as
+   the sequential modes do), in turn,
    ``--rounds`` times: images/s (medians over rounds);
 3. the stream of every image: n0 selection and n estimation samples, with
    the counts recorded at every look of both schedules and at each fixed n.
@@ -228,7 +229,7 @@ def _timing(args, overrides, models, tolerances, fixed, modes) -> dict:
     out = {}
     for model in models:
         s = _setup(args, overrides, model, tolerances, fixed)
-        pick = s.indices[:: max(1, len(s.indices) // args.timing_images)][:args.timing_images]
+        pick = _timing_indices(len(s.split), args.timing_images)
         x, labels = _examples(s.split)(pick)
         runs = {f"fixed n={args.n:,}": _fixed_runner(s, x, pick, args.n)}
         for tol in tolerances:
@@ -247,6 +248,14 @@ def _timing(args, overrides, models, tolerances, fixed, modes) -> dict:
         out[model.label] = {name: {"images": len(pick), "seconds": v, "samples": runs[name].samples,
                                    "images_per_s": len(pick) / statistics.median(v)} for name, v in seconds.items()}
     return out
+
+
+def _timing_indices(size: int, images: int) -> np.ndarray:
+    """`images` test images spread evenly over the split (every size // images-th), whatever --skip certifies: a
+    timed run needs enough images to fill its forward passes, more than a sparse --skip may give."""
+    if images > size:
+        raise UserError("--timing-images", f"the test split has {size} images, got {images}")
+    return np.arange(images) * (size // images)
 
 
 def _warm(s: Setup, x, pick) -> None:
