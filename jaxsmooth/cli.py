@@ -188,7 +188,8 @@ def add_wrapper_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """--wrapper and --denoiser (a --wrapper of the kind ``denoiser`` only) of certify and attack; `what` says what
     the command then does with classifier(wrapper(x))."""
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--wrapper", default="", help=f"the workdir of a model wrapper put in front of the classifier: {what}")
+    g.add_argument("--wrapper", default="",
+                   help=f"the workdir of a model wrapper put in front of the classifier: {what}")
     g.add_argument("--denoiser", default="", help="the workdir of a denoiser (denoised smoothing, docs/denoised.md): "
                                                   "--wrapper for a denoiser only, trained for the sigma certified")
 

@@ -167,7 +167,8 @@ def fold_into_conv(conv: Conv, bn: BatchNorm) -> None:
     bn.folded = True
 
 
-def batch_norm(features: int, dtype, rngs: nnx.Rngs, *, epsilon: float = 1e-5, torch_momentum: float = 0.1) -> BatchNorm:
+def batch_norm(features: int, dtype, rngs: nnx.Rngs, *, epsilon: float = 1e-5,
+               torch_momentum: float = 0.1) -> BatchNorm:
     """BatchNorm with PyTorch's defaults (running-average momentum 0.1, eps 1e-5), float32 parameters.
 
     `torch_momentum` is PyTorch's: the weight of the batch statistic in the running average (nnx's momentum is
