@@ -44,7 +44,8 @@ class LoadedModel:
       num_classes: K (None for a wrapper).
       mean, std: the per-channel normalisation of its first layer (None for a wrapper).
       sigma: the noise level it certifies with: a float, or [H, W, C] float32 for a per-pixel sigma
-        (None for a wrapper that records none).
+        (None for a wrapper that records none); with a wrapper in front (`wrap`) that records one (a denoiser:
+        the sigma it was trained for), the wrapper's.
       info: its model.json.
       config: its resolved config.json, or None when the workdir has none.
       workdir, step: where it was read from.
@@ -173,9 +174,9 @@ def refuse_other_sigma(model: LoadedModel, sigma, field: str) -> None:
     front = model.wrapper
     if not isinstance(front, LoadedModel) or front.sigma is None or np.array_equal(np.asarray(sigma), front.sigma):
         return
-    given = f"{float(sigma):g}" if np.ndim(sigma) == 0 else "a per-pixel sigma"
-    raise UserError(field, f"{front.workdir} was trained for sigma {front.sigma:g}, certifying at sigma {given}; "
-                           f"certify at sigma {front.sigma:g} or give a {front.wrapper} trained for sigma {given}")
+    at = f"sigma {float(sigma):g}" if np.ndim(sigma) == 0 else "a per-pixel sigma"
+    raise UserError(field, f"{front.workdir} was trained for sigma {front.sigma:g}, certifying at {at}; "
+                           f"certify at sigma {front.sigma:g} or give a {front.wrapper} trained for {at}")
 
 
 def refuse_wrapper(workdir: str, field: str) -> None:

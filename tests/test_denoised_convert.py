@@ -21,13 +21,7 @@ from jaxsmooth import convert, loader  # noqa: E402
 from jaxsmooth.models import dncnn  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """PyTorch on one thread here: its idle threads spin, which on a busy 2-core machine costs more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TorchDnCNN(nn.Module):
