@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxsmooth
-from jaxsmooth import certification as C, certify, checkpoint, data, loader, models, parallel
+from jaxsmooth import attack, certification as C, certify, checkpoint, data, loader, models, parallel
 from jaxsmooth.errors import UserError
 from jaxsmooth.models import dncnn, wrappers
 
@@ -115,6 +115,11 @@ def test_bad_denoisers_are_one_error_line_and_nothing_is_written(untrained_model
         line = fails_with(certify.main, capsys, argv + ["--out", str(out), "--n", "100", "--no-progress"], field)
         assert line == f"error: {field}: {message}"
         assert not out.exists() and not (tmp_path / f"out{i}.tsv.json").exists()
+    out = tmp_path / "attack.tsv"  # attack takes --denoiser through the same loader
+    line = fails_with(attack.main, capsys, ["--checkpoint", untrained_model, "--denoiser", colour, "--attack", "pgd",
+                                            "--out", str(out), "--no-progress"], "--denoiser")
+    assert line == f"error: --denoiser: {colour} takes inputs of shape (8, 8, 3), the classifier (8, 8, 1)"
+    assert not out.exists()
 
 
 def test_the_api_names_the_denoiser(untrained_model, tmp_path):
