@@ -9,6 +9,8 @@
 
     rows = api.certify(apply_fn, variables, x, sigma=0.25)   # any (variables, x) -> logits
 
+    model = jaxsmooth.load("workdirs/clean", denoiser="workdirs/dncnn_0.25")   # denoised smoothing
+
 Each call returns one dict per input: the row ``python -m jaxsmooth.certify``
 writes for it (``idx``, ``predict``, ``radius``, ``pA_lower``, ``count_A``,
 ``count_B``, the L-bounds, ``time``; ``label`` and ``correct`` when labels

@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
 def command(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     found = convert(args.torch, args.arch, args.workdir, sigma=args.sigma, dataset=args.dataset)
-    if "model" not in found:  # a denoiser's workdir: no classifier, no normalisation
+    if "wrapper" in found:  # a denoiser's workdir: no classes, no normalisation
         print(f"wrote {os.path.abspath(args.workdir)}: a denoiser ({args.arch}, depth {found['depth']}, width "
               f"{found['width']}, {found['source']['num_params']:,} parameters), input {tuple(found['input_shape'])}, "
               f"sigma {found['sigma']}")

@@ -82,16 +82,18 @@ def _torch_output(model: nn.Module, x_nhwc: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, data_parallel", [("cifar_dncnn", False), ("imagenet_dncnn", True)])
-def test_converted_denoiser_outputs_equal_pytorch(arch, data_parallel, tmp_path):
+def test_converted_denoiser_outputs_equal_pytorch(arch, data_parallel, tmp_path, capsys):
     """Names under no prefix (CIFAR) and under ``module.`` (ImageNet, DataParallel) convert to the same function:
     the converted denoiser, BatchNorm folded as certification runs it, gives PyTorch's eval-mode output within
     float32 rounding (inputs 16x16: a DnCNN is fully convolutional, so a small image checks every weight)."""
     model = _torch_denoiser(arch)
     path = _save(model, arch, tmp_path / "models", data_parallel)
     workdir = str(tmp_path / "converted")
-    found = convert.convert(path, arch, workdir)
+    assert convert.main(["--torch", path, "--arch", arch, "--workdir", workdir]) == 0
     spec = dncnn.ARCHS[arch]
-    assert json.load(open(f"{workdir}/model.json")) == found
+    found = json.load(open(f"{workdir}/model.json"))
+    assert capsys.readouterr().out == (f"wrote {workdir}: a denoiser ({arch}, depth 17, width 64, 558,400 parameters), "
+                                       f"input {spec.input_shape}, sigma 0.25\n")
     assert (found["wrapper"], found["arch"], found["depth"], found["width"], found["sigma"]) == (
         "denoiser", arch, spec.depth, spec.width, 0.25)
     assert found["input_shape"] == list(spec.input_shape) and found["source"]["epoch"] == 90
