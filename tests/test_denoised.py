@@ -74,6 +74,10 @@ def test_a_denoisers_model_json_is_checked(entries, field, words, tmp_path):
     with pytest.raises(UserError) as e:
         dncnn.build(info)
     assert (e.value.field, e.value.message) == (field, words)
+    with pytest.raises(UserError) as e:
+        dncnn.metadata((8, 8, 1), 0.25, arch="dncnn")
+    assert (e.value.field, e.value.message) == ("arch", "unknown DnCNN 'dncnn'; known: cifar_dncnn, cifar_dncnn_wide, "
+                                                        "imagenet_dncnn, mnist_dncnn")
     bad = str(tmp_path / "bad")  # variables of a good DnCNN, a model.json that is not
     abstract = dncnn.build(dncnn.metadata((8, 8, 1), 0.25, depth=3, width=2))
     zeros = (jax.tree.map(lambda v: np.zeros(v.shape, np.float32), t) for t in (abstract.params, abstract.model_state))

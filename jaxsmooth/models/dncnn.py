@@ -93,6 +93,8 @@ def metadata(input_shape, sigma: float, *, arch: str | None = None, depth: int |
              width: int | None = None) -> dict:
     """The model.json of a denoiser's workdir: `arch`'s depth and width (or the ones given), for images of
     `input_shape` (H, W, C), trained for noise of `sigma`."""
+    if arch is not None and arch not in ARCHS:
+        raise UserError("arch", f"unknown DnCNN {arch!r}; known: {', '.join(ARCHS)}")
     if arch is not None:
         depth, width = depth or ARCHS[arch].depth, width or ARCHS[arch].width
     info = {wrappers.WRAPPER_KEY: NAME, "depth": depth, "width": width, "input_shape": [int(d) for d in input_shape],
