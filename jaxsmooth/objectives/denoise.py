@@ -43,7 +43,8 @@ LOSSES = ("mse", "stability", "classification")
 
 def defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.loss = "mse"  # mse: ||D(x + delta) - x||^2 | stability: CE(f(D(x + delta)), f(x)) | classification: CE to the label
+    # mse: ||D(x + delta) - x||^2 | stability: CE(f(D(x + delta)), argmax f(x)) | classification: CE to the label
+    c.loss = "mse"
     c.classifier = ""  # workdir of the frozen classifier f (a training run's or a converted one)
     c.arch = "cifar_dncnn"  # the DnCNN: cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | mnist_dncnn
     c.depth = 0  # convolutions of the DnCNN (0: the arch's)
