@@ -9,6 +9,8 @@
 
     rows = api.certify(apply_fn, variables, x, sigma=0.25)   # any (variables, x) -> logits
 
+    model = jaxsmooth.load("workdirs/clean", denoiser="workdirs/dncnn_0.25")   # denoised smoothing
+
 Each call returns one dict per input: the row ``python -m jaxsmooth.certify``
 writes for it (``idx``, ``predict``, ``radius``, ``pA_lower``, ``count_A``,
 ``count_B``, the L-bounds, ``time``; ``label`` and ``correct`` when labels
@@ -124,7 +126,8 @@ def _run(apply: Callable, params, model_state, x, index, labels, sigma, settings
 def certify(apply_fn: ApplyFn, variables: Any, x, *, sigma, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             seed: int = 0, labels=None, index=None, candidate: str = "selection", topk: int = 0, batch: int = 1000,
             inputs: int = 1, mesh: jax.sharding.Mesh | None = None, compiler_options="auto",
-            sequential: bool = False, radii=None, tolerance: float | None = None, noise: str = "auto") -> list[dict]:
+            sequential: bool = False, radii=None, tolerance: float | None = None, noise: str = "auto",
+            denoiser: str | None = None) -> list[dict]:
     """CERTIFY (Cohen et al. 2019) of the classifier smoothed by N(0, sigma^2) (or lattice) noise at each input.
 
     Args:
@@ -145,19 +148,22 @@ def certify(apply_fn: ApplyFn, variables: Any, x, *, sigma, n0: int = 100, n: in
       radii: with sequential, decide certified or not at each of these radii (grid
         mode); None: the largest radius, stopped by `tolerance` (default 0.02).
       noise: "auto" or a registered noise kind: "lattice", "gaussian", ... (module docstring).
+      denoiser: the workdir of a denoiser trained for `sigma` (denoised smoothing, docs/denoised.md): what is
+        certified is then the classifier smoothed of apply_fn(variables, denoiser(x)).
     Returns:
       one row dict per input, in order (module docstring).
     """
     x, index, labels = _inputs(x, index, labels)
     settings = certification.make_settings(n0=n0, n=n, alpha=alpha, candidate=candidate, topk=topk,
                                            sequential=sequential, radii=radii, tolerance=tolerance)
-    return _run(_engine_apply(apply_fn), variables, {}, x, index, labels, sigma, settings, mode="certify", seed=seed,
-                batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
+    model = _denoised(apply_fn, variables, x, sigma, denoiser)
+    return _run(model.apply, model.params, model.model_state, x, index, labels, sigma, settings, mode="certify",
+                seed=seed, batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
 
 
 def predict(apply_fn: ApplyFn, variables: Any, x, *, sigma, n: int = 100_000, alpha: float = 0.001, seed: int = 0,
             labels=None, index=None, batch: int = 1000, inputs: int = 1, mesh: jax.sharding.Mesh | None = None,
-            compiler_options="auto", noise: str = "auto") -> list[dict]:
+            compiler_options="auto", noise: str = "auto", denoiser: str | None = None) -> list[dict]:
     """PREDICT (Cohen et al. 2019): the top class of n noisy samples, or -1 when the binomial test fails at alpha.
 
     Arguments as `certify`; rows hold ``predict``, ``count_A``, ``count_B``,
@@ -165,15 +171,33 @@ def predict(apply_fn: ApplyFn, variables: Any, x, *, sigma, n: int = 100_000, al
     """
     settings = certification.make_settings("predict", n=n, alpha=alpha)
     x, index, labels = _inputs(x, index, labels)
-    return _run(_engine_apply(apply_fn), variables, {}, x, index, labels, sigma, settings, mode="predict", seed=seed,
-                batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
+    model = _denoised(apply_fn, variables, x, sigma, denoiser)
+    return _run(model.apply, model.params, model.model_state, x, index, labels, sigma, settings, mode="predict",
+                seed=seed, batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
+
+
+def _denoised(apply_fn: ApplyFn, variables, x: np.ndarray, sigma, denoiser: str | None) -> loader.LoadedModel:
+    """The engine's apply and variables of ``apply_fn(variables, x)``, with the denoiser of the workdir `denoiser`
+    in front when given (`loader.wrap`: it must take inputs of x's shape and be trained for `sigma`)."""
+    from jaxsmooth.models import dncnn
+
+    model = loader.LoadedModel(apply=_engine_apply(apply_fn), params=variables, model_state={},
+                               input_shape=tuple(x.shape[1:]), num_classes=None, mean=None, std=None, sigma=sigma,
+                               info={}, config=None, workdir="", step=0)
+    if denoiser:
+        model = loader.wrap(model, loader.load_model(denoiser, field=dncnn.NAME), kind=dncnn.NAME)
+        loader.refuse_other_sigma(model, sigma, dncnn.NAME)
+    return model
 
 
 @dataclasses.dataclass(frozen=True)
 class SmoothedModel(loader.LoadedModel):
     """A classifier read from a workdir (`jaxsmooth.loader.LoadedModel`, BatchNorm folded: inference only), with
     the noise level it certifies with (``sigma``: the run's, or the per-pixel sigma a ``sigma`` run learned), and
-    PREDICT and CERTIFY of its smoothed classifier."""
+    PREDICT and CERTIFY of its smoothed classifier. `wrapper_field`: the keyword its wrapper was given by in `load`
+    (``wrapper`` or ``denoiser``), which errors about the wrapper name."""
+
+    wrapper_field: str = "wrapper"
 
     def logits(self, x) -> np.ndarray:
         """[B, K] float32 logits of one clean forward pass; x: [B, H, W, C] floats in [0, 1]."""
@@ -200,9 +224,10 @@ class SmoothedModel(loader.LoadedModel):
 
     def _run(self, x, index, labels, sigma, settings, mode, seed, batch, inputs, mesh, compiler_options, noise):
         x, index, labels = _inputs(x, index, labels, self.input_shape)
-        return _run(self.apply, self.params, self.model_state, x, index, labels,
-                    self.sigma if sigma is None else sigma, settings, mode=mode, seed=seed, batch=batch,
-                    inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
+        sigma = self.sigma if sigma is None else sigma
+        loader.refuse_other_sigma(self, sigma, self.wrapper_field)
+        return _run(self.apply, self.params, self.model_state, x, index, labels, sigma, settings, mode=mode,
+                    seed=seed, batch=batch, inputs=inputs, mesh=mesh, compiler_options=compiler_options, kind=noise)
 
 
 _LOGITS: dict = {}
@@ -214,7 +239,8 @@ def _jitted_logits(apply: Callable) -> Callable:
     return _LOGITS[apply]
 
 
-def load(workdir: str, *, step: int | None = None, wrapper: str | None = None) -> SmoothedModel:
+def load(workdir: str, *, step: int | None = None, wrapper: str | None = None,
+         denoiser: str | None = None) -> SmoothedModel:
     """The smoothed classifier of a workdir: a training run's, or one `jaxsmooth.convert` wrote.
 
     Read by the one loader (`jaxsmooth.loader.load_model`): the model from
@@ -222,9 +248,19 @@ def load(workdir: str, *, step: int | None = None, wrapper: str | None = None) -
     config.json's compute dtype, BatchNorm folded, with the sigma it certifies
     with. `wrapper`: the workdir of a model wrapper (`jaxsmooth.models.wrappers`)
     to put in front of it: the smoothed classifier of classifier(wrapper(x)).
+    `denoiser`: a wrapper that must be a denoiser (denoised smoothing,
+    docs/denoised.md); the model then certifies at the sigma it was trained
+    for, and refuses another.
     """
+    from jaxsmooth.models import dncnn
+
     compilation.use_persistent_cache()
+    if wrapper and denoiser:
+        raise UserError("denoiser", "give one of wrapper= and denoiser=: a denoiser is a wrapper of one kind")
+    loader.refuse_wrapper(workdir, "workdir")
     model = loader.load_model(workdir, step, field="workdir")
-    if wrapper:
-        model = loader.wrap(model, loader.load_model(wrapper, field="wrapper"))
-    return SmoothedModel(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)})
+    kind = dncnn.NAME if denoiser else None
+    if wrapper or denoiser:
+        model = loader.wrap(model, loader.load_model(wrapper or denoiser, field=kind or "wrapper"), kind=kind)
+    return SmoothedModel(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)},
+                         wrapper_field=kind or "wrapper")

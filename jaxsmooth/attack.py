@@ -42,8 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="the workdir of the classifier: a training run's --workdir "
                                                        "or a converted one")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    p.add_argument("--wrapper", default="", help="the workdir of a model wrapper (a denoiser) put in front of the "
-                                                 "classifier: the attack is on classifier(wrapper(x))")
+    cli.add_wrapper_arguments(p, "attacks classifier(wrapper(x))")
     p.add_argument("--out", required=True, help="output TSV (resumed when it exists)")
     p.add_argument("--mode", choices=("distance", "accuracy"), default="distance",
                    help="distance: the smallest adversarial distance per example (default); accuracy: the "
@@ -82,7 +81,7 @@ def command(argv: list[str]) -> int:
 def _load(args, overrides):
     """(config, model, dataset): the model as trained (BatchNorm not folded: attacks differentiate it)."""
     cli.start_jax()
-    return cli.load_model(args.config, overrides, args.checkpoint, args.step, wrapper=args.wrapper,
+    return cli.load_model(args.config, overrides, args.checkpoint, args.step, **cli.wrapper_of(args),
                           fold_batch_norm=False)
 
 

@@ -14,9 +14,10 @@ the sigma it certifies with: the run's, or the per-pixel sigma a ``sigma``
 run learned (the anisotropic certificate of non_uniform Thm 3.1, with its
 certified-area column). ``--sigma-from SIGMA_WORKDIR`` takes that learned
 sigma for another classifier (--checkpoint). ``--wrapper WORKDIR`` puts a
-model wrapper (`jaxsmooth.models.wrappers`, a denoiser for example) in
-front of the classifier: the smoothed classifier is then that of
-classifier(wrapper(x)).
+model wrapper (`jaxsmooth.models.wrappers`) in front of the classifier: the
+smoothed classifier is then that of classifier(wrapper(x)). ``--denoiser
+WORKDIR`` is --wrapper for a denoiser only (denoised smoothing,
+docs/denoised.md), which certifies at the sigma it was trained for.
 
 Over the processes of a multi-host run, ``certify.parallel`` in the config
 (``--config.certify.parallel=samples|examples``) chooses how the work is
@@ -44,8 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the workdir of the classifier: a training run's --workdir or a converted one "
                         "(with --sigma-from: default that run's)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    p.add_argument("--wrapper", default="", help="the workdir of a model wrapper (a denoiser) put in front of the "
-                                                 "classifier")
+    cli.add_wrapper_arguments(p, "certifies the smoothed classifier of classifier(wrapper(x))")
     p.add_argument("--out", required=True, help="output TSV (resumed when it exists)")
     p.add_argument("--mode", choices=("certify", "predict", "distributional"), default="certify",
                    help="certify: CERTIFY, a class and a certified radius; predict: PREDICT, a class or an abstention; "
@@ -167,7 +167,7 @@ def _sigma(args, model) -> tuple[object, dict]:
 def _load(args, overrides):
     """(config, model, dataset) of the command: the classifier of --checkpoint, else of --sigma-from."""
     return cli.load_model(args.config, overrides, args.checkpoint or args.sigma_from, args.step,
-                          field="checkpoint" if args.checkpoint else "sigma-from", wrapper=args.wrapper)
+                          field="checkpoint" if args.checkpoint else "sigma-from", **cli.wrapper_of(args))
 
 
 def command(argv: list[str]) -> int:
@@ -186,7 +186,7 @@ def _main(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _certification(args, overrides):
-    from jaxsmooth import certification
+    from jaxsmooth import certification, loader
     from jaxsmooth.certification import dataset as dataset_job, noises
 
     settings = certification.make_settings(args.mode, n0=args.n0, n=args.n, alpha=args.alpha,
@@ -195,6 +195,7 @@ def _certification(args, overrides):
     dataset_job.check_batch(args.batch, args.inputs)  # before loading anything
     config, model, dataset = _load(args, overrides)
     sigma, sigma_fields = _sigma(args, model)
+    loader.refuse_other_sigma(model, sigma, cli.wrapper_field(args))
     noise = noises.choose(args.noise, sigma).name  # x None: the data sources are 8-bit
     request = dataset_job.Request(
         out=args.out, mode=args.mode, settings=settings, sigma=sigma, sigma_fields=sigma_fields, noise=noise,
@@ -205,15 +206,17 @@ def _certification(args, overrides):
 
 
 def _distributional(args, overrides):
+    from jaxsmooth import loader
     from jaxsmooth.certification import distributional, noises
 
     if args.noise is not None and noises.get(args.noise) is not noises.GAUSSIAN:
         raise UserError("noise", "--mode distributional draws gaussian noise only; leave --noise out")
     config, model, dataset = _load(args, overrides)
+    sigma = float(model.sigma if args.sigma is None else args.sigma)
+    loader.refuse_other_sigma(model, sigma, cli.wrapper_field(args))
     request = distributional.DistributionalRequest(
         out=args.out, gammas=tuple(_gammas(args.gamma, "gamma", True)),
-        gamma_adv=tuple(_gammas(args.gamma_adv, "gamma-adv", False)),
-        sigma=float(model.sigma if args.sigma is None else args.sigma),
+        gamma_adv=tuple(_gammas(args.gamma_adv, "gamma-adv", False)), sigma=sigma,
         seed=config.seed if args.seed is None else args.seed, num_draws=args.num_draws,
         ascent_steps=args.ascent_steps, ascent_lr=args.ascent_lr,
         examples=args.examples or max(1, args.batch // max(args.num_draws, 1)), split=args.split, skip=args.skip,

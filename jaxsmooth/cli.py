@@ -167,18 +167,47 @@ def load_config(path: str | None, overrides: Sequence[str], workdir: str = ""):
 
 
 def load_model(config_path: str | None, overrides: Sequence[str], workdir: str, step: int | None, *,
-               field: str = "checkpoint", wrapper: str = "", fold_batch_norm: bool = True):
+               field: str = "checkpoint", wrapper: str = "", wrapper_kind: str | None = None,
+               fold_batch_norm: bool = True):
     """(config, model, dataset) of a certify or attack command: the config (`load_config`; without `config_path`,
-    the workdir's own, after checking the workdir holds a checkpoint so that a wrong workdir is named first), the
-    model through the one loader and the data set the config names (`jaxsmooth.loader.load_with_data`)."""
+    the workdir's own, after checking the workdir holds a classifier's checkpoint so that a wrong workdir is named
+    first), the model through the one loader, with the wrapper of `wrapper` (of `wrapper_kind` only, when given)
+    in front, and the data set the config names (`jaxsmooth.loader.load_with_data`)."""
     from jaxsmooth import checkpoint, loader
 
     if not config_path:
         checkpoint.checkpoint_folder(workdir, field, step)
+        loader.refuse_wrapper(workdir, field)
     config = load_config(config_path, overrides, workdir)
     model, dataset = loader.load_with_data(config, workdir, step, field=field, wrapper=wrapper,
-                                           fold_batch_norm=fold_batch_norm)
+                                           wrapper_kind=wrapper_kind, fold_batch_norm=fold_batch_norm)
     return config, model, dataset
+
+
+def add_wrapper_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--wrapper and --denoiser (a --wrapper of the kind ``denoiser`` only) of certify and attack; `what` says what
+    the command then does with classifier(wrapper(x))."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--wrapper", default="",
+                   help=f"the workdir of a model wrapper put in front of the classifier: {what}")
+    g.add_argument("--denoiser", default="", help="the workdir of a denoiser (denoised smoothing, docs/denoised.md): "
+                                                  "--wrapper for a denoiser only, trained for the sigma certified")
+
+
+def wrapper_of(args: argparse.Namespace) -> dict:
+    """The keywords of `load_model` for the --wrapper or --denoiser given (`add_wrapper_arguments`)."""
+    from jaxsmooth.models import dncnn
+
+    if args.denoiser and args.wrapper:  # the parser refuses both; its keyword form (`keyword_entry`) gets here
+        raise UserError("denoiser", "give one of --wrapper and --denoiser: --denoiser is --wrapper for a denoiser")
+    if args.denoiser:
+        return {"wrapper": args.denoiser, "wrapper_kind": dncnn.NAME}
+    return {"wrapper": args.wrapper, "wrapper_kind": None}
+
+
+def wrapper_field(args: argparse.Namespace) -> str:
+    """The field an error about the wrapper names: ``denoiser`` or ``wrapper``, as given."""
+    return wrapper_of(args)["wrapper_kind"] or "wrapper"
 
 
 def flag_name(parser: argparse.ArgumentParser | None, field: str) -> str:

@@ -308,7 +308,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     objective = objectives.get(config.objective.name)
     _positive(config, "objective.sigma")
     objective.validate(config)
-    if objective.teacher is not None and not config.train.init_from:
+    if objective.teacher is not None and objective.teacher.from_init and not config.train.init_from:
         raise UserError("train.init_from", f"objective {objective.name!r} starts from a pretrained model: "
                         "set train.init_from to the workdir of its training run")
     _validate_optimizer(config)

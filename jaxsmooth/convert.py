@@ -14,7 +14,15 @@ Their checkpoints are ``{"arch": ..., "state_dict": ...}`` of
 ``resnet20``, ``resnet110`` and ``resnet50``, which are the same
 architectures.
 
-The workdir holds ``config.json`` (a gaussian-objective config of the data
+A denoiser of denoised smoothing (Salman et al. 2020,
+microsoft/denoised-smoothing: ARCH cifar_dncnn, cifar_dncnn_wide or
+imagenet_dncnn; ``{"epoch", "arch", "state_dict", "optimizer"}``, names
+``dncnn.0.weight``, under ``module.`` for imagenet_dncnn) converts to a
+denoiser's workdir (`jaxsmooth.models.dncnn`), which ``certify --denoiser``
+reads: model.json (the architecture, input shape and sigma) and its variables,
+no config.
+
+A classifier's workdir holds ``config.json`` (a gaussian-objective config of the data
 set), ``model.json`` (the checkpoint's own normalisation constants, which for
 CIFAR-10 are not the data set's exact statistics, and the source file) and the
 variables as an orbax checkpoint of step 0. The sigma is read from the
@@ -142,24 +150,35 @@ def run_config(model: str, data: DataSet, sigma: float):
     return c
 
 
+def _denoisers() -> dict:
+    """The paper's DnCNNs (`models.dncnn.ARCHS` of a data set here): Salman et al. 2020's checkpoints."""
+    from jaxsmooth.models import dncnn  # imports JAX: only for a name that is not a classifier's
+
+    return {name: arch for name, arch in dncnn.ARCHS.items() if arch.dataset in DATASETS}
+
+
 def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | None = None,
             dataset: str | None = None) -> dict[str, Any]:
     """Converts the PyTorch checkpoint `torch_path` of `arch_name` into a new jaxsmooth `workdir`.
 
     Args:
-      torch_path: a locuslab/smoothing checkpoint (``{"arch", "state_dict"}``) or a bare state dict.
-      arch_name: a key of `torch_layout.ARCHS`; must agree with the checkpoint's own ``arch`` entry.
+      torch_path: a locuslab/smoothing checkpoint (``{"arch", "state_dict"}``), a bare state dict, or a
+        denoised-smoothing denoiser's (``{"epoch", "arch", "state_dict", "optimizer"}``).
+      arch_name: a key of `torch_layout.ARCHS` (a classifier) or a paper DnCNN (a denoiser, `models.dncnn`);
+        must agree with the checkpoint's own ``arch`` entry.
       workdir: a folder that does not exist yet or is empty.
       sigma: the noise level the model was trained at, where its path names none.
-      dataset: a key of `DATASETS` (default: the architecture's): whose normalisation constants the model uses.
+      dataset: a key of `DATASETS` (default: the architecture's): whose normalisation constants a classifier
+        uses, and a denoiser's input shape.
     Returns:
       the model.json written.
     Raises:
       UserError: naming --torch, --arch, --sigma, --dataset or --workdir.
     """
-    if arch_name not in torch_layout.ARCHS:
-        raise UserError("--arch", f"unknown architecture {arch_name!r}; allowed: {', '.join(torch_layout.ARCHS)}")
-    arch = torch_layout.ARCHS[arch_name]
+    arch = torch_layout.ARCHS.get(arch_name) or _denoisers().get(arch_name)
+    if arch is None:
+        raise UserError("--arch", f"unknown architecture {arch_name!r}; allowed: "
+                                  f"{', '.join([*torch_layout.ARCHS, *_denoisers()])}")
     dataset = dataset or arch.dataset
     if dataset not in DATASETS:
         raise UserError("--dataset", f"unknown data set {dataset!r}; allowed: {', '.join(DATASETS)}")
@@ -172,14 +191,8 @@ def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | Non
     sigma = choose_sigma(named_sigmas(torch_path, meta), sigma, torch_path)
     from jaxsmooth import models  # imports JAX: after the checks of the arguments
 
-    data = DATASETS[dataset]
-    model, prefix, normalization = torch_layout.map_state(
-        state, arch_name, num_classes=data.num_classes, input_shape=data.input_shape, mean=data.mean, std=data.std,
-        source=torch_path)
-    data = data._replace(**normalization)
-    config = run_config(arch.model, data, sigma)
-    metadata = checkpoint.model_metadata(config, types.SimpleNamespace(
-        input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean, std=data.std))
+    convert_state = _classifier if arch_name in torch_layout.ARCHS else _denoiser
+    model, prefix, metadata, config = convert_state(state, arch_name, DATASETS[dataset], sigma, torch_path)
     metadata["source"] = {"torch": os.path.abspath(torch_path), "sha256": _sha256(torch_path), "arch": arch_name,
                           "prefix": prefix, "num_params": models.num_params(model.params)}
     if isinstance(meta.get("epoch"), int):
@@ -188,22 +201,55 @@ def convert(torch_path: str, arch_name: str, workdir: str, *, sigma: float | Non
     return metadata
 
 
+def _classifier(state, arch_name: str, data: DataSet, sigma: float, source: str):
+    """(model, prefix, model.json, config) of a classifier's state dict."""
+    from jaxsmooth import checkpoint
+
+    model, prefix, normalization = torch_layout.map_state(
+        state, arch_name, num_classes=data.num_classes, input_shape=data.input_shape, mean=data.mean, std=data.std,
+        source=source)
+    data = data._replace(**normalization)
+    config = run_config(torch_layout.ARCHS[arch_name].model, data, sigma)
+    metadata = checkpoint.model_metadata(config, types.SimpleNamespace(
+        input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean, std=data.std))
+    return model, prefix, metadata, config
+
+
+def _denoiser(state, arch_name: str, data: DataSet, sigma: float, source: str):
+    """(model, prefix, model.json, None) of a DnCNN's state dict: a denoiser's workdir has no config."""
+    import functools
+
+    from jaxsmooth.models import dncnn
+
+    metadata = dncnn.metadata(data.input_shape, sigma, arch=arch_name)
+    model, prefix, _ = torch_layout.map_onto(state, dncnn.build(metadata), functools.partial(
+        torch_layout.dncnn_name, depth=metadata["depth"]), f"a {arch_name}", source, data.input_shape[-1])
+    return model, prefix, metadata, None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = cli.parser("convert", __doc__.split("\n\n")[1])
     p.add_argument("--torch", required=True, help="the PyTorch checkpoint, e.g. models/cifar10/resnet110/noise_0.25/"
                                                   "checkpoint.pth.tar")
-    p.add_argument("--arch", required=True, help=f"its architecture: {', '.join(torch_layout.ARCHS)}")
+    p.add_argument("--arch", required=True, help=f"its architecture: {', '.join(torch_layout.ARCHS)} (classifiers); "
+                                                 "cifar_dncnn, cifar_dncnn_wide, imagenet_dncnn (denoisers)")
     p.add_argument("--workdir", required=True, help="the jaxsmooth workdir to write (new, or an empty folder)")
     p.add_argument("--sigma", type=float, default=None,
                    help="the training noise level, where the checkpoint's path names none (noise_0.25)")
     p.add_argument("--dataset", default=None,
-                   help=f"whose normalisation the model uses: {', '.join(DATASETS)} (default: the architecture's)")
+                   help=f"whose normalisation a classifier uses, and a denoiser's input shape: {', '.join(DATASETS)} "
+                        "(default: the architecture's)")
     return p
 
 
 def command(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     found = convert(args.torch, args.arch, args.workdir, sigma=args.sigma, dataset=args.dataset)
+    if "wrapper" in found:  # a denoiser's workdir: no classes, no normalisation
+        print(f"wrote {os.path.abspath(args.workdir)}: a denoiser ({args.arch}, depth {found['depth']}, width "
+              f"{found['width']}, {found['source']['num_params']:,} parameters), input {tuple(found['input_shape'])}, "
+              f"sigma {found['sigma']}")
+        return 0
     print(f"wrote {os.path.abspath(args.workdir)}: {found['model']} ({args.arch}, "
           f"{found['source']['num_params']:,} parameters), {found['dataset']}, sigma {found['sigma']}, "
           f"mean {found['mean']}, std {found['std']}")

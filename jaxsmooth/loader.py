@@ -44,7 +44,8 @@ class LoadedModel:
       num_classes: K (None for a wrapper).
       mean, std: the per-channel normalisation of its first layer (None for a wrapper).
       sigma: the noise level it certifies with: a float, or [H, W, C] float32 for a per-pixel sigma
-        (None for a wrapper that records none).
+        (None for a wrapper that records none); with a wrapper in front (`wrap`) that records one (a denoiser:
+        the sigma it was trained for), the wrapper's.
       info: its model.json.
       config: its resolved config.json, or None when the workdir has none.
       workdir, step: where it was read from.
@@ -121,45 +122,72 @@ def load_model(workdir: str, step: int | None = None, *, field: str = "checkpoin
 
 
 def load_with_data(config, workdir: str, step: int | None = None, *, field: str = "checkpoint", wrapper: str = "",
-                   fold_batch_norm: bool = True):
+                   wrapper_kind: str | None = None, fold_batch_norm: bool = True):
     """(model, dataset): what certify and attack run on. The model of `workdir` (`load_model`, in the config's
-    model.dtype), with the wrapper of the workdir `wrapper` in front when given (`wrap`), and the data set the
-    config names.
+    model.dtype), with the wrapper of the workdir `wrapper` in front when given (`wrap`; `wrapper_kind`: one of
+    that kind only, named by it: ``--denoiser``), and the data set the config names.
 
     A model whose model.json does not fit the config and data set (another
     architecture, input shape or number of classes) is refused, naming `field`.
     """
     from jaxsmooth import data
 
+    refuse_wrapper(workdir, field)
     model = load_model(workdir, step, field=field, dtype=config.model.dtype, fold_batch_norm=fold_batch_norm)
     dataset = data.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
     checkpoint.refuse_other_model(model.info, workdir, checkpoint.model_metadata(config, dataset), field)
     if wrapper:
-        model = wrap(model, load_model(wrapper, field="wrapper", fold_batch_norm=fold_batch_norm))
+        front = load_model(wrapper, field=wrapper_kind or "wrapper", fold_batch_norm=fold_batch_norm)
+        model = wrap(model, front, kind=wrapper_kind)
     return model, dataset
 
 
-def wrap(classifier: LoadedModel, wrapper: LoadedModel, field: str = "wrapper") -> LoadedModel:
+def wrap(classifier: LoadedModel, wrapper: LoadedModel, *, kind: str | None = None) -> LoadedModel:
     """`classifier` with `wrapper` in front: apply is ``classifier(wrapper(x))`` (`models.wrappers.wrap`).
 
-    The wrapper must take the classifier's input shape, and a wrapper that
-    records the sigma it was made for must record the classifier's:
-    otherwise a `UserError` names `field` and both values.
+    The wrapper must take the classifier's input shape, and be of `kind`
+    when one is asked for: otherwise a `UserError` names the field (`kind`,
+    else ``wrapper``) and both values. A wrapper that records the sigma it
+    was made for (a denoiser) makes that the composition's sigma: the
+    classifier's own (a `standard` run's, say) plays no part in it.
     """
     from jaxsmooth.models import wrappers
 
+    field = kind or "wrapper"
     if not wrapper.is_wrapper:
-        raise UserError(field, f"{wrapper.workdir} holds a classifier, not a wrapper (its model.json names no "
+        raise UserError(field, f"{wrapper.workdir} holds a classifier, not a {field} (its model.json names no "
                                f"{wrappers.WRAPPER_KEY!r} kind)")
+    if kind is not None and wrapper.wrapper != kind:
+        raise UserError(field, f"{wrapper.workdir} holds a wrapper of kind {wrapper.wrapper!r}, not a {kind}")
     if wrapper.input_shape != classifier.input_shape:
         raise UserError(field, f"{wrapper.workdir} takes inputs of shape {wrapper.input_shape}, the classifier "
                                f"{classifier.input_shape}")
-    if wrapper.sigma is not None and not np.array_equal(wrapper.sigma, classifier.sigma):
-        raise UserError(field, f"{wrapper.workdir} was made for sigma {wrapper.sigma!r}, the classifier "
-                               f"certifies with sigma {classifier.sigma!r}")
     model = wrappers.wrap(wrapper, classifier)
+    sigma = classifier.sigma if wrapper.sigma is None else wrapper.sigma
     return dataclasses.replace(classifier, apply=model.apply, params=model.params, model_state=model.model_state,
-                               wrapper=wrapper)
+                               sigma=sigma, wrapper=wrapper)
+
+
+def refuse_other_sigma(model: LoadedModel, sigma, field: str) -> None:
+    """A `UserError` naming `field` (the wrapper's flag) when `model` has a wrapper trained for another noise
+    level than `sigma`, the one certified with: a denoiser removes the noise it was trained on."""
+    front = model.wrapper
+    if not isinstance(front, LoadedModel) or front.sigma is None or np.array_equal(np.asarray(sigma), front.sigma):
+        return
+    at = f"sigma {float(sigma):g}" if np.ndim(sigma) == 0 else "a per-pixel sigma"
+    raise UserError(field, f"{front.workdir} was trained for sigma {front.sigma:g}, certifying at {at}; "
+                           f"certify at sigma {front.sigma:g} or give a {front.wrapper} trained for {at}")
+
+
+def refuse_wrapper(workdir: str, field: str) -> None:
+    """A `UserError` naming `field` when `workdir` holds a model wrapper (a denoiser) where a classifier belongs."""
+    from jaxsmooth.models import wrappers
+
+    path = os.path.join(workdir, checkpoint.MODEL_FILE)
+    info = checkpoint.read_json(path, field) if os.path.isfile(path) else None
+    if isinstance(info, dict) and wrappers.WRAPPER_KEY in info:
+        raise UserError(field, f"{workdir} holds a model wrapper of kind {info[wrappers.WRAPPER_KEY]!r} (images to "
+                               "images), not a classifier; put it in front of one (--wrapper; a denoiser: --denoiser)")
 
 
 def _read_info(workdir: str, field: str) -> dict:
@@ -236,7 +264,11 @@ def _load_wrapper(workdir: str, step: int, info: dict, raw: dict, field: str, fo
     from jaxsmooth.models import wrappers
 
     kind = wrappers.get(str(info[wrappers.WRAPPER_KEY]), field)
-    model = _read_into(kind.build(info), raw.get("params"), raw.get("model_state", {}), workdir, field)
+    try:
+        abstract = kind.build(info)
+    except UserError as e:
+        raise UserError(field, f"{workdir}/{checkpoint.MODEL_FILE}: {e.field}: {e.message}") from None
+    model = _read_into(abstract, raw.get("params"), raw.get("model_state", {}), workdir, field)
     if fold:
         model = models.fold_batch_norm(model)
     sigma = info.get("sigma")

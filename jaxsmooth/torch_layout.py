@@ -1,4 +1,4 @@
-"""The PyTorch tensor names of jaxsmooth's ResNets, and a PyTorch state dict mapped onto them.
+"""The PyTorch tensor names of jaxsmooth's ResNets and DnCNN, and a PyTorch state dict mapped onto them.
 
 Names are those of locuslab/smoothing's CIFAR ResNet (code/archs/cifar_resnet.py,
 He et al.'s CIFAR ResNet as bearpaw/pytorch-classification writes it) and of
@@ -15,6 +15,13 @@ torchvision's ResNet-50: ``conv1``, ``bn1``, ``layer{s}.{i}.conv{k}`` /
 - torchvision ResNet-50 (v1.5: the stride on the bottleneck's 3x3 conv) =
   ``resnet50``: 7x7/2 stem conv, 3x3/2 max-pool with -inf padding,
   bottlenecks [3, 4, 6, 3], adaptive average pool, linear.
+
+DnCNN (microsoft/denoised-smoothing, code/archs/dncnn.py) is one
+``nn.Sequential`` named ``dncnn``: ``dncnn.0`` the first conv (with bias),
+``dncnn.1`` its ReLU, then per middle layer i (from 0) ``dncnn.{3i+2}`` a conv
+(no bias), ``dncnn.{3i+3}`` its BatchNorm, ``dncnn.{3i+4}`` a ReLU, and the
+last conv (no bias) at ``dncnn.{3(depth-2)+2}``; ``module.`` in front for
+``imagenet_dncnn`` (``DataParallel``). Its BatchNorm eps is 1e-4 on both sides.
 
 Convolution kernels go from PyTorch's [out, in, h, w] to [h, w, in, out],
 linear weights [out, in] to [in, out]; BatchNorm weight / bias / running_mean
@@ -71,10 +78,20 @@ def torch_name(path: tuple, blocks_per_stage: tuple[int, ...]) -> str:
     return f"layer{stage + 1}.{block - first}.{layer}.{_LEAF[leaf]}"
 
 
+def dncnn_name(path: tuple, depth: int) -> str:
+    """The PyTorch state-dict name (without prefix) of the `models.dncnn.DnCNN` variable at `path`, e.g.
+    ("norms", 0, "mean") -> "dncnn.3.running_mean"; ("last", "kernel") -> "dncnn.47.weight" at depth 17."""
+    *modules, leaf = path
+    index = {"first": 0, "last": 3 * (depth - 2) + 2}.get(modules[0])
+    if index is None:
+        index = 3 * int(modules[1]) + (2 if modules[0] == "convs" else 3)
+    return f"dncnn.{index}.{_LEAF[leaf]}"
+
+
 def torch_order(name: str) -> tuple[int, ...]:
     """Sort key putting state-dict names (without prefix) in the order PyTorch's ``state_dict()`` lists them."""
-    return tuple(_TORCH_RANK[p] if p in _TORCH_RANK else 10 + int(p[5:]) if p.startswith("layer") else int(p)
-                 for p in name.split("."))
+    return tuple(_TORCH_RANK[p] if p in _TORCH_RANK else 10 + int(p[5:]) if p.startswith("layer") else
+                 int(p) if p.isdigit() else 0 for p in name.split("."))
 
 
 def to_jax(array: np.ndarray) -> np.ndarray:
@@ -156,27 +173,38 @@ def map_state(state: dict[str, np.ndarray], arch_name: str, *, num_classes: int,
       UserError("--torch"): tensors missing, unexpected or of another shape,
       naming the first one (in PyTorch's order) and the shapes.
     """
+    arch = ARCHS[arch_name]
+    abstract = abstract_model(arch.model, num_classes, tuple(input_shape), tuple(mean), tuple(std), "relu", 0,
+                              "float32")
+    return map_onto(state, abstract, functools.partial(torch_name, blocks_per_stage=arch.blocks_per_stage),
+                    f"a {arch_name} with {num_classes} classes", source, input_shape[-1])
+
+
+def map_onto(state: dict[str, np.ndarray], abstract, name_of, what: str, source: str, channels: int):
+    """`map_state` for any architecture: the state dict's tensors in the `models.Model` `abstract` (leaves
+    `jax.ShapeDtypeStruct`), ``name_of(path)`` giving the PyTorch name (without prefix) of the leaf at `path`.
+
+    Returns (model, prefix, normalization) as `map_state`; a `UserError` on ``--torch`` saying that `source` does
+    not hold `what` when a tensor is missing, unexpected or of another shape.
+    """
     import jax
 
     from jaxsmooth import models
 
-    arch = ARCHS[arch_name]
-    abstract = abstract_model(arch.model, num_classes, tuple(input_shape), tuple(mean), tuple(std), "relu", 0,
-                              "float32")
     trees = {"params": abstract.params, "model_state": abstract.model_state}
-    names = {c: [torch_name(tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path), arch.blocks_per_stage)
+    names = {c: [name_of(tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path))
                  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]] for c, tree in trees.items()}
     prefix = _pick_prefix(state, names["params"] + names["model_state"])
     expected = {prefix + n: torch_shape(leaf.shape) for c, tree in trees.items()
                 for n, leaf in zip(names[c], jax.tree.leaves(tree))}
     expected = dict(sorted(expected.items(), key=lambda item: torch_order(item[0][len(prefix):])))
-    normalization, unexpected = _normalize_layer(state, prefix, input_shape[-1])
+    normalization, unexpected = _normalize_layer(state, prefix, channels)
     unexpected += [k for k in state if k not in expected and not k.endswith(".num_batches_tracked")
                    and not (prefix.startswith("1.") and k.startswith("0."))]
     problems = _mismatches(state, expected, unexpected)
     if problems:
-        raise UserError("--torch", f"{source} does not hold a {arch_name} with {num_classes} classes "
-                                   f"(names under {prefix or 'no prefix'!r}): " + "; ".join(problems))
+        raise UserError("--torch", f"{source} does not hold {what} (names under {prefix or 'no prefix'!r}): "
+                        + "; ".join(problems))
     filled = {c: jax.tree.unflatten(jax.tree.structure(tree), [to_jax(state[prefix + n]) for n in names[c]])
               for c, tree in trees.items()}
     return models.Model(abstract.apply, filled["params"], filled["model_state"]), prefix, normalization

@@ -205,10 +205,14 @@ def build_run(config, mesh: jax.sharding.Mesh | None = None) -> TrainingRun:
     mesh = parallel.make_mesh() if mesh is None else mesh
     config_lib.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
     dataset = data.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
-    model = _build_model(config, dataset, dataset.mean, dataset.std)
+    objective = objectives.get(config.objective.name)
+    if objective.build_model is not None:
+        model = objective.build_model(config, dataset)
+    else:
+        model = _build_model(config, dataset, dataset.mean, dataset.std)
     steps_per_epoch = data.steps_per_epoch(len(dataset.train), config.train.batch_size)
     tx, schedule = create_optimizer(config, steps_per_epoch)
-    return TrainingRun(config=config, objective=objectives.get(config.objective.name), mesh=mesh, dataset=dataset,
+    return TrainingRun(config=config, objective=objective, mesh=mesh, dataset=dataset,
                model=model, tx=tx, schedule=schedule, steps_per_epoch=steps_per_epoch,
                total_steps=num_epochs(config) * steps_per_epoch, root_key=noise.root_key(config.seed))
 
@@ -256,8 +260,14 @@ def _prepare_workdir(workdir: str, run: TrainingRun) -> None:
                             f"not {config_lib.get(run.config, field)!r}; use a new --workdir to change it")
     if parallel.is_main_process():
         jobs.write_atomic(config_path, config_lib.to_json(run.config) + "\n", "workdir")
-        checkpoint.write_json(os.path.join(workdir, checkpoint.MODEL_FILE),
-                              checkpoint.model_metadata(run.config, run.dataset))
+        checkpoint.write_json(os.path.join(workdir, checkpoint.MODEL_FILE), model_metadata(run))
+
+
+def model_metadata(run: TrainingRun) -> dict:
+    """The model.json of `run`'s workdir: its objective's (`Objective.metadata`), else a classifier's."""
+    if run.objective.metadata is not None:
+        return run.objective.metadata(run.config, run.dataset)
+    return checkpoint.model_metadata(run.config, run.dataset)
 
 
 class MetricsWriter:
@@ -311,10 +321,13 @@ def _mean_metrics(window: list[dict], first_step: int) -> dict[str, float]:
 def _start_state(run: TrainingRun, ckpt: checkpoint.Checkpointer, callback: Callback) -> tuple[TrainState, int]:
     """(state, step): the workdir's newest readable checkpoint, else step 0, from ``train.init_from``'s model
     with a teacher. A newest checkpoint that does not read is moved aside and reported to `callback`."""
-    has_teacher = run.objective.teacher is not None
+    policy = run.objective.teacher
+    has_teacher = policy is not None
 
     def fresh(params, model_state):
-        teacher = (params, model_state) if has_teacher else None
+        teacher = None
+        if has_teacher:
+            teacher = (params, model_state) if policy.from_init else policy.from_model(params, model_state)
         # replicate() copies every leaf: the teacher does not alias the trained variables, which steps donate
         return parallel.replicate(run.mesh, initial_state(run.objective, run.config, params, model_state,
                                                           run.dataset.input_shape, run.tx, teacher))
@@ -322,7 +335,7 @@ def _start_state(run: TrainingRun, ckpt: checkpoint.Checkpointer, callback: Call
     start, state = ckpt.restore_latest(fresh(run.model.params, run.model.model_state), on_unreadable=lambda step,
                                        folder: callback({"event": "unreadable_checkpoint", "step": step,
                                                          "moved_to": folder}))
-    if has_teacher and not start:
+    if has_teacher and policy.from_init and not start:
         params, model_state, _ = restore_model(run.config.train.init_from, run, "train.init_from")
         state = fresh(params, model_state)
     return state, start
@@ -367,7 +380,9 @@ def train_and_evaluate(config, workdir: str, *, mesh: jax.sharding.Mesh | None =
     """
     callback = callback or (lambda event: None)
     run = build_run(config, mesh)
-    if run.objective.teacher is not None and not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+    teacher = run.objective.teacher
+    if teacher is not None and teacher.from_init and not os.path.isdir(os.path.join(workdir,
+                                                                                    checkpoint.CHECKPOINT_DIR)):
         # refuse a missing or mismatched teacher before writing anything
         checkpoint.checkpoint_folder(config.train.init_from, "train.init_from")
         checkpoint.check_model_metadata(config.train.init_from, checkpoint.model_metadata(run.config, run.dataset),

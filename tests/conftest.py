@@ -26,6 +26,17 @@ def devices():
 
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """PyTorch on one thread in a module that uses it (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    its idle threads spin, which on a busy 2-core machine costs more than they give."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _files(folder: str) -> dict:
     """{path under `folder`: (size, mtime in ns)} of every file below it."""
     out = {}

@@ -28,13 +28,7 @@ from jaxsmooth import certification, checkpoint, convert, models, noise, torch_l
 from conftest import ROOT  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """PyTorch on one thread here: its idle threads spin, which on a busy 2-core machine costs more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # locuslab/smoothing datasets.py

@@ -21,6 +21,11 @@ model); logits: [B, num_classes] float32 whatever the compute dtype.
 | resnet18/34 | basic blocks [2,2,2,2]/[3,4,6,3], 64-512, CIFAR stem | He et al. 2016, CIFAR stem |
 | resnet50 | bottlenecks [3,4,6,3], 7x7/2 stem + max-pool | torchvision ResNet-50 (v1.5) |
 | vgg16 | 13 conv-BN layers, 5 max-pools, global pool, dense | Simonyan & Zisserman 2015 (D), with BN |
+
+Model wrappers (maps from images to images put in front of a classifier) are
+registered kinds of `wrappers.REGISTRY`; the package's: ``denoiser``, DnCNN
+(`dncnn.py`: cifar_dncnn, cifar_dncnn_wide, imagenet_dncnn, and mnist_dncnn, the
+small one for a CPU).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from jaxsmooth.errors import UserError
-from jaxsmooth.models import layers, lenet, resnet, vgg
+from jaxsmooth.models import dncnn, layers, lenet, resnet, vgg, wrappers
 
 _BUILDERS = {
     "cnn": lenet.LeNet,
@@ -48,6 +53,7 @@ _BUILDERS = {
 }
 
 NAMES = tuple(_BUILDERS)
+wrappers.register(dncnn.KIND)  # the package's wrapper kinds: one line each
 ACTIVATIONS = tuple(layers.ACTIVATIONS)
 DTYPES = tuple(layers.DTYPES)
 cnn_sizes = lenet.sizes

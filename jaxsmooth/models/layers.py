@@ -64,13 +64,15 @@ class Conv(nnx.Module):
 
     The kernel ([k, k, in, out], Kaiming-normal fan-out init as torchvision) and
     optional bias are this module's; the arithmetic is `conv2d`, the one place
-    to change how convolutions are lowered. Padding defaults to ``k // 2``.
+    to change how convolutions are lowered. Padding defaults to ``k // 2``;
+    `kernel_init` replaces the Kaiming init where an architecture's paper uses another.
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
-                 padding: int | None = None, use_bias: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+                 padding: int | None = None, use_bias: bool = False, dtype=jnp.float32, rngs: nnx.Rngs,
+                 kernel_init=kaiming_fan_out):
         shape = (kernel_size, kernel_size, in_features, out_features)
-        self.kernel = nnx.Param(kaiming_fan_out(rngs.params(), shape, jnp.float32))
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
         self.stride = stride
         self.padding = kernel_size // 2 if padding is None else padding
@@ -165,9 +167,15 @@ def fold_into_conv(conv: Conv, bn: BatchNorm) -> None:
     bn.folded = True
 
 
-def batch_norm(features: int, dtype, rngs: nnx.Rngs) -> BatchNorm:
-    """BatchNorm with PyTorch's defaults (running-average momentum 0.1, eps 1e-5), float32 parameters."""
-    return BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+def batch_norm(features: int, dtype, rngs: nnx.Rngs, *, epsilon: float = 1e-5,
+               torch_momentum: float = 0.1) -> BatchNorm:
+    """BatchNorm with PyTorch's defaults (running-average momentum 0.1, eps 1e-5), float32 parameters.
+
+    `torch_momentum` is PyTorch's: the weight of the batch statistic in the running average (nnx's momentum is
+    the old average's, 1 - it).
+    """
+    return BatchNorm(features, momentum=1 - torch_momentum, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
+                     rngs=rngs)
 
 
 def dense(in_features: int, out_features: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:

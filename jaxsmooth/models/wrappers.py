@@ -14,7 +14,8 @@ where ``build(info) -> models.Model`` gives, from the wrapper's model.json,
 its pure ``apply(params, model_state, x, *, train) -> (y, model_state)``
 (y: the shape of x) and the structure of its variables (arrays or
 `jax.ShapeDtypeStruct` leaves) that the checkpoint is read into. The package
-registers no wrapper of its own yet: the identity is "no wrapper".
+registers one kind, ``denoiser`` (DnCNN, `dncnn.py`; docs/denoised.md), in
+`jaxsmooth.models`; the identity is "no wrapper".
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from jaxsmooth.errors import UserError
-from jaxsmooth.objectives import bootcamp, gaussian, heat, nal, sigma, smoothadv, standard, wrm
+from jaxsmooth.objectives import bootcamp, denoise, gaussian, heat, nal, sigma, smoothadv, standard, wrm
 from jaxsmooth.objectives.base import Evaluation, Objective, Teacher
 
 REGISTRY: dict[str, Objective] = {}
@@ -31,7 +31,7 @@ def register(objective: Objective) -> Objective:
 
 
 for _objective in (standard.OBJECTIVE, gaussian.OBJECTIVE, heat.OBJECTIVE, bootcamp.OBJECTIVE, nal.OBJECTIVE,
-                   wrm.OBJECTIVE, smoothadv.OBJECTIVE, sigma.OBJECTIVE):
+                   wrm.OBJECTIVE, smoothadv.OBJECTIVE, sigma.OBJECTIVE, denoise.OBJECTIVE):
     register(_objective)
 
 

@@ -32,19 +32,31 @@ LossFn = Callable[..., tuple[Any, dict]]
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-    """A frozen model the loss distils or smooths: the latest checkpoint of ``train.init_from``.
+    """A frozen model the loss distils or smooths: the latest checkpoint of ``train.init_from``, or a part of the
+    run's model (`from_model`).
 
-    The trainer loads it (refusing a run without ``train.init_from``), passes
-    it to ``make_loss`` as ``(params, model_state)`` inside the compiled step,
-    and checkpoints it with the train state.
+    The trainer loads it (refusing a run without ``train.init_from`` unless
+    `from_model` gives it), passes it to ``make_loss`` as ``(params,
+    model_state)`` inside the compiled step, and checkpoints it with the train
+    state.
 
     Attributes:
       every_epochs: ``(config) -> epochs``: after each that many epochs the
         trained model becomes the teacher (heat Alg. 1, one timestep); None:
         the teacher stays the loaded model for the whole run.
+      from_model: ``(params, model_state) -> (params, model_state)``: the
+        teacher taken from the variables of the model the run builds
+        (`Objective.build_model`: a classifier read from a workdir its block
+        names); None: the teacher is read from ``train.init_from``.
     """
 
     every_epochs: Callable[[Config], int] | None = None
+    from_model: Callable[[Any, Any], tuple[Any, Any]] | None = None
+
+    @property
+    def from_init(self) -> bool:
+        """Whether the teacher is read from ``train.init_from`` (which the run must then set)."""
+        return self.from_model is None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +127,11 @@ class Objective:
         teacher None without one). Default: the saved model with the sigma
         model.json records.
       evaluation: extra test-split figures, or None.
+      build_model: ``(config, dataset) -> models.Model``: the model of a run
+        (its apply is what `smoothed` is evaluated with), when it is not the
+        classifier of the config's ``model`` section; None: that classifier.
+      metadata: ``(config, dataset) -> dict``: the model.json of its
+        workdir; None: a classifier's (`checkpoint.model_metadata`).
       num_epochs: ``(config) -> epochs`` of a run when it is not ``train.num_epochs``.
       renamed: config fields of earlier versions -> this objective's field
         that replaced them; a config that sets one is refused, naming the new field.
@@ -130,6 +147,8 @@ class Objective:
     smoothed: Callable = constant_sigma
     certified: Callable = recorded_sigma
     evaluation: Evaluation | None = None
+    build_model: Callable[[Config, Any], Any] | None = None
+    metadata: Callable[[Config, Any], dict] | None = None
     num_epochs: Callable[[Config], int] | None = None
     renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
