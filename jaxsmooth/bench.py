@@ -319,7 +319,8 @@ def _certify_footer(args, report, dtypes, noises) -> None:
     if os.path.isdir(args.denoiser):
         print(f"denoiser: {os.path.abspath(args.denoiser)}")
     elif args.denoiser:
-        print(f"denoiser: {args.denoiser} with its initial weights (the engine's) and PyTorch's default ones")
+        print(f"denoiser: {args.denoiser}, initialised as the paper does (orthogonal kernels, the last one zero) "
+              "for the engine and as PyTorch does for the references")
     if args.workdir:
         rates = {name: r.rate for name, r in report.results.items()}
         engine = lambda d: rates.get(f"jax {d}", rates.get(f"jax {d} {noises[0]}"))  # noqa: E731
