@@ -144,6 +144,7 @@ def test_forward_flops_are_the_hand_counts():
     (["--model", "cnn", "--noise", "gaussian,uniform"], "--noise"),
     (["--model", "cnn", "--noise", "lattice,lattice"], "--noise"),
     (["--model", "cnn", "--denoiser", "mnist_dncnn9"], "--denoiser"),
+    (["--model", "resnet20", "--denoiser", "mnist_dncnn"], "--denoiser"),  # 28x28x1 images, not 32x32x3
     (["--model", "cnn", "--denoiser", "mnist_dncnn", "--memory"], "--denoiser"),
 ])
 def test_bench_certify_rejects_bad_input_with_one_error_line(capsys, args, field):
@@ -155,18 +156,20 @@ def test_bench_certify_rejects_bad_input_with_one_error_line(capsys, args, field
     assert err[0].startswith(f"error: {field}: "), err[0]
 
 
+@pytest.mark.slow
 def test_bench_certify_refuses_a_denoiser_that_does_not_fit_the_model(tmp_path, capsys):
     """A DnCNN by name or a denoiser's workdir for other images than the model's: one line, exit 2, nothing timed."""
     from jaxsmooth import bench
 
     small = denoiser_workdir(tmp_path / "dncnn8")
-    for denoiser, words in [
-            ("cifar_dncnn", "cifar_dncnn takes inputs of shape (32, 32, 3), the classifier (28, 28, 1)"),
-            (small, f"{small} takes inputs of shape (8, 8, 1), the classifier (28, 28, 1)")]:
-        assert bench.main(["certify", "--model", "cnn", "--denoiser", denoiser]) == 2
+    for model, denoiser, words in [
+            ("resnet20", "mnist_dncnn", "mnist_dncnn takes inputs of shape (28, 28, 1), the classifier (32, 32, 3)"),
+            ("cnn", small, f"{small} takes inputs of shape (8, 8, 1), the classifier (28, 28, 1)")]:
+        assert bench.main(["certify", "--model", model, "--denoiser", denoiser]) == 2
         assert capsys.readouterr().err == f"error: --denoiser: {words}\n"
 
 
+@pytest.mark.slow
 def test_bench_samples_the_pair_as_the_composition_by_hand(tmp_path):
     """The bench's engine contender of --denoiser DIR counts what classifier(denoiser(x + noise)) gives, composed by
     hand from the classifier and the denoiser read from DIR; its classifier-alone contender, the classifier's."""
