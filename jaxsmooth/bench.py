@@ -7,7 +7,9 @@ one process (medians over rounds, ratios). Prints a markdown table; add
 ``certify`` times certification sampling (noisy forward passes per second)
 and reports it as a fraction of the machine's matmul peak; ``certify
 --memory`` instead compares the engine's peak resident memory at n = 10,000
-and n = 1,000,000, each in a fresh process. ``scaling``, ``inference`` and
+and n = 1,000,000, each in a fresh process; ``certify --denoiser D`` times
+the pair classifier(D(x + noise)) of denoised smoothing, and the classifier
+alone beside it. ``scaling``, ``inference`` and
 ``pipeline`` time certification over devices, one image's inference, and
 the input pipeline; ``startup`` a certify process with an empty and with a
 filled cache folder. The papers' comparisons are `jaxsmooth.report`'s.
@@ -67,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--noise", default=None,
                    help="comma-separated noise kinds of the engine (jaxsmooth.certification.noises), one contender "
                         "each; e.g. gaussian,lattice (default: gaussian)")
+    c.add_argument("--denoiser", default="",
+                   help="time the pair classifier(denoiser(x + noise)) of denoised smoothing: a DnCNN's name "
+                        "(mnist_dncnn, cifar_dncnn, cifar_dncnn_wide, imagenet_dncnn; random weights) or a denoiser's "
+                        "workdir; the PyTorch references sample the same pair, and the classifier alone is timed too")
     c.add_argument("--memory", action="store_true",
                    help="instead: the engine's peak RSS at n = 10,000 and 1,000,000, each in a fresh process")
     c.add_argument("--json", default="", help="write per-round timings here")
@@ -177,18 +183,21 @@ def _distill_report(args, shape, results) -> str:
 
 
 def _certify_table(report) -> str:
+    """One row per contender; the ratios to PyTorch only for contenders of the model PyTorch samples."""
     results = report.results
     torch_rates = [r.rate for n, r in results.items() if n.startswith("torch")]
     best_torch = max(torch_rates) if torch_rates else None
     canonical = results.get("torch canonical")
-    lines = ["| contender | samples/s (median) | spread | setup s | vs torch canonical | vs best torch | GFLOP/s "
-             "| of matmul peak |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| contender | model | samples/s (median) | spread | setup s | vs torch canonical | vs best torch "
+             "| GFLOP/s | of matmul peak |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        vs_canonical = f"{r.rate / canonical.rate:.2f}x" if canonical else "-"
-        vs_best = f"{r.rate / best_torch:.2f}x" if best_torch else "-"
+        same = report.sampled[name] == report.model
+        vs_canonical = f"{r.rate / canonical.rate:.2f}x" if canonical and same else "-"
+        vs_best = f"{r.rate / best_torch:.2f}x" if best_torch and same else "-"
         fraction = report.fraction_of_peak(name)
-        lines.append(f"| {name} | {r.rate:,.0f} | {r.spread:.0%} | {r.setup_s:.1f} | {vs_canonical} | {vs_best} "
-                     f"| {report.gflops(name):,.1f} | {'-' if fraction is None else f'{fraction:.1%}'} |")
+        lines.append(f"| {name} | {report.sampled[name]} | {r.rate:,.0f} | {r.spread:.0%} | {r.setup_s:.1f} "
+                     f"| {vs_canonical} | {vs_best} | {report.gflops(name):,.1f} "
+                     f"| {'-' if fraction is None else f'{fraction:.1%}'} |")
     return "\n".join(lines)
 
 
@@ -223,7 +232,9 @@ def _noise_ratios(results, dtypes, xla_options, noises) -> list[str]:
     return lines
 
 
-def _certify(args) -> int:
+def _check_certify(args) -> tuple:
+    """Validates bench certify's flags (a --denoiser that does not fit the model included); returns the dtypes,
+    XLA option sets, noise kinds, input shape and classes."""
     found = _workdir_model(args)
     dtypes = _check_common(args)
     if args.n <= 0:
@@ -247,14 +258,24 @@ def _certify(args) -> int:
     if any(noise not in noise_kinds.REGISTRY or noises.count(noise) > 1 for noise in noises):
         raise UserError("--noise", f"{args.noise!r}: allowed {', '.join(noise_kinds.names())}, each once, "
                                    "comma-separated")
-
     shape = tuple(found.get("input_shape", ())) or certify_bench.input_shape_of(args.model)
     num_classes = int(found.get("num_classes", 0)) or certify_bench.num_classes_of(args.model)
-    settings = (f"{args.model}, input {'x'.join(map(str, shape))}, {num_classes} "
-                f"classes, sigma {certify_bench.SIGMA}, batch {args.batch} ({args.inputs} input(s) x "
-                f"{args.batch // args.inputs} samples)")
+    if args.denoiser and args.memory:
+        raise UserError("--denoiser", "--memory measures the classifier alone; leave one of them out")
+    if args.denoiser:
+        certify_bench.denoiser_of(args.denoiser, shape)
+    return dtypes, xla_options, noises, shape, num_classes
+
+
+def _certify(args) -> int:
+    dtypes, xla_options, noises, shape, num_classes = _check_certify(args)
+    from jaxsmooth.benchmarks import certify as certify_bench
+
+    settings = lambda model: (f"{model}, input {'x'.join(map(str, shape))}, {num_classes} "  # noqa: E731
+                              f"classes, sigma {certify_bench.SIGMA}, batch {args.batch} ({args.inputs} input(s) x "
+                              f"{args.batch // args.inputs} samples)")
     if args.memory:
-        return _certify_memory(args, dtypes, settings)
+        return _certify_memory(args, dtypes, settings(args.model))
 
     from tqdm import tqdm
 
@@ -265,7 +286,7 @@ def _certify(args) -> int:
                                          tuned_batch=args.tuned_batch, xla_options=xla_options,
                                          torch_compile=args.torch_compile, on_round=lambda r: bar.update(1),
                                          workdir=args.workdir, input_shape=shape, num_classes=num_classes,
-                                         noises=noises)
+                                         noises=noises, denoiser=args.denoiser)
     torch_settings = ""
     if any(name.startswith("torch") for name in report.results):
         import torch
@@ -274,11 +295,32 @@ def _certify(args) -> int:
                           f"{torch.__version__} ({torch.get_num_threads()} threads)")
     elif not args.no_torch:
         torch_settings = f"; no PyTorch reference (torch not installed, or none for {args.model})"
-    print(f"certify sampling, {settings}, n {args.n:,} per input, {args.rounds} rounds; "
-          f"{benchmarks.machine()}{torch_settings}")
+    print(f"certify sampling, {settings(report.model)}, n {args.n:,} per input, "
+          f"{args.rounds} rounds; {benchmarks.machine()}{torch_settings}")
     print(_certify_table(report))
-    for line in _noise_ratios(report.results, dtypes, xla_options, noises):
+    for line in _noise_ratios(report.results, dtypes, xla_options, noises) + certify_bench.alone_ratios(report):
         print(line)
+    _certify_footer(args, report, dtypes, noises)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": {**vars(args), "torch_batch": torch_batch},
+                       "flops_per_sample": report.flops_per_sample, "flops_per_sample_of": report.flops,
+                       "matmul_peak_gflops": {d: p[0] for d, p in report.peaks.items()},
+                       "peak_rss_bytes": report.peak_rss_bytes,
+                       "contenders": {n: {"seconds": r.seconds, "items_per_round": r.items_per_round,
+                                          "setup_s": r.setup_s, "compute_dtype": report.compute_dtype[n],
+                                          "model": report.sampled[n]}
+                                      for n, r in report.results.items()}}, f, indent=2)
+    return 0
+
+
+def _certify_footer(args, report, dtypes, noises) -> None:
+    """The lines after bench certify's table: the workdirs timed, the XLA options, the FLOPs and the peaks."""
+    if os.path.isdir(args.denoiser):
+        print(f"denoiser: {os.path.abspath(args.denoiser)}")
+    elif args.denoiser:
+        print(f"denoiser: {args.denoiser}, initialised as the paper does (orthogonal kernels, the last one zero) "
+              "for the engine and as PyTorch does for the references")
     if args.workdir:
         rates = {name: r.rate for name, r in report.results.items()}
         engine = lambda d: rates.get(f"jax {d}", rates.get(f"jax {d} {noises[0]}"))  # noqa: E731
@@ -289,19 +331,10 @@ def _certify(args) -> int:
         kinds = options.get("xla_cpu_experimental_ynn_fusion_type", "").replace("LIBRARY_FUSION_TYPE_", "")
         print(f"{name}: XLA options {'YNN fusion ' + kinds.replace(',', '+') if kinds else 'XLA defaults'}")
     peaks = "; ".join(f"{d} {gflops:,.0f} GFLOP/s ({how})" for d, (gflops, how) in report.peaks.items())
-    print(f"forward pass {report.flops_per_sample / 1e6:,.2f} MFLOP per sample "
+    per_model = ", ".join(f"{model} {f / 1e6:,.2f}" for model, f in report.flops.items())
+    print(f"forward pass {per_model} MFLOP per sample "
           "(2 per multiply-add of its convolutions and matrix products); "
           f"matmul peak: {peaks}; peak RSS of this process {report.peak_rss_bytes / 2**20:,.0f} MiB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"settings": {**vars(args), "torch_batch": torch_batch},
-                       "flops_per_sample": report.flops_per_sample,
-                       "matmul_peak_gflops": {d: p[0] for d, p in report.peaks.items()},
-                       "peak_rss_bytes": report.peak_rss_bytes,
-                       "contenders": {n: {"seconds": r.seconds, "items_per_round": r.items_per_round,
-                                          "setup_s": r.setup_s, "compute_dtype": report.compute_dtype[n]}
-                                      for n, r in report.results.items()}}, f, indent=2)
-    return 0
 
 
 def _pipeline(args) -> int:

@@ -97,3 +97,48 @@ def spy_compile_fastest(monkeypatch) -> list:
 
     monkeypatch.setattr(compilation, "compile_fastest", spy)
     return calls
+
+
+def random_torch_dncnn(depth: int, width: int, channels: int, seed: int = 0):
+    """A PyTorch DnCNN (`torch_reference.DnCNN`) in eval mode with random weights: random kernels (the last one too,
+    which the paper's init zeroes), random BatchNorm weights, and running statistics of two train-mode batches
+    times a random factor."""
+    import torch
+    from torch import nn
+
+    from jaxsmooth.benchmarks.torch_reference import DnCNN
+
+    torch.manual_seed(seed)
+    model = DnCNN(depth, width, channels)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.normal_(0.0, (2.0 / (9 * m.in_channels)) ** 0.5, generator=g)
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0.0, 0.2, generator=g)
+        model.train()
+        for _ in range(2):
+            model(torch.rand(4, channels, 16, 16, generator=g))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean += 0.1 * torch.randn(m.running_mean.shape, generator=g)
+                m.running_var *= torch.empty(m.running_var.shape).uniform_(0.7, 1.4, generator=g)
+    return model.eval()
+
+
+def denoiser_workdir(path, sigma=0.25, input_shape=(8, 8, 1), depth=3, width=4, seed=0) -> str:
+    """A DnCNN with random weights, its last kernel too (their init zeroes it: the identity), as a workdir."""
+    import jax
+
+    from jaxsmooth import checkpoint, models
+    from jaxsmooth.models import dncnn
+
+    info = dncnn.metadata(input_shape, sigma, depth=depth, width=width)
+    model = models.split(dncnn.create(info, seed=seed))
+    params, state = jax.device_get((model.params, model.model_state))
+    params["last"]["kernel"] = np.random.default_rng(seed).normal(0, 0.2, params["last"]["kernel"].shape)
+    params["last"]["kernel"] = params["last"]["kernel"].astype(np.float32)
+    checkpoint.write_workdir(str(path), info, params, state)
+    return str(path)

@@ -8,6 +8,8 @@ from jaxsmooth import models
 
 from jaxsmooth.benchmarks import timing
 
+from helpers import denoiser_workdir
+
 
 @pytest.mark.parametrize("name, shape", [("cnn", (28, 28, 1)), ("cnn", (8, 8, 1)), ("resnet20", (32, 32, 3)),
                                          ("resnet110", (32, 32, 3))])
@@ -141,6 +143,9 @@ def test_forward_flops_are_the_hand_counts():
     (["--model", "cnn", "--dtype", "float32,float16"], "--dtype"),
     (["--model", "cnn", "--noise", "gaussian,uniform"], "--noise"),
     (["--model", "cnn", "--noise", "lattice,lattice"], "--noise"),
+    (["--model", "cnn", "--denoiser", "mnist_dncnn9"], "--denoiser"),
+    (["--model", "resnet20", "--denoiser", "mnist_dncnn"], "--denoiser"),  # 28x28x1 images, not 32x32x3
+    (["--model", "cnn", "--denoiser", "mnist_dncnn", "--memory"], "--denoiser"),
 ])
 def test_bench_certify_rejects_bad_input_with_one_error_line(capsys, args, field):
     from jaxsmooth import bench
@@ -149,6 +154,156 @@ def test_bench_certify_rejects_bad_input_with_one_error_line(capsys, args, field
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"error: {field}: "), err[0]
+
+
+@pytest.mark.slow
+def test_bench_certify_refuses_a_denoiser_that_does_not_fit_the_model(tmp_path, capsys):
+    """A DnCNN by name or a denoiser's workdir for other images than the model's: one line, exit 2, nothing timed."""
+    from jaxsmooth import bench
+
+    small = denoiser_workdir(tmp_path / "dncnn8")
+    for model, denoiser, words in [
+            ("resnet20", "mnist_dncnn", "mnist_dncnn takes inputs of shape (28, 28, 1), the classifier (32, 32, 3)"),
+            ("cnn", small, f"{small} takes inputs of shape (8, 8, 1), the classifier (28, 28, 1)")]:
+        assert bench.main(["certify", "--model", model, "--denoiser", denoiser]) == 2
+        assert capsys.readouterr().err == f"error: --denoiser: {words}\n"
+
+
+@pytest.mark.slow
+def test_bench_samples_the_pair_as_the_composition_by_hand(tmp_path):
+    """The bench's engine contender of --denoiser DIR counts what classifier(denoiser(x + noise)) gives, composed by
+    hand from the classifier and the denoiser read from DIR; its classifier-alone contender, the classifier's."""
+    from jaxsmooth import certification
+    from jaxsmooth.benchmarks import certify as certify_bench
+
+    workdir = denoiser_workdir(tmp_path / "dncnn8")
+    n, batch, inputs = 200, 100, 2
+    contenders, _, sampled, alone = certify_bench.engine_contenders(
+        "cnn", n, batch=batch, inputs=inputs, input_shape=SHAPE, num_classes=K, dtypes=("float32",),
+        xla_options=("dot",), noises=("gaussian",), denoiser=workdir, workdir="")
+    assert sampled == {"jax float32": "dncnn8 + cnn", "jax float32 cnn alone": "cnn"}
+    assert alone == {"jax float32 cnn alone": "jax float32"}
+    classifier = certify_bench.engine_model("cnn", SHAPE, K)
+    front = certify_bench.denoiser_of(workdir, SHAPE)
+
+    def by_hand(params, model_state, x, *, train):
+        y = front.apply(params["d"], model_state["d"], x, train=train)[0]
+        return classifier.apply(params["c"], model_state["c"], y, train=train)
+
+    x = certify_bench.random_inputs(inputs, SHAPE)
+    assert np.abs(np.asarray(front.apply(front.params, front.model_state, x, train=False)[0]) - x).max() > 0.1
+    for label, apply, variables in [
+            ("jax float32", by_hand, ({"d": front.params, "c": classifier.params},
+                                      {"d": front.model_state, "c": classifier.model_state})),
+            ("jax float32 cnn alone", classifier.apply, (classifier.params, classifier.model_state))]:
+        expected = certification.sample_counts(apply, variables, x, certify_bench.SIGMA, n, batch // inputs,
+                                               jax.random.key(0), num_classes=K).counts
+        np.testing.assert_array_equal(contenders[label][0]().counts, expected)
+        assert contenders[label][1] == n * inputs
+
+
+@pytest.mark.slow
+def test_the_pytorch_pair_computes_the_jaxsmooth_pair(tmp_path):
+    """`torch_reference.Denoised` (a random DnCNN with non-trivial BatchNorm statistics, then LeNet) and the bench's
+    jaxsmooth pair holding the same weights (the DnCNN's converted as `jaxsmooth.convert` converts them, then read
+    from its workdir as --denoiser DIR reads it) give the same logits within float32 rounding."""
+    torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[torch]')")
+    import functools
+
+    from jaxsmooth import checkpoint, torch_layout
+    from jaxsmooth.benchmarks import certify as certify_bench, torch_reference
+    from jaxsmooth.models import dncnn
+
+    from helpers import random_torch_dncnn
+
+    depth, width = 4, 8
+    torch_denoiser = random_torch_dncnn(depth, width, SHAPE[-1])
+    info = dncnn.metadata(SHAPE, 0.25, depth=depth, width=width)
+    state = {k: v.numpy() for k, v in torch_denoiser.state_dict().items()}
+    converted, _, _ = torch_layout.map_onto(state, dncnn.build(info), functools.partial(
+        torch_layout.dncnn_name, depth=depth), "a DnCNN", "the test's", SHAPE[-1])
+    checkpoint.write_workdir(str(tmp_path / "dncnn"), info, converted.params, converted.model_state)
+    classifier, torch_classifier = _lenet_pair(scale=1.0)
+    pair = certify_bench.denoised(classifier, certify_bench.denoiser_of(str(tmp_path / "dncnn"), SHAPE), SHAPE)
+    torch_pair = torch_reference.Denoised(torch_denoiser, torch_classifier).eval()
+
+    x = (_inputs() + np.random.default_rng(2).normal(0, 0.25, (3, *SHAPE))).astype(np.float32)  # noisy images
+    ours = np.asarray(pair.apply(pair.params, pair.model_state, x, train=False)[0])
+    with torch.inference_mode():
+        theirs = torch_pair(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
+    alone = np.asarray(classifier.apply(classifier.params, classifier.model_state, x, train=False)[0])
+    assert np.abs(alone - ours).max() > 0.1 * np.abs(ours).max()  # the denoiser counts
+
+
+def test_the_pytorch_pair_has_the_jaxsmooth_pairs_parameters():
+    """mnist_dncnn + cnn: PyTorch's `Denoised` holds as many parameters as the DnCNN and the cnn of jaxsmooth."""
+    pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[torch]')")
+    from flax import nnx
+    from jaxsmooth.benchmarks import torch_reference
+    from jaxsmooth.models import dncnn
+
+    shape, arch = (28, 28, 1), dncnn.ARCHS["mnist_dncnn"]
+    width, hidden = models.cnn_sizes(0)
+    reference = torch_reference.create("cnn", shape, K, width=width, hidden=hidden, denoiser=(arch.depth, arch.width))
+    denoiser = dncnn.build(dncnn.metadata(shape, 0.25, arch="mnist_dncnn"))
+    classifier = models.split(nnx.eval_shape(lambda: models.create("cnn", num_classes=K, input_shape=shape,
+                                                                   mean=(0.5,), std=(0.25,))))
+    assert sum(p.numel() for p in reference.parameters()) == (models.num_params(denoiser.params)
+                                                              + models.num_params(classifier.params))
+
+
+def test_the_pairs_flops_are_the_classifiers_plus_the_dncnns_hand_count():
+    """mnist_dncnn at 28x28x1: 3x3 'same' convolutions 1 -> 32, six 32 -> 32, 32 -> 1 (padding taps count)."""
+    from jaxsmooth.benchmarks import certify as certify_bench
+
+    shape = (28, 28, 1)
+    flops = certify_bench.sampled_flops("cnn", shape, K, "mnist_dncnn")
+    macs = 28 * 28 * 9 * (1 * 32 + 6 * 32 * 32 + 32 * 1)
+    assert list(flops) == ["mnist_dncnn + cnn", "cnn"]
+    assert flops["cnn"] == certify_bench.forward_flops("cnn", shape, K)
+    assert flops["mnist_dncnn + cnn"] == flops["cnn"] + 2 * macs
+
+
+def test_the_pair_table_compares_only_the_pair_with_pytorch():
+    """The classifier-alone row gets no ratio to PyTorch (which samples the pair); the pair over alone line is the
+    ratio of time per sample."""
+    from jaxsmooth import bench
+    from jaxsmooth.benchmarks import certify as certify_bench
+
+    r = lambda s: timing.Result("x", (s, s, s), 1000, 0.0)  # noqa: E731
+    results = {"jax float32": r(2.0), "jax float32 cnn alone": r(0.5), "torch canonical": r(4.0)}
+    pair = "mnist_dncnn + cnn"
+    report = certify_bench.Report(results=results, compute_dtype=dict.fromkeys(results, "float32"),
+                                  flops={pair: 2e6, "cnn": 1e6}, peaks={}, peak_rss_bytes=0, options={},
+                                  sampled={"jax float32": pair, "jax float32 cnn alone": "cnn",
+                                           "torch canonical": pair},
+                                  alone={"jax float32 cnn alone": "jax float32"})
+    rows = bench._certify_table(report).splitlines()[2:]
+    assert rows == ["| jax float32 | mnist_dncnn + cnn | 500 | 0% | 0.0 | 2.00x | 2.00x | 1.0 | - |",
+                    "| jax float32 cnn alone | cnn | 2,000 | 0% | 0.0 | - | - | 2.0 | - |",
+                    "| torch canonical | mnist_dncnn + cnn | 250 | 0% | 0.0 | 1.00x | 1.00x | 0.5 | - |"]
+    assert certify_bench.alone_ratios(report) == [
+        "mnist_dncnn + cnn / cnn alone, time per sample, jax float32: 4.00 (ratio of medians), 4.00 (median of the "
+        "rounds' ratios)"]
+
+
+@pytest.mark.slow
+def test_bench_certify_times_the_pair_and_the_classifier_alone(capsys):
+    """``bench certify --model cnn --denoiser mnist_dncnn``: the header and every PyTorch row name the pair."""
+    pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[torch]')")
+    from jaxsmooth import bench
+
+    assert bench.main(["certify", "--model", "cnn", "--denoiser", "mnist_dncnn", "--n", "100", "--batch", "100",
+                       "--tuned-batch", "100", "--rounds", "1", "--xla-options", "dot"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("certify sampling, mnist_dncnn + cnn, input 28x28x1, 10 classes")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in out if line.startswith("| jax")
+            or line.startswith("| torch")}
+    assert rows == {"jax float32": "mnist_dncnn + cnn", "jax float32 cnn alone": "cnn",
+                    "torch canonical": "mnist_dncnn + cnn", "torch tuned f32": "mnist_dncnn + cnn",
+                    "torch tuned bf16": "mnist_dncnn + cnn"}
+    assert any(line.startswith("mnist_dncnn + cnn / cnn alone, time per sample, jax float32: ") for line in out)
 
 
 def test_heat_step_does_no_more_work_than_its_passes_imply():

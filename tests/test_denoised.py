@@ -18,18 +18,7 @@ from jaxsmooth import attack, certification as C, certify, checkpoint, data, loa
 from jaxsmooth.errors import UserError
 from jaxsmooth.models import dncnn, wrappers
 
-from helpers import fails_with, sidecar_settings, tsv_rows
-
-
-def _denoiser_workdir(path, sigma=0.25, input_shape=(8, 8, 1), depth=3, width=4, seed=0) -> str:
-    """A DnCNN with random weights, its last kernel too (their init zeroes it: the identity), as a workdir."""
-    info = dncnn.metadata(input_shape, sigma, depth=depth, width=width)
-    model = models.split(dncnn.create(info, seed=seed))
-    params, state = jax.device_get((model.params, model.model_state))
-    params["last"]["kernel"] = np.random.default_rng(seed).normal(0, 0.2, params["last"]["kernel"].shape)
-    params["last"]["kernel"] = params["last"]["kernel"].astype(np.float32)
-    checkpoint.write_workdir(str(path), info, params, state)
-    return str(path)
+from helpers import denoiser_workdir, fails_with, sidecar_settings, tsv_rows
 
 
 # --------------------------------------------------------------------------
@@ -94,9 +83,9 @@ def test_a_denoisers_model_json_is_checked(entries, field, words, tmp_path):
 @pytest.mark.slow
 def test_bad_denoisers_are_one_error_line_and_nothing_is_written(untrained_model, tmp_path, capsys):
     """Another sigma, another input shape, a classifier as --denoiser, a denoiser as --checkpoint."""
-    trained_05 = _denoiser_workdir(tmp_path / "d05", sigma=0.5)
-    colour = _denoiser_workdir(tmp_path / "colour", input_shape=(8, 8, 3))
-    small = _denoiser_workdir(tmp_path / "small", input_shape=(4, 4, 1))
+    trained_05 = denoiser_workdir(tmp_path / "d05", sigma=0.5)
+    colour = denoiser_workdir(tmp_path / "colour", input_shape=(8, 8, 3))
+    small = denoiser_workdir(tmp_path / "small", input_shape=(4, 4, 1))
     cases = [
         (["--checkpoint", untrained_model, "--denoiser", trained_05, "--sigma", "0.25"], "--denoiser",
          f"{trained_05} was trained for sigma 0.5, certifying at sigma 0.25; certify at sigma 0.5 or give a "
@@ -129,7 +118,7 @@ def test_bad_denoisers_are_one_error_line_and_nothing_is_written(untrained_model
 def test_the_api_names_the_denoiser(untrained_model, tmp_path):
     """jaxsmooth.load(denoiser=) certifies at the denoiser's sigma and refuses another; api.certify(denoiser=)
     too; a denoiser is no classifier, and a wrapper and a denoiser at once are refused."""
-    trained_05 = _denoiser_workdir(tmp_path / "d05", sigma=0.5)
+    trained_05 = denoiser_workdir(tmp_path / "d05", sigma=0.5)
     model = jaxsmooth.load(untrained_model, denoiser=trained_05)
     assert model.sigma == 0.5 and model.wrapper.workdir == trained_05 and model.wrapper.wrapper == "denoiser"
     x = np.full((1, 8, 8, 1), 0.5, np.float32)
@@ -162,7 +151,7 @@ def test_the_api_names_the_denoiser(untrained_model, tmp_path):
 @pytest.mark.slow
 def test_certify_denoiser_records_it_and_gives_the_same_counts_on_1_and_8_devices_at_any_batch(
         untrained_model, tmp_path, capsys):
-    first = _denoiser_workdir(tmp_path / "first", seed=1)
+    first = denoiser_workdir(tmp_path / "first", seed=1)
     out = tmp_path / "denoised.tsv"
     fast = dict(n0=20, n=300, alpha=0.01, skip=90, no_progress=True)
     assert certify.write(checkpoint=untrained_model, denoiser=first, out=str(out), batch=100, **fast) == 0
@@ -193,7 +182,7 @@ def test_certify_denoiser_records_it_and_gives_the_same_counts_on_1_and_8_device
     assert [(r["count_A"], r["count_B"]) for r in bare] != counts  # the denoiser is really applied
     # a resumed file refuses another denoiser, naming both; nothing is lost
     before = out.read_bytes()
-    other = _denoiser_workdir(tmp_path / "other", seed=2)
+    other = denoiser_workdir(tmp_path / "other", seed=2)
     with pytest.raises(UserError) as e:
         certify.write(checkpoint=untrained_model, denoiser=other, out=str(out), batch=100, **fast)
     assert e.value.field == "out" and f"wrapper={first!r}, not {other!r}" in e.value.message

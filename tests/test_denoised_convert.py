@@ -1,9 +1,9 @@
 """The paper's DnCNN checkpoints (microsoft/denoised-smoothing) -> denoiser workdirs (`jaxsmooth.convert`).
 
-The PyTorch DnCNN below is written here with the layout of their
-code/archs/dncnn.py (one ``nn.Sequential`` named ``dncnn``: conv with bias,
-ReLU, then conv without bias, BatchNorm2d(eps 1e-4, momentum 0.95), ReLU, and
-a last conv without bias; forward x - dncnn(x)), given random weights and
+The PyTorch DnCNN (`jaxsmooth.benchmarks.torch_reference.DnCNN`, the layout of
+their code/archs/dncnn.py: one ``nn.Sequential`` named ``dncnn``: conv with
+bias, ReLU, then conv without bias, BatchNorm2d(eps 1e-4, momentum 0.95), ReLU,
+and a last conv without bias; forward x - dncnn(x)) is given random weights and
 non-trivial running statistics, saved as their train_denoiser.py saves it
 (``epoch``, ``arch``, ``state_dict``, ``optimizer``), converted, and its
 output compared with PyTorch's in eval mode.
@@ -18,51 +18,18 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from jaxsmooth import convert, loader  # noqa: E402
+from jaxsmooth.benchmarks.torch_reference import DnCNN as TorchDnCNN  # noqa: E402
 from jaxsmooth.models import dncnn  # noqa: E402
+
+from helpers import random_torch_dncnn  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class TorchDnCNN(nn.Module):
-    """The paper's layout: ``dncnn.{i}`` in one Sequential, and x minus its output."""
-
-    def __init__(self, depth, width, channels):
-        super().__init__()
-        layers = [nn.Conv2d(channels, width, 3, padding=1, bias=True), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width, eps=1e-4,
-                                                                                          momentum=0.95),
-                       nn.ReLU(inplace=True)]
-        layers.append(nn.Conv2d(width, channels, 3, padding=1, bias=False))
-        self.dncnn = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return x - self.dncnn(x)
-
-
 def _torch_denoiser(arch: str, seed: int = 0) -> nn.Module:
-    """A random DnCNN of `arch` in eval mode: random kernels (the last one too, which their init zeroes), random
-    BatchNorm weights, and running statistics of two train-mode batches times a random factor."""
     spec = dncnn.ARCHS[arch]
-    torch.manual_seed(seed)
-    model = TorchDnCNN(spec.depth, spec.width, spec.input_shape[-1])
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.normal_(0.0, (2.0 / (9 * m.in_channels)) ** 0.5, generator=g)
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0.0, 0.2, generator=g)
-        model.train()
-        for _ in range(2):
-            model(torch.rand(4, spec.input_shape[-1], 16, 16, generator=g))
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean += 0.1 * torch.randn(m.running_mean.shape, generator=g)
-                m.running_var *= torch.empty(m.running_var.shape).uniform_(0.7, 1.4, generator=g)
-    return model.eval()
+    return random_torch_dncnn(spec.depth, spec.width, spec.input_shape[-1], seed)
 
 
 def _save(model: nn.Module, arch: str, folder, data_parallel: bool = False) -> str:

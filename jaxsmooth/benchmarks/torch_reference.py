@@ -2,7 +2,8 @@
 
 The architectures mirror `jaxsmooth.models` layer for layer (same widths,
 kernels, strides, shortcuts and normalisation), so a benchmark compares the
-same computation. Imported only when torch is installed (``pip install
+same computation; `DnCNN` is the denoiser of denoised smoothing, and `Denoised`
+puts it in front of a classifier. Imported only when torch is installed (``pip install
 jaxsmooth[torch]``).
 """
 
@@ -143,11 +144,51 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class DnCNN(nn.Module):
+    """The denoiser of denoised smoothing (`jaxsmooth.models.dncnn`) as microsoft/denoised-smoothing's
+    code/archs/dncnn.py lays it out: one ``nn.Sequential`` named ``dncnn`` (``dncnn.{i}``: a conv with bias and
+    ReLU; depth - 2 times a conv without bias, BatchNorm2d(eps 1e-4, momentum 0.95) and ReLU; a last conv without
+    bias, all 3x3 with padding 1), and the input minus its output. [N, C, H, W] -> [N, C, H, W]."""
+
+    def __init__(self, depth: int, width: int, channels: int):
+        super().__init__()
+        layers = [nn.Conv2d(channels, width, 3, padding=1, bias=True), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(width, eps=1e-4, momentum=0.95), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, channels, 3, padding=1, bias=False))
+        self.dncnn = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x - self.dncnn(x)
+
+
+class Denoised(nn.Module):
+    """classifier(denoiser(x)): the base classifier of denoised smoothing, which the samplers below take like any
+    classifier (the noise goes in front of the denoiser)."""
+
+    def __init__(self, denoiser: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.denoiser, self.classifier = denoiser, classifier
+
+    def forward(self, x):
+        return self.classifier(self.denoiser(x))
+
+
 _RESNETS = {"resnet18": (False, (2, 2, 2, 2)), "resnet34": (False, (3, 4, 6, 3)), "resnet50": (True, (3, 4, 6, 3))}
 
 
-def create(name: str, input_shape, num_classes: int, *, width: int = 0, hidden: int = 0) -> nn.Module | None:
-    """The reference for a jaxsmooth model name, or None where there is none (``vgg16``)."""
+def create(name: str, input_shape, num_classes: int, *, width: int = 0, hidden: int = 0,
+           denoiser: tuple[int, int] | None = None) -> nn.Module | None:
+    """The reference for a jaxsmooth model name, or None where there is none (``vgg16``); with `denoiser`
+    (depth, width), that model behind a `DnCNN` of that size (`Denoised`)."""
+    model = _classifier(name, input_shape, num_classes, width=width, hidden=hidden)
+    if model is None or denoiser is None:
+        return model
+    return Denoised(DnCNN(*denoiser, input_shape[-1]), model)
+
+
+def _classifier(name: str, input_shape, num_classes: int, *, width: int, hidden: int) -> nn.Module | None:
     if name in _RESNETS:
         c = input_shape[-1]
         return ResNet(*_RESNETS[name], num_classes, input_channels=c, mean=(0.5,) * c, std=(0.25,) * c)
