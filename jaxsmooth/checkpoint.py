@@ -271,8 +271,10 @@ def write_workdir(workdir: str, metadata: dict, params: Any, model_state: Any, c
     os.chmod(tmp, 0o777 & ~umask)  # as os.makedirs would have made it (mkdtemp's is private)
     try:
         saver = Checkpointer(tmp, keep=1)
-        # a 0-d array, not a NumPy scalar: orbax 0.11.22 refuses scalars
-        saver.save(step, {"step": np.asarray(step, np.int32), "params": params, "model_state": model_state}, force=True)
+        # 0-d arrays, not NumPy or Python scalars (the step, a scalar variable): orbax 0.11.22 refuses scalars
+        state = {"params": params, "model_state": model_state}
+        state = jax.tree.map(lambda v: v if isinstance(v, (np.ndarray, jax.Array)) else np.asarray(v), state)
+        saver.save(step, {"step": np.asarray(step, np.int32), **state}, force=True)
         saver.close()
         if config is not None:
             from jaxsmooth import config as config_lib
