@@ -181,11 +181,9 @@ def _denoised(apply_fn: ApplyFn, variables, x: np.ndarray, sigma, denoiser: str 
     in front when given (`loader.wrap`: it must take inputs of x's shape and be trained for `sigma`)."""
     from jaxsmooth.models import dncnn
 
-    model = loader.LoadedModel(apply=_engine_apply(apply_fn), params=variables, model_state={},
-                               input_shape=tuple(x.shape[1:]), num_classes=None, mean=None, std=None, sigma=sigma,
-                               info={}, config=None, workdir="", step=0)
+    model = loader.of_apply(_engine_apply(apply_fn), variables, {}, x.shape[1:], sigma)
     if denoiser:
-        model = loader.wrap(model, loader.load_model(denoiser, field=dncnn.NAME), kind=dncnn.NAME)
+        model = loader.wrap_workdir(model, denoiser, kind=dncnn.NAME)
         loader.refuse_other_sigma(model, sigma, dncnn.NAME)
     return model
 
@@ -261,6 +259,6 @@ def load(workdir: str, *, step: int | None = None, wrapper: str | None = None,
     model = loader.load_model(workdir, step, field="workdir")
     kind = dncnn.NAME if denoiser else None
     if wrapper or denoiser:
-        model = loader.wrap(model, loader.load_model(wrapper or denoiser, field=kind or "wrapper"), kind=kind)
+        model = loader.wrap_workdir(model, wrapper or denoiser, kind=kind)
     return SmoothedModel(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)},
                          wrapper_field=kind or "wrapper")

@@ -137,9 +137,23 @@ def load_with_data(config, workdir: str, step: int | None = None, *, field: str 
     dataset = data.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
     checkpoint.refuse_other_model(model.info, workdir, checkpoint.model_metadata(config, dataset), field)
     if wrapper:
-        front = load_model(wrapper, field=wrapper_kind or "wrapper", fold_batch_norm=fold_batch_norm)
-        model = wrap(model, front, kind=wrapper_kind)
+        model = wrap_workdir(model, wrapper, kind=wrapper_kind, fold_batch_norm=fold_batch_norm)
     return model, dataset
+
+
+def of_apply(apply: Callable, params, model_state, input_shape, sigma=None) -> LoadedModel:
+    """A classifier that no workdir holds, given by its ``apply(params, model_state, x, *, train)`` and variables
+    (inputs: [B, *input_shape]), as `wrap` takes one: no model.json, config, normalisation or class count."""
+    return LoadedModel(apply=apply, params=params, model_state=model_state, input_shape=tuple(input_shape),
+                       num_classes=None, mean=None, std=None, sigma=sigma, info={}, config=None, workdir="",
+                       step=0)
+
+
+def wrap_workdir(classifier: LoadedModel, workdir: str, *, kind: str | None = None,
+                 fold_batch_norm: bool = True) -> LoadedModel:
+    """`classifier` with the wrapper read from `workdir` (`load_model`) in front (`wrap`); errors name `kind`,
+    else ``wrapper``."""
+    return wrap(classifier, load_model(workdir, field=kind or "wrapper", fold_batch_norm=fold_batch_norm), kind=kind)
 
 
 def wrap(classifier: LoadedModel, wrapper: LoadedModel, *, kind: str | None = None) -> LoadedModel:

@@ -83,9 +83,7 @@ def denoised(classifier: models.Model, front: loader.LoadedModel, input_shape) -
     ``denoiser``."""
     from jaxsmooth.models import dncnn
 
-    stand_in = loader.LoadedModel(apply=classifier.apply, params=classifier.params,
-                                  model_state=classifier.model_state, input_shape=tuple(input_shape), num_classes=None,
-                                  mean=None, std=None, sigma=None, info={}, config=None, workdir="", step=0)
+    stand_in = loader.of_apply(classifier.apply, classifier.params, classifier.model_state, input_shape)
     pair = loader.wrap(stand_in, front, kind=dncnn.NAME)
     return models.Model(pair.apply, pair.params, pair.model_state)
 
